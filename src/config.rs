@@ -1,0 +1,296 @@
+//! Settings: one serde [`Config`], read from a TOML file, then overridden by `METASRV_*`
+//! environment variables, then by command-line flags (applied in `main.rs`). Every field has a
+//! documented default, so `metasrv start` with nothing else runs standalone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::etcd::EtcdConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The cluster this metasrv serves; requests for another cluster are refused. Default: 0.
+    pub cluster_id: u64,
+    /// This replica's id, unique among the metasrv replicas of the cluster. Default: 1.
+    pub member_id: u64,
+    /// A human-readable name for this replica. Default: `metasrv-{member_id}`.
+    pub member_name: Option<String>,
+    /// gRPC listen address. Default: `127.0.0.1:3002`.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (`/health`, `/metrics`). Default: `127.0.0.1:4002`.
+    pub http_addr: SocketAddr,
+    /// The heartbeat interval datanodes are asked to keep. Default: `1s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// The largest request accepted, in bytes (etcd's default cap). Default: 1572864 (1.5 MiB).
+    pub max_request_bytes: usize,
+    /// The most keys in one batch or transaction (etcd's default cap). Default: 128.
+    pub max_batch_ops: usize,
+    /// Where the metadata lives.
+    pub store: StoreConfig,
+    /// How to reach etcd, when `store.backend = "etcd"`.
+    pub etcd: EtcdConfig,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A durable single-file store under `store.data_dir`: one machine, no setup.
+    Embedded,
+    /// An etcd cluster (see `[etcd]`).
+    Etcd,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` or `etcd`. Default: `embedded`.
+    pub backend: Backend,
+    /// Directory of the embedded store. Default: `./data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Embedded,
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cluster_id: 0,
+            member_id: 1,
+            member_name: None,
+            // Loopback by default: an operator opts in to exposing the server.
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 3002)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4002)),
+            heartbeat_interval: Duration::from_secs(1),
+            max_request_bytes: 1536 * 1024,
+            max_batch_ops: 128,
+            store: StoreConfig::default(),
+            etcd: EtcdConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The name of this replica, derived from its id when not set.
+    pub fn member_name(&self) -> String {
+        self.member_name
+            .clone()
+            .unwrap_or_else(|| format!("metasrv-{}", self.member_id))
+    }
+
+    /// Applies `METASRV_*` variables from `vars` (normally `std::env::vars()`). Unknown
+    /// `METASRV_*` names are refused so that a typo does not go unnoticed.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let Some(field) = name.strip_prefix("METASRV_") else {
+                continue;
+            };
+            let bad = |reason: &dyn std::fmt::Display| ConfigError::Env {
+                name: name.clone(),
+                value: value.clone(),
+                reason: reason.to_string(),
+            };
+            fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+            where
+                T::Err: std::fmt::Display,
+            {
+                value.parse().map_err(|e: T::Err| e.to_string())
+            }
+            let duration = |v: &str| humantime::parse_duration(v).map_err(|e| e.to_string());
+            let optional = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+            match field {
+                "CLUSTER_ID" => self.cluster_id = parse(&value).map_err(|e| bad(&e))?,
+                "MEMBER_ID" => self.member_id = parse(&value).map_err(|e| bad(&e))?,
+                "MEMBER_NAME" => self.member_name = optional(&value),
+                "GRPC_ADDR" => self.grpc_addr = parse(&value).map_err(|e| bad(&e))?,
+                "HTTP_ADDR" => self.http_addr = parse(&value).map_err(|e| bad(&e))?,
+                "HEARTBEAT_INTERVAL" => {
+                    self.heartbeat_interval = duration(&value).map_err(|e| bad(&e))?
+                }
+                "MAX_REQUEST_BYTES" => {
+                    self.max_request_bytes = parse(&value).map_err(|e| bad(&e))?
+                }
+                "MAX_BATCH_OPS" => self.max_batch_ops = parse(&value).map_err(|e| bad(&e))?,
+                "STORE_BACKEND" | "BACKEND" => {
+                    self.store.backend =
+                        <Backend as clap::ValueEnum>::from_str(&value, true).map_err(|e| bad(&e))?
+                }
+                "DATA_DIR" | "STORE_DATA_DIR" => self.store.data_dir = PathBuf::from(&value),
+                "ETCD_ENDPOINTS" => {
+                    self.etcd.endpoints = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                }
+                "ETCD_KEY_PREFIX" => self.etcd.key_prefix = value.clone(),
+                "ETCD_USERNAME" => self.etcd.username = optional(&value),
+                "ETCD_PASSWORD" => self.etcd.password = optional(&value),
+                "ETCD_TLS_CA" => self.etcd.tls_ca = optional(&value).map(PathBuf::from),
+                "ETCD_TLS_CERT" => self.etcd.tls_cert = optional(&value).map(PathBuf::from),
+                "ETCD_TLS_KEY" => self.etcd.tls_key = optional(&value).map(PathBuf::from),
+                "ETCD_TLS_DOMAIN" => self.etcd.tls_domain = optional(&value),
+                "ETCD_REQUEST_TIMEOUT" => {
+                    self.etcd.request_timeout = duration(&value).map_err(|e| bad(&e))?
+                }
+                "ETCD_CONNECT_TIMEOUT" => {
+                    self.etcd.connect_timeout = duration(&value).map_err(|e| bad(&e))?
+                }
+                // Read by the logger, not part of Config.
+                "LOG" => {}
+                _ => return Err(bad(&"unknown METASRV_ variable")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval must be positive".into(),
+            ));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_request_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.max_batch_ops == 0 {
+            return Err(ConfigError::Invalid(
+                "max_batch_ops must be positive".into(),
+            ));
+        }
+        if self.store.backend == Backend::Etcd && self.etcd.endpoints.is_empty() {
+            return Err(ConfigError::Invalid(
+                "the etcd backend needs at least one endpoint".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config: Config = toml::from_str("").expect("empty toml parses");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.store.backend, Backend::Embedded);
+        assert_eq!(config.member_name(), "metasrv-1");
+    }
+
+    #[test]
+    fn a_file_sets_nested_fields_and_durations() {
+        let config: Config = toml::from_str(
+            r#"
+            cluster_id = 7
+            heartbeat_interval = "250ms"
+            [store]
+            backend = "etcd"
+            [etcd]
+            endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
+            request_timeout = "2s"
+            "#,
+        )
+        .expect("valid toml");
+        assert_eq!(config.cluster_id, 7);
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(config.store.backend, Backend::Etcd);
+        assert_eq!(config.etcd.endpoints.len(), 2);
+        assert_eq!(config.etcd.request_timeout, Duration::from_secs(2));
+        assert_eq!(config.etcd.key_prefix, "/metasrv");
+    }
+
+    #[test]
+    fn unknown_fields_in_the_file_are_refused() {
+        assert!(toml::from_str::<Config>("grpc_adr = \"x\"").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut config = Config::default();
+        config
+            .apply_env(vars(&[
+                ("METASRV_CLUSTER_ID", "9"),
+                ("METASRV_STORE_BACKEND", "etcd"),
+                ("METASRV_ETCD_ENDPOINTS", "a:1, b:2"),
+                ("METASRV_HEARTBEAT_INTERVAL", "3s"),
+                ("PATH", "/bin"),
+            ]))
+            .expect("valid env");
+        assert_eq!(config.cluster_id, 9);
+        assert_eq!(config.store.backend, Backend::Etcd);
+        assert_eq!(config.etcd.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_or_unknown_environment_variables_are_refused_with_their_name() {
+        let err = Config::default()
+            .apply_env(vars(&[("METASRV_CLUSTER_ID", "seven")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("METASRV_CLUSTER_ID"), "{err}");
+        let err = Config::default()
+            .apply_env(vars(&[("METASRV_GRPC_ADR", "x")]))
+            .expect_err("typo");
+        assert!(err.to_string().contains("unknown"), "{err}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The `Store` gRPC service over a [`KvBackend`].
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{instrumented, RequestLimits};
+use crate::metrics::Metrics;
+use crate::proto::v1::{self as pb, store_server::Store};
+use crate::store::{KeyRange, KvBackend, RangeRequest};
+
+pub use crate::proto::v1::store_server::StoreServer;
+
+const SERVICE: &str = "Store";
+
+pub struct StoreService {
+    store: Arc<dyn KvBackend>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl StoreService {
+    pub fn new(store: Arc<dyn KvBackend>, limits: RequestLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            limits,
+            metrics,
+        }
+    }
+
+    /// The checks every Store request goes through: header and size.
+    fn admit<M: Message>(
+        &self,
+        request: &M,
+        header: Option<&pb::RequestHeader>,
+    ) -> Result<(), Status> {
+        self.limits.check_header(header)?;
+        self.limits.check_size(request.encoded_len())
+    }
+}
+
+fn non_empty_key(key: &[u8]) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument("key is empty"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Store for StoreService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "Range", async {
+            self.admit(&req, req.header.as_ref())?;
+            let limit = u64::try_from(req.limit).map_err(|_| {
+                Status::invalid_argument(format!("limit {} is negative", req.limit))
+            })?;
+            let response = self
+                .store
+                .range(RangeRequest {
+                    range: KeyRange {
+                        key: req.key,
+                        range_end: req.range_end,
+                    },
+                    limit,
+                    keys_only: req.keys_only,
+                })
+                .await?;
+            Ok(pb::RangeResponse {
+                header: self.limits.response_header(),
+                kvs: response.kvs.into_iter().map(Into::into).collect(),
+                more: response.more,
+            })
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "Put", async {
+            self.admit(&req, req.header.as_ref())?;
+            non_empty_key(&req.key)?;
+            let prev = self
+                .store
+                .put(crate::store::KeyValue::new(req.key, req.value))
+                .await?;
+            Ok(pb::PutResponse {
+                header: self.limits.response_header(),
+                prev_kv: if req.prev_kv {
+                    prev.map(Into::into)
+                } else {
+                    None
+                },
+            })
+        })
+        .await
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "BatchGet", async {
+            self.admit(&req, req.header.as_ref())?;
+            self.limits.check_batch(req.keys.len())?;
+            let kvs = self.store.batch_get(req.keys).await?;
+            Ok(pb::BatchGetResponse {
+                header: self.limits.response_header(),
+                kvs: kvs.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<pb::BatchPutRequest>,
+    ) -> Result<Response<pb::BatchPutResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "BatchPut", async {
+            self.admit(&req, req.header.as_ref())?;
+            self.limits.check_batch(req.kvs.len())?;
+            let prev = self
+                .store
+                .batch_put(req.kvs.into_iter().map(Into::into).collect())
+                .await?;
+            Ok(pb::BatchPutResponse {
+                header: self.limits.response_header(),
+                prev_kvs: if req.prev_kv {
+                    prev.into_iter().map(Into::into).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn batch_delete(
+        &self,
+        request: Request<pb::BatchDeleteRequest>,
+    ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "BatchDelete", async {
+            self.admit(&req, req.header.as_ref())?;
+            self.limits.check_batch(req.keys.len())?;
+            let prev = self.store.batch_delete(req.keys).await?;
+            Ok(pb::BatchDeleteResponse {
+                header: self.limits.response_header(),
+                prev_kvs: if req.prev_kv {
+                    prev.into_iter().map(Into::into).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn compare_and_put(
+        &self,
+        request: Request<pb::CompareAndPutRequest>,
+    ) -> Result<Response<pb::CompareAndPutResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "CompareAndPut", async {
+            self.admit(&req, req.header.as_ref())?;
+            non_empty_key(&req.key)?;
+            // An empty `expect` means "the key must not exist" (see store.proto).
+            let expect = (!req.expect.is_empty()).then_some(req.expect);
+            let response = self
+                .store
+                .compare_and_put(req.key, expect, req.value)
+                .await?;
+            Ok(pb::CompareAndPutResponse {
+                header: self.limits.response_header(),
+                success: response.success,
+                prev_kv: response.prev_kv.map(Into::into),
+            })
+        })
+        .await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, SERVICE, "DeleteRange", async {
+            self.admit(&req, req.header.as_ref())?;
+            let deleted = self
+                .store
+                .delete_range(KeyRange {
+                    key: req.key,
+                    range_end: req.range_end,
+                })
+                .await?;
+            Ok(pb::DeleteRangeResponse {
+                header: self.limits.response_header(),
+                deleted: deleted.len() as i64,
+                prev_kvs: if req.prev_kv {
+                    deleted.into_iter().map(Into::into).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .await
+    }
+}

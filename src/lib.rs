@@ -1,0 +1,15 @@
+//! metasrv: the metadata, routing and scheduling server of a distributed time-series database.
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod actors;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{open_store, run, Listeners};

@@ -1,0 +1,183 @@
+//! The `metasrv` binary: parses configuration (file, then `METASRV_*` environment, then flags),
+//! sets up logging, opens the store, binds the sockets, and hands over to `metasrv::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use metasrv::config::Backend;
+use metasrv::{Config, Listeners};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "metasrv",
+    version,
+    about = "Metadata, routing and scheduling server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a metasrv. With no arguments: standalone, on the embedded store under ./data.
+    Start(StartArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct StartArgs {
+    /// A TOML config file; environment variables (METASRV_*) and flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:3002]; port 0 picks a free port.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /health and /metrics [default: 127.0.0.1:4002].
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Metadata store backend [default: embedded].
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Directory of the embedded store [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// etcd client endpoints, comma separated (with --backend etcd).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
+    /// etcd key prefix; keys live under {prefix}/{cluster_id}/ [default: /metasrv].
+    #[arg(long)]
+    etcd_key_prefix: Option<String>,
+    /// Cluster id [default: 0].
+    #[arg(long)]
+    cluster_id: Option<u64>,
+    /// This replica's member id [default: 1].
+    #[arg(long)]
+    member_id: Option<u64>,
+    /// This replica's name [default: metasrv-{member_id}].
+    #[arg(long)]
+    member_name: Option<String>,
+    /// Heartbeat interval asked of datanodes, e.g. 1s or 500ms [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+}
+
+impl StartArgs {
+    /// File, then environment, then flags.
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        if let Some(v) = self.grpc_addr {
+            config.grpc_addr = v;
+        }
+        if let Some(v) = self.http_addr {
+            config.http_addr = v;
+        }
+        if let Some(v) = self.backend {
+            config.store.backend = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.store.data_dir = v;
+        }
+        if let Some(v) = self.etcd_endpoints {
+            config.etcd.endpoints = v;
+        }
+        if let Some(v) = self.etcd_key_prefix {
+            config.etcd.key_prefix = v;
+        }
+        if let Some(v) = self.cluster_id {
+            config.cluster_id = v;
+        }
+        if let Some(v) = self.member_id {
+            config.member_id = v;
+        }
+        if let Some(v) = self.member_name {
+            config.member_name = Some(v);
+        }
+        if let Some(v) = self.heartbeat_interval {
+            config.heartbeat_interval = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("METASRV_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let cli = Cli::parse();
+    let Command::Start(args) = cli.command;
+    let config = args.into_config()?;
+
+    // actix actors need an actix System; run it on a multi-threaded tokio runtime so that gRPC
+    // work spreads over every core.
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("the tokio runtime can be built")
+    });
+    system.block_on(start(config))
+}
+
+async fn start(config: Config) -> anyhow::Result<()> {
+    let store = metasrv::open_store(&config)
+        .await
+        .context("cannot open the metadata store")?;
+    let listeners = Listeners::bind(&config)
+        .await
+        .with_context(|| format!("cannot bind {} / {}", config.grpc_addr, config.http_addr))?;
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    tracing::info!(
+        %grpc_addr, %http_addr, backend = store.name(),
+        cluster_id = config.cluster_id, member = %config.member_name(),
+        "metasrv started"
+    );
+    // A machine-readable line for scripts and test harnesses (which start us on port 0).
+    println!(
+        "metasrv ready grpc={grpc_addr} http={http_addr} backend={}",
+        store.name()
+    );
+    metasrv::run(config, store, listeners, shutdown_signal()).await?;
+    tracing::info!("metasrv stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let sigterm = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = sigterm => tracing::info!("SIGTERM received"),
+    }
+}

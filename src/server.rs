@@ -1,0 +1,132 @@
+//! The entry point of a metasrv instance: [`open_store`] then [`run`], as in mini-redis.
+//! `main.rs` only parses configuration, sets up logging and binds the sockets, so tests can bind
+//! port 0 and start an in-process server with no readiness sleep.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Backend, Config};
+use crate::grpc::store::{StoreServer, StoreService};
+use crate::grpc::RequestLimits;
+use crate::http::{router, HttpState};
+use crate::metrics::Metrics;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::EtcdStore;
+use crate::store::{KvBackend, StoreError};
+
+/// How long in-flight requests may run after shutdown is asked before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The sockets a metasrv serves on, bound by the caller.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(config.grpc_addr).await?,
+            http: TcpListener::bind(config.http_addr).await?,
+        })
+    }
+}
+
+/// Opens the configured metadata store.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn KvBackend>, StoreError> {
+    Ok(match config.store.backend {
+        Backend::Embedded => Arc::new(EmbeddedStore::open(&config.store.data_dir)?),
+        Backend::Etcd => Arc::new(EtcdStore::connect(&config.etcd, config.cluster_id).await?),
+    })
+}
+
+/// Serves gRPC and HTTP until `shutdown` completes, then drains in-flight requests for at most
+/// [`SHUTDOWN_GRACE`].
+pub async fn run(
+    config: Config,
+    store: Arc<dyn KvBackend>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new());
+    let limits = RequestLimits {
+        cluster_id: config.cluster_id,
+        max_request_bytes: config.max_request_bytes,
+        max_batch_ops: config.max_batch_ops,
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<StoreServer<StoreService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Let tonic decode somewhat more than the limit so that the handler can refuse an oversized
+    // request with a message naming the limit; anything far larger is cut by tonic itself.
+    let decode_limit = config.max_request_bytes.saturating_mul(2);
+    let store_service = StoreServer::new(StoreService::new(store.clone(), limits, metrics.clone()))
+        .max_decoding_message_size(decode_limit);
+
+    let token = CancellationToken::new();
+    let grpc_token = token.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(store_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+            grpc_token.cancelled().await
+        });
+
+    let http_state = HttpState {
+        store,
+        metrics,
+        member_id: config.member_id,
+        member_name: config.member_name(),
+        cluster_id: config.cluster_id,
+    };
+    let http_token = token.clone();
+    let http = axum::serve(listeners.http, router(http_state))
+        .with_graceful_shutdown(async move { http_token.cancelled().await });
+
+    let servers = async {
+        let (grpc, http) = tokio::join!(grpc, http);
+        grpc?;
+        http.map_err(ServerError::Http)?;
+        Ok::<(), ServerError>(())
+    };
+    tokio::pin!(servers);
+    let shutdown_token = token.clone();
+    tokio::select! {
+        result = &mut servers => return result,
+        () = shutdown => {
+            tracing::info!("shutdown requested: draining in-flight requests");
+            shutdown_token.cancel();
+        }
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; cutting them");
+            Ok(())
+        }
+    }
+}
