@@ -86,6 +86,10 @@ fn map_etcd_error(error: etcd_client::Error) -> StoreError {
             | tonic::Code::ResourceExhausted => {
                 StoreError::Unavailable(format!("etcd: {}", status.message()))
             }
+            // tonic reports a broken connection as Unknown with the transport error as source.
+            tonic::Code::Unknown if std::error::Error::source(&status).is_some() => {
+                StoreError::Unavailable(format!("etcd connection failed: {}", status.message()))
+            }
             _ => StoreError::Internal(format!("etcd: {status}")),
         },
         E::TransportError(e) => StoreError::Unavailable(format!("etcd transport: {e}")),

@@ -1,0 +1,361 @@
+//! Test harness: real processes and in-process servers on loopback ports, each owning its temp
+//! dir and killed in `Drop`. Readiness is awaited with deadlines, never with fixed sleeps.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metasrv::store::etcd::{EtcdConfig, EtcdStore};
+use metasrv::store::KvBackend;
+use metasrv::{Config, Listeners};
+use tempfile::TempDir;
+
+/// How long a server may take to become ready before the test fails.
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port. The port is released before use, so a race with another process is
+/// possible; callers that start servers retry on a failed start.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("can bind an ephemeral loopback port")
+}
+
+fn read_log(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    // Keep panic messages readable: the tail is what explains a failure.
+    let tail_start = text.len().saturating_sub(4000);
+    let tail_start = (tail_start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[tail_start..].to_owned()
+}
+
+/// A real single-member etcd server (Debian's `etcd-server`, or `$ETCD_BIN`) on free loopback
+/// ports with a temp data dir.
+pub struct EtcdProcess {
+    child: Child,
+    pub endpoint: String,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl EtcdProcess {
+    pub fn start() -> Self {
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            match Self::try_start() {
+                Ok(etcd) => return etcd,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("etcd did not start after 3 attempts: {last_error}");
+    }
+
+    fn try_start() -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log_path = dir.path().join("etcd.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let child = Command::new(&bin)
+            .args(["--name", "s1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("s1={peer_url}")])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| {
+                format!("cannot run `{bin}` (install Debian's etcd-server or set ETCD_BIN): {e}")
+            })?;
+        let mut etcd = Self {
+            child,
+            endpoint: format!("127.0.0.1:{client_port}"),
+            log_path,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        loop {
+            if etcd.healthy() {
+                return Ok(etcd);
+            }
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                return Err(format!(
+                    "etcd exited with {status}; log:\n{}",
+                    read_log(&etcd.log_path)
+                ));
+            }
+            if started.elapsed() > READY_DEADLINE {
+                return Err(format!(
+                    "etcd not healthy after {READY_DEADLINE:?}; log:\n{}",
+                    read_log(&etcd.log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// etcd's own `/health` says `"health":"true"`.
+    fn healthy(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(&self.endpoint) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        if stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.contains("\"health\":\"true\"")
+    }
+
+    pub fn config(&self, key_prefix: &str) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.endpoint.clone()],
+            key_prefix: key_prefix.to_owned(),
+            ..EtcdConfig::default()
+        }
+    }
+
+    /// A store on this etcd under `{key_prefix}/{cluster_id}/`.
+    pub async fn store(&self, key_prefix: &str, cluster_id: u64) -> Arc<dyn KvBackend> {
+        Arc::new(
+            EtcdStore::connect(&self.config(key_prefix), cluster_id)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to test etcd: {e}")),
+        )
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `metasrv start` process of the binary under test, on port 0, reading its addresses from
+/// the "metasrv ready" line it prints.
+pub struct MetasrvProcess {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    log_path: PathBuf,
+}
+
+impl MetasrvProcess {
+    /// Starts `metasrv start` with `args` (plus port-0 addresses unless given) in `work_dir`,
+    /// with `env` added to the environment; logs go to `work_dir/metasrv-<n>.log`.
+    pub fn start(work_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = work_dir.join(format!("metasrv-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("can create the metasrv log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_metasrv"));
+        command.current_dir(work_dir).arg("start");
+        if !args.contains(&"--grpc-addr") {
+            command.args(["--grpc-addr", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--http-addr") {
+            command.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .env("METASRV_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = command.spawn().expect("can run the metasrv binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // Read the ready line on a thread so that the deadline holds even if the child hangs.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("metasrv ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(READY_DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "metasrv printed no ready line within {READY_DEADLINE:?}; log:\n{}",
+                    read_log(&log_path)
+                );
+            }
+        };
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("ready line {line:?} has no {name}"))
+        };
+        Self {
+            grpc_addr: field("grpc="),
+            http_addr: field("http="),
+            child,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") and waits for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("can run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        self.child.wait().expect("can wait for metasrv")
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for MetasrvProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A metasrv served by `metasrv::run` inside the test process, on port-0 listeners.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub config: Config,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(store: Arc<dyn KvBackend>, mut config: Config) -> Self {
+        config.grpc_addr = "127.0.0.1:0".parse().expect("valid address");
+        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
+        let listeners = Listeners::bind(&config).await.expect("can bind port 0");
+        let grpc_addr = listeners.grpc.local_addr().expect("bound");
+        let http_addr = listeners.http.local_addr().expect("bound");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let run_config = config.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = metasrv::run(run_config, store, listeners, shutdown).await {
+                panic!("in-process metasrv failed: {e}");
+            }
+        });
+        Self {
+            grpc_addr,
+            http_addr,
+            config,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        metasrv::client::connect(&self.grpc_addr.to_string())
+            .await
+            .expect("can connect to the in-process metasrv")
+    }
+
+    /// Asks for a graceful shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server stops within 10s")
+            .expect("server task did not panic");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("can connect to the HTTP port");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("can send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("can read the response");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
