@@ -163,10 +163,6 @@ impl EtcdProcess {
                 .unwrap_or_else(|e| panic!("cannot connect to test etcd: {e}")),
         )
     }
-
-    pub fn log(&self) -> String {
-        read_log(&self.log_path)
-    }
 }
 
 impl Drop for EtcdProcess {
@@ -274,7 +270,6 @@ impl Drop for MetasrvProcess {
 pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub config: Config,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -287,19 +282,17 @@ impl TestServer {
         let grpc_addr = listeners.grpc.local_addr().expect("bound");
         let http_addr = listeners.http.local_addr().expect("bound");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let run_config = config.clone();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = metasrv::run(run_config, store, listeners, shutdown).await {
+            if let Err(e) = metasrv::run(config, store, listeners, shutdown).await {
                 panic!("in-process metasrv failed: {e}");
             }
         });
         Self {
             grpc_addr,
             http_addr,
-            config,
             shutdown: Some(tx),
             task,
         }

@@ -1,4 +1,6 @@
 //! The one integration-test binary (one link, many modules).
 
+mod grpc_store;
 mod harness;
+mod process;
 mod store_conformance;

@@ -12,21 +12,30 @@ use metasrv::store::{
 use crate::harness::EtcdProcess;
 
 /// Keeps alive whatever the store lives on (a temp dir, an etcd process).
-pub enum Fixture {
-    Embedded(tempfile::TempDir),
-    Etcd(EtcdProcess),
+pub struct Fixture {
+    _guard: Box<dyn std::any::Any + Send>,
 }
 
 pub fn embedded() -> (Fixture, Arc<dyn KvBackend>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = EmbeddedStore::open(dir.path()).expect("open embedded store");
-    (Fixture::Embedded(dir), Arc::new(store))
+    (
+        Fixture {
+            _guard: Box::new(dir),
+        },
+        Arc::new(store),
+    )
 }
 
 pub async fn etcd(test_name: &str) -> (Fixture, Arc<dyn KvBackend>) {
     let etcd = EtcdProcess::start();
     let store = etcd.store(&format!("/test/{test_name}"), 1).await;
-    (Fixture::Etcd(etcd), store)
+    (
+        Fixture {
+            _guard: Box::new(etcd),
+        },
+        store,
+    )
 }
 
 fn kv(key: &str, value: &str) -> KeyValue {
