@@ -1,5 +1,6 @@
 //! Generates the gRPC code for `proto/metasrv/v1/*.proto` with the vendored protoc, plus a file
-//! descriptor set for server reflection.
+//! descriptor set for server reflection, and the benchmark-only echo service apart from it (so
+//! that reflection never lists a service metasrv does not serve).
 
 use std::path::PathBuf;
 
@@ -13,11 +14,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/metasrv/v1/common.proto",
         "proto/metasrv/v1/store.proto",
+        "proto/metasrv/v1/heartbeat.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("metasrv_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
-    for proto in protos {
+    // A separate directory: this run would otherwise overwrite metasrv.v1.rs with an empty file.
+    let bench_dir = out_dir.join("bench");
+    std::fs::create_dir_all(&bench_dir)?;
+    tonic_prost_build::configure()
+        .out_dir(&bench_dir)
+        .extern_path(".metasrv.v1", "crate::proto::v1")
+        .compile_protos(&["proto/bench/echo.proto"], &["proto"])?;
+    for proto in protos.iter().chain(&["proto/bench/echo.proto"]) {
         println!("cargo:rerun-if-changed={proto}");
     }
     Ok(())

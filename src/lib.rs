@@ -4,11 +4,13 @@
 pub mod actors;
 pub mod client;
 pub mod config;
+pub mod failure_detector;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod stats;
 pub mod store;
 
 pub use config::Config;

@@ -5,6 +5,12 @@ pub mod v1 {
     tonic::include_proto!("metasrv.v1");
 }
 
+/// The raw echo service that benchmarks use as their baseline.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod bench {
+    include!(concat!(env!("OUT_DIR"), "/bench/metasrv.bench.rs"));
+}
+
 /// The encoded descriptors of our protos, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("metasrv_descriptor");
 
