@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failure_detector::FailureDetectorConfig;
 use crate::store::etcd::EtcdConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -23,15 +24,29 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (`/health`, `/metrics`). Default: `127.0.0.1:4002`.
     pub http_addr: SocketAddr,
+    /// The address clients are told to reach this member at (AskLeader). Default: the bound
+    /// gRPC address.
+    pub advertise_addr: Option<String>,
     /// The heartbeat interval datanodes are asked to keep. Default: `1s`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// How long a datanode has to report the result of an instruction. Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub instruction_timeout: Duration,
+    /// Threads that run heartbeat sessions. Default: 0, meaning one per CPU core.
+    pub session_threads: usize,
+    /// Stats samples kept per node (at 1 s heartbeats, 300 is five minutes). Default: 300.
+    pub node_history: usize,
+    /// Stats samples kept per region. Default: 60.
+    pub region_history: usize,
     /// The largest request accepted, in bytes (etcd's default cap). Default: 1572864 (1.5 MiB).
     pub max_request_bytes: usize,
     /// The most keys in one batch or transaction (etcd's default cap). Default: 128.
     pub max_batch_ops: usize,
     /// Where the metadata lives.
     pub store: StoreConfig,
+    /// When a silent datanode is suspected and declared dead.
+    pub failure_detector: FailureDetectorConfig,
     /// How to reach etcd, when `store.backend = "etcd"`.
     pub etcd: EtcdConfig,
 }
@@ -72,10 +87,16 @@ impl Default for Config {
             // Loopback by default: an operator opts in to exposing the server.
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 3002)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4002)),
+            advertise_addr: None,
             heartbeat_interval: Duration::from_secs(1),
+            instruction_timeout: Duration::from_secs(10),
+            session_threads: 0,
+            node_history: 300,
+            region_history: 60,
             max_request_bytes: 1536 * 1024,
             max_batch_ops: 128,
             store: StoreConfig::default(),
+            failure_detector: FailureDetectorConfig::default(),
             etcd: EtcdConfig::default(),
         }
     }
@@ -154,6 +175,25 @@ impl Config {
                 "HEARTBEAT_INTERVAL" => {
                     self.heartbeat_interval = duration(&value).map_err(|e| bad(&e))?
                 }
+                "ADVERTISE_ADDR" => self.advertise_addr = optional(&value),
+                "INSTRUCTION_TIMEOUT" => {
+                    self.instruction_timeout = duration(&value).map_err(|e| bad(&e))?
+                }
+                "SESSION_THREADS" => self.session_threads = parse(&value).map_err(|e| bad(&e))?,
+                "PHI_THRESHOLD" => {
+                    self.failure_detector.threshold = parse(&value).map_err(|e| bad(&e))?
+                }
+                "PHI_SUSPECT_THRESHOLD" => {
+                    self.failure_detector.suspect_threshold = parse(&value).map_err(|e| bad(&e))?
+                }
+                "ACCEPTABLE_HEARTBEAT_PAUSE" => {
+                    self.failure_detector.acceptable_heartbeat_pause =
+                        duration(&value).map_err(|e| bad(&e))?
+                }
+                "MIN_STD_DEVIATION" => {
+                    self.failure_detector.min_std_deviation =
+                        duration(&value).map_err(|e| bad(&e))?
+                }
                 "MAX_REQUEST_BYTES" => {
                     self.max_request_bytes = parse(&value).map_err(|e| bad(&e))?
                 }
@@ -198,6 +238,23 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval must be positive".into(),
             ));
+        }
+        if self.instruction_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "instruction_timeout must be positive".into(),
+            ));
+        }
+        let detector = &self.failure_detector;
+        if detector.min_std_deviation.is_zero() {
+            return Err(ConfigError::Invalid(
+                "failure_detector.min_std_deviation must be positive".into(),
+            ));
+        }
+        if !(detector.suspect_threshold > 0.0 && detector.suspect_threshold <= detector.threshold) {
+            return Err(ConfigError::Invalid(format!(
+                "failure_detector: need 0 < suspect_threshold ({}) <= threshold ({})",
+                detector.suspect_threshold, detector.threshold
+            )));
         }
         if self.max_request_bytes < 1024 {
             return Err(ConfigError::Invalid(

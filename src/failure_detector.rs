@@ -109,7 +109,11 @@ impl PhiAccrualDetector {
         let mean = self.sum / n;
         let variance = (self.sum_of_squares / n - mean * mean).max(0.0);
         let std_deviation = variance.sqrt().max(self.min_std_deviation_ms);
-        phi(now_ms - last, mean + self.acceptable_pause_ms, std_deviation)
+        phi(
+            now_ms - last,
+            mean + self.acceptable_pause_ms,
+            std_deviation,
+        )
     }
 }
 
@@ -154,7 +158,11 @@ mod tests {
             d.heartbeat(i as f64 * 1000.0);
         }
         let last = 19_000.0;
-        assert!(d.phi(last + 500.0) < 0.1, "on time: {}", d.phi(last + 500.0));
+        assert!(
+            d.phi(last + 500.0) < 0.1,
+            "on time: {}",
+            d.phi(last + 500.0)
+        );
         assert!(d.phi(last + 2000.0) < d.phi(last + 3000.0));
         assert!(d.phi(last + 3000.0) < d.phi(last + 4000.0));
         assert!(d.phi(last + 60_000.0).is_finite());
@@ -168,7 +176,10 @@ mod tests {
         }
         let suspect = time_to(&d, 19_000.0, 3.0);
         let dead = time_to(&d, 19_000.0, 8.0);
-        assert!((2_000.0..3_500.0).contains(&suspect), "suspect after {suspect} ms");
+        assert!(
+            (2_000.0..3_500.0).contains(&suspect),
+            "suspect after {suspect} ms"
+        );
         assert!((3_000.0..4_000.0).contains(&dead), "dead after {dead} ms");
     }
 
@@ -184,7 +195,10 @@ mod tests {
         }
         let regular_dead = time_to(&regular, 49_000.0, 8.0);
         let jittery_dead = time_to(&jittery, t, 8.0);
-        assert!(jittery_dead > regular_dead + 1000.0, "{jittery_dead} vs {regular_dead}");
+        assert!(
+            jittery_dead > regular_dead + 1000.0,
+            "{jittery_dead} vs {regular_dead}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::actors::cluster_view::{ClusterView, ListNodes};
 use crate::metrics::Metrics;
 use crate::store::{KeyRange, KvBackend, RangeRequest};
 
@@ -20,6 +21,7 @@ const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Arc<dyn KvBackend>,
+    pub cluster_view: actix::Addr<ClusterView>,
     pub metrics: Arc<Metrics>,
     pub member_id: u64,
     pub member_name: String,
@@ -30,6 +32,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/nodes", get(nodes))
         .with_state(state)
 }
 
@@ -69,4 +72,16 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Every known datanode: address, status, last heartbeat, current phi and latest stats.
+async fn nodes(State(state): State<HttpState>) -> Response {
+    match state.cluster_view.send(ListNodes).await {
+        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("cluster view unavailable: {e}") })),
+        )
+            .into_response(),
+    }
 }

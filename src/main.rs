@@ -122,15 +122,13 @@ fn main() -> anyhow::Result<()> {
     let Command::Start(args) = cli.command;
     let config = args.into_config()?;
 
-    // actix actors need an actix System; run it on a multi-threaded tokio runtime so that gRPC
-    // work spreads over every core.
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("the tokio runtime can be built")
-    });
-    system.block_on(start(config))
+    // gRPC runs on this multi-threaded runtime; the actors run on their own actix system, which
+    // `metasrv::run` starts (see src/actors/mod.rs).
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the tokio runtime")?
+        .block_on(start(config))
 }
 
 async fn start(config: Config) -> anyhow::Result<()> {

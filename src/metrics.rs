@@ -2,7 +2,8 @@
 //! registry), so that several in-process servers in one test do not mix their counts.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -11,6 +12,23 @@ pub struct Metrics {
     pub grpc_requests: IntCounterVec,
     /// gRPC request latency, by service and method.
     pub grpc_latency: HistogramVec,
+    /// Heartbeats received, by outcome (`ok`, `invalid`).
+    pub heartbeats: IntCounterVec,
+    /// Time to handle one heartbeat in its session, from receipt to the queued response.
+    pub heartbeat_handle_seconds: Histogram,
+    /// Open heartbeat streams.
+    pub heartbeat_sessions: IntGauge,
+    /// Known datanodes by liveness status.
+    pub nodes: IntGaugeVec,
+    /// Instructions by kind and outcome (`success`, `failure`, `timeout`, `not_connected`).
+    pub instructions: IntCounterVec,
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once");
+    metric
 }
 
 impl Metrics {
@@ -32,16 +50,62 @@ impl Metrics {
             &["service", "method"],
         )
         .expect("static metric definition is valid");
-        registry
-            .register(Box::new(grpc_requests.clone()))
-            .expect("metric registered once");
-        registry
-            .register(Box::new(grpc_latency.clone()))
-            .expect("metric registered once");
+        let grpc_requests = register(&registry, grpc_requests);
+        let grpc_latency = register(&registry, grpc_latency);
+        let heartbeats = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("metasrv_heartbeats_total", "Heartbeats received"),
+                &["outcome"],
+            )
+            .expect("static metric definition is valid"),
+        );
+        let heartbeat_handle_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "metasrv_heartbeat_handle_seconds",
+                    "Time from receiving a heartbeat to queueing its response",
+                )
+                .buckets(vec![
+                    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+                ]),
+            )
+            .expect("static metric definition is valid"),
+        );
+        let heartbeat_sessions = register(
+            &registry,
+            IntGauge::new("metasrv_heartbeat_sessions", "Open heartbeat streams")
+                .expect("static metric definition is valid"),
+        );
+        let nodes = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("metasrv_nodes", "Known datanodes by liveness status"),
+                &["status"],
+            )
+            .expect("static metric definition is valid"),
+        );
+        let instructions = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "metasrv_instructions_total",
+                    "Instructions sent to datanodes",
+                ),
+                &["kind", "outcome"],
+            )
+            .expect("static metric definition is valid"),
+        );
         Self {
             registry,
             grpc_requests,
             grpc_latency,
+            heartbeats,
+            heartbeat_handle_seconds,
+            heartbeat_sessions,
+            nodes,
+            instructions,
         }
     }
 

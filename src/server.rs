@@ -10,7 +10,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use actix::Actor;
+
+use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
+use crate::actors::ActorRuntime;
 use crate::config::{Backend, Config};
+use crate::grpc::heartbeat::{HeartbeatServer, HeartbeatService};
 use crate::grpc::store::{StoreServer, StoreService};
 use crate::grpc::RequestLimits;
 use crate::http::{router, HttpState};
@@ -30,6 +35,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error("cannot start the actor system: {0}")]
+    Actors(#[source] std::io::Error),
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -72,17 +79,52 @@ pub async fn run(
         max_batch_ops: config.max_batch_ops,
     };
 
+    let session_threads = match config.session_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let actors = Arc::new(ActorRuntime::start(session_threads).map_err(ServerError::Actors)?);
+    let view_config = ClusterViewConfig {
+        heartbeat_interval: config.heartbeat_interval,
+        failure_detector: config.failure_detector.clone(),
+        node_history: config.node_history,
+        region_history: config.region_history,
+    };
+    let view = ClusterView::new(view_config, store.clone(), metrics.clone());
+    let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
+    let me = crate::proto::v1::Peer {
+        id: config.member_id,
+        addr: match &config.advertise_addr {
+            Some(addr) => addr.clone(),
+            None => listeners
+                .grpc
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        },
+    };
+    let heartbeat_service = HeartbeatServer::new(HeartbeatService::new(
+        actors.clone(),
+        cluster_view.clone(),
+        limits.clone(),
+        metrics.clone(),
+        config.heartbeat_interval.as_millis() as u64,
+        me,
+    ))
+    .max_decoding_message_size(decode_limit_for(&config));
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<StoreServer<StoreService>>()
+        .await;
+    health_reporter
+        .set_serving::<HeartbeatServer<HeartbeatService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    // Let tonic decode somewhat more than the limit so that the handler can refuse an oversized
-    // request with a message naming the limit; anything far larger is cut by tonic itself.
-    let decode_limit = config.max_request_bytes.saturating_mul(2);
+    let decode_limit = decode_limit_for(&config);
     let store_service = StoreServer::new(StoreService::new(store.clone(), limits, metrics.clone()))
         .max_decoding_message_size(decode_limit);
 
@@ -92,12 +134,14 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(store_service)
+        .add_service(heartbeat_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
             grpc_token.cancelled().await
         });
 
     let http_state = HttpState {
         store,
+        cluster_view: cluster_view.clone(),
         metrics,
         member_id: config.member_id,
         member_name: config.member_name(),
@@ -122,11 +166,26 @@ pub async fn run(
             shutdown_token.cancel();
         }
     }
-    match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
+    // Heartbeat streams never end by themselves: close them so the gRPC server can drain.
+    let _ = cluster_view
+        .send(CloseAllSessions {
+            reason: "metasrv is shutting down".into(),
+        })
+        .await;
+    let result = match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; cutting them");
             Ok(())
         }
-    }
+    };
+    // Stopping the actor system joins its thread: do it off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(actors)).await;
+    result
+}
+
+/// Let tonic decode somewhat more than the limit so that handlers can refuse an oversized request
+/// with a message naming the limit; anything far larger is cut by tonic itself.
+fn decode_limit_for(config: &Config) -> usize {
+    config.max_request_bytes.saturating_mul(2)
 }

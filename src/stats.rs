@@ -77,7 +77,9 @@ pub struct Heartbeat {
 
 fn check_rate(name: &str, value: f64, max: f64) -> Result<(), String> {
     if !value.is_finite() || value < 0.0 || value > max {
-        return Err(format!("node_stat.{name} = {value} is not a plausible value"));
+        return Err(format!(
+            "node_stat.{name} = {value} is not a plausible value"
+        ));
     }
     Ok(())
 }
@@ -94,7 +96,9 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             header.cluster_id
         ));
     }
-    let peer = request.peer.ok_or("heartbeat has no peer: set peer.id and peer.addr")?;
+    let peer = request
+        .peer
+        .ok_or("heartbeat has no peer: set peer.id and peer.addr")?;
     if peer.id == 0 {
         return Err("peer.id is 0: datanode ids start at 1".into());
     }
@@ -254,15 +258,36 @@ mod tests {
     fn bad_requests_are_refused_with_a_reason() {
         let cases: Vec<(&str, Box<dyn Fn(&mut pb::HeartbeatRequest)>)> = vec![
             ("no header", Box::new(|r| r.header = None)),
-            ("cluster 2", Box::new(|r| r.header.as_mut().unwrap().cluster_id = 2)),
+            (
+                "cluster 2",
+                Box::new(|r| r.header.as_mut().unwrap().cluster_id = 2),
+            ),
             ("no peer", Box::new(|r| r.peer = None)),
-            ("peer.id is 0", Box::new(|r| r.peer.as_mut().unwrap().id = 0)),
-            ("empty address", Box::new(|r| r.peer.as_mut().unwrap().addr.clear())),
-            ("not host:port", Box::new(|r| r.peer.as_mut().unwrap().addr = "x y".into())),
-            ("cpu_usage", Box::new(|r| r.node_stat.as_mut().unwrap().cpu_usage = f64::NAN)),
-            ("load", Box::new(|r| r.node_stat.as_mut().unwrap().load = -1.0)),
+            (
+                "peer.id is 0",
+                Box::new(|r| r.peer.as_mut().unwrap().id = 0),
+            ),
+            (
+                "empty address",
+                Box::new(|r| r.peer.as_mut().unwrap().addr.clear()),
+            ),
+            (
+                "not host:port",
+                Box::new(|r| r.peer.as_mut().unwrap().addr = "x y".into()),
+            ),
+            (
+                "cpu_usage",
+                Box::new(|r| r.node_stat.as_mut().unwrap().cpu_usage = f64::NAN),
+            ),
+            (
+                "load",
+                Box::new(|r| r.node_stat.as_mut().unwrap().load = -1.0),
+            ),
             ("region_id 0", Box::new(|r| r.region_stats[0].region_id = 0)),
-            ("twice", Box::new(|r| r.region_stats.push(r.region_stats[0].clone()))),
+            (
+                "twice",
+                Box::new(|r| r.region_stats.push(r.region_stats[0].clone())),
+            ),
             ("no role", Box::new(|r| r.region_stats[0].role = 0)),
             (
                 "ends before",
@@ -278,7 +303,10 @@ mod tests {
             let mut r = request();
             break_it(&mut r);
             let reason = validate(r, 1).expect_err(needle);
-            assert!(reason.contains(needle), "{reason:?} should mention {needle:?}");
+            assert!(
+                reason.contains(needle),
+                "{reason:?} should mention {needle:?}"
+            );
         }
     }
 }

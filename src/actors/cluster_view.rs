@@ -1,0 +1,684 @@
+//! `ClusterView`: the leader's global picture of the datanodes. It alone owns, per node, the
+//! current heartbeat session, the latest and historical stats (bounded rings), the failure
+//! detector and the liveness status; per region, the latest and historical load as reported; and
+//! the instruction mailbox (pending instructions with their deadlines). Nobody else touches these:
+//! sessions report through `SessionOpened` / `StatsReported` / `SessionClosed`, readers ask with
+//! `ListNodes`, and subscribers (the Scheduler) receive `NodeEvent`s.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
+use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
+use crate::metrics::Metrics;
+use crate::proto::v1 as pb;
+use crate::stats::{Heartbeat, InstructionOutcome, NodeStats, RegionRole, RegionStats};
+use crate::store::{KeyValue, KvBackend};
+
+// ---- Messages -------------------------------------------------------------------------------
+
+/// A session received the first valid heartbeat of a node and now speaks for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionOpened {
+    pub node_id: u64,
+    pub addr: String,
+    pub instance_id: String,
+    pub session: SessionHandle,
+}
+
+/// A session forwards one validated heartbeat.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StatsReported {
+    pub session_id: u64,
+    pub heartbeat: Heartbeat,
+    pub received_at: Instant,
+}
+
+/// A session ended (stream closed, error, replaced).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    pub node_id: u64,
+    pub session_id: u64,
+}
+
+/// Sends an instruction to a node on its heartbeat stream and waits for its result.
+#[derive(Message)]
+#[rtype(result = "Result<InstructionOutcome, MailboxError>")]
+pub struct SendInstruction {
+    pub node_id: u64,
+    pub instruction: Instruction,
+    /// How long the node has to answer before the instruction is reported as timed out.
+    pub timeout: Duration,
+}
+
+/// Lists every known node with its status and latest stats.
+#[derive(Message)]
+#[rtype(result = "Vec<NodeSnapshot>")]
+pub struct ListNodes;
+
+/// The stats history of one node, oldest first (empty for an unknown node).
+#[derive(Message)]
+#[rtype(result = "Vec<NodeSample>")]
+pub struct GetNodeHistory {
+    pub node_id: u64,
+}
+
+/// Registers a subscriber for node liveness events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub subscriber: Recipient<NodeEvent>,
+}
+
+/// Closes every session (metasrv is stopping or losing leadership) with `reason`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAllSessions {
+    pub reason: String,
+}
+
+/// A change in a node's liveness, published to subscribers.
+#[derive(Message, Clone, Debug, PartialEq)]
+#[rtype(result = "()")]
+pub enum NodeEvent {
+    /// phi crossed the suspect threshold: the node may be failing; nothing is moved yet.
+    Suspect { node_id: u64, phi: f64 },
+    /// phi crossed the failure threshold: the node is considered dead.
+    Dead { node_id: u64, phi: f64 },
+    /// A suspected or dead node heartbeats again.
+    Recovered { node_id: u64 },
+}
+
+// ---- Domain types ---------------------------------------------------------------------------
+
+/// How ClusterView reaches one session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub session_id: u64,
+    pub deliver: Recipient<DeliverInstruction>,
+    pub close: Recipient<CloseSession>,
+}
+
+/// What metasrv can ask a datanode to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Instruction {
+    OpenRegion {
+        region_id: u64,
+        table: pb::TableName,
+        role: RegionRole,
+    },
+    CloseRegion {
+        region_id: u64,
+    },
+    PromoteToLeader {
+        region_id: u64,
+    },
+    DemoteToFollower {
+        region_id: u64,
+    },
+    InvalidateRouteCache {
+        table_ids: Vec<u64>,
+    },
+}
+
+impl Instruction {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::OpenRegion { .. } => "open_region",
+            Self::CloseRegion { .. } => "close_region",
+            Self::PromoteToLeader { .. } => "promote_to_leader",
+            Self::DemoteToFollower { .. } => "demote_to_follower",
+            Self::InvalidateRouteCache { .. } => "invalidate_route_cache",
+        }
+    }
+
+    pub fn to_pb(&self, id: u64) -> pb::Instruction {
+        use pb::instruction::Kind;
+        let kind = match self.clone() {
+            Self::OpenRegion {
+                region_id,
+                table,
+                role,
+            } => Kind::OpenRegion(pb::OpenRegion {
+                region_id,
+                table_name: Some(table),
+                role: match role {
+                    RegionRole::Leader => pb::RegionRole::Leader,
+                    RegionRole::Follower => pb::RegionRole::Follower,
+                } as i32,
+            }),
+            Self::CloseRegion { region_id } => Kind::CloseRegion(pb::CloseRegion { region_id }),
+            Self::PromoteToLeader { region_id } => {
+                Kind::PromoteToLeader(pb::PromoteToLeader { region_id })
+            }
+            Self::DemoteToFollower { region_id } => {
+                Kind::DemoteToFollower(pb::DemoteToFollower { region_id })
+            }
+            Self::InvalidateRouteCache { table_ids } => {
+                Kind::InvalidateRouteCache(pb::InvalidateRouteCache { table_ids })
+            }
+        };
+        pb::Instruction {
+            id,
+            kind: Some(kind),
+        }
+    }
+}
+
+/// Why an instruction got no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MailboxError {
+    #[error("node {0} has no heartbeat stream")]
+    NodeNotConnected(u64),
+    #[error("node {node_id} did not answer instruction {instruction_id} within {timeout:?}")]
+    Timeout {
+        node_id: u64,
+        instruction_id: u64,
+        timeout: Duration,
+    },
+    #[error("the mailbox was closed before node {0} answered")]
+    Closed(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+/// One point of a node's stats history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeSample {
+    pub at_unix_ms: u64,
+    pub stats: NodeStats,
+}
+
+/// One point of a region's load history (compact: regions are many).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RegionSample {
+    pub at_unix_ms: u64,
+    pub rcus: u64,
+    pub wcus: u64,
+    pub approximate_size: u64,
+}
+
+/// A node as `/v1/nodes` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeSnapshot {
+    pub id: u64,
+    pub addr: String,
+    pub instance_id: String,
+    pub status: NodeStatus,
+    pub connected: bool,
+    pub last_heartbeat_unix_ms: u64,
+    pub phi: f64,
+    pub stats: Option<NodeStats>,
+    pub regions: Vec<RegionStats>,
+    pub history_len: usize,
+}
+
+/// Tuning of the ClusterView.
+#[derive(Clone, Debug)]
+pub struct ClusterViewConfig {
+    pub heartbeat_interval: Duration,
+    pub failure_detector: FailureDetectorConfig,
+    /// Samples kept per node (at 1 s heartbeats, 120 is two minutes).
+    pub node_history: usize,
+    /// Samples kept per region.
+    pub region_history: usize,
+}
+
+// ---- The actor ------------------------------------------------------------------------------
+
+struct NodeEntry {
+    addr: String,
+    instance_id: String,
+    status: NodeStatus,
+    detector: PhiAccrualDetector,
+    session: Option<SessionHandle>,
+    latest: Option<NodeStats>,
+    history: VecDeque<NodeSample>,
+    last_heartbeat_unix_ms: u64,
+    regions: Vec<RegionStats>,
+}
+
+struct RegionEntry {
+    history: VecDeque<RegionSample>,
+}
+
+struct PendingInstruction {
+    node_id: u64,
+    kind: &'static str,
+    reply: oneshot::Sender<Result<InstructionOutcome, MailboxError>>,
+}
+
+pub struct ClusterView {
+    config: ClusterViewConfig,
+    store: Arc<dyn KvBackend>,
+    metrics: Arc<Metrics>,
+    /// The monotonic origin of detector times.
+    epoch: Instant,
+    nodes: HashMap<u64, NodeEntry>,
+    regions: HashMap<u64, RegionEntry>,
+    subscribers: Vec<Recipient<NodeEvent>>,
+    pending: HashMap<u64, PendingInstruction>,
+    next_instruction_id: u64,
+}
+
+/// The KV key under which a registered datanode is persisted.
+pub fn node_key(node_id: u64) -> Vec<u8> {
+    format!("__meta/node/{node_id}").into_bytes()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn push_bounded<T>(ring: &mut VecDeque<T>, item: T, capacity: usize) {
+    if ring.len() >= capacity.max(1) {
+        ring.pop_front();
+    }
+    ring.push_back(item);
+}
+
+impl ClusterView {
+    pub fn new(
+        config: ClusterViewConfig,
+        store: Arc<dyn KvBackend>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            metrics,
+            epoch: Instant::now(),
+            nodes: HashMap::new(),
+            regions: HashMap::new(),
+            subscribers: Vec::new(),
+            pending: HashMap::new(),
+            next_instruction_id: 1,
+        }
+    }
+
+    fn ms_since_epoch(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
+    }
+
+    fn publish(&mut self, event: NodeEvent) {
+        tracing::info!(?event, "node liveness changed");
+        self.subscribers.retain(|s| s.connected());
+        for subscriber in &self.subscribers {
+            subscriber.do_send(event.clone());
+        }
+    }
+
+    /// Re-evaluates phi of every node that is not already dead.
+    fn check_liveness(&mut self) {
+        let now = self.ms_since_epoch(Instant::now());
+        let threshold = self.config.failure_detector.threshold;
+        let suspect = self.config.failure_detector.suspect_threshold;
+        let mut events = Vec::new();
+        for (&node_id, node) in &mut self.nodes {
+            if node.status == NodeStatus::Dead {
+                continue;
+            }
+            let phi = node.detector.phi(now);
+            if phi >= threshold {
+                node.status = NodeStatus::Dead;
+                events.push(NodeEvent::Dead { node_id, phi });
+            } else if phi >= suspect && node.status == NodeStatus::Alive {
+                node.status = NodeStatus::Suspect;
+                events.push(NodeEvent::Suspect { node_id, phi });
+            }
+        }
+        for event in events {
+            self.publish(event);
+        }
+        self.update_status_gauges();
+    }
+
+    fn update_status_gauges(&self) {
+        let mut counts = [0i64; 3];
+        for node in self.nodes.values() {
+            counts[node.status as usize] += 1;
+        }
+        for (status, count) in ["alive", "suspect", "dead"].iter().zip(counts) {
+            self.metrics.nodes.with_label_values(&[status]).set(count);
+        }
+    }
+
+    /// Persists the node's registration; only on first sight or when address or instance
+    /// change, so heartbeats themselves never touch the KV.
+    fn persist_registration(
+        &self,
+        node_id: u64,
+        addr: &str,
+        instance_id: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let value = serde_json::json!({
+            "id": node_id,
+            "addr": addr,
+            "instance_id": instance_id,
+            "registered_at_unix_ms": unix_ms(),
+        })
+        .to_string();
+        let store = self.store.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = store.put(KeyValue::new(node_key(node_id), value)).await {
+                    tracing::warn!(node_id, "cannot persist node registration: {e}");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for ClusterView {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Check often enough that detection lags phi by at most a tenth of an interval.
+        let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
+        ctx.run_interval(period, |view, _| view.check_liveness());
+    }
+}
+
+impl Handler<SessionOpened> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionOpened, ctx: &mut Self::Context) {
+        let SessionOpened {
+            node_id,
+            addr,
+            instance_id,
+            session,
+        } = msg;
+        let changed = match self.nodes.get_mut(&node_id) {
+            Some(node) => {
+                if let Some(old) = node.session.replace(session.clone()) {
+                    if old.session_id != session.session_id {
+                        tracing::info!(
+                            node_id,
+                            old = old.session_id,
+                            new = session.session_id,
+                            "a newer stream replaces the node's session"
+                        );
+                        old.close.do_send(CloseSession {
+                            status: tonic::Status::aborted(
+                                "replaced by a newer heartbeat stream of the same node",
+                            ),
+                        });
+                    }
+                }
+                let changed = node.addr != addr || node.instance_id != instance_id;
+                if node.instance_id != instance_id {
+                    tracing::info!(node_id, %addr, old = %node.instance_id, new = %instance_id, "node restarted with a new instance");
+                }
+                node.addr = addr.clone();
+                node.instance_id = instance_id.clone();
+                changed
+            }
+            None => {
+                tracing::info!(node_id, %addr, %instance_id, "node registered");
+                let detector = PhiAccrualDetector::new(
+                    &self.config.failure_detector,
+                    self.config.heartbeat_interval,
+                );
+                self.nodes.insert(
+                    node_id,
+                    NodeEntry {
+                        addr: addr.clone(),
+                        instance_id: instance_id.clone(),
+                        status: NodeStatus::Alive,
+                        detector,
+                        session: Some(session),
+                        latest: None,
+                        history: VecDeque::new(),
+                        last_heartbeat_unix_ms: 0,
+                        regions: Vec::new(),
+                    },
+                );
+                true
+            }
+        };
+        if changed {
+            self.persist_registration(node_id, &addr, &instance_id, ctx);
+        }
+        self.update_status_gauges();
+    }
+}
+
+impl Handler<StatsReported> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: StatsReported, _ctx: &mut Self::Context) {
+        let StatsReported {
+            session_id,
+            heartbeat,
+            received_at,
+        } = msg;
+        let now_ms = self.ms_since_epoch(received_at);
+        let at_unix_ms = unix_ms();
+        let Some(node) = self.nodes.get_mut(&heartbeat.node_id) else {
+            return;
+        };
+        // A replaced session may still deliver a last message; only the current one counts.
+        if node.session.as_ref().map(|s| s.session_id) != Some(session_id) {
+            return;
+        }
+        node.detector.heartbeat(now_ms);
+        node.last_heartbeat_unix_ms = at_unix_ms;
+        let recovered = node.status != NodeStatus::Alive;
+        node.status = NodeStatus::Alive;
+        push_bounded(
+            &mut node.history,
+            NodeSample {
+                at_unix_ms,
+                stats: heartbeat.node.clone(),
+            },
+            self.config.node_history,
+        );
+        node.latest = Some(heartbeat.node);
+        for region in &heartbeat.regions {
+            let entry = self
+                .regions
+                .entry(region.region_id)
+                .or_insert_with(|| RegionEntry {
+                    history: VecDeque::new(),
+                });
+            push_bounded(
+                &mut entry.history,
+                RegionSample {
+                    at_unix_ms,
+                    rcus: region.rcus,
+                    wcus: region.wcus,
+                    approximate_size: region.approximate_size,
+                },
+                self.config.region_history,
+            );
+        }
+        node.regions = heartbeat.regions;
+        let node_id = heartbeat.node_id;
+        for outcome in heartbeat.results {
+            match self.pending.remove(&outcome.instruction_id) {
+                Some(pending) if pending.node_id == node_id => {
+                    let label = if outcome.success {
+                        "success"
+                    } else {
+                        "failure"
+                    };
+                    self.metrics
+                        .instructions
+                        .with_label_values(&[pending.kind, label])
+                        .inc();
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+                Some(pending) => {
+                    // Another node answered for this id: keep waiting for the right one.
+                    tracing::warn!(
+                        node_id,
+                        instruction_id = outcome.instruction_id,
+                        "result from the wrong node ignored"
+                    );
+                    self.pending.insert(outcome.instruction_id, pending);
+                }
+                None => {
+                    tracing::debug!(
+                        node_id,
+                        instruction_id = outcome.instruction_id,
+                        "result for an unknown or expired instruction"
+                    );
+                }
+            }
+        }
+        if recovered {
+            self.publish(NodeEvent::Recovered { node_id });
+            self.update_status_gauges();
+        }
+    }
+}
+
+impl Handler<SessionClosed> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionClosed, _ctx: &mut Self::Context) {
+        if let Some(node) = self.nodes.get_mut(&msg.node_id) {
+            if node.session.as_ref().map(|s| s.session_id) == Some(msg.session_id) {
+                node.session = None;
+            }
+        }
+    }
+}
+
+impl Handler<SendInstruction> for ClusterView {
+    type Result = ResponseFuture<Result<InstructionOutcome, MailboxError>>;
+
+    fn handle(&mut self, msg: SendInstruction, ctx: &mut Self::Context) -> Self::Result {
+        let SendInstruction {
+            node_id,
+            instruction,
+            timeout,
+        } = msg;
+        let session = self.nodes.get(&node_id).and_then(|n| n.session.clone());
+        let Some(session) = session else {
+            self.metrics
+                .instructions
+                .with_label_values(&[instruction.kind(), "not_connected"])
+                .inc();
+            return Box::pin(async move { Err(MailboxError::NodeNotConnected(node_id)) });
+        };
+        let id = self.next_instruction_id;
+        self.next_instruction_id += 1;
+        let (reply, answer) = oneshot::channel();
+        let kind = instruction.kind();
+        self.pending.insert(
+            id,
+            PendingInstruction {
+                node_id,
+                kind,
+                reply,
+            },
+        );
+        tracing::debug!(node_id, instruction_id = id, kind, "instruction sent");
+        session.deliver.do_send(DeliverInstruction {
+            instruction: instruction.to_pb(id),
+        });
+        ctx.run_later(timeout, move |view, _| {
+            if let Some(pending) = view.pending.remove(&id) {
+                tracing::warn!(
+                    node_id,
+                    instruction_id = id,
+                    kind,
+                    ?timeout,
+                    "instruction timed out"
+                );
+                view.metrics
+                    .instructions
+                    .with_label_values(&[kind, "timeout"])
+                    .inc();
+                let _ = pending.reply.send(Err(MailboxError::Timeout {
+                    node_id,
+                    instruction_id: id,
+                    timeout,
+                }));
+            }
+        });
+        Box::pin(async move { answer.await.unwrap_or(Err(MailboxError::Closed(node_id))) })
+    }
+}
+
+impl Handler<ListNodes> for ClusterView {
+    type Result = MessageResult<ListNodes>;
+
+    fn handle(&mut self, _msg: ListNodes, _ctx: &mut Self::Context) -> Self::Result {
+        let now = self.ms_since_epoch(Instant::now());
+        let mut nodes: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|(&id, node)| NodeSnapshot {
+                id,
+                addr: node.addr.clone(),
+                instance_id: node.instance_id.clone(),
+                status: node.status,
+                connected: node.session.is_some(),
+                last_heartbeat_unix_ms: node.last_heartbeat_unix_ms,
+                phi: node.detector.phi(now),
+                stats: node.latest.clone(),
+                regions: node.regions.clone(),
+                history_len: node.history.len(),
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        MessageResult(nodes)
+    }
+}
+
+impl Handler<GetNodeHistory> for ClusterView {
+    type Result = MessageResult<GetNodeHistory>;
+
+    fn handle(&mut self, msg: GetNodeHistory, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .get(&msg.node_id)
+                .map(|n| n.history.iter().cloned().collect())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Handler<Subscribe> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
+        self.subscribers.push(msg.subscriber);
+    }
+}
+
+impl Handler<CloseAllSessions> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseAllSessions, _ctx: &mut Self::Context) {
+        for node in self.nodes.values_mut() {
+            if let Some(session) = node.session.take() {
+                session.close.do_send(CloseSession {
+                    status: tonic::Status::unavailable(msg.reason.clone()),
+                });
+            }
+        }
+    }
+}

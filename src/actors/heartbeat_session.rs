@@ -1,0 +1,222 @@
+//! `HeartbeatSession`: one actor per datanode heartbeat stream. It owns the stream's two ends:
+//! it reads and validates requests, forwards each valid heartbeat to `ClusterView`, and writes
+//! every response (acknowledgements, instructions, the closing status) to the outbound channel.
+//! It dies with the stream; a bad request closes the stream with `InvalidArgument` and the
+//! reason, without touching any other session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::actors::cluster_view::{
+    ClusterView, SessionClosed, SessionHandle, SessionOpened, StatsReported,
+};
+use crate::metrics::Metrics;
+use crate::proto::v1 as pb;
+use crate::stats;
+
+// ---- Messages -------------------------------------------------------------------------------
+
+/// Writes an instruction to the node's stream now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverInstruction {
+    pub instruction: pb::Instruction,
+}
+
+/// Ends the stream with `status` (replaced by a newer stream, metasrv stopping...).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub status: Status,
+}
+
+// ---- The actor ------------------------------------------------------------------------------
+
+pub type Outbound = mpsc::Sender<Result<pb::HeartbeatResponse, Status>>;
+
+pub struct HeartbeatSession {
+    session_id: u64,
+    cluster_id: u64,
+    heartbeat_interval_millis: u64,
+    cluster_view: Addr<ClusterView>,
+    outbound: Outbound,
+    metrics: Arc<Metrics>,
+    /// Set by the first valid heartbeat; the stream may not change it later.
+    node_id: Option<u64>,
+}
+
+impl HeartbeatSession {
+    /// Starts a session on `arbiter` reading `inbound` and writing to `outbound`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_on<S>(
+        arbiter: &actix::ArbiterHandle,
+        session_id: u64,
+        cluster_id: u64,
+        heartbeat_interval_millis: u64,
+        cluster_view: Addr<ClusterView>,
+        metrics: Arc<Metrics>,
+        inbound: S,
+        outbound: Outbound,
+    ) -> Addr<Self>
+    where
+        S: Stream<Item = Result<pb::HeartbeatRequest, Status>> + Send + 'static,
+    {
+        Self::start_in_arbiter(arbiter, move |ctx| {
+            ctx.add_stream(inbound);
+            Self {
+                session_id,
+                cluster_id,
+                heartbeat_interval_millis,
+                cluster_view,
+                outbound,
+                metrics,
+                node_id: None,
+            }
+        })
+    }
+
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            error: None,
+        })
+    }
+
+    /// Queues a message for the node; a node that does not read its stream is cut off rather
+    /// than allowed to grow our memory.
+    fn send(&self, message: Result<pb::HeartbeatResponse, Status>, ctx: &mut Context<Self>) {
+        match self.outbound.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(session = self.session_id, node = ?self.node_id, "node does not read its heartbeat stream; closing it");
+                ctx.stop();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+
+    fn refuse(&self, reason: String, ctx: &mut Context<Self>) {
+        tracing::warn!(session = self.session_id, node = ?self.node_id, %reason, "closing a heartbeat stream on bad input");
+        self.metrics
+            .heartbeats
+            .with_label_values(&["invalid"])
+            .inc();
+        // Best effort: if the channel is full the stream ends without the reason.
+        let _ = self
+            .outbound
+            .try_send(Err(Status::invalid_argument(reason)));
+        ctx.stop();
+    }
+
+    fn on_request(&mut self, request: pb::HeartbeatRequest, ctx: &mut Context<Self>) {
+        let received_at = Instant::now();
+        let heartbeat = match stats::validate(request, self.cluster_id) {
+            Ok(heartbeat) => heartbeat,
+            Err(reason) => return self.refuse(reason, ctx),
+        };
+        match self.node_id {
+            None => {
+                self.node_id = Some(heartbeat.node_id);
+                self.cluster_view.do_send(SessionOpened {
+                    node_id: heartbeat.node_id,
+                    addr: heartbeat.addr.clone(),
+                    instance_id: heartbeat.instance_id.clone(),
+                    session: SessionHandle {
+                        session_id: self.session_id,
+                        deliver: ctx.address().recipient(),
+                        close: ctx.address().recipient(),
+                    },
+                });
+            }
+            Some(node_id) if node_id != heartbeat.node_id => {
+                return self.refuse(
+                    format!(
+                        "this stream belongs to node {node_id}; it cannot report as node {}",
+                        heartbeat.node_id
+                    ),
+                    ctx,
+                );
+            }
+            Some(_) => {}
+        }
+        self.cluster_view.do_send(StatsReported {
+            session_id: self.session_id,
+            heartbeat,
+            received_at,
+        });
+        let response = pb::HeartbeatResponse {
+            header: self.header(),
+            instructions: Vec::new(),
+            heartbeat_interval_millis: self.heartbeat_interval_millis,
+        };
+        self.send(Ok(response), ctx);
+        self.metrics.heartbeats.with_label_values(&["ok"]).inc();
+        self.metrics
+            .heartbeat_handle_seconds
+            .observe(received_at.elapsed().as_secs_f64());
+    }
+}
+
+impl Actor for HeartbeatSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.metrics.heartbeat_sessions.inc();
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.metrics.heartbeat_sessions.dec();
+        if let Some(node_id) = self.node_id {
+            tracing::debug!(
+                session = self.session_id,
+                node_id,
+                "heartbeat stream closed"
+            );
+            self.cluster_view.do_send(SessionClosed {
+                node_id,
+                session_id: self.session_id,
+            });
+        }
+    }
+}
+
+impl StreamHandler<Result<pb::HeartbeatRequest, Status>> for HeartbeatSession {
+    fn handle(&mut self, item: Result<pb::HeartbeatRequest, Status>, ctx: &mut Self::Context) {
+        match item {
+            Ok(request) => self.on_request(request, ctx),
+            Err(status) => {
+                // The node went away or sent undecodable bytes; tell it why if it still listens.
+                tracing::debug!(session = self.session_id, node = ?self.node_id, %status, "heartbeat stream failed");
+                let _ = self.outbound.try_send(Err(status));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<DeliverInstruction> for HeartbeatSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverInstruction, ctx: &mut Self::Context) {
+        let response = pb::HeartbeatResponse {
+            header: self.header(),
+            instructions: vec![msg.instruction],
+            heartbeat_interval_millis: self.heartbeat_interval_millis,
+        };
+        self.send(Ok(response), ctx);
+    }
+}
+
+impl Handler<CloseSession> for HeartbeatSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        let _ = self.outbound.try_send(Err(msg.status));
+        ctx.stop();
+    }
+}

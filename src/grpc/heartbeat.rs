@@ -1,0 +1,98 @@
+//! The `Heartbeat` gRPC service: each stream becomes a `HeartbeatSession` actor on one of the
+//! session arbiters; `AskLeader` names this member (a single replica is always the leader until
+//! election lands).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{instrumented, RequestLimits};
+use crate::actors::cluster_view::ClusterView;
+use crate::actors::heartbeat_session::HeartbeatSession;
+use crate::actors::ActorRuntime;
+use crate::metrics::Metrics;
+use crate::proto::v1::{self as pb, heartbeat_server::Heartbeat};
+
+pub use crate::proto::v1::heartbeat_server::HeartbeatServer;
+
+/// Responses queued per stream before a node that does not read is cut off.
+const OUTBOUND_CAPACITY: usize = 64;
+
+pub struct HeartbeatService {
+    actors: Arc<ActorRuntime>,
+    cluster_view: Addr<ClusterView>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+    heartbeat_interval_millis: u64,
+    /// This member, as AskLeader reports it.
+    me: pb::Peer,
+    next_session_id: AtomicU64,
+}
+
+impl HeartbeatService {
+    pub fn new(
+        actors: Arc<ActorRuntime>,
+        cluster_view: Addr<ClusterView>,
+        limits: RequestLimits,
+        metrics: Arc<Metrics>,
+        heartbeat_interval_millis: u64,
+        me: pb::Peer,
+    ) -> Self {
+        Self {
+            actors,
+            cluster_view,
+            limits,
+            metrics,
+            heartbeat_interval_millis,
+            me,
+            next_session_id: AtomicU64::new(1),
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Heartbeat for HeartbeatService {
+    type HeartbeatStream = ResponseStream;
+
+    async fn heartbeat(
+        &self,
+        request: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        let inbound = request.into_inner();
+        let (outbound, responses) = tokio::sync::mpsc::channel(OUTBOUND_CAPACITY);
+        let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        HeartbeatSession::start_on(
+            self.actors.next_session_arbiter(),
+            session_id,
+            self.limits.cluster_id,
+            self.heartbeat_interval_millis,
+            self.cluster_view.clone(),
+            self.metrics.clone(),
+            inbound,
+            outbound,
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+    }
+
+    async fn ask_leader(
+        &self,
+        request: Request<pb::AskLeaderRequest>,
+    ) -> Result<Response<pb::AskLeaderResponse>, Status> {
+        let req = request.into_inner();
+        instrumented(&self.metrics, "Heartbeat", "AskLeader", async {
+            self.limits.check_header(req.header.as_ref())?;
+            Ok(pb::AskLeaderResponse {
+                header: self.limits.response_header(),
+                leader: Some(self.me.clone()),
+            })
+        })
+        .await
+    }
+}
