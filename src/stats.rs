@@ -256,7 +256,8 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused_with_a_reason() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::HeartbeatRequest)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut pb::HeartbeatRequest)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("no header", Box::new(|r| r.header = None)),
             (
                 "cluster 2",
