@@ -10,8 +10,9 @@ pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod sim;
 pub mod stats;
 pub mod store;
 
 pub use config::Config;
-pub use server::{open_store, run, Listeners};
+pub use server::{open_store, run, Listeners, Metasrv};

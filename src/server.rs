@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use actix::Actor;
+use actix::{Actor, Addr};
+use tokio::task::JoinHandle;
 
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
 use crate::actors::ActorRuntime;
@@ -34,7 +35,9 @@ pub enum ServerError {
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
-    Http(#[source] std::io::Error),
+    Http(#[from] std::io::Error),
+    #[error("a server task failed: {0}")]
+    Task(String),
     #[error("cannot start the actor system: {0}")]
     Actors(#[source] std::io::Error),
     #[error("cannot build gRPC reflection: {0}")]
@@ -72,116 +75,186 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let metrics = Arc::new(Metrics::new());
-    let limits = RequestLimits {
-        cluster_id: config.cluster_id,
-        max_request_bytes: config.max_request_bytes,
-        max_batch_ops: config.max_batch_ops,
-    };
+    Metasrv::start(config, store, listeners)
+        .await?
+        .serve_until(shutdown)
+        .await
+}
 
-    let session_threads = match config.session_threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
-    let actors = Arc::new(ActorRuntime::start(session_threads).map_err(ServerError::Actors)?);
-    let view_config = ClusterViewConfig {
-        heartbeat_interval: config.heartbeat_interval,
-        failure_detector: config.failure_detector.clone(),
-        node_history: config.node_history,
-        region_history: config.region_history,
-    };
-    let view = ClusterView::new(view_config, store.clone(), metrics.clone());
-    let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
-    let me = crate::proto::v1::Peer {
-        id: config.member_id,
-        addr: match &config.advertise_addr {
-            Some(addr) => addr.clone(),
-            None => listeners
-                .grpc
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-        },
-    };
-    let heartbeat_service = HeartbeatServer::new(HeartbeatService::new(
-        actors.clone(),
-        cluster_view.clone(),
-        limits.clone(),
-        metrics.clone(),
-        config.heartbeat_interval.as_millis() as u64,
-        me,
-    ))
-    .max_decoding_message_size(decode_limit_for(&config));
+/// A started metasrv: its servers run in background tasks; [`Metasrv::serve_until`] waits for
+/// the shutdown signal and stops everything. Tests and examples keep the handle to reach the
+/// actors (e.g. to send an instruction through the ClusterView's mailbox).
+pub struct Metasrv {
+    cluster_view: Addr<ClusterView>,
+    actors: Arc<ActorRuntime>,
+    token: CancellationToken,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<StoreServer<StoreService>>()
-        .await;
-    health_reporter
-        .set_serving::<HeartbeatServer<HeartbeatService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let decode_limit = decode_limit_for(&config);
-    let store_service = StoreServer::new(StoreService::new(store.clone(), limits, metrics.clone()))
+impl Metasrv {
+    /// Starts the actors and both servers on `listeners`.
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn KvBackend>,
+        listeners: Listeners,
+    ) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::new());
+        let limits = RequestLimits {
+            cluster_id: config.cluster_id,
+            max_request_bytes: config.max_request_bytes,
+            max_batch_ops: config.max_batch_ops,
+        };
+        let session_threads = match config.session_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let actors = Arc::new(ActorRuntime::start(session_threads).map_err(ServerError::Actors)?);
+        let view_config = ClusterViewConfig {
+            heartbeat_interval: config.heartbeat_interval,
+            failure_detector: config.failure_detector.clone(),
+            node_history: config.node_history,
+            region_history: config.region_history,
+        };
+        let view = ClusterView::new(view_config, store.clone(), metrics.clone());
+        let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
+        let me = crate::proto::v1::Peer {
+            id: config.member_id,
+            addr: match &config.advertise_addr {
+                Some(addr) => addr.clone(),
+                None => listeners
+                    .grpc
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            },
+        };
+        let decode_limit = decode_limit_for(&config);
+        let heartbeat_service = HeartbeatServer::new(HeartbeatService::new(
+            actors.clone(),
+            cluster_view.clone(),
+            limits.clone(),
+            metrics.clone(),
+            config.heartbeat_interval.as_millis() as u64,
+            me,
+        ))
         .max_decoding_message_size(decode_limit);
+        let store_service =
+            StoreServer::new(StoreService::new(store.clone(), limits, metrics.clone()))
+                .max_decoding_message_size(decode_limit);
 
-    let token = CancellationToken::new();
-    let grpc_token = token.clone();
-    let grpc = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(store_service)
-        .add_service(heartbeat_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
-            grpc_token.cancelled().await
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<StoreServer<StoreService>>()
+            .await;
+        health_reporter
+            .set_serving::<HeartbeatServer<HeartbeatService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let token = CancellationToken::new();
+        let grpc_token = token.clone();
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(store_service)
+                .add_service(heartbeat_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+                    grpc_token.cancelled().await
+                }),
+        );
+        let http_state = HttpState {
+            store,
+            cluster_view: cluster_view.clone(),
+            metrics,
+            member_id: config.member_id,
+            member_name: config.member_name(),
+            cluster_id: config.cluster_id,
+        };
+        let http_token = token.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listeners.http, router(http_state))
+                .with_graceful_shutdown(async move { http_token.cancelled().await })
+                .await
         });
-
-    let http_state = HttpState {
-        store,
-        cluster_view: cluster_view.clone(),
-        metrics,
-        member_id: config.member_id,
-        member_name: config.member_name(),
-        cluster_id: config.cluster_id,
-    };
-    let http_token = token.clone();
-    let http = axum::serve(listeners.http, router(http_state))
-        .with_graceful_shutdown(async move { http_token.cancelled().await });
-
-    let servers = async {
-        let (grpc, http) = tokio::join!(grpc, http);
-        grpc?;
-        http.map_err(ServerError::Http)?;
-        Ok::<(), ServerError>(())
-    };
-    tokio::pin!(servers);
-    let shutdown_token = token.clone();
-    tokio::select! {
-        result = &mut servers => return result,
-        () = shutdown => {
-            tracing::info!("shutdown requested: draining in-flight requests");
-            shutdown_token.cancel();
-        }
-    }
-    // Heartbeat streams never end by themselves: close them so the gRPC server can drain.
-    let _ = cluster_view
-        .send(CloseAllSessions {
-            reason: "metasrv is shutting down".into(),
+        Ok(Self {
+            cluster_view,
+            actors,
+            token,
+            grpc,
+            http,
         })
-        .await;
-    let result = match tokio::time::timeout(SHUTDOWN_GRACE, servers).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; cutting them");
-            Ok(())
-        }
-    };
-    // Stopping the actor system joins its thread: do it off the async workers.
-    let _ = tokio::task::spawn_blocking(move || drop(actors)).await;
-    result
+    }
+
+    pub fn cluster_view(&self) -> &Addr<ClusterView> {
+        &self.cluster_view
+    }
+
+    /// Serves until `shutdown` completes (or a server fails), then closes heartbeat streams,
+    /// drains in-flight requests for at most [`SHUTDOWN_GRACE`] and stops the actors.
+    pub async fn serve_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Self {
+            cluster_view,
+            actors,
+            token,
+            mut grpc,
+            mut http,
+        } = self;
+        let early = tokio::select! {
+            result = &mut grpc => Some(server_result(result, ServerError::Grpc)),
+            result = &mut http => Some(server_result(result, ServerError::Http)),
+            () = shutdown => None,
+        };
+        tracing::info!("shutdown: closing heartbeat streams and draining in-flight requests");
+        token.cancel();
+        // Heartbeat streams never end by themselves: close them so the gRPC server can drain.
+        let _ = cluster_view
+            .send(CloseAllSessions {
+                reason: "metasrv is shutting down".into(),
+            })
+            .await;
+        let result = match early {
+            Some(result) => {
+                grpc.abort();
+                http.abort();
+                result
+            }
+            None => {
+                let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                    let grpc = server_result((&mut grpc).await, ServerError::Grpc);
+                    let http = server_result((&mut http).await, ServerError::Http);
+                    grpc.and(http)
+                })
+                .await;
+                drained.unwrap_or_else(|_| {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; cutting them");
+                    grpc.abort();
+                    http.abort();
+                    Ok(())
+                })
+            }
+        };
+        // Stopping the actor system joins its thread: do it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || drop(actors)).await;
+        result
+    }
+}
+
+fn server_result<E>(
+    joined: Result<Result<(), E>, tokio::task::JoinError>,
+    wrap: impl FnOnce(E) -> ServerError,
+) -> Result<(), ServerError> {
+    match joined {
+        Ok(result) => result.map_err(wrap),
+        Err(e) => Err(ServerError::Task(e.to_string())),
+    }
 }
 
 /// Let tonic decode somewhat more than the limit so that handlers can refuse an oversized request

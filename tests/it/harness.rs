@@ -8,9 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metasrv::actors::cluster_view::ClusterView;
 use metasrv::store::etcd::{EtcdConfig, EtcdStore};
 use metasrv::store::KvBackend;
-use metasrv::{Config, Listeners};
+use metasrv::{Config, Listeners, Metasrv};
 use tempfile::TempDir;
 
 /// How long a server may take to become ready before the test fails.
@@ -266,10 +267,11 @@ impl Drop for MetasrvProcess {
     }
 }
 
-/// A metasrv served by `metasrv::run` inside the test process, on port-0 listeners.
+/// A metasrv started with `Metasrv::start` inside the test process, on port-0 listeners.
 pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub cluster_view: actix::Addr<ClusterView>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -281,18 +283,23 @@ impl TestServer {
         let listeners = Listeners::bind(&config).await.expect("can bind port 0");
         let grpc_addr = listeners.grpc.local_addr().expect("bound");
         let http_addr = listeners.http.local_addr().expect("bound");
+        let metasrv = Metasrv::start(config, store, listeners)
+            .await
+            .expect("in-process metasrv starts");
+        let cluster_view = metasrv.cluster_view().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = metasrv::run(config, store, listeners, shutdown).await {
+            if let Err(e) = metasrv.serve_until(shutdown).await {
                 panic!("in-process metasrv failed: {e}");
             }
         });
         Self {
             grpc_addr,
             http_addr,
+            cluster_view,
             shutdown: Some(tx),
             task,
         }
@@ -322,7 +329,6 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.abort();
     }
 }
 

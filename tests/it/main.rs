@@ -2,5 +2,6 @@
 
 mod grpc_store;
 mod harness;
+mod heartbeat;
 mod process;
 mod store_conformance;

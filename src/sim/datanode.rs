@@ -1,0 +1,413 @@
+//! A simulated datanode: streams realistic heartbeats to metasrv at a configurable rate, obeys
+//! (or, for tests, ignores) instructions, and reconnects with backoff when the stream breaks.
+//! Tests, examples and benchmarks use it in place of a real datanode.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::proto::v1 as pb;
+use crate::proto::v1::heartbeat_client::HeartbeatClient;
+use crate::stats::RegionRole;
+
+/// How a simulated node behaves.
+#[derive(Clone, Debug)]
+pub struct SimDatanodeConfig {
+    pub cluster_id: u64,
+    pub node_id: u64,
+    /// The address the node claims to serve on.
+    pub addr: String,
+    /// Time between heartbeats.
+    pub interval: Duration,
+    /// Regions held (as leader) at start.
+    pub regions: Vec<u64>,
+    /// Whether to carry out instructions and report results; `false` simulates a node that
+    /// never answers.
+    pub obey_instructions: bool,
+    /// Seed of the stats generator, so runs are reproducible.
+    pub seed: u64,
+}
+
+impl SimDatanodeConfig {
+    pub fn new(cluster_id: u64, node_id: u64) -> Self {
+        Self {
+            cluster_id,
+            node_id,
+            addr: format!("127.0.0.1:{}", 14000 + node_id % 50000),
+            interval: Duration::from_secs(1),
+            regions: Vec::new(),
+            obey_instructions: true,
+            seed: node_id,
+        }
+    }
+}
+
+/// Something the simulated node saw, in order.
+#[derive(Clone, Debug)]
+pub enum SimEvent {
+    /// The heartbeat stream is open.
+    Connected,
+    /// The stream ended; `reason` is the status metasrv closed it with, if any.
+    Disconnected { reason: Option<tonic::Status> },
+    /// An instruction arrived (and was carried out if the node obeys).
+    Instruction(pb::Instruction),
+}
+
+#[derive(Default)]
+struct Shared {
+    events: Vec<SimEvent>,
+    regions: BTreeMap<u64, RegionRole>,
+    heartbeats_sent: u64,
+    responses: u64,
+}
+
+/// A running simulated datanode. Dropping the handle (or `kill`) stops it abruptly, as a crash
+/// would: the stream is cut with no goodbye.
+pub struct SimDatanode {
+    config: SimDatanodeConfig,
+    instance_id: String,
+    shared: Arc<Mutex<Shared>>,
+    changed: watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimDatanode {
+    /// Starts the node against the metasrv at `addr`.
+    pub async fn connect(
+        addr: &str,
+        config: SimDatanodeConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = crate::client::connect(addr).await?;
+        Ok(Self::start(channel, config))
+    }
+
+    /// Starts the node on an existing channel (benchmarks share one channel among many nodes).
+    pub fn start(channel: Channel, config: SimDatanodeConfig) -> Self {
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let shared = Arc::new(Mutex::new(Shared {
+            regions: config
+                .regions
+                .iter()
+                .map(|&id| (id, RegionRole::Leader))
+                .collect(),
+            ..Shared::default()
+        }));
+        let (notify, changed) = watch::channel(0u64);
+        let task = tokio::spawn(run(
+            channel,
+            config.clone(),
+            instance_id.clone(),
+            shared.clone(),
+            notify,
+        ));
+        Self {
+            config,
+            instance_id,
+            shared,
+            changed,
+            task,
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Stops the node abruptly (its stream is cut).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.shared.lock().events.clone()
+    }
+
+    /// Regions the node holds now, with their roles.
+    pub fn regions(&self) -> BTreeMap<u64, RegionRole> {
+        self.shared.lock().regions.clone()
+    }
+
+    /// Heartbeats sent and responses received so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let shared = self.shared.lock();
+        (shared.heartbeats_sent, shared.responses)
+    }
+
+    /// Waits until `check` holds on the event log, or fails with `what` after `deadline`.
+    pub async fn wait_for_event(
+        &self,
+        what: &str,
+        deadline: Duration,
+        check: impl Fn(&[SimEvent]) -> bool,
+    ) -> Result<(), String> {
+        let mut changed = self.changed.clone();
+        let started = Instant::now();
+        loop {
+            if check(&self.shared.lock().events) {
+                return Ok(());
+            }
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() || tokio::time::timeout(left, changed.changed()).await.is_err() {
+                return Err(format!(
+                    "node {}: timed out after {deadline:?} waiting for {what}; events: {:?}",
+                    self.config.node_id,
+                    self.events()
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for SimDatanode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A tiny deterministic generator (xorshift64*), enough for plausible stats.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+struct Reporter {
+    config: SimDatanodeConfig,
+    instance_id: String,
+    rng: Rng,
+    last_report_ms: u64,
+    region_sizes: BTreeMap<u64, u64>,
+}
+
+impl Reporter {
+    fn request(
+        &mut self,
+        regions: &BTreeMap<u64, RegionRole>,
+        results: Vec<pb::InstructionResult>,
+    ) -> pb::HeartbeatRequest {
+        let now = unix_ms();
+        let period_ms = now.saturating_sub(self.last_report_ms).max(1);
+        self.last_report_ms = now;
+        let mut region_stats = Vec::with_capacity(regions.len());
+        let (mut rcus, mut wcus) = (0, 0);
+        for (&region_id, &role) in regions {
+            let region_rcus = (self.rng.unit() * 200.0) as u64;
+            let region_wcus = (self.rng.unit() * 500.0) as u64;
+            rcus += region_rcus;
+            wcus += region_wcus;
+            let size = self.region_sizes.entry(region_id).or_insert(64 << 20);
+            *size += region_wcus * 1024;
+            region_stats.push(pb::RegionStat {
+                region_id,
+                table_name: Some(pb::TableName {
+                    catalog_name: "greptime".into(),
+                    schema_name: "public".into(),
+                    table_name: format!("table_{}", region_id >> 32),
+                }),
+                rcus: region_rcus,
+                wcus: region_wcus,
+                approximate_size: *size,
+                approximate_rows: *size / 64,
+                role: match role {
+                    RegionRole::Leader => pb::RegionRole::Leader,
+                    RegionRole::Follower => pb::RegionRole::Follower,
+                } as i32,
+                attrs: Default::default(),
+            });
+        }
+        pb::HeartbeatRequest {
+            header: Some(pb::RequestHeader {
+                cluster_id: self.config.cluster_id,
+                member_id: self.config.node_id,
+            }),
+            peer: Some(pb::Peer {
+                id: self.config.node_id,
+                addr: self.config.addr.clone(),
+            }),
+            is_leader: true,
+            report_interval: Some(pb::TimeInterval {
+                start_timestamp_millis: now - period_ms,
+                end_timestamp_millis: now,
+            }),
+            node_stat: Some(pb::NodeStat {
+                rcus,
+                wcus,
+                table_num: regions.len().div_ceil(4) as u64,
+                region_num: regions.len() as u64,
+                cpu_usage: 10.0 + self.rng.unit() * 70.0,
+                load: self.rng.unit() * 4.0,
+                read_io_rate: rcus as f64 * 4096.0,
+                write_io_rate: wcus as f64 * 1024.0,
+                attrs: Default::default(),
+            }),
+            region_stats,
+            replica_stats: Vec::new(),
+            instance_id: self.instance_id.clone(),
+            instruction_results: results,
+        }
+    }
+}
+
+/// Carries out an instruction on the node's regions; returns its result.
+fn apply(
+    instruction: &pb::Instruction,
+    regions: &mut BTreeMap<u64, RegionRole>,
+) -> pb::InstructionResult {
+    use pb::instruction::Kind;
+    let outcome: Result<(), String> = match &instruction.kind {
+        Some(Kind::OpenRegion(open)) => {
+            let role = if open.role == pb::RegionRole::Follower as i32 {
+                RegionRole::Follower
+            } else {
+                RegionRole::Leader
+            };
+            regions.insert(open.region_id, role);
+            Ok(())
+        }
+        Some(Kind::CloseRegion(close)) => {
+            regions.remove(&close.region_id);
+            Ok(())
+        }
+        Some(Kind::PromoteToLeader(p)) => match regions.get_mut(&p.region_id) {
+            Some(role) => {
+                *role = RegionRole::Leader;
+                Ok(())
+            }
+            None => Err(format!("region {} is not open here", p.region_id)),
+        },
+        Some(Kind::DemoteToFollower(d)) => match regions.get_mut(&d.region_id) {
+            Some(role) => {
+                *role = RegionRole::Follower;
+                Ok(())
+            }
+            None => Err(format!("region {} is not open here", d.region_id)),
+        },
+        Some(Kind::InvalidateRouteCache(_)) => Ok(()),
+        None => Err("instruction has no kind".into()),
+    };
+    pb::InstructionResult {
+        instruction_id: instruction.id,
+        success: outcome.is_ok(),
+        error: outcome.err().unwrap_or_default(),
+    }
+}
+
+async fn run(
+    channel: Channel,
+    config: SimDatanodeConfig,
+    instance_id: String,
+    shared: Arc<Mutex<Shared>>,
+    notify: watch::Sender<u64>,
+) {
+    let mut reporter = Reporter {
+        rng: Rng(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        config: config.clone(),
+        instance_id,
+        last_report_ms: unix_ms(),
+        region_sizes: BTreeMap::new(),
+    };
+    let record = |event: SimEvent| {
+        shared.lock().events.push(event);
+        notify.send_modify(|n| *n += 1);
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut client = HeartbeatClient::new(channel.clone());
+        let (tx, rx) = mpsc::channel(16);
+        // The first request goes out before the call so the stream registers at once.
+        let first = reporter.request(&shared.lock().regions.clone(), Vec::new());
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        let mut responses = match client.heartbeat(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                record(SimEvent::Disconnected {
+                    reason: Some(status),
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        shared.lock().heartbeats_sent += 1;
+        record(SimEvent::Connected);
+        backoff = Duration::from_millis(50);
+        let mut ticker = tokio::time::interval(config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate; the first request is already sent
+        let reason = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let regions = shared.lock().regions.clone();
+                    if tx.send(reporter.request(&regions, Vec::new())).await.is_err() {
+                        break None;
+                    }
+                    shared.lock().heartbeats_sent += 1;
+                }
+                response = responses.next() => match response {
+                    Some(Ok(response)) => {
+                        shared.lock().responses += 1;
+                        if response.instructions.is_empty() {
+                            continue;
+                        }
+                        let mut results = Vec::new();
+                        for instruction in response.instructions {
+                            if config.obey_instructions {
+                                results.push(apply(&instruction, &mut shared.lock().regions));
+                            }
+                            record(SimEvent::Instruction(instruction));
+                        }
+                        if !results.is_empty() {
+                            // Answer at once rather than at the next tick.
+                            let regions = shared.lock().regions.clone();
+                            if tx.send(reporter.request(&regions, results)).await.is_err() {
+                                break None;
+                            }
+                            shared.lock().heartbeats_sent += 1;
+                        }
+                    }
+                    Some(Err(status)) => break Some(status),
+                    None => break None,
+                },
+            }
+        };
+        // Refused data or a newer stream for this node id: retrying would only repeat it.
+        let give_up = matches!(
+            reason.as_ref().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument | tonic::Code::Aborted)
+        );
+        record(SimEvent::Disconnected { reason });
+        if give_up {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}

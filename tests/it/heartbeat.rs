@@ -1,0 +1,553 @@
+//! The heartbeat pipeline end to end: simulated datanodes stream to an in-process metasrv;
+//! registration, liveness (dead within the bound, alive again), the instruction mailbox with its
+//! timeout, refusal of bad streams, replacement of a node's stream, and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use actix::{Actor, Context, Handler};
+use metasrv::actors::cluster_view::{
+    Instruction, ListNodes, MailboxError, NodeEvent, NodeStatus, SendInstruction, Subscribe,
+};
+use metasrv::actors::ActorRuntime;
+use metasrv::client::header;
+use metasrv::failure_detector::FailureDetectorConfig;
+use metasrv::proto::v1 as pb;
+use metasrv::proto::v1::heartbeat_client::HeartbeatClient;
+use metasrv::sim::{SimDatanode, SimDatanodeConfig, SimEvent};
+use metasrv::store::{KeyRange, RangeRequest};
+use metasrv::Config;
+use parking_lot::Mutex;
+use tokio_stream::StreamExt;
+
+use crate::harness::{http_get, wait_for, TestServer};
+use crate::store_conformance::embedded;
+
+const CLUSTER: u64 = 3;
+const INTERVAL: Duration = Duration::from_millis(100);
+/// With these settings a silent node is dead after roughly 100 + 300 + 5 * 20 ms = 0.5 s.
+const PAUSE: Duration = Duration::from_millis(300);
+/// The bound the tests hold the detector to: generous against a loaded CI machine, yet far
+/// below what a stuck detector would give.
+const DEAD_BOUND: Duration = Duration::from_secs(3);
+
+fn config() -> Config {
+    Config {
+        cluster_id: CLUSTER,
+        heartbeat_interval: INTERVAL,
+        failure_detector: FailureDetectorConfig {
+            acceptable_heartbeat_pause: PAUSE,
+            min_std_deviation: Duration::from_millis(20),
+            ..FailureDetectorConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+fn sim(node_id: u64, regions: &[u64]) -> SimDatanodeConfig {
+    SimDatanodeConfig {
+        interval: INTERVAL,
+        regions: regions.to_vec(),
+        ..SimDatanodeConfig::new(CLUSTER, node_id)
+    }
+}
+
+async fn node_status(server: &TestServer, node_id: u64) -> Option<NodeStatus> {
+    let nodes = server
+        .cluster_view
+        .send(ListNodes)
+        .await
+        .expect("cluster view answers");
+    nodes
+        .into_iter()
+        .find(|n| n.id == node_id)
+        .map(|n| n.status)
+}
+
+async fn wait_status(server: &TestServer, node_id: u64, status: NodeStatus, deadline: Duration) {
+    wait_for(
+        &format!("node {node_id} to be {status:?}"),
+        deadline,
+        || async move { (node_status(server, node_id).await == Some(status)).then_some(()) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registers_and_its_stats_are_served() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store.clone(), config()).await;
+    let node = SimDatanode::start(server.channel().await, sim(1, &[11, 12, 13]));
+
+    // Enough heartbeats for a history.
+    wait_for("5 heartbeat responses", Duration::from_secs(10), || {
+        let (_, responses) = node.counts();
+        async move { (responses >= 5).then_some(()) }
+    })
+    .await;
+    let (code, body) = http_get(server.http_addr, "/v1/nodes").await;
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let entry = &json["nodes"][0];
+    assert_eq!(entry["id"], 1);
+    assert_eq!(entry["addr"], "127.0.0.1:14001");
+    assert_eq!(entry["instance_id"], node.instance_id());
+    assert_eq!(entry["status"], "alive");
+    assert_eq!(entry["connected"], true);
+    assert!(
+        entry["last_heartbeat_unix_ms"].as_u64().unwrap_or(0) > 0,
+        "{entry}"
+    );
+    assert!(entry["phi"].as_f64().is_some(), "{entry}");
+    assert_eq!(entry["stats"]["region_num"], 3);
+    assert_eq!(entry["regions"].as_array().map(Vec::len), Some(3));
+    assert!(entry["history_len"].as_u64().unwrap_or(0) >= 4, "{entry}");
+
+    // The registration is persisted, once, in the KV.
+    let registered = wait_for(
+        "the node registration in the KV",
+        Duration::from_secs(5),
+        || {
+            let store = store.clone();
+            async move {
+                let kvs = store
+                    .range(RangeRequest {
+                        range: KeyRange::single(b"__meta/node/1".to_vec()),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("range")
+                    .kvs;
+                kvs.into_iter().next()
+            }
+        },
+    )
+    .await;
+    let value: serde_json::Value = serde_json::from_slice(&registered.value).expect("JSON");
+    assert_eq!(value["addr"], "127.0.0.1:14001");
+    assert_eq!(value["instance_id"], node.instance_id());
+
+    let (_, metrics) = http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("metasrv_heartbeats_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("metasrv_heartbeat_sessions 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("metasrv_heartbeat_handle_seconds_bucket"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// A subscriber that records the events it receives.
+struct EventLog(Arc<Mutex<Vec<NodeEvent>>>);
+
+impl Actor for EventLog {
+    type Context = Context<Self>;
+}
+
+impl Handler<NodeEvent> for EventLog {
+    type Result = ();
+
+    fn handle(&mut self, event: NodeEvent, _ctx: &mut Context<Self>) {
+        self.0.lock().push(event);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_declared_dead_within_the_bound_and_alive_when_back() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let test_actors = ActorRuntime::start(1).expect("actor runtime");
+    let log = events.clone();
+    let subscriber = EventLog::start_in_arbiter(test_actors.singletons(), move |_| EventLog(log));
+    server
+        .cluster_view
+        .send(Subscribe {
+            subscriber: subscriber.recipient(),
+        })
+        .await
+        .expect("subscribed");
+    let channel = server.channel().await;
+    let node = SimDatanode::start(channel.clone(), sim(7, &[1]));
+    let other = SimDatanode::start(channel.clone(), sim(8, &[2]));
+    wait_status(&server, 7, NodeStatus::Alive, Duration::from_secs(5)).await;
+    wait_for("20 heartbeats from node 7", Duration::from_secs(10), || {
+        let (_, responses) = node.counts();
+        async move { (responses >= 20).then_some(()) }
+    })
+    .await;
+    // Regular heartbeats raise no suspicion.
+    assert_eq!(node_status(&server, 7).await, Some(NodeStatus::Alive));
+
+    let killed_at = Instant::now();
+    node.kill();
+    wait_status(&server, 7, NodeStatus::Dead, DEAD_BOUND).await;
+    let detected = killed_at.elapsed();
+    // Not before the acceptable pause: the detector must not be trigger-happy either.
+    assert!(detected >= PAUSE, "declared dead after only {detected:?}");
+    // The other node is undisturbed.
+    assert_eq!(node_status(&server, 8).await, Some(NodeStatus::Alive));
+
+    let back = SimDatanode::start(channel, sim(7, &[1]));
+    wait_status(&server, 7, NodeStatus::Alive, Duration::from_secs(5)).await;
+    let nodes = server.cluster_view.send(ListNodes).await.expect("list");
+    let entry = nodes.iter().find(|n| n.id == 7).expect("node 7 listed");
+    assert_eq!(
+        entry.instance_id,
+        back.instance_id(),
+        "the new instance is recorded"
+    );
+
+    // Subscribers saw node 7 go (suspect, then) dead, then recover; nothing about node 8.
+    let node_7: Vec<_> = wait_for("the recovery event", Duration::from_secs(5), || {
+        let events = events.lock().clone();
+        async move {
+            events
+                .iter()
+                .any(|e| matches!(e, NodeEvent::Recovered { node_id: 7 }))
+                .then_some(events)
+        }
+    })
+    .await;
+    let kinds: Vec<&str> = node_7
+        .iter()
+        .map(|e| match e {
+            NodeEvent::Suspect { node_id: 7, .. } => "suspect",
+            NodeEvent::Dead { node_id: 7, .. } => "dead",
+            NodeEvent::Recovered { node_id: 7 } => "recovered",
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert!(
+        kinds == ["suspect", "dead", "recovered"] || kinds == ["dead", "recovered"],
+        "events: {node_7:?}"
+    );
+    drop(other);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instructions_are_delivered_answered_or_timed_out() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let channel = server.channel().await;
+    let obedient = SimDatanode::start(channel.clone(), sim(1, &[100, 101]));
+    let silent = SimDatanode::start(
+        channel,
+        SimDatanodeConfig {
+            obey_instructions: false,
+            ..sim(2, &[200])
+        },
+    );
+    wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(5)).await;
+    wait_status(&server, 2, NodeStatus::Alive, Duration::from_secs(5)).await;
+
+    // An obedient node carries the instruction out and reports success.
+    let outcome = server
+        .cluster_view
+        .send(SendInstruction {
+            node_id: 1,
+            instruction: Instruction::CloseRegion { region_id: 100 },
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("mailbox answers")
+        .expect("node 1 answers");
+    assert!(outcome.success, "{outcome:?}");
+    assert!(!obedient.regions().contains_key(&100));
+    let failed = server
+        .cluster_view
+        .send(SendInstruction {
+            node_id: 1,
+            instruction: Instruction::PromoteToLeader { region_id: 999 },
+            timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("mailbox answers")
+        .expect("node 1 answers");
+    assert!(!failed.success);
+    assert!(failed.error.unwrap_or_default().contains("999"));
+
+    // A node that never answers: the instruction reaches it, and the caller sees the timeout.
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let result = server
+        .cluster_view
+        .send(SendInstruction {
+            node_id: 2,
+            instruction: Instruction::CloseRegion { region_id: 200 },
+            timeout,
+        })
+        .await
+        .expect("mailbox answers");
+    match result {
+        Err(MailboxError::Timeout { node_id: 2, .. }) => {}
+        other => panic!("expected a timeout from node 2, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= timeout,
+        "timed out early: {:?}",
+        started.elapsed()
+    );
+    silent
+        .wait_for_event("the instruction", Duration::from_secs(5), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, SimEvent::Instruction(i) if i.kind.is_some()))
+        })
+        .await
+        .expect("the silent node received the instruction");
+    assert!(
+        silent.regions().contains_key(&200),
+        "a silent node changes nothing"
+    );
+
+    // A node with no stream cannot be instructed.
+    let result = server
+        .cluster_view
+        .send(SendInstruction {
+            node_id: 42,
+            instruction: Instruction::InvalidateRouteCache { table_ids: vec![1] },
+            timeout,
+        })
+        .await
+        .expect("mailbox answers");
+    assert_eq!(result, Err(MailboxError::NodeNotConnected(42)));
+
+    let (_, metrics) = http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"metasrv_instructions_total{kind="close_region",outcome="timeout"} 1"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+/// Opens a raw stream, sends `request`, and returns the status the stream ends with.
+async fn refused_with(server: &TestServer, request: pb::HeartbeatRequest) -> tonic::Status {
+    let mut client = HeartbeatClient::new(server.channel().await);
+    let mut responses = client
+        .heartbeat(tokio_stream::iter([request]).chain(tokio_stream::pending()))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let deadline = Duration::from_secs(5);
+    match tokio::time::timeout(deadline, responses.next()).await {
+        Ok(Some(Ok(response))) => panic!("a bad heartbeat was accepted: {response:?}"),
+        Ok(Some(Err(status))) => status,
+        Ok(None) => panic!("the stream ended without a status"),
+        Err(_) => panic!("no answer to a bad heartbeat within {deadline:?}"),
+    }
+}
+
+fn good_request(node_id: u64) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        header: header(CLUSTER, node_id),
+        peer: Some(pb::Peer {
+            id: node_id,
+            addr: "127.0.0.1:5000".into(),
+        }),
+        node_stat: Some(pb::NodeStat::default()),
+        instance_id: "raw".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_streams_are_closed_with_a_reason_without_disturbing_others() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let good = SimDatanode::start(server.channel().await, sim(1, &[1]));
+    wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(5)).await;
+    let (_, before) = good.counts();
+
+    let mut nan = good_request(9);
+    nan.node_stat = Some(pb::NodeStat {
+        cpu_usage: f64::NAN,
+        ..Default::default()
+    });
+    let mut duplicate = good_request(9);
+    let region = pb::RegionStat {
+        region_id: 5,
+        role: pb::RegionRole::Leader as i32,
+        ..Default::default()
+    };
+    duplicate.region_stats = vec![region.clone(), region];
+    let cases = [
+        (
+            "no peer",
+            pb::HeartbeatRequest {
+                peer: None,
+                ..good_request(9)
+            },
+        ),
+        ("peer.id is 0", good_request(0)),
+        (
+            "cluster",
+            pb::HeartbeatRequest {
+                header: header(CLUSTER + 1, 9),
+                ..good_request(9)
+            },
+        ),
+        (
+            "no header",
+            pb::HeartbeatRequest {
+                header: None,
+                ..good_request(9)
+            },
+        ),
+        ("cpu_usage", nan),
+        ("twice", duplicate),
+    ];
+    for (needle, request) in cases {
+        let status = refused_with(&server, request).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{needle}: {status:?}"
+        );
+        assert!(status.message().contains(needle), "{needle}: {status:?}");
+    }
+
+    // A stream that changes its node id mid-way is closed too.
+    let mut client = HeartbeatClient::new(server.channel().await);
+    let mut responses = client
+        .heartbeat(
+            tokio_stream::iter([good_request(20), good_request(21)]).chain(tokio_stream::pending()),
+        )
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = responses
+        .next()
+        .await
+        .expect("a response")
+        .expect("first is fine");
+    assert_eq!(first.header.map(|h| h.cluster_id), Some(CLUSTER));
+    let status = responses
+        .next()
+        .await
+        .expect("an answer")
+        .expect_err("the second is refused");
+    assert!(
+        status.message().contains("belongs to node 20"),
+        "{status:?}"
+    );
+
+    // The good node kept going the whole time and was never cut off.
+    wait_for(
+        "more heartbeats from the good node",
+        Duration::from_secs(5),
+        || {
+            let (_, now) = good.counts();
+            async move { (now >= before + 3).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        !good
+            .events()
+            .iter()
+            .any(|e| matches!(e, SimEvent::Disconnected { .. })),
+        "{:?}",
+        good.events()
+    );
+    assert_eq!(node_status(&server, 1).await, Some(NodeStatus::Alive));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_for_the_same_node_replaces_the_first() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let channel = server.channel().await;
+    let first = SimDatanode::start(channel.clone(), sim(5, &[1]));
+    first
+        .wait_for_event("connected", Duration::from_secs(5), |e| {
+            e.iter().any(|e| matches!(e, SimEvent::Connected))
+        })
+        .await
+        .expect("first connects");
+    wait_status(&server, 5, NodeStatus::Alive, Duration::from_secs(5)).await;
+    let second = SimDatanode::start(channel, sim(5, &[1]));
+    first
+        .wait_for_event("being replaced", Duration::from_secs(5), |events| {
+            events.iter().any(|e| {
+                matches!(e, SimEvent::Disconnected { reason: Some(s) }
+                    if s.code() == tonic::Code::Aborted && s.message().contains("replaced"))
+            })
+        })
+        .await
+        .expect("the first stream is closed as replaced");
+    wait_for(
+        "the second instance to be the node's",
+        Duration::from_secs(5),
+        || {
+            let view = server.cluster_view.clone();
+            let instance = second.instance_id().to_owned();
+            async move {
+                let nodes = view.send(ListNodes).await.ok()?;
+                nodes
+                    .iter()
+                    .any(|n| n.id == 5 && n.instance_id == instance && n.connected)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let (_, metrics) = http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("metasrv_heartbeat_sessions 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_leader_names_this_member_and_shutdown_closes_streams() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(
+        store,
+        Config {
+            member_id: 9,
+            ..config()
+        },
+    )
+    .await;
+    let mut client = HeartbeatClient::new(server.channel().await);
+    let leader = client
+        .ask_leader(pb::AskLeaderRequest {
+            header: header(CLUSTER, 0),
+        })
+        .await
+        .expect("ask leader")
+        .into_inner()
+        .leader
+        .expect("a leader");
+    assert_eq!(leader.id, 9);
+    assert_eq!(leader.addr, server.grpc_addr.to_string());
+
+    let node = SimDatanode::start(server.channel().await, sim(1, &[1]));
+    wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown waited for the heartbeat stream: {:?}",
+        started.elapsed()
+    );
+    node.wait_for_event("the shutdown status", Duration::from_secs(5), |events| {
+        events.iter().any(|e| {
+            matches!(e, SimEvent::Disconnected { reason: Some(s) }
+                if s.code() == tonic::Code::Unavailable && s.message().contains("shutting down"))
+        })
+    })
+    .await
+    .expect("the node is told metasrv is shutting down");
+}
