@@ -275,6 +275,24 @@ impl Reporter {
     }
 }
 
+/// One realistic heartbeat request of the node described by `config` (its regions as leader),
+/// for load generators that drive streams themselves.
+pub fn sample_request(config: &SimDatanodeConfig, instance_id: &str) -> pb::HeartbeatRequest {
+    let mut reporter = Reporter {
+        rng: Rng(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        config: config.clone(),
+        instance_id: instance_id.to_owned(),
+        last_report_ms: unix_ms().saturating_sub(config.interval.as_millis() as u64),
+        region_sizes: BTreeMap::new(),
+    };
+    let regions = config
+        .regions
+        .iter()
+        .map(|&id| (id, RegionRole::Leader))
+        .collect();
+    reporter.request(&regions, Vec::new())
+}
+
 /// Carries out an instruction on the node's regions; returns its result.
 fn apply(
     instruction: &pb::Instruction,

@@ -2,4 +2,4 @@
 
 pub mod datanode;
 
-pub use datanode::{SimDatanode, SimDatanodeConfig, SimEvent};
+pub use datanode::{sample_request, SimDatanode, SimDatanodeConfig, SimEvent};

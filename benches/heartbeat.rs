@@ -1,0 +1,406 @@
+//! Heartbeat benchmark: messages per second through metasrv's heartbeat pipeline (tonic ->
+//! HeartbeatSession actor -> ClusterView) against a raw tonic bidirectional echo server with the
+//! same message types and sizes, measured in the same run; round-trip percentiles; 10,000
+//! streams at 1 Hz; and the server's memory per connected node.
+//!
+//! Both servers run as child processes of this binary (so their memory can be read from /proc),
+//! the load generator runs here. Run:
+//!
+//!     cargo bench --bench heartbeat
+//!     cargo bench --bench heartbeat -- --streams 1000,10000 --seconds 10 --rate-seconds 15
+//!
+//! Results are printed as a markdown table for BENCHMARKS.md.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metasrv::proto::bench::echo_client::EchoClient;
+use metasrv::proto::bench::echo_server::{Echo, EchoServer};
+use metasrv::proto::v1 as pb;
+use metasrv::proto::v1::heartbeat_client::HeartbeatClient;
+use metasrv::sim::{sample_request, SimDatanodeConfig};
+use tokio::sync::{mpsc, Barrier};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+const CLUSTER: u64 = 1;
+/// Streams per HTTP/2 connection (under h2's default concurrent-stream cap of 200).
+const STREAMS_PER_CONNECTION: usize = 100;
+/// Regions each simulated node reports (sizes the request like a small datanode's).
+const REGIONS_PER_NODE: u64 = 4;
+
+// ---- The raw echo server (the baseline) ---------------------------------------------------------
+
+struct EchoService;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    type StreamStream = ReceiverStream<Result<pb::HeartbeatResponse, tonic::Status>>;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(Ok(_request)) = inbound.next().await {
+                // The same response metasrv sends for a heartbeat.
+                let response = pb::HeartbeatResponse {
+                    header: Some(pb::ResponseHeader {
+                        cluster_id: CLUSTER,
+                        error: None,
+                    }),
+                    instructions: Vec::new(),
+                    heartbeat_interval_millis: 1000,
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn unary(
+        &self,
+        _request: tonic::Request<pb::HeartbeatRequest>,
+    ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::HeartbeatResponse::default()))
+    }
+}
+
+fn serve_echo() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("echo ready grpc={}", listener.local_addr().expect("addr"));
+        tonic::transport::Server::builder()
+            .add_service(EchoServer::new(EchoService))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .expect("echo server");
+    });
+}
+
+// ---- Servers under test as child processes ----------------------------------------------------
+
+struct ServerProcess {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    fn spawn(mut command: Command, ready_prefix: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = command
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with(ready_prefix) => break line,
+                Some(Ok(_)) => continue,
+                _ => panic!("server exited before it was ready"),
+            }
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix("grpc="))
+            .expect("grpc= in the ready line")
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn echo() -> Self {
+        let mut command = Command::new(std::env::current_exe().expect("own path"));
+        command.arg("--serve-echo");
+        Self::spawn(command, "echo ready")
+    }
+
+    fn metasrv() -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_metasrv"));
+        command
+            .args([
+                "start",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--cluster-id", &CLUSTER.to_string()])
+            .env("METASRV_LOG", "warn");
+        Self::spawn(command, "metasrv ready")
+    }
+
+    /// Resident memory of the server process, in bytes.
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- Load generation ----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Echo,
+    Metasrv,
+}
+
+/// How each stream sends.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// As fast as responses come back (one request in flight per stream).
+    ClosedLoop,
+    /// One request per period, phases spread evenly over the period.
+    Every(Duration),
+}
+
+struct RunResult {
+    messages: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    rss_connected: u64,
+}
+
+impl RunResult {
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+async fn open_stream(
+    target: Target,
+    channel: Channel,
+    first: pb::HeartbeatRequest,
+) -> (
+    mpsc::Sender<pb::HeartbeatRequest>,
+    tonic::Streaming<pb::HeartbeatResponse>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first).await.expect("queue the first request");
+    let responses = match target {
+        Target::Echo => EchoClient::new(channel)
+            .stream(ReceiverStream::new(rx))
+            .await
+            .expect("open echo stream")
+            .into_inner(),
+        Target::Metasrv => HeartbeatClient::new(channel)
+            .heartbeat(ReceiverStream::new(rx))
+            .await
+            .expect("open heartbeat stream")
+            .into_inner(),
+    };
+    (tx, responses)
+}
+
+async fn run_load(
+    server: &ServerProcess,
+    target: Target,
+    streams: usize,
+    pace: Pace,
+    duration: Duration,
+) -> RunResult {
+    let connections = streams.div_ceil(STREAMS_PER_CONNECTION);
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(
+            metasrv::client::connect(&server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Everyone connects and gets a first answer, then the measured window starts together.
+    let ready = Arc::new(Barrier::new(streams + 1));
+    let go = Arc::new(Barrier::new(streams + 1));
+    let mut tasks = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let channel = channels[i % connections].clone();
+        let ready = ready.clone();
+        let go = go.clone();
+        let node_id = i as u64 + 1;
+        let config = SimDatanodeConfig {
+            regions: (0..REGIONS_PER_NODE).map(|r| (node_id << 32) | r).collect(),
+            ..SimDatanodeConfig::new(CLUSTER, node_id)
+        };
+        let request = sample_request(&config, &uuid::Uuid::new_v4().to_string());
+        tasks.push(tokio::spawn(async move {
+            let (tx, mut responses) = open_stream(target, channel, request.clone()).await;
+            responses
+                .next()
+                .await
+                .expect("first response")
+                .expect("first response ok");
+            ready.wait().await;
+            go.wait().await;
+            let started = Instant::now();
+            let mut latencies = Vec::new();
+            let mut ticker = match pace {
+                Pace::ClosedLoop => None,
+                Pace::Every(period) => {
+                    let phase = period.mul_f64(i as f64 / streams as f64);
+                    let mut ticker =
+                        tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    Some(ticker)
+                }
+            };
+            while started.elapsed() < duration {
+                if let Some(ticker) = ticker.as_mut() {
+                    ticker.tick().await;
+                    if started.elapsed() >= duration {
+                        break;
+                    }
+                }
+                let sent = Instant::now();
+                if tx.send(request.clone()).await.is_err() {
+                    break;
+                }
+                match responses.next().await {
+                    Some(Ok(_)) => latencies.push(sent.elapsed().as_micros() as u32),
+                    _ => break,
+                }
+            }
+            latencies
+        }));
+    }
+    ready.wait().await;
+    // Give the server a moment to settle allocations, then read its memory with all connected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = server.rss_bytes();
+    go.wait().await;
+    let started = Instant::now();
+    let mut latencies_us = Vec::new();
+    for task in tasks {
+        latencies_us.extend(task.await.expect("stream task"));
+    }
+    let elapsed = started
+        .elapsed()
+        .min(duration.max(Duration::from_millis(1)));
+    latencies_us.sort_unstable();
+    RunResult {
+        messages: latencies_us.len() as u64,
+        elapsed,
+        latencies_us,
+        rss_connected,
+    }
+}
+
+fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--serve-echo") {
+        return serve_echo();
+    }
+    let streams: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--streams")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 10_000]);
+    let seconds: u64 = flag(&args, "--seconds").unwrap_or(10);
+    let rate_seconds: u64 = flag(&args, "--rate-seconds").unwrap_or(15);
+    let rate_streams: usize = flag(&args, "--rate-streams").unwrap_or(10_000);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        println!("| streams | raw echo msgs/s | metasrv msgs/s | ratio | echo p50 / p99 ms | metasrv p50 / p99 ms |");
+        println!("|---|---|---|---|---|---|");
+        for &n in &streams {
+            let duration = Duration::from_secs(seconds);
+            let echo_server = ServerProcess::echo();
+            let echo = run_load(&echo_server, Target::Echo, n, Pace::ClosedLoop, duration).await;
+            drop(echo_server);
+            let metasrv_server = ServerProcess::metasrv();
+            let meta = run_load(&metasrv_server, Target::Metasrv, n, Pace::ClosedLoop, duration).await;
+            drop(metasrv_server);
+            println!(
+                "| {n} | {:.0} | {:.0} | {:.0}% | {:.2} / {:.2} | {:.2} / {:.2} |",
+                echo.rate(),
+                meta.rate(),
+                100.0 * meta.rate() / echo.rate(),
+                echo.percentile_ms(0.5),
+                echo.percentile_ms(0.99),
+                meta.percentile_ms(0.5),
+                meta.percentile_ms(0.99),
+            );
+        }
+
+        let metasrv_server = ServerProcess::metasrv();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle_rss = metasrv_server.rss_bytes();
+        let period = Duration::from_secs(1);
+        let paced = run_load(
+            &metasrv_server,
+            Target::Metasrv,
+            rate_streams,
+            Pace::Every(period),
+            Duration::from_secs(rate_seconds),
+        )
+        .await;
+        let rss_after = metasrv_server.rss_bytes();
+        let per_node = paced.rss_connected.saturating_sub(idle_rss) as f64 / rate_streams as f64;
+        let per_node_after = rss_after.saturating_sub(idle_rss) as f64 / rate_streams as f64;
+        println!();
+        println!("| {rate_streams} streams at 1 Hz for {rate_seconds}s | value |");
+        println!("|---|---|");
+        println!("| heartbeats answered | {} ({:.0}/s) |", paced.messages, paced.rate());
+        println!("| round trip p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |",
+            paced.percentile_ms(0.5), paced.percentile_ms(0.99), paced.percentile_ms(1.0));
+        println!("| metasrv RSS idle / connected | {:.1} / {:.1} MiB |",
+            idle_rss as f64 / 1048576.0, paced.rss_connected as f64 / 1048576.0);
+        println!("| metasrv RSS after the run | {:.1} MiB |", rss_after as f64 / 1048576.0);
+        println!("| memory per connected node (connected / after {rate_seconds}s of history) | {:.1} / {:.1} KiB |",
+            per_node / 1024.0, per_node_after / 1024.0);
+    });
+}
