@@ -131,7 +131,8 @@ fn phi(elapsed_ms: f64, mean_ms: f64, std_deviation_ms: f64) -> f64 {
     if p <= f64::MIN_POSITIVE {
         return f64::MAX_EXP as f64;
     }
-    -p.log10()
+    // p rounds to just above 1 when the heartbeat is early: never report a negative phi.
+    (-p.log10()).max(0.0)
 }
 
 #[cfg(test)]
