@@ -339,15 +339,19 @@ fn main() {
     if args.iter().any(|a| a == "--serve-echo") {
         return serve_echo();
     }
+    // `cargo bench` passes --bench; under `cargo test` this binary runs a seconds-long smoke
+    // version, so the test suite proves the benchmark still works without paying for it.
+    let smoke = !args.iter().any(|a| a == "--bench");
     let streams: Vec<usize> = args
         .iter()
         .position(|a| a == "--streams")
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1000, 10_000]);
-    let seconds: u64 = flag(&args, "--seconds").unwrap_or(10);
-    let rate_seconds: u64 = flag(&args, "--rate-seconds").unwrap_or(15);
-    let rate_streams: usize = flag(&args, "--rate-streams").unwrap_or(10_000);
+        .unwrap_or_else(|| if smoke { vec![20] } else { vec![1000, 10_000] });
+    let seconds: u64 = flag(&args, "--seconds").unwrap_or(if smoke { 1 } else { 10 });
+    let rate_seconds: u64 = flag(&args, "--rate-seconds").unwrap_or(if smoke { 2 } else { 15 });
+    let rate_streams: usize =
+        flag(&args, "--rate-streams").unwrap_or(if smoke { 20 } else { 10_000 });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -364,6 +368,7 @@ fn main() {
             let metasrv_server = ServerProcess::metasrv();
             let meta = run_load(&metasrv_server, Target::Metasrv, n, Pace::ClosedLoop, duration).await;
             drop(metasrv_server);
+            assert!(echo.messages > 0 && meta.messages > 0, "a load run answered nothing");
             println!(
                 "| {n} | {:.0} | {:.0} | {:.0}% | {:.2} / {:.2} | {:.2} / {:.2} |",
                 echo.rate(),
@@ -389,6 +394,12 @@ fn main() {
         )
         .await;
         let rss_after = metasrv_server.rss_bytes();
+        // Each stream sends one heartbeat per period; a lost answer would show here.
+        assert!(
+            paced.messages as f64 >= 0.9 * (rate_streams as u64 * rate_seconds) as f64,
+            "paced run answered only {} heartbeats",
+            paced.messages
+        );
         let per_node = paced.rss_connected.saturating_sub(idle_rss) as f64 / rate_streams as f64;
         let per_node_after = rss_after.saturating_sub(idle_rss) as f64 / rate_streams as f64;
         println!();
