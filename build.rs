@@ -1,5 +1,5 @@
 //! Generates the gRPC code for `proto/metasrv/v1/*.proto` with the vendored protoc, plus a file
-//! descriptor set for server reflection, and the benchmark-only echo service apart from it (so
+//! descriptor set for server reflection, and the benchmark echo service and the simulated datanode's data plane apart from it (so
 //! that reflection never lists a service metasrv does not serve).
 
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/metasrv/v1/common.proto",
         "proto/metasrv/v1/store.proto",
         "proto/metasrv/v1/heartbeat.proto",
+        "proto/metasrv/v1/router.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("metasrv_descriptor.bin"))
@@ -25,8 +26,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .out_dir(&bench_dir)
         .extern_path(".metasrv.v1", "crate::proto::v1")
-        .compile_protos(&["proto/bench/echo.proto"], &["proto"])?;
-    for proto in protos.iter().chain(&["proto/bench/echo.proto"]) {
+        .compile_protos(
+            &["proto/bench/echo.proto", "proto/sim/datanode.proto"],
+            &["proto"],
+        )?;
+    for proto in protos
+        .iter()
+        .chain(&["proto/bench/echo.proto", "proto/sim/datanode.proto"])
+    {
         println!("cargo:rerun-if-changed={proto}");
     }
     Ok(())

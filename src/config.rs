@@ -35,6 +35,10 @@ pub struct Config {
     pub instruction_timeout: Duration,
     /// Threads that run heartbeat sessions. Default: 0, meaning one per CPU core.
     pub session_threads: usize,
+    /// Region placement policy: `least_loaded` or `round_robin`. Default: `least_loaded`.
+    pub selector: crate::selector::SelectorKind,
+    /// The most regions one table's partition rule may give. Default: 1024.
+    pub max_regions_per_table: u32,
     /// Stats samples kept per node (at 1 s heartbeats, 300 is five minutes). Default: 300.
     pub node_history: usize,
     /// Stats samples kept per region. Default: 60.
@@ -91,6 +95,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(1),
             instruction_timeout: Duration::from_secs(10),
             session_threads: 0,
+            selector: crate::selector::SelectorKind::LeastLoaded,
+            max_regions_per_table: 1024,
             node_history: 300,
             region_history: 60,
             max_request_bytes: 1536 * 1024,
@@ -178,6 +184,14 @@ impl Config {
                 "ADVERTISE_ADDR" => self.advertise_addr = optional(&value),
                 "INSTRUCTION_TIMEOUT" => {
                     self.instruction_timeout = duration(&value).map_err(|e| bad(&e))?
+                }
+                "SELECTOR" => {
+                    self.selector =
+                        <crate::selector::SelectorKind as clap::ValueEnum>::from_str(&value, true)
+                            .map_err(|e| bad(&e))?
+                }
+                "MAX_REGIONS_PER_TABLE" => {
+                    self.max_regions_per_table = parse(&value).map_err(|e| bad(&e))?
                 }
                 "SESSION_THREADS" => self.session_threads = parse(&value).map_err(|e| bad(&e))?,
                 "PHI_THRESHOLD" => {

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
 pub mod actors;
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod failure_detector;
@@ -9,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod proto;
+pub mod selector;
 pub mod server;
 pub mod sim;
 pub mod stats;

@@ -11,6 +11,12 @@ pub mod bench {
     include!(concat!(env!("OUT_DIR"), "/bench/metasrv.bench.rs"));
 }
 
+/// The data plane of the simulated datanode (writes and reads per region).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod sim {
+    include!(concat!(env!("OUT_DIR"), "/bench/metasrv.sim.rs"));
+}
+
 /// The encoded descriptors of our protos, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("metasrv_descriptor");
 

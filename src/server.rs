@@ -14,9 +14,13 @@ use actix::{Actor, Addr};
 use tokio::task::JoinHandle;
 
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
+use crate::actors::scheduler::Scheduler;
 use crate::actors::ActorRuntime;
+use crate::catalog::manager::DdlConfig;
+use crate::catalog::{DdlError, TableManager};
 use crate::config::{Backend, Config};
 use crate::grpc::heartbeat::{HeartbeatServer, HeartbeatService};
+use crate::grpc::router::{RouterServer, RouterService};
 use crate::grpc::store::{StoreServer, StoreService};
 use crate::grpc::RequestLimits;
 use crate::http::{router, HttpState};
@@ -36,6 +40,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
+    #[error("cannot load the catalog: {0}")]
+    Catalog(#[from] DdlError),
     #[error("a server task failed: {0}")]
     Task(String),
     #[error("cannot start the actor system: {0}")]
@@ -118,6 +124,23 @@ impl Metasrv {
         };
         let view = ClusterView::new(view_config, store.clone(), metrics.clone());
         let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
+        let scheduler_view = cluster_view.clone();
+        let selector = config.selector;
+        let scheduler = Scheduler::start_in_arbiter(actors.singletons(), move |_| {
+            Scheduler::new(scheduler_view, selector)
+        });
+        let tables = Arc::new(
+            TableManager::load(
+                store.clone(),
+                scheduler,
+                cluster_view.clone(),
+                DdlConfig {
+                    max_regions_per_table: config.max_regions_per_table,
+                    open_region_timeout: config.instruction_timeout,
+                },
+            )
+            .await?,
+        );
         let me = crate::proto::v1::Peer {
             id: config.member_id,
             addr: match &config.advertise_addr {
@@ -139,6 +162,9 @@ impl Metasrv {
             me,
         ))
         .max_decoding_message_size(decode_limit);
+        let router_service =
+            RouterServer::new(RouterService::new(tables, limits.clone(), metrics.clone()))
+                .max_decoding_message_size(decode_limit);
         let store_service =
             StoreServer::new(StoreService::new(store.clone(), limits, metrics.clone()))
                 .max_decoding_message_size(decode_limit);
@@ -149,6 +175,9 @@ impl Metasrv {
             .await;
         health_reporter
             .set_serving::<HeartbeatServer<HeartbeatService>>()
+            .await;
+        health_reporter
+            .set_serving::<RouterServer<RouterService>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -163,6 +192,7 @@ impl Metasrv {
                 .add_service(reflection)
                 .add_service(store_service)
                 .add_service(heartbeat_service)
+                .add_service(router_service)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
                     grpc_token.cancelled().await
                 }),

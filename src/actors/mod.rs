@@ -10,6 +10,7 @@
 
 pub mod cluster_view;
 pub mod heartbeat_session;
+pub mod scheduler;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;

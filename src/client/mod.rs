@@ -1,7 +1,12 @@
-//! The library that datanodes, frontends and tools use to talk to metasrv.
-//!
-//! Today it holds the connection helpers; the route cache and leader-following MetaClient land
-//! here with the Router and election work.
+//! The library that datanodes, frontends and tools use to talk to metasrv: connection helpers
+//! and the frontend's [`MetaClient`] (leader discovery, route cache, row splitting).
+
+pub mod meta_client;
+
+pub use meta_client::{
+    select_endpoints, CachedRoute, ClientError, EndpointBatch, MetaClient, ReadPriority,
+    RegionBatch,
+};
 
 use tonic::transport::{Channel, Endpoint};
 

@@ -3,6 +3,7 @@
 //! here, in one place.
 
 pub mod heartbeat;
+pub mod router;
 pub mod store;
 
 use std::future::Future;
@@ -65,6 +66,21 @@ impl RequestLimits {
             cluster_id: self.cluster_id,
             error: None,
         })
+    }
+}
+
+impl From<crate::catalog::DdlError> for Status {
+    fn from(error: crate::catalog::DdlError) -> Self {
+        use crate::catalog::DdlError as E;
+        match error {
+            E::InvalidArgument(m) => Status::invalid_argument(m),
+            E::AlreadyExists(m) => Status::already_exists(m),
+            E::NotFound(m) => Status::not_found(m),
+            E::NoCapacity(m) => Status::failed_precondition(m),
+            E::NotConfirmed(m) => Status::unavailable(m),
+            E::Store(e) => e.into(),
+            E::Corrupt(m) => Status::internal(format!("corrupt metadata: {m}")),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use crate::proto::sim as sim_pb;
 use crate::proto::v1 as pb;
 use crate::proto::v1::heartbeat_client::HeartbeatClient;
 use crate::stats::RegionRole;
@@ -59,12 +60,94 @@ pub enum SimEvent {
     Instruction(pb::Instruction),
 }
 
+/// A write the node accepted on its data plane.
+#[derive(Clone, Debug)]
+pub struct AcceptedWrite {
+    pub region_id: u64,
+    pub rows: u32,
+    pub at: Instant,
+}
+
 #[derive(Default)]
 struct Shared {
     events: Vec<SimEvent>,
     regions: BTreeMap<u64, RegionRole>,
     heartbeats_sent: u64,
     responses: u64,
+    rows: BTreeMap<u64, u64>,
+    accepted: Vec<AcceptedWrite>,
+}
+
+/// The error metadata that marks a datanode's InvalidRoute answer.
+pub const ERROR_KIND_KEY: &str = "x-error-kind";
+pub const INVALID_ROUTE: &str = "invalid-route";
+
+fn invalid_route(message: String) -> tonic::Status {
+    let mut status = tonic::Status::failed_precondition(format!("invalid route: {message}"));
+    status.metadata_mut().insert(
+        ERROR_KIND_KEY,
+        tonic::metadata::MetadataValue::from_static(INVALID_ROUTE),
+    );
+    status
+}
+
+/// The data plane: accepts writes only for regions this node leads, reads for regions it holds.
+struct DataPlane {
+    node_id: u64,
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[tonic::async_trait]
+impl sim_pb::datanode_server::Datanode for DataPlane {
+    async fn write(
+        &self,
+        request: tonic::Request<sim_pb::WriteRequest>,
+    ) -> Result<tonic::Response<sim_pb::WriteResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let mut shared = self.shared.lock();
+        match shared.regions.get(&req.region_id) {
+            Some(RegionRole::Leader) => {}
+            Some(RegionRole::Follower) => {
+                return Err(invalid_route(format!(
+                    "node {} is a follower of region {}",
+                    self.node_id, req.region_id
+                )))
+            }
+            None => {
+                return Err(invalid_route(format!(
+                    "node {} does not serve region {}",
+                    self.node_id, req.region_id
+                )))
+            }
+        }
+        *shared.rows.entry(req.region_id).or_insert(0) += u64::from(req.rows);
+        shared.accepted.push(AcceptedWrite {
+            region_id: req.region_id,
+            rows: req.rows,
+            at: Instant::now(),
+        });
+        Ok(tonic::Response::new(sim_pb::WriteResponse {
+            accepted_rows: u64::from(req.rows),
+        }))
+    }
+
+    async fn read(
+        &self,
+        request: tonic::Request<sim_pb::ReadRequest>,
+    ) -> Result<tonic::Response<sim_pb::ReadResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let shared = self.shared.lock();
+        let Some(role) = shared.regions.get(&req.region_id) else {
+            return Err(invalid_route(format!(
+                "node {} does not serve region {}",
+                self.node_id, req.region_id
+            )));
+        };
+        Ok(tonic::Response::new(sim_pb::ReadResponse {
+            rows: shared.rows.get(&req.region_id).copied().unwrap_or(0),
+            is_leader: *role == RegionRole::Leader,
+        }))
+    }
 }
 
 /// A running simulated datanode. Dropping the handle (or `kill`) stops it abruptly, as a crash
@@ -75,6 +158,7 @@ pub struct SimDatanode {
     shared: Arc<Mutex<Shared>>,
     changed: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
+    data_plane: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SimDatanode {
@@ -85,6 +169,41 @@ impl SimDatanode {
     ) -> Result<Self, tonic::transport::Error> {
         let channel = crate::client::connect(addr).await?;
         Ok(Self::start(channel, config))
+    }
+
+    /// Starts the node with a data plane (a `metasrv.sim.Datanode` gRPC server on a free
+    /// loopback port, which becomes the node's address).
+    pub async fn start_serving(
+        channel: Channel,
+        mut config: SimDatanodeConfig,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        config.addr = listener.local_addr()?.to_string();
+        let mut node = Self::start(channel, config);
+        let plane = DataPlane {
+            node_id: node.config.node_id,
+            shared: node.shared.clone(),
+        };
+        node.data_plane = Some(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(sim_pb::datanode_server::DatanodeServer::new(plane))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+            if let Err(e) = served {
+                tracing::warn!("simulated data plane stopped: {e}");
+            }
+        }));
+        Ok(node)
+    }
+
+    /// The address the node claims (and, with a data plane, serves on).
+    pub fn addr(&self) -> &str {
+        &self.config.addr
+    }
+
+    /// Writes the node accepted, in order.
+    pub fn accepted_writes(&self) -> Vec<AcceptedWrite> {
+        self.shared.lock().accepted.clone()
     }
 
     /// Starts the node on an existing channel (benchmarks share one channel among many nodes).
@@ -112,6 +231,7 @@ impl SimDatanode {
             shared,
             changed,
             task,
+            data_plane: None,
         }
     }
 
@@ -123,9 +243,9 @@ impl SimDatanode {
         &self.instance_id
     }
 
-    /// Stops the node abruptly (its stream is cut).
+    /// Stops the node abruptly (its stream is cut, its data plane stops).
     pub fn kill(self) {
-        self.task.abort();
+        drop(self);
     }
 
     pub fn events(&self) -> Vec<SimEvent> {
@@ -171,6 +291,9 @@ impl SimDatanode {
 impl Drop for SimDatanode {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(plane) = &self.data_plane {
+            plane.abort();
+        }
     }
 }
 

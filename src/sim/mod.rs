@@ -1,5 +1,10 @@
 //! Simulated cluster members for tests, examples and benchmarks.
 
 pub mod datanode;
+pub mod frontend;
 
-pub use datanode::{sample_request, SimDatanode, SimDatanodeConfig, SimEvent};
+pub use datanode::{
+    sample_request, AcceptedWrite, SimDatanode, SimDatanodeConfig, SimEvent, ERROR_KIND_KEY,
+    INVALID_ROUTE,
+};
+pub use frontend::{is_invalid_route, FrontendError, SimFrontend};

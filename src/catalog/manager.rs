@@ -1,0 +1,736 @@
+//! `TableManager`: DDL and route lookups on the leader. It keeps every catalog, schema, table and
+//! route in memory (loaded at start, written through after each committed change) so that Route
+//! lookups never touch the KV, and runs CREATE/DROP TABLE:
+//!
+//! 1. validate the definition and plan its regions from the partition rule;
+//! 2. allocate a table id (ids are never reused; a failed create burns its id and leaves nothing
+//!    that refers to it);
+//! 3. ask the `Scheduler` to place each region's copies on live datanodes;
+//! 4. send `OpenRegion` to each datanode through the ClusterView mailbox and wait for every
+//!    confirmation (or close what was opened and fail);
+//! 5. commit name, table info and route in ONE transaction guarded by "the name is absent", so
+//!    two concurrent creates of a name cannot both win and a crash never leaves half a table.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::Addr;
+use futures::future::join_all;
+use parking_lot::RwLock;
+
+use super::model::{
+    region_id, validate_name, PartitionRule, Peer, RegionRoute, TableInfo, TableName, TableRoute,
+    TableSchema,
+};
+use super::partition::validate_table;
+use crate::actors::cluster_view::{ClusterView, Instruction, SendInstruction};
+use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
+use crate::stats::RegionRole;
+use crate::store::{
+    Compare, KeyRange, KeyValue, KvBackend, RangeRequest, StoreError, Txn, TxnOp, TxnOpResult,
+};
+
+/// The catalog and schema every cluster starts with.
+pub const DEFAULT_CATALOG: &str = "greptime";
+pub const DEFAULT_SCHEMA: &str = "public";
+/// Table ids below this are reserved.
+const FIRST_TABLE_ID: u64 = 1024;
+/// Table ids taken from the KV sequence at once.
+const ID_BATCH: u64 = 100;
+/// The most copies of a region.
+const MAX_REPLICAS: u32 = 16;
+
+pub mod keys {
+    //! The KV layout of the catalog (see ARCHITECTURE.md).
+    pub const CATALOG_PREFIX: &str = "__meta/catalog/";
+    pub const SCHEMA_PREFIX: &str = "__meta/schema/";
+    pub const TABLE_NAME_PREFIX: &str = "__meta/table_name/";
+    pub const TABLE_PREFIX: &str = "__meta/table/";
+    pub const TABLE_ROUTE_PREFIX: &str = "__meta/table_route/";
+    pub const TABLE_ID_SEQUENCE: &str = "__meta/id/table";
+
+    pub fn catalog(name: &str) -> Vec<u8> {
+        format!("{CATALOG_PREFIX}{name}").into_bytes()
+    }
+    pub fn schema(catalog: &str, schema: &str) -> Vec<u8> {
+        format!("{SCHEMA_PREFIX}{catalog}/{schema}").into_bytes()
+    }
+    pub fn table_name(name: &super::TableName) -> Vec<u8> {
+        format!(
+            "{TABLE_NAME_PREFIX}{}/{}/{}",
+            name.catalog, name.schema, name.table
+        )
+        .into_bytes()
+    }
+    pub fn table(id: u64) -> Vec<u8> {
+        format!("{TABLE_PREFIX}{id}").into_bytes()
+    }
+    pub fn table_route(id: u64) -> Vec<u8> {
+        format!("{TABLE_ROUTE_PREFIX}{id}").into_bytes()
+    }
+}
+
+/// Errors of DDL and route lookups; mapped to gRPC statuses in `src/grpc/mod.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum DdlError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The cluster cannot satisfy the request now (e.g. too few live datanodes).
+    #[error("{0}")]
+    NoCapacity(String),
+    /// Datanodes did not confirm in time; nothing was committed.
+    #[error("{0}")]
+    NotConfirmed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+}
+
+/// A table and its route, as served to frontends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableEntry {
+    pub info: TableInfo,
+    pub route: TableRoute,
+}
+
+/// What CreateTable asks for.
+#[derive(Clone, Debug)]
+pub struct CreateTable {
+    pub name: TableName,
+    pub schema: TableSchema,
+    pub partition: PartitionRule,
+    pub if_not_exists: bool,
+    /// Copies per region; 0 means 1.
+    pub replicas: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct DdlConfig {
+    /// The most regions a partition rule may give.
+    pub max_regions_per_table: u32,
+    /// How long datanodes have to confirm OpenRegion.
+    pub open_region_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Cache {
+    catalogs: BTreeSet<String>,
+    schemas: BTreeMap<String, BTreeSet<String>>,
+    tables: HashMap<TableName, Arc<TableEntry>>,
+}
+
+pub struct TableManager {
+    store: Arc<dyn KvBackend>,
+    scheduler: Addr<Scheduler>,
+    cluster_view: Addr<ClusterView>,
+    config: DdlConfig,
+    cache: RwLock<Cache>,
+    /// The unused part of the last id batch: [next, end).
+    ids: tokio::sync::Mutex<(u64, u64)>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn corrupt(key: &[u8], e: impl std::fmt::Display) -> DdlError {
+    DdlError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))
+}
+
+/// Every pair under `prefix`, read page by page so that no single response is huge.
+async fn scan_prefix(store: &dyn KvBackend, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+    const PAGE: u64 = 1000;
+    let end = crate::store::prefix_end(prefix.as_bytes());
+    let mut start = prefix.as_bytes().to_vec();
+    let mut all = Vec::new();
+    loop {
+        let page = store
+            .range(RangeRequest {
+                range: KeyRange {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                },
+                limit: PAGE,
+                keys_only: false,
+            })
+            .await?;
+        let more = page.more;
+        if let Some(last) = page.kvs.last() {
+            start = last.key.clone();
+            start.push(0);
+        }
+        all.extend(page.kvs);
+        if !more {
+            return Ok(all);
+        }
+    }
+}
+
+impl TableManager {
+    /// Loads the catalog from the KV and creates the default catalog and schema if missing.
+    pub async fn load(
+        store: Arc<dyn KvBackend>,
+        scheduler: Addr<Scheduler>,
+        cluster_view: Addr<ClusterView>,
+        config: DdlConfig,
+    ) -> Result<Self, DdlError> {
+        let manager = Self {
+            store,
+            scheduler,
+            cluster_view,
+            config,
+            cache: RwLock::new(Cache::default()),
+            ids: tokio::sync::Mutex::new((0, 0)),
+        };
+        manager.reload().await?;
+        manager.create_catalog(DEFAULT_CATALOG, true).await?;
+        manager
+            .create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, true)
+            .await?;
+        Ok(manager)
+    }
+
+    /// Rebuilds the in-memory catalog from the KV.
+    pub async fn reload(&self) -> Result<(), DdlError> {
+        let store = self.store.as_ref();
+        let mut cache = Cache::default();
+        for kv in scan_prefix(store, keys::CATALOG_PREFIX).await? {
+            let name = String::from_utf8_lossy(&kv.key[keys::CATALOG_PREFIX.len()..]).into_owned();
+            cache.catalogs.insert(name);
+        }
+        for kv in scan_prefix(store, keys::SCHEMA_PREFIX).await? {
+            let rest = String::from_utf8_lossy(&kv.key[keys::SCHEMA_PREFIX.len()..]).into_owned();
+            let (catalog, schema) = rest
+                .split_once('/')
+                .ok_or_else(|| corrupt(&kv.key, "no catalog/schema separator"))?;
+            cache
+                .schemas
+                .entry(catalog.to_owned())
+                .or_default()
+                .insert(schema.to_owned());
+        }
+        let mut infos: HashMap<u64, TableInfo> = HashMap::new();
+        for kv in scan_prefix(store, keys::TABLE_PREFIX).await? {
+            let info: TableInfo =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            infos.insert(info.id, info);
+        }
+        let mut routes: HashMap<u64, TableRoute> = HashMap::new();
+        for kv in scan_prefix(store, keys::TABLE_ROUTE_PREFIX).await? {
+            let route: TableRoute =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            routes.insert(route.table_id, route);
+        }
+        for kv in scan_prefix(store, keys::TABLE_NAME_PREFIX).await? {
+            let id: u64 = std::str::from_utf8(&kv.value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| corrupt(&kv.key, "not a table id"))?;
+            // Name, info and route are committed in one transaction: all three exist or none.
+            let (Some(info), Some(route)) = (infos.remove(&id), routes.remove(&id)) else {
+                return Err(corrupt(&kv.key, format!("table {id} has no info or route")));
+            };
+            cache
+                .tables
+                .insert(info.name.clone(), Arc::new(TableEntry { info, route }));
+        }
+        *self.cache.write() = cache;
+        Ok(())
+    }
+
+    pub async fn create_catalog(&self, name: &str, if_not_exists: bool) -> Result<bool, DdlError> {
+        validate_name("catalog", name).map_err(DdlError::InvalidArgument)?;
+        let value = serde_json::json!({ "created_at_unix_ms": unix_ms() }).to_string();
+        let created = self
+            .store
+            .compare_and_put(keys::catalog(name), None, value.into_bytes())
+            .await?
+            .success;
+        self.cache.write().catalogs.insert(name.to_owned());
+        if !created && !if_not_exists {
+            return Err(DdlError::AlreadyExists(format!(
+                "catalog {name:?} already exists"
+            )));
+        }
+        Ok(created)
+    }
+
+    pub fn list_catalogs(&self) -> Vec<String> {
+        self.cache.read().catalogs.iter().cloned().collect()
+    }
+
+    pub async fn create_schema(
+        &self,
+        catalog: &str,
+        name: &str,
+        if_not_exists: bool,
+    ) -> Result<bool, DdlError> {
+        validate_name("schema", name).map_err(DdlError::InvalidArgument)?;
+        self.require_catalog(catalog)?;
+        let value = serde_json::json!({ "created_at_unix_ms": unix_ms() }).to_string();
+        let created = self
+            .store
+            .compare_and_put(keys::schema(catalog, name), None, value.into_bytes())
+            .await?
+            .success;
+        self.cache
+            .write()
+            .schemas
+            .entry(catalog.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+        if !created && !if_not_exists {
+            return Err(DdlError::AlreadyExists(format!(
+                "schema {catalog}.{name} already exists"
+            )));
+        }
+        Ok(created)
+    }
+
+    pub fn list_schemas(&self, catalog: &str) -> Result<Vec<String>, DdlError> {
+        self.require_catalog(catalog)?;
+        Ok(self
+            .cache
+            .read()
+            .schemas
+            .get(catalog)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn require_catalog(&self, catalog: &str) -> Result<(), DdlError> {
+        if self.cache.read().catalogs.contains(catalog) {
+            Ok(())
+        } else {
+            Err(DdlError::NotFound(format!(
+                "catalog {catalog:?} does not exist"
+            )))
+        }
+    }
+
+    /// The routes of `names`, in order; NotFound names the first missing table.
+    pub fn routes(&self, names: &[TableName]) -> Result<Vec<Arc<TableEntry>>, DdlError> {
+        let cache = self.cache.read();
+        names
+            .iter()
+            .map(|name| {
+                cache
+                    .tables
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| DdlError::NotFound(format!("table {name} does not exist")))
+            })
+            .collect()
+    }
+
+    /// Every table (for tools and for failover, which needs the regions of a node).
+    pub fn tables(&self) -> Vec<Arc<TableEntry>> {
+        self.cache.read().tables.values().cloned().collect()
+    }
+
+    async fn allocate_table_id(&self) -> Result<u64, DdlError> {
+        let mut ids = self.ids.lock().await;
+        if ids.0 == ids.1 {
+            loop {
+                let current = self
+                    .store
+                    .batch_get(vec![keys::TABLE_ID_SEQUENCE.as_bytes().to_vec()])
+                    .await?
+                    .into_iter()
+                    .next();
+                let start = match &current {
+                    Some(kv) => std::str::from_utf8(&kv.value)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| corrupt(&kv.key, "not a number"))?,
+                    None => FIRST_TABLE_ID,
+                };
+                let end = start + ID_BATCH;
+                let swapped = self
+                    .store
+                    .compare_and_put(
+                        keys::TABLE_ID_SEQUENCE.as_bytes().to_vec(),
+                        current.map(|kv| kv.value),
+                        end.to_string().into_bytes(),
+                    )
+                    .await?;
+                if swapped.success {
+                    *ids = (start, end);
+                    break;
+                }
+            }
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// How many regions each node holds according to the routes.
+    fn routed_regions(&self) -> HashMap<u64, u64> {
+        let mut counts = HashMap::new();
+        for entry in self.cache.read().tables.values() {
+            for region in &entry.route.regions {
+                for peer in std::iter::once(&region.leader).chain(&region.followers) {
+                    *counts.entry(peer.id).or_insert(0) += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Creates a table; returns whether it was created (false: it existed and if_not_exists).
+    pub async fn create_table(
+        &self,
+        request: CreateTable,
+    ) -> Result<(bool, Arc<TableEntry>), DdlError> {
+        let regions = validate_table(
+            &request.name,
+            &request.schema,
+            &request.partition,
+            self.config.max_regions_per_table,
+        )
+        .map_err(DdlError::InvalidArgument)?;
+        let replicas = request.replicas.max(1);
+        if replicas > MAX_REPLICAS {
+            return Err(DdlError::InvalidArgument(format!(
+                "{replicas} replicas is over the limit of {MAX_REPLICAS}"
+            )));
+        }
+        let name = request.name.clone();
+        {
+            let cache = self.cache.read();
+            if !cache.catalogs.contains(&name.catalog) {
+                return Err(DdlError::NotFound(format!(
+                    "catalog {:?} does not exist",
+                    name.catalog
+                )));
+            }
+            if !cache
+                .schemas
+                .get(&name.catalog)
+                .is_some_and(|s| s.contains(&name.schema))
+            {
+                return Err(DdlError::NotFound(format!(
+                    "schema {}.{} does not exist",
+                    name.catalog, name.schema
+                )));
+            }
+            if let Some(existing) = cache.tables.get(&name) {
+                return self.exists(&name, existing.clone(), request.if_not_exists);
+            }
+        }
+
+        let table_id = self.allocate_table_id().await?;
+        let placements = self
+            .scheduler
+            .send(AllocateRegions {
+                regions,
+                replicas,
+                routed_regions: self.routed_regions(),
+            })
+            .await
+            .map_err(|e| DdlError::NoCapacity(format!("scheduler unavailable: {e}")))?
+            .map_err(|e| match e {
+                SchedulerError::NoCapacity(m) => DdlError::NoCapacity(m),
+                other => DdlError::NoCapacity(other.to_string()),
+            })?;
+        let route = TableRoute {
+            table_id,
+            version: 1,
+            regions: placements
+                .into_iter()
+                .enumerate()
+                .map(|(number, placement)| RegionRoute {
+                    region_id: region_id(table_id, number as u32),
+                    region_number: number as u32,
+                    leader: placement.leader,
+                    followers: placement.followers,
+                })
+                .collect(),
+        };
+        let info = TableInfo {
+            id: table_id,
+            name: name.clone(),
+            schema: request.schema,
+            partition: request.partition,
+            replicas,
+            created_at_unix_ms: unix_ms(),
+        };
+        tracing::info!(table = %name, table_id, regions, replicas, "creating table: opening regions");
+
+        self.open_regions(&name, &route).await?;
+        let entry = Arc::new(TableEntry { info, route });
+        match self.commit_create(&entry).await {
+            Ok(true) => {
+                self.cache
+                    .write()
+                    .tables
+                    .insert(name.clone(), entry.clone());
+                tracing::info!(table = %name, table_id, "table created");
+                Ok((true, entry))
+            }
+            Ok(false) => {
+                // A concurrent create of the same name won: our regions are nobody's.
+                self.close_regions_in_background(&entry.route);
+                let existing = self.load_entry(&name).await?;
+                self.exists(&name, existing, request.if_not_exists)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn exists(
+        &self,
+        name: &TableName,
+        existing: Arc<TableEntry>,
+        if_not_exists: bool,
+    ) -> Result<(bool, Arc<TableEntry>), DdlError> {
+        if if_not_exists {
+            Ok((false, existing))
+        } else {
+            Err(DdlError::AlreadyExists(format!(
+                "table {name} already exists"
+            )))
+        }
+    }
+
+    /// Sends OpenRegion for every copy and waits for all; on any failure closes what opened.
+    async fn open_regions(&self, name: &TableName, route: &TableRoute) -> Result<(), DdlError> {
+        let table: crate::proto::v1::TableName = name.into();
+        let copies: Vec<(Peer, u64, RegionRole)> = route
+            .regions
+            .iter()
+            .flat_map(|r| {
+                std::iter::once((r.leader.clone(), r.region_id, RegionRole::Leader)).chain(
+                    r.followers
+                        .iter()
+                        .map(|f| (f.clone(), r.region_id, RegionRole::Follower)),
+                )
+            })
+            .collect();
+        let timeout = self.config.open_region_timeout;
+        let outcomes = join_all(copies.iter().map(|(peer, region_id, role)| {
+            self.cluster_view.send(SendInstruction {
+                node_id: peer.id,
+                instruction: Instruction::OpenRegion {
+                    region_id: *region_id,
+                    table: table.clone(),
+                    role: *role,
+                },
+                timeout,
+            })
+        }))
+        .await;
+        let mut failures = Vec::new();
+        for ((peer, region_id, _), outcome) in copies.iter().zip(outcomes) {
+            match outcome {
+                Ok(Ok(result)) if result.success => {}
+                Ok(Ok(result)) => failures.push(format!(
+                    "datanode {} refused to open region {region_id}: {}",
+                    peer.id,
+                    result.error.unwrap_or_default()
+                )),
+                Ok(Err(e)) => failures.push(format!("region {region_id}: {e}")),
+                Err(e) => failures.push(format!("region {region_id}: cluster view: {e}")),
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        self.close_regions_in_background(route);
+        Err(DdlError::NotConfirmed(format!(
+            "table {name} was not created ({} of {} region copies failed; opened ones are being closed): {}",
+            failures.len(),
+            copies.len(),
+            failures.join("; ")
+        )))
+    }
+
+    /// Commits name, info and route in one transaction if the name is still free. Returns
+    /// false if another create took the name first.
+    async fn commit_create(&self, entry: &TableEntry) -> Result<bool, DdlError> {
+        let name_key = keys::table_name(&entry.info.name);
+        let id = entry.info.id;
+        let txn = Txn {
+            compare: vec![Compare::Absent {
+                key: name_key.clone(),
+            }],
+            success: vec![
+                TxnOp::Put {
+                    key: name_key.clone(),
+                    value: id.to_string().into_bytes(),
+                },
+                TxnOp::Put {
+                    key: keys::table(id),
+                    value: serde_json::to_vec(&entry.info)
+                        .map_err(|e| DdlError::Corrupt(e.to_string()))?,
+                },
+                TxnOp::Put {
+                    key: keys::table_route(id),
+                    value: serde_json::to_vec(&entry.route)
+                        .map_err(|e| DdlError::Corrupt(e.to_string()))?,
+                },
+            ],
+            failure: vec![],
+        };
+        match self.store.txn(txn).await {
+            Ok(response) => Ok(response.succeeded),
+            Err(StoreError::Unavailable(reason)) => {
+                // The commit may or may not have landed: look before deciding. If we cannot
+                // look either, leave the opened regions alone (closing a committed table's
+                // regions would be worse than an orphan region, which leases clean up).
+                let landed = self
+                    .store
+                    .batch_get(vec![name_key])
+                    .await
+                    .map_err(|_| {
+                        DdlError::Store(StoreError::Unavailable(format!(
+                            "{reason}; the outcome of creating {} is unknown, retry with if_not_exists",
+                            entry.info.name
+                        )))
+                    })?
+                    .into_iter()
+                    .next()
+                    .map(|kv| kv.value == id.to_string().into_bytes());
+                match landed {
+                    Some(true) => Ok(true),
+                    Some(false) => Ok(false),
+                    None => {
+                        self.close_regions_in_background(&entry.route);
+                        Err(DdlError::Store(StoreError::Unavailable(reason)))
+                    }
+                }
+            }
+            Err(e) => {
+                self.close_regions_in_background(&entry.route);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The committed entry of `name`, from the cache or else the KV.
+    async fn load_entry(&self, name: &TableName) -> Result<Arc<TableEntry>, DdlError> {
+        if let Some(entry) = self.cache.read().tables.get(name) {
+            return Ok(entry.clone());
+        }
+        let id_kv = self
+            .store
+            .batch_get(vec![keys::table_name(name)])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DdlError::NotFound(format!("table {name} does not exist")))?;
+        let id: u64 = std::str::from_utf8(&id_kv.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(&id_kv.key, "not a table id"))?;
+        let kvs = self
+            .store
+            .batch_get(vec![keys::table(id), keys::table_route(id)])
+            .await?;
+        let [info_kv, route_kv] = kvs.as_slice() else {
+            return Err(DdlError::Corrupt(format!(
+                "table {id} has no info or route"
+            )));
+        };
+        let entry = Arc::new(TableEntry {
+            info: serde_json::from_slice(&info_kv.value).map_err(|e| corrupt(&info_kv.key, e))?,
+            route: serde_json::from_slice(&route_kv.value)
+                .map_err(|e| corrupt(&route_kv.key, e))?,
+        });
+        self.cache
+            .write()
+            .tables
+            .insert(name.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Drops a table; returns whether it existed.
+    pub async fn drop_table(&self, name: &TableName, if_exists: bool) -> Result<bool, DdlError> {
+        let entry = self.cache.read().tables.get(name).cloned();
+        let Some(entry) = entry else {
+            if if_exists {
+                return Ok(false);
+            }
+            return Err(DdlError::NotFound(format!("table {name} does not exist")));
+        };
+        let id = entry.info.id;
+        let name_key = keys::table_name(name);
+        let response = self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ValueEquals {
+                    key: name_key.clone(),
+                    value: id.to_string().into_bytes(),
+                }],
+                success: vec![
+                    TxnOp::Delete { key: name_key },
+                    TxnOp::Delete {
+                        key: keys::table(id),
+                    },
+                    TxnOp::Delete {
+                        key: keys::table_route(id),
+                    },
+                ],
+                failure: vec![],
+            })
+            .await?;
+        {
+            let mut cache = self.cache.write();
+            if cache.tables.get(name).is_some_and(|e| e.info.id == id) {
+                cache.tables.remove(name);
+            }
+        }
+        if !response.succeeded {
+            if if_exists {
+                return Ok(false);
+            }
+            return Err(DdlError::NotFound(format!("table {name} does not exist")));
+        }
+        debug_assert!(response
+            .results
+            .iter()
+            .all(|r| matches!(r, TxnOpResult::Delete { .. })));
+        tracing::info!(table = %name, table_id = id, "table dropped");
+        self.close_regions_in_background(&entry.route);
+        Ok(true)
+    }
+
+    /// Tells every holder of the route's regions to close them; best effort, not awaited
+    /// (a node that misses it keeps an unrouted region until its lease lapses).
+    fn close_regions_in_background(&self, route: &TableRoute) {
+        let timeout = self.config.open_region_timeout;
+        let sends: Vec<_> = route
+            .regions
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(&r.leader)
+                    .chain(&r.followers)
+                    .map(move |peer| (peer.id, r.region_id))
+            })
+            .map(|(node_id, region_id)| {
+                self.cluster_view.send(SendInstruction {
+                    node_id,
+                    instruction: Instruction::CloseRegion { region_id },
+                    timeout,
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            for outcome in join_all(sends).await {
+                if let Ok(Err(e)) = outcome {
+                    tracing::debug!("closing a region failed: {e}");
+                }
+            }
+        });
+    }
+}

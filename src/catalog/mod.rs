@@ -1,0 +1,8 @@
+//! Catalogs, schemas, tables and routes: the metadata model, its validation and partitioning
+//! (pure, shared with the client), and the `TableManager` that runs DDL on the leader.
+
+pub mod manager;
+pub mod model;
+pub mod partition;
+
+pub use manager::{DdlError, TableEntry, TableManager};

@@ -1,0 +1,334 @@
+//! `MetaClient`: what a frontend uses to talk to metasrv. It finds the leader (AskLeader), fetches
+//! table routes lazily into a local cache, drops a table's route when a datanode answers
+//! InvalidRoute (the caller calls [`MetaClient::invalidate`]) so the next lookup refetches, splits
+//! a batch of rows of several tables into per-endpoint, per-region batches by each table's
+//! partition rule, and orders select endpoints by the configured priority.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tonic::transport::Channel;
+
+use crate::catalog::model::{route_from_pb, Peer, TableInfo, TableName, TableRoute};
+use crate::catalog::partition::{region_number_of, Row};
+use crate::proto::v1 as pb;
+use crate::proto::v1::heartbeat_client::HeartbeatClient;
+use crate::proto::v1::router_client::RouterClient;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach a metasrv leader at any of {endpoints:?}: {reason}")]
+    NoLeader {
+        endpoints: Vec<String>,
+        reason: String,
+    },
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("metasrv answered {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("metasrv sent a bad route: {0}")]
+    BadRoute(String),
+    #[error("a row of table {table} cannot be routed: {reason}")]
+    Unroutable { table: TableName, reason: String },
+}
+
+/// A table's route as the client caches it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedRoute {
+    pub info: TableInfo,
+    pub route: TableRoute,
+}
+
+/// Which copy of a region reads go to first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadPriority {
+    /// The leader, then followers (fresh reads).
+    #[default]
+    LeaderFirst,
+    /// Followers, then the leader (spreads read load off leaders).
+    FollowersPreferred,
+}
+
+/// Rows of one region, to be written to its leader.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionBatch {
+    pub table: TableName,
+    pub region_id: u64,
+    pub region_number: u32,
+    /// The route version the rows were split by.
+    pub route_version: u64,
+    pub rows: Vec<Row>,
+}
+
+/// Everything bound for one datanode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointBatch {
+    pub endpoint: Peer,
+    pub regions: Vec<RegionBatch>,
+}
+
+pub struct MetaClient {
+    cluster_id: u64,
+    member_id: u64,
+    leader: Peer,
+    router: RouterClient<Channel>,
+    cache: RwLock<HashMap<TableName, Arc<CachedRoute>>>,
+    route_fetches: AtomicU64,
+}
+
+impl MetaClient {
+    /// Asks each endpoint in turn who leads and connects to the leader.
+    pub async fn connect(
+        endpoints: &[String],
+        cluster_id: u64,
+        member_id: u64,
+    ) -> Result<Self, ClientError> {
+        let mut reason = String::from("no endpoints given");
+        for endpoint in endpoints {
+            let channel = match super::connect(endpoint).await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    reason = format!("{endpoint}: {e}");
+                    continue;
+                }
+            };
+            let asked = HeartbeatClient::new(channel.clone())
+                .ask_leader(pb::AskLeaderRequest {
+                    header: super::header(cluster_id, member_id),
+                })
+                .await;
+            let leader = match asked {
+                Ok(response) => match response.into_inner().leader {
+                    Some(leader) => Peer::from(leader),
+                    None => {
+                        reason = format!("{endpoint}: no leader known");
+                        continue;
+                    }
+                },
+                Err(status) => {
+                    reason = format!("{endpoint}: {status}");
+                    continue;
+                }
+            };
+            let channel = if leader.addr == *endpoint {
+                channel
+            } else {
+                match super::connect(&leader.addr).await {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        reason = format!("leader {} at {}: {e}", leader.id, leader.addr);
+                        continue;
+                    }
+                }
+            };
+            return Ok(Self {
+                cluster_id,
+                member_id,
+                leader,
+                router: RouterClient::new(channel),
+                cache: RwLock::new(HashMap::new()),
+                route_fetches: AtomicU64::new(0),
+            });
+        }
+        Err(ClientError::NoLeader {
+            endpoints: endpoints.to_vec(),
+            reason,
+        })
+    }
+
+    pub fn leader(&self) -> &Peer {
+        &self.leader
+    }
+
+    fn header(&self) -> Option<pb::RequestHeader> {
+        super::header(self.cluster_id, self.member_id)
+    }
+
+    /// The Router client, for DDL and catalog calls.
+    pub fn router(&self) -> RouterClient<Channel> {
+        self.router.clone()
+    }
+
+    /// Route fetches made so far (cache misses and refetches).
+    pub fn route_fetches(&self) -> u64 {
+        self.route_fetches.load(Ordering::Relaxed)
+    }
+
+    /// The cached route of `table`, without asking metasrv.
+    pub fn cached(&self, table: &TableName) -> Option<Arc<CachedRoute>> {
+        self.cache.read().get(table).cloned()
+    }
+
+    /// Forgets `table`'s route (after an InvalidRoute answer); the next lookup refetches.
+    pub fn invalidate(&self, table: &TableName) {
+        self.cache.write().remove(table);
+    }
+
+    /// Creates a table and caches its route.
+    pub async fn create_table(
+        &self,
+        mut request: pb::CreateTableRequest,
+    ) -> Result<(bool, Arc<CachedRoute>), ClientError> {
+        request.header = self.header();
+        let response = self
+            .router
+            .clone()
+            .create_table(request)
+            .await?
+            .into_inner();
+        let route = response
+            .route
+            .ok_or_else(|| ClientError::BadRoute("CreateTable returned no route".into()))?;
+        let cached = self.cache_route(route)?;
+        Ok((response.created, cached))
+    }
+
+    fn cache_route(&self, route: pb::TableRoute) -> Result<Arc<CachedRoute>, ClientError> {
+        let (info, route) = route_from_pb(route).map_err(ClientError::BadRoute)?;
+        let cached = Arc::new(CachedRoute { info, route });
+        let mut cache = self.cache.write();
+        // Never replace a newer route with an older one fetched concurrently.
+        let keep_existing = cache.get(&cached.info.name).is_some_and(|existing| {
+            existing.info.id == cached.info.id && existing.route.version > cached.route.version
+        });
+        if keep_existing {
+            return Ok(cache[&cached.info.name].clone());
+        }
+        cache.insert(cached.info.name.clone(), cached.clone());
+        Ok(cached)
+    }
+
+    /// The routes of `tables`, from the cache, fetching the missing ones in one call.
+    pub async fn routes(&self, tables: &[TableName]) -> Result<Vec<Arc<CachedRoute>>, ClientError> {
+        let missing: Vec<TableName> = {
+            let cache = self.cache.read();
+            let mut missing: Vec<TableName> = tables
+                .iter()
+                .filter(|t| !cache.contains_key(*t))
+                .cloned()
+                .collect();
+            missing.sort();
+            missing.dedup();
+            missing
+        };
+        if !missing.is_empty() {
+            self.route_fetches.fetch_add(1, Ordering::Relaxed);
+            let response = self
+                .router
+                .clone()
+                .route(pb::RouteRequest {
+                    header: self.header(),
+                    table_names: missing.iter().map(Into::into).collect(),
+                })
+                .await?
+                .into_inner();
+            for route in response.routes {
+                self.cache_route(route)?;
+            }
+        }
+        let cache = self.cache.read();
+        tables
+            .iter()
+            .map(|t| {
+                cache.get(t).cloned().ok_or_else(|| {
+                    ClientError::BadRoute(format!("metasrv returned no route for {t}"))
+                })
+            })
+            .collect()
+    }
+
+    pub async fn route(&self, table: &TableName) -> Result<Arc<CachedRoute>, ClientError> {
+        Ok(self
+            .routes(std::slice::from_ref(table))
+            .await?
+            .into_iter()
+            .next()
+            .expect("routes returns one route per table asked"))
+    }
+
+    /// Splits rows of several tables into batches per datanode and region, by each table's
+    /// partition rule and current route.
+    pub async fn split_rows(
+        &self,
+        rows: Vec<(TableName, Row)>,
+    ) -> Result<Vec<EndpointBatch>, ClientError> {
+        let mut tables: Vec<TableName> = rows.iter().map(|(t, _)| t.clone()).collect();
+        tables.sort();
+        tables.dedup();
+        let routes: HashMap<TableName, Arc<CachedRoute>> = tables
+            .iter()
+            .cloned()
+            .zip(self.routes(&tables).await?)
+            .collect();
+        // endpoint address -> (endpoint, region id -> batch); BTreeMaps keep the output stable.
+        let mut by_endpoint: BTreeMap<String, (Peer, BTreeMap<u64, RegionBatch>)> = BTreeMap::new();
+        for (table, row) in rows {
+            let cached = &routes[&table];
+            let number = region_number_of(&cached.info.partition, &row).map_err(|reason| {
+                ClientError::Unroutable {
+                    table: table.clone(),
+                    reason,
+                }
+            })?;
+            let region = cached
+                .route
+                .regions
+                .iter()
+                .find(|r| r.region_number == number)
+                .ok_or_else(|| ClientError::Unroutable {
+                    table: table.clone(),
+                    reason: format!("the route has no region number {number}"),
+                })?;
+            let (_, regions) = by_endpoint
+                .entry(region.leader.addr.clone())
+                .or_insert_with(|| (region.leader.clone(), BTreeMap::new()));
+            regions
+                .entry(region.region_id)
+                .or_insert_with(|| RegionBatch {
+                    table: table.clone(),
+                    region_id: region.region_id,
+                    region_number: number,
+                    route_version: cached.route.version,
+                    rows: Vec::new(),
+                })
+                .rows
+                .push(row);
+        }
+        Ok(by_endpoint
+            .into_values()
+            .map(|(endpoint, regions)| EndpointBatch {
+                endpoint,
+                regions: regions.into_values().collect(),
+            })
+            .collect())
+    }
+}
+
+/// The endpoints to read region `region_number` from, in the order to try them.
+pub fn select_endpoints(
+    route: &CachedRoute,
+    region_number: u32,
+    priority: ReadPriority,
+) -> Vec<Peer> {
+    let Some(region) = route
+        .route
+        .regions
+        .iter()
+        .find(|r| r.region_number == region_number)
+    else {
+        return Vec::new();
+    };
+    match priority {
+        ReadPriority::LeaderFirst => std::iter::once(region.leader.clone())
+            .chain(region.followers.iter().cloned())
+            .collect(),
+        ReadPriority::FollowersPreferred => region
+            .followers
+            .iter()
+            .cloned()
+            .chain(std::iter::once(region.leader.clone()))
+            .collect(),
+    }
+}
