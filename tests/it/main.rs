@@ -5,3 +5,4 @@ mod harness;
 mod heartbeat;
 mod process;
 mod store_conformance;
+mod router;
