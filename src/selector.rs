@@ -26,6 +26,7 @@ pub struct Placement {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum SelectorKind {
     /// Nodes in turn, by id.
     RoundRobin,

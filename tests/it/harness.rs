@@ -222,7 +222,7 @@ impl MetasrvProcess {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "metasrv printed no ready line within {READY_DEADLINE:?}; log:\n{}",
+                    "metasrv exited or printed no ready line within {READY_DEADLINE:?}; log:\n{}",
                     read_log(&log_path)
                 );
             }

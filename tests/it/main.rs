@@ -4,5 +4,5 @@ mod grpc_store;
 mod harness;
 mod heartbeat;
 mod process;
-mod store_conformance;
 mod router;
+mod store_conformance;

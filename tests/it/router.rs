@@ -40,7 +40,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start(store: Arc<dyn KvBackend>, config: Config, nodes: &[SimDatanodeConfig]) -> Self {
+    pub async fn start(
+        store: Arc<dyn KvBackend>,
+        config: Config,
+        nodes: &[SimDatanodeConfig],
+    ) -> Self {
         let server = TestServer::start(store, config).await;
         let mut sims = Vec::new();
         for node in nodes {
@@ -201,11 +205,20 @@ pub mod cases {
             .await
             .expect("insert");
         assert_eq!(written, 1000);
-        assert_eq!(cluster.meta.route_fetches(), 0, "the create cached the route");
+        assert_eq!(
+            cluster.meta.route_fetches(),
+            0,
+            "the create cached the route"
+        );
         let per_node: usize = cluster
             .nodes
             .iter()
-            .map(|n| n.accepted_writes().iter().map(|w| w.rows as usize).sum::<usize>())
+            .map(|n| {
+                n.accepted_writes()
+                    .iter()
+                    .map(|w| w.rows as usize)
+                    .sum::<usize>()
+            })
             .sum();
         assert_eq!(per_node, 1000);
         assert_eq!(cluster.frontend.invalid_routes(), 0);
@@ -269,7 +282,11 @@ pub mod cases {
             .create_table(create_request(&table, 4, 1))
             .await
             .expect("create");
-        cluster.frontend.insert(rows(&table, 100)).await.expect("insert");
+        cluster
+            .frontend
+            .insert(rows(&table, 100))
+            .await
+            .expect("insert");
 
         // Another frontend drops and recreates the table: new id, new regions.
         let other = MetaClient::connect(&[cluster.server.grpc_addr.to_string()], CLUSTER, 0)
@@ -293,10 +310,14 @@ pub mod cases {
         assert_ne!(old.info.id, recreated.info.id);
         for region in &old.route.regions {
             let holder = &cluster.nodes[region.leader.id as usize - 1];
-            wait_for("the dropped region to close", Duration::from_secs(5), || {
-                let closed = !holder.regions().contains_key(&region.region_id);
-                async move { closed.then_some(()) }
-            })
+            wait_for(
+                "the dropped region to close",
+                Duration::from_secs(5),
+                || {
+                    let closed = !holder.regions().contains_key(&region.region_id);
+                    async move { closed.then_some(()) }
+                },
+            )
             .await;
         }
 
@@ -307,8 +328,15 @@ pub mod cases {
             .await
             .expect("insert after refetch");
         assert_eq!(written, 100);
-        assert!(cluster.frontend.invalid_routes() > 0, "a datanode said InvalidRoute");
-        assert_eq!(cluster.meta.route_fetches(), fetches_before + 1, "one refetch");
+        assert!(
+            cluster.frontend.invalid_routes() > 0,
+            "a datanode said InvalidRoute"
+        );
+        assert_eq!(
+            cluster.meta.route_fetches(),
+            fetches_before + 1,
+            "one refetch"
+        );
         assert_eq!(
             cluster.meta.cached(&table).map(|c| c.info.id),
             Some(recreated.info.id)
@@ -347,7 +375,11 @@ pub mod cases {
             })
             .collect();
         for attempt in with_if_not_exists {
-            let response = attempt.await.expect("task").expect("if_not_exists succeeds").into_inner();
+            let response = attempt
+                .await
+                .expect("task")
+                .expect("if_not_exists succeeds")
+                .into_inner();
             assert!(!response.created);
             assert_eq!(response.route.map(|r| r.table_id), winner_id);
         }
@@ -358,16 +390,20 @@ pub mod cases {
             .as_ref()
             .map(|r| r.regions.iter().map(|g| g.region_id).collect())
             .unwrap_or_default();
-        wait_for("the losers' regions to close", Duration::from_secs(10), || {
-            let open: Vec<u64> = cluster
-                .nodes
-                .iter()
-                .flat_map(|n| n.regions().into_keys())
-                .collect();
-            let only_winner = open.len() == winner_regions.len()
-                && open.iter().all(|r| winner_regions.contains(r));
-            async move { only_winner.then_some(()) }
-        })
+        wait_for(
+            "the losers' regions to close",
+            Duration::from_secs(10),
+            || {
+                let open: Vec<u64> = cluster
+                    .nodes
+                    .iter()
+                    .flat_map(|n| n.regions().into_keys())
+                    .collect();
+                let only_winner = open.len() == winner_regions.len()
+                    && open.iter().all(|r| winner_regions.contains(r));
+                async move { only_winner.then_some(()) }
+            },
+        )
         .await;
         cluster.server.stop().await;
     }
@@ -386,8 +422,16 @@ pub mod cases {
             s.time_index.clear();
         }
         cases.push((no_time_index, Code::InvalidArgument, "no time index"));
-        cases.push((create_request(&table, 0, 1), Code::InvalidArgument, "zero regions"));
-        cases.push((create_request(&table, 65, 1), Code::InvalidArgument, "over the limit"));
+        cases.push((
+            create_request(&table, 0, 1),
+            Code::InvalidArgument,
+            "zero regions",
+        ));
+        cases.push((
+            create_request(&table, 65, 1),
+            Code::InvalidArgument,
+            "over the limit",
+        ));
         let range = |bounds: Vec<(Option<&str>, Option<&str>)>| {
             let mut request = create_request(&table, 1, 1);
             request.partition_rule = Some(pb::PartitionRule {
@@ -423,7 +467,11 @@ pub mod cases {
             Code::InvalidArgument,
             "cover the key space",
         ));
-        cases.push((create_request(&table, 2, 3), Code::FailedPrecondition, "need 3 live datanodes"));
+        cases.push((
+            create_request(&table, 2, 3),
+            Code::FailedPrecondition,
+            "need 3 live datanodes",
+        ));
         cases.push((
             create_request(&TableName::new("greptime", "nope", "t"), 1, 1),
             Code::NotFound,
@@ -478,10 +526,14 @@ pub mod cases {
             Code::Unavailable,
             "did not answer",
         );
-        wait_for("opened regions to close again", Duration::from_secs(10), || {
-            let open = cluster.nodes[..2].iter().any(|n| !n.regions().is_empty());
-            async move { (!open).then_some(()) }
-        })
+        wait_for(
+            "opened regions to close again",
+            Duration::from_secs(10),
+            || {
+                let open = cluster.nodes[..2].iter().any(|n| !n.regions().is_empty());
+                async move { (!open).then_some(()) }
+            },
+        )
         .await;
         assert_status(
             router
@@ -544,3 +596,196 @@ on_both_backends!(
     invalid_requests_are_refused,
     unconfirmed_create_rolls_back,
 );
+
+/// Every table info and route in the store has a name pointing at it: no half-written table.
+async fn assert_catalog_consistent(
+    store: &mut metasrv::proto::v1::store_client::StoreClient<tonic::transport::Channel>,
+) -> Vec<String> {
+    let scan = |prefix: &str| pb::RangeRequest {
+        header: header(CLUSTER, 0),
+        key: prefix.as_bytes().to_vec(),
+        range_end: metasrv::store::prefix_end(prefix.as_bytes()),
+        limit: 0,
+        keys_only: false,
+    };
+    let names = store
+        .range(scan("__meta/table_name/"))
+        .await
+        .expect("range")
+        .into_inner()
+        .kvs;
+    let ids: Vec<String> = names
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .collect();
+    for prefix in ["__meta/table/", "__meta/table_route/"] {
+        let kvs = store
+            .range(scan(prefix))
+            .await
+            .expect("range")
+            .into_inner()
+            .kvs;
+        let mut found: Vec<String> = kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+            .collect();
+        let mut expected = ids.clone();
+        found.sort();
+        expected.sort();
+        assert_eq!(
+            found, expected,
+            "{prefix} entries must match the named tables"
+        );
+    }
+    names
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+/// SIGKILL the metasrv while a CreateTable waits for datanodes: after a restart the table does
+/// not exist, nothing of it is in the store, earlier tables are intact, and the name is free.
+async fn crash_mid_create(dir: &std::path::Path, backend_args: &[&str]) {
+    use crate::harness::{http_get, MetasrvProcess};
+    use metasrv::proto::v1::store_client::StoreClient;
+    use metasrv::sim::SimEvent;
+
+    let env = [
+        ("METASRV_SELECTOR", "round_robin"),
+        ("METASRV_INSTRUCTION_TIMEOUT", "60s"),
+    ];
+    let mut args = vec!["--cluster-id", "4", "--heartbeat-interval", "100ms"];
+    args.extend_from_slice(backend_args);
+    let mut metasrv = MetasrvProcess::start(dir, &args, &env);
+    let grpc = metasrv.grpc_addr.to_string();
+    let channel = metasrv::client::connect(&grpc).await.expect("connect");
+    let silent = SimDatanodeConfig {
+        obey_instructions: false,
+        ..node(3)
+    };
+    let mut nodes = Vec::new();
+    for config in [node(1), node(2), silent] {
+        nodes.push(
+            SimDatanode::start_serving(channel.clone(), config)
+                .await
+                .expect("sim starts"),
+        );
+    }
+    let http = metasrv.http_addr;
+    let all_alive = || async move {
+        let (_, body) = http_get(http, "/v1/nodes").await;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let alive = json["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "alive" && n["connected"] == true)
+            .count();
+        (alive == 3).then_some(())
+    };
+    wait_for("3 alive datanodes", Duration::from_secs(10), all_alive).await;
+    let meta = MetaClient::connect(&[grpc.clone()], CLUSTER, 0)
+        .await
+        .expect("meta");
+    // Round robin from node 1: "kept" lands on nodes 1 and 2, which confirm.
+    let (_, kept) = meta
+        .create_table(create_request(&cpu_table("kept"), 2, 1))
+        .await
+        .expect("create kept");
+
+    // "doomed" needs node 3, which never confirms: the create waits.
+    let mut router = meta.router();
+    let doomed = tokio::spawn(async move {
+        router
+            .create_table(create_request(&cpu_table("doomed"), 3, 1))
+            .await
+    });
+    for sim in &nodes {
+        sim.wait_for_event(
+            "the doomed table's OpenRegion",
+            Duration::from_secs(10),
+            |events| {
+                events
+                    .iter()
+                    .filter(|e| matches!(e, SimEvent::Instruction(_)))
+                    .count()
+                    >= if sim.node_id() == 3 { 1 } else { 2 }
+            },
+        )
+        .await
+        .expect("every node got its OpenRegion");
+    }
+    metasrv.signal_and_wait("KILL");
+    assert!(
+        doomed.await.expect("task").is_err(),
+        "a create cut by a crash must not report success"
+    );
+    drop(metasrv);
+
+    // Restart on the same address so the simulated datanodes reconnect by themselves.
+    let mut restart_args = args.clone();
+    restart_args.extend_from_slice(&["--grpc-addr", grpc.as_str()]);
+    let metasrv = MetasrvProcess::start(dir, &restart_args, &env);
+    let channel = metasrv::client::connect(&grpc).await.expect("reconnect");
+    let mut store = StoreClient::new(channel);
+    let names = assert_catalog_consistent(&mut store).await;
+    assert_eq!(names, vec!["__meta/table_name/greptime/public/kept"]);
+
+    let meta = MetaClient::connect(&[grpc.clone()], CLUSTER, 0)
+        .await
+        .expect("meta");
+    let route = meta.route(&cpu_table("kept")).await.expect("kept survives");
+    assert_eq!(route.route, kept.route);
+    match meta.route(&cpu_table("doomed")).await {
+        Err(metasrv::client::ClientError::Status(s)) => assert_eq!(s.code(), Code::NotFound),
+        other => panic!("doomed must not exist: {other:?}"),
+    }
+    // The name is free again once the datanodes are back.
+    let http = metasrv.http_addr;
+    let two_alive = || async move {
+        let (_, body) = http_get(http, "/v1/nodes").await;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let alive = json["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "alive" && n["connected"] == true && n["id"] != 3)
+            .count();
+        (alive == 2).then_some(())
+    };
+    wait_for(
+        "the obedient datanodes to reconnect",
+        Duration::from_secs(15),
+        two_alive,
+    )
+    .await;
+    let (created, _) = meta
+        .create_table(create_request(&cpu_table("doomed"), 2, 1))
+        .await
+        .expect("the name can be created after the crash");
+    assert!(created);
+    assert_catalog_consistent(&mut store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_create_leaves_nothing_embedded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crash_mid_create(dir.path(), &["--data-dir", "data"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_create_leaves_nothing_etcd() {
+    let etcd = crate::harness::EtcdProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = etcd.endpoint.clone();
+    crash_mid_create(
+        dir.path(),
+        &[
+            "--backend",
+            "etcd",
+            "--etcd-endpoints",
+            endpoint.as_str(),
+            "--etcd-key-prefix",
+            "/crash",
+        ],
+    )
+    .await;
+}
