@@ -683,7 +683,7 @@ async fn crash_mid_create(dir: &std::path::Path, backend_args: &[&str]) {
         (alive == 3).then_some(())
     };
     wait_for("3 alive datanodes", Duration::from_secs(10), all_alive).await;
-    let meta = MetaClient::connect(&[grpc.clone()], CLUSTER, 0)
+    let meta = MetaClient::connect(std::slice::from_ref(&grpc), CLUSTER, 0)
         .await
         .expect("meta");
     // Round robin from node 1: "kept" lands on nodes 1 and 2, which confirm.
@@ -730,7 +730,7 @@ async fn crash_mid_create(dir: &std::path::Path, backend_args: &[&str]) {
     let names = assert_catalog_consistent(&mut store).await;
     assert_eq!(names, vec!["__meta/table_name/greptime/public/kept"]);
 
-    let meta = MetaClient::connect(&[grpc.clone()], CLUSTER, 0)
+    let meta = MetaClient::connect(std::slice::from_ref(&grpc), CLUSTER, 0)
         .await
         .expect("meta");
     let route = meta.route(&cpu_table("kept")).await.expect("kept survives");
