@@ -11,13 +11,13 @@
 //!
 //! Results are printed as a markdown table for BENCHMARKS.md.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{flag, ServerProcess, CLUSTER};
 use metasrv::proto::bench::echo_client::EchoClient;
-use metasrv::proto::bench::echo_server::{Echo, EchoServer};
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::heartbeat_client::HeartbeatClient;
 use metasrv::sim::{sample_request, SimDatanodeConfig};
@@ -26,151 +26,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-const CLUSTER: u64 = 1;
 /// Streams per HTTP/2 connection (under h2's default concurrent-stream cap of 200).
 const STREAMS_PER_CONNECTION: usize = 100;
 /// Regions each simulated node reports (sizes the request like a small datanode's).
 const REGIONS_PER_NODE: u64 = 4;
-
-// ---- The raw echo server (the baseline) ---------------------------------------------------------
-
-struct EchoService;
-
-#[tonic::async_trait]
-impl Echo for EchoService {
-    type StreamStream = ReceiverStream<Result<pb::HeartbeatResponse, tonic::Status>>;
-
-    async fn stream(
-        &self,
-        request: tonic::Request<tonic::Streaming<pb::HeartbeatRequest>>,
-    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Some(Ok(_request)) = inbound.next().await {
-                // The same response metasrv sends for a heartbeat.
-                let response = pb::HeartbeatResponse {
-                    header: Some(pb::ResponseHeader {
-                        cluster_id: CLUSTER,
-                        error: None,
-                    }),
-                    instructions: Vec::new(),
-                    heartbeat_interval_millis: 1000,
-                };
-                if tx.send(Ok(response)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn unary(
-        &self,
-        _request: tonic::Request<pb::HeartbeatRequest>,
-    ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
-        Ok(tonic::Response::new(pb::HeartbeatResponse::default()))
-    }
-}
-
-fn serve_echo() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("echo ready grpc={}", listener.local_addr().expect("addr"));
-        tonic::transport::Server::builder()
-            .add_service(EchoServer::new(EchoService))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .expect("echo server");
-    });
-}
-
-// ---- Servers under test as child processes ----------------------------------------------------
-
-struct ServerProcess {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    fn spawn(mut command: Command, ready_prefix: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = command
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn server");
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = loop {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with(ready_prefix) => break line,
-                Some(Ok(_)) => continue,
-                _ => panic!("server exited before it was ready"),
-            }
-        };
-        let addr = line
-            .split_whitespace()
-            .find_map(|p| p.strip_prefix("grpc="))
-            .expect("grpc= in the ready line")
-            .to_owned();
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn echo() -> Self {
-        let mut command = Command::new(std::env::current_exe().expect("own path"));
-        command.arg("--serve-echo");
-        Self::spawn(command, "echo ready")
-    }
-
-    fn metasrv() -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_metasrv"));
-        command
-            .args([
-                "start",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--cluster-id", &CLUSTER.to_string()])
-            .env("METASRV_LOG", "warn");
-        Self::spawn(command, "metasrv ready")
-    }
-
-    /// Resident memory of the server process, in bytes.
-    fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---- Load generation ----------------------------------------------------------------------------
 
@@ -327,17 +186,10 @@ async fn run_load(
     }
 }
 
-fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--serve-echo") {
-        return serve_echo();
+        return common::serve_echo(&args);
     }
     // `cargo bench` passes --bench; under `cargo test` this binary runs a seconds-long smoke
     // version, so the test suite proves the benchmark still works without paying for it.
@@ -362,10 +214,10 @@ fn main() {
         println!("|---|---|---|---|---|---|");
         for &n in &streams {
             let duration = Duration::from_secs(seconds);
-            let echo_server = ServerProcess::echo();
+            let echo_server = ServerProcess::echo(&[]);
             let echo = run_load(&echo_server, Target::Echo, n, Pace::ClosedLoop, duration).await;
             drop(echo_server);
-            let metasrv_server = ServerProcess::metasrv();
+            let metasrv_server = ServerProcess::metasrv(&[]);
             let meta = run_load(&metasrv_server, Target::Metasrv, n, Pace::ClosedLoop, duration).await;
             drop(metasrv_server);
             assert!(echo.messages > 0 && meta.messages > 0, "a load run answered nothing");
@@ -381,7 +233,7 @@ fn main() {
             );
         }
 
-        let metasrv_server = ServerProcess::metasrv();
+        let metasrv_server = ServerProcess::metasrv(&[]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let idle_rss = metasrv_server.rss_bytes();
         let period = Duration::from_secs(1);

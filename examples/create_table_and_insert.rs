@@ -50,10 +50,18 @@ async fn main() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let nodes = view.send(ListNodes).await?;
-        if nodes.iter().filter(|n| n.status == NodeStatus::Alive).count() == 3 {
+        if nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Alive)
+            .count()
+            == 3
+        {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "datanodes did not register");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "datanodes did not register"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -94,7 +102,10 @@ async fn main() -> anyhow::Result<()> {
     let rows: Vec<(TableName, Row)> = (0..10_000)
         .map(|i| {
             let row = Row::from([
-                ("host".to_string(), Value::String(format!("host-{}", i % 500))),
+                (
+                    "host".to_string(),
+                    Value::String(format!("host-{}", i % 500)),
+                ),
                 ("ts".to_string(), Value::Int64(1_700_000_000_000 + i)),
                 ("usage".to_string(), Value::Float64((i % 100) as f64)),
             ]);
@@ -102,10 +113,19 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let written = frontend.insert(rows).await?;
-    println!("\ninserted {written} rows into {table} (route fetches: {})", meta.route_fetches());
+    println!(
+        "\ninserted {written} rows into {table} (route fetches: {})",
+        meta.route_fetches()
+    );
 
-    println!("\nroute of {table} (table id {}, version {}):", route.info.id, route.route.version);
-    println!("{:<8} {:<16} {:<26} {:<54} rows", "region", "region id", "mutate endpoint", "select endpoints");
+    println!(
+        "\nroute of {table} (table id {}, version {}):",
+        route.info.id, route.route.version
+    );
+    println!(
+        "{:<8} {:<16} {:<26} {:<54} rows",
+        "region", "region id", "mutate endpoint", "select endpoints"
+    );
     for region in &route.route.regions {
         let leader = &datanodes[region.leader.id as usize - 1];
         let rows: u64 = leader

@@ -193,7 +193,7 @@ impl Metasrv {
                 .add_service(store_service)
                 .add_service(heartbeat_service)
                 .add_service(router_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
+                .serve_with_incoming_shutdown(nodelay_incoming(listeners.grpc), async move {
                     grpc_token.cancelled().await
                 }),
         );
@@ -275,6 +275,21 @@ impl Metasrv {
         let _ = tokio::task::spawn_blocking(move || drop(actors)).await;
         result
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC messages must not wait for the
+/// peer's delayed ACK (a 40 ms stall per unary call otherwise).
+pub fn nodelay_incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            // Best effort: a socket that refuses the option still works, only slower.
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
 }
 
 fn server_result<E>(

@@ -187,7 +187,7 @@ impl SimDatanode {
         node.data_plane = Some(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(sim_pb::datanode_server::DatanodeServer::new(plane))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(crate::server::nodelay_incoming(listener))
                 .await;
             if let Err(e) = served {
                 tracing::warn!("simulated data plane stopped: {e}");

@@ -73,6 +73,7 @@ impl SimFrontend {
         }
         let channel = Endpoint::from_shared(format!("http://{}", peer.addr))
             .map_err(|e| FrontendError::Meta(ClientError::Transport(e)))?
+            .tcp_nodelay(true)
             .connect_lazy();
         let client = DatanodeClient::new(channel);
         clients.insert(peer.addr.clone(), client.clone());
