@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let meta = Arc::new(MetaClient::connect(&[addr.clone()], 0, 0).await?);
+    let meta = Arc::new(MetaClient::connect(std::slice::from_ref(&addr), 0, 0).await?);
     let table = TableName::new("greptime", "public", "cpu");
     let column = |name: &str, data_type: pb::ColumnType| pb::ColumnDef {
         name: name.into(),
