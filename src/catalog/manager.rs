@@ -429,7 +429,9 @@ impl TableManager {
             }
         }
 
+        let started = std::time::Instant::now();
         let table_id = self.allocate_table_id().await?;
+        let allocated = started.elapsed();
         let placements = self
             .scheduler
             .send(AllocateRegions {
@@ -467,9 +469,20 @@ impl TableManager {
         };
         tracing::info!(table = %name, table_id, regions, replicas, "creating table: opening regions");
 
+        let placed = started.elapsed();
         self.open_regions(&name, &route).await?;
+        let opened = started.elapsed();
         let entry = Arc::new(TableEntry { info, route });
-        match self.commit_create(&entry).await {
+        let committed = self.commit_create(&entry).await;
+        tracing::debug!(
+            table = %name,
+            ?allocated,
+            place = ?placed - allocated,
+            open = ?opened - placed,
+            commit = ?started.elapsed() - opened,
+            "create_table phases"
+        );
+        match committed {
             Ok(true) => {
                 self.cache
                     .write()
