@@ -151,6 +151,20 @@ pub fn rows(table: &TableName, count: usize) -> Vec<(TableName, Row)> {
         .collect()
 }
 
+/// Route answers NotFound for `table`.
+async fn assert_no_route(
+    router: &mut metasrv::proto::v1::router_client::RouterClient<tonic::transport::Channel>,
+    table: &TableName,
+) {
+    let result = router
+        .route(pb::RouteRequest {
+            header: header(CLUSTER, 0),
+            table_names: vec![table.into()],
+        })
+        .await;
+    assert_status(result, Code::NotFound, "does not exist");
+}
+
 fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
     match result {
         Err(status) => {
@@ -480,16 +494,7 @@ pub mod cases {
         for (request, code, needle) in cases {
             assert_status(router.create_table(request).await, code, needle);
         }
-        assert_status(
-            router
-                .route(pb::RouteRequest {
-                    header: header(CLUSTER, 0),
-                    table_names: vec![(&table).into()],
-                })
-                .await,
-            Code::NotFound,
-            "does not exist",
-        );
+        assert_no_route(&mut router, &table).await;
         assert_status(
             router
                 .drop_table(pb::DropTableRequest {
@@ -535,16 +540,7 @@ pub mod cases {
             },
         )
         .await;
-        assert_status(
-            router
-                .route(pb::RouteRequest {
-                    header: header(CLUSTER, 0),
-                    table_names: vec![(&table).into()],
-                })
-                .await,
-            Code::NotFound,
-            "does not exist",
-        );
+        assert_no_route(&mut router, &table).await;
         assert_no_table_keys(&store).await;
         cluster.server.stop().await;
     }
