@@ -69,10 +69,18 @@ pub struct Heartbeat {
     pub node_id: u64,
     pub addr: String,
     pub instance_id: String,
+    /// The stats; `None` for a request that only carries instruction results (a datanode
+    /// answering at once, between its periodic reports): the node's stats stay as they were.
+    pub report: Option<StatsReport>,
+    pub results: Vec<InstructionOutcome>,
+}
+
+/// The stats part of a heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatsReport {
     pub node: NodeStats,
     pub regions: Vec<RegionStats>,
     pub replicas: Vec<ReplicaStats>,
-    pub results: Vec<InstructionOutcome>,
 }
 
 fn check_rate(name: &str, value: f64, max: f64) -> Result<(), String> {
@@ -116,7 +124,27 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             return Err("report_interval ends before it starts".into());
         }
     }
-    let stat = request.node_stat.unwrap_or_default();
+    let results = request
+        .instruction_results
+        .into_iter()
+        .map(|r| InstructionOutcome {
+            instruction_id: r.instruction_id,
+            success: r.success,
+            error: (!r.error.is_empty()).then_some(r.error),
+        })
+        .collect();
+    let Some(stat) = request.node_stat else {
+        if !request.region_stats.is_empty() || !request.replica_stats.is_empty() {
+            return Err("region_stats or replica_stats without node_stat".into());
+        }
+        return Ok(Heartbeat {
+            node_id: peer.id,
+            addr: peer.addr,
+            instance_id: request.instance_id,
+            report: None,
+            results,
+        });
+    };
     check_rate("cpu_usage", stat.cpu_usage, MAX_CPU_USAGE)?;
     check_rate("load", stat.load, f64::MAX)?;
     check_rate("read_io_rate", stat.read_io_rate, f64::MAX)?;
@@ -173,31 +201,24 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             is_learner: replica.is_learner,
         })
         .collect();
-    let results = request
-        .instruction_results
-        .into_iter()
-        .map(|r| InstructionOutcome {
-            instruction_id: r.instruction_id,
-            success: r.success,
-            error: (!r.error.is_empty()).then_some(r.error),
-        })
-        .collect();
     Ok(Heartbeat {
         node_id: peer.id,
         addr: peer.addr,
         instance_id: request.instance_id,
-        node: NodeStats {
-            rcus: stat.rcus,
-            wcus: stat.wcus,
-            table_num: stat.table_num,
-            region_num: stat.region_num,
-            cpu_usage: stat.cpu_usage,
-            load: stat.load,
-            read_io_rate: stat.read_io_rate,
-            write_io_rate: stat.write_io_rate,
-        },
-        regions,
-        replicas,
+        report: Some(StatsReport {
+            node: NodeStats {
+                rcus: stat.rcus,
+                wcus: stat.wcus,
+                table_num: stat.table_num,
+                region_num: stat.region_num,
+                cpu_usage: stat.cpu_usage,
+                load: stat.load,
+                read_io_rate: stat.read_io_rate,
+                write_io_rate: stat.write_io_rate,
+            },
+            regions,
+            replicas,
+        }),
         results,
     })
 }
@@ -248,10 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn a_results_only_request_carries_no_report() {
+        let mut r = request();
+        r.node_stat = None;
+        r.region_stats.clear();
+        r.instruction_results.push(pb::InstructionResult {
+            instruction_id: 9,
+            success: true,
+            error: String::new(),
+        });
+        let hb = validate(r, 1).expect("valid");
+        assert_eq!(hb.report, None);
+        assert_eq!(hb.results[0].instruction_id, 9);
+    }
+
+    #[test]
     fn a_good_request_converts() {
         let hb = validate(request(), 1).expect("valid");
         assert_eq!(hb.node_id, 7);
-        assert_eq!(hb.regions[0].role, RegionRole::Leader);
+        let report = hb.report.expect("stats");
+        assert_eq!(report.regions[0].role, RegionRole::Leader);
     }
 
     #[test]
@@ -284,6 +321,7 @@ mod tests {
                 "load",
                 Box::new(|r| r.node_stat.as_mut().unwrap().load = -1.0),
             ),
+            ("without node_stat", Box::new(|r| r.node_stat = None)),
             ("region_id 0", Box::new(|r| r.region_stats[0].region_id = 0)),
             (
                 "twice",

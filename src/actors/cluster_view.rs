@@ -14,9 +14,11 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
+use crate::catalog::model::Peer;
 use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
+use crate::selector::Candidate;
 use crate::stats::{Heartbeat, InstructionOutcome, NodeStats, RegionRole, RegionStats};
 use crate::store::{KeyValue, KvBackend};
 
@@ -63,6 +65,12 @@ pub struct SendInstruction {
 #[derive(Message)]
 #[rtype(result = "Vec<NodeSnapshot>")]
 pub struct ListNodes;
+
+/// The nodes that can take new regions now (alive and streaming), with their load: a light
+/// query for placement decisions.
+#[derive(Message)]
+#[rtype(result = "Vec<Candidate>")]
+pub struct ListCandidates;
 
 /// The stats history of one node, oldest first (empty for an unknown node).
 #[derive(Message)]
@@ -485,35 +493,8 @@ impl Handler<StatsReported> for ClusterView {
         node.last_heartbeat_unix_ms = at_unix_ms;
         let recovered = node.status != NodeStatus::Alive;
         node.status = NodeStatus::Alive;
-        push_bounded(
-            &mut node.history,
-            NodeSample {
-                at_unix_ms,
-                stats: heartbeat.node.clone(),
-            },
-            self.config.node_history,
-        );
-        node.latest = Some(heartbeat.node);
-        for region in &heartbeat.regions {
-            let entry = self
-                .regions
-                .entry(region.region_id)
-                .or_insert_with(|| RegionEntry {
-                    history: VecDeque::new(),
-                });
-            push_bounded(
-                &mut entry.history,
-                RegionSample {
-                    at_unix_ms,
-                    rcus: region.rcus,
-                    wcus: region.wcus,
-                    approximate_size: region.approximate_size,
-                },
-                self.config.region_history,
-            );
-        }
-        node.regions = heartbeat.regions;
         let node_id = heartbeat.node_id;
+        // Results first: a create waits on them, the stats bookkeeping can follow.
         for outcome in heartbeat.results {
             match self.pending.remove(&outcome.instruction_id) {
                 Some(pending) if pending.node_id == node_id => {
@@ -545,6 +526,39 @@ impl Handler<StatsReported> for ClusterView {
                     );
                 }
             }
+        }
+        if let Some(report) = heartbeat.report {
+            let Some(node) = self.nodes.get_mut(&node_id) else {
+                return;
+            };
+            push_bounded(
+                &mut node.history,
+                NodeSample {
+                    at_unix_ms,
+                    stats: report.node.clone(),
+                },
+                self.config.node_history,
+            );
+            node.latest = Some(report.node);
+            for region in &report.regions {
+                let entry = self
+                    .regions
+                    .entry(region.region_id)
+                    .or_insert_with(|| RegionEntry {
+                        history: VecDeque::new(),
+                    });
+                push_bounded(
+                    &mut entry.history,
+                    RegionSample {
+                        at_unix_ms,
+                        rcus: region.rcus,
+                        wcus: region.wcus,
+                        approximate_size: region.approximate_size,
+                    },
+                    self.config.region_history,
+                );
+            }
+            node.regions = report.regions;
         }
         if recovered {
             self.publish(NodeEvent::Recovered { node_id });
@@ -645,6 +659,28 @@ impl Handler<ListNodes> for ClusterView {
             .collect();
         nodes.sort_by_key(|n| n.id);
         MessageResult(nodes)
+    }
+}
+
+impl Handler<ListCandidates> for ClusterView {
+    type Result = MessageResult<ListCandidates>;
+
+    fn handle(&mut self, _msg: ListCandidates, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .iter()
+                .filter(|(_, n)| n.status == NodeStatus::Alive && n.session.is_some())
+                .map(|(&id, n)| Candidate {
+                    peer: Peer {
+                        id,
+                        addr: n.addr.clone(),
+                    },
+                    regions: n.latest.as_ref().map_or(0, |s| s.region_num),
+                    rcus: n.latest.as_ref().map_or(0, |s| s.rcus),
+                    wcus: n.latest.as_ref().map_or(0, |s| s.wcus),
+                })
+                .collect(),
+        )
     }
 }
 

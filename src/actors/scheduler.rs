@@ -7,9 +7,8 @@ use std::collections::HashMap;
 
 use actix::prelude::*;
 
-use crate::actors::cluster_view::{ClusterView, ListNodes, NodeStatus};
-use crate::catalog::model::Peer;
-use crate::selector::{Candidate, Placement, Selector, SelectorKind};
+use crate::actors::cluster_view::{ClusterView, ListCandidates};
+use crate::selector::{Placement, Selector, SelectorKind};
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -58,31 +57,27 @@ impl Handler<AllocateRegions> for Scheduler {
     type Result = ResponseActFuture<Self, Result<Vec<Placement>, SchedulerError>>;
 
     fn handle(&mut self, msg: AllocateRegions, _ctx: &mut Self::Context) -> Self::Result {
-        let nodes = self.cluster_view.send(ListNodes);
-        Box::pin(nodes.into_actor(self).map(move |nodes, scheduler, _| {
-            let nodes = nodes.map_err(|e| SchedulerError::ClusterView(e.to_string()))?;
-            // Only nodes that are alive and streaming can be told to open a region.
-            let candidates: Vec<Candidate> = nodes
-                .into_iter()
-                .filter(|n| n.status == NodeStatus::Alive && n.connected)
-                .map(|n| {
-                    let reported = n.stats.as_ref().map_or(0, |s| s.region_num);
-                    let routed = msg.routed_regions.get(&n.id).copied().unwrap_or(0);
-                    Candidate {
-                        peer: Peer {
-                            id: n.id,
-                            addr: n.addr,
-                        },
-                        regions: reported.max(routed),
-                        rcus: n.stats.as_ref().map_or(0, |s| s.rcus),
-                        wcus: n.stats.as_ref().map_or(0, |s| s.wcus),
+        let candidates = self.cluster_view.send(ListCandidates);
+        Box::pin(
+            candidates
+                .into_actor(self)
+                .map(move |candidates, scheduler, _| {
+                    let mut candidates =
+                        candidates.map_err(|e| SchedulerError::ClusterView(e.to_string()))?;
+                    // The heartbeat's own region count lags behind a burst of creates.
+                    for candidate in &mut candidates {
+                        let routed = msg
+                            .routed_regions
+                            .get(&candidate.peer.id)
+                            .copied()
+                            .unwrap_or(0);
+                        candidate.regions = candidate.regions.max(routed);
                     }
-                })
-                .collect();
-            scheduler
-                .selector
-                .place(&candidates, msg.regions, msg.replicas)
-                .map_err(SchedulerError::NoCapacity)
-        }))
+                    scheduler
+                        .selector
+                        .place(&candidates, msg.regions, msg.replicas)
+                        .map_err(SchedulerError::NoCapacity)
+                }),
+        )
     }
 }

@@ -330,6 +330,22 @@ struct Reporter {
 }
 
 impl Reporter {
+    fn results_only(&self, results: Vec<pb::InstructionResult>) -> pb::HeartbeatRequest {
+        pb::HeartbeatRequest {
+            header: Some(pb::RequestHeader {
+                cluster_id: self.config.cluster_id,
+                member_id: self.config.node_id,
+            }),
+            peer: Some(pb::Peer {
+                id: self.config.node_id,
+                addr: self.config.addr.clone(),
+            }),
+            instance_id: self.instance_id.clone(),
+            instruction_results: results,
+            ..Default::default()
+        }
+    }
+
     fn request(
         &mut self,
         regions: &BTreeMap<u64, RegionRole>,
@@ -527,9 +543,9 @@ async fn run(
                             record(SimEvent::Instruction(instruction));
                         }
                         if !results.is_empty() {
-                            // Answer at once rather than at the next tick.
-                            let regions = shared.lock().regions.clone();
-                            if tx.send(reporter.request(&regions, results)).await.is_err() {
+                            // Answer at once rather than at the next tick, with the results
+                            // alone: the next periodic report carries the new stats.
+                            if tx.send(reporter.results_only(results)).await.is_err() {
                                 break None;
                             }
                             shared.lock().heartbeats_sent += 1;
