@@ -30,6 +30,10 @@ pub struct Config {
     /// The heartbeat interval datanodes are asked to keep. Default: `1s`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// TTL of the etcd lease behind this member's candidacy: a leader that stops renewing it
+    /// (crash, pause, partition) is replaced about this long after. Default: `3s`.
+    #[serde(with = "humantime_serde")]
+    pub election_lease_ttl: Duration,
     /// How long a datanode has to report the result of an instruction. Default: `10s`.
     #[serde(with = "humantime_serde")]
     pub instruction_timeout: Duration,
@@ -93,6 +97,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4002)),
             advertise_addr: None,
             heartbeat_interval: Duration::from_secs(1),
+            election_lease_ttl: Duration::from_secs(3),
             instruction_timeout: Duration::from_secs(10),
             session_threads: 0,
             selector: crate::selector::SelectorKind::LeastLoaded,
@@ -182,6 +187,9 @@ impl Config {
                     self.heartbeat_interval = duration(&value).map_err(|e| bad(&e))?
                 }
                 "ADVERTISE_ADDR" => self.advertise_addr = optional(&value),
+                "ELECTION_LEASE_TTL" => {
+                    self.election_lease_ttl = duration(&value).map_err(|e| bad(&e))?
+                }
                 "INSTRUCTION_TIMEOUT" => {
                     self.instruction_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
@@ -251,6 +259,11 @@ impl Config {
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval must be positive".into(),
+            ));
+        }
+        if self.election_lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "election_lease_ttl must be at least 1s (etcd leases count whole seconds)".into(),
             ));
         }
         if self.instruction_timeout.is_zero() {

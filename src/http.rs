@@ -21,6 +21,7 @@ const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct HttpState {
     pub store: Arc<dyn KvBackend>,
+    pub leadership: Arc<crate::election::Leadership>,
     pub cluster_view: actix::Addr<ClusterView>,
     pub metrics: Arc<Metrics>,
     pub member_id: u64,
@@ -33,6 +34,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/leader", get(leader))
+        .route("/v1/members", get(members))
         .with_state(state)
 }
 
@@ -84,4 +87,58 @@ async fn nodes(State(state): State<HttpState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Who leads, as this member sees it.
+async fn leader(State(state): State<HttpState>) -> Response {
+    let leadership = state.leadership.state();
+    Json(json!({
+        "leader": leadership.leader,
+        "me": state.leadership.me(),
+        "is_leader": leadership.serving,
+        "term": leadership.term,
+    }))
+    .into_response()
+}
+
+/// Every member campaigning for leadership (on etcd: each holds a key under the election
+/// name; on the embedded store: this member alone), with the leader marked.
+async fn members(State(state): State<HttpState>) -> Response {
+    let leader = state.leadership.leader();
+    let candidates: Vec<crate::election::MemberInfo> = if state.store.as_etcd().is_some() {
+        let mut prefix = crate::actors::election::ELECTION_NAME.to_vec();
+        prefix.push(b'/');
+        match state
+            .store
+            .range(RangeRequest {
+                range: KeyRange::prefix(prefix),
+                limit: 0,
+                keys_only: false,
+            })
+            .await
+        {
+            Ok(response) => response
+                .kvs
+                .iter()
+                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                .collect(),
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "error": e.to_string() })),
+                )
+                    .into_response()
+            }
+        }
+    } else {
+        vec![state.leadership.me().clone()]
+    };
+    let members: Vec<_> = candidates
+        .into_iter()
+        .map(|m| {
+            let is_leader = leader.as_ref().is_some_and(|l| l.id == m.id);
+            json!({ "member": m, "leader": is_leader })
+        })
+        .collect();
+    Json(json!({ "members": members })).into_response()
 }

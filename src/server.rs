@@ -14,11 +14,13 @@ use actix::{Actor, Addr};
 use tokio::task::JoinHandle;
 
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
+use crate::actors::election::{ElectionActor, EtcdElection, Resign};
 use crate::actors::scheduler::Scheduler;
 use crate::actors::ActorRuntime;
 use crate::catalog::manager::DdlConfig;
 use crate::catalog::{DdlError, TableManager};
 use crate::config::{Backend, Config};
+use crate::election::{Leadership, MemberInfo};
 use crate::grpc::heartbeat::{HeartbeatServer, HeartbeatService};
 use crate::grpc::router::{RouterServer, RouterService};
 use crate::grpc::store::{StoreServer, StoreService};
@@ -27,6 +29,7 @@ use crate::http::{router, HttpState};
 use crate::metrics::Metrics;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::store::fenced::FencedStore;
 use crate::store::{KvBackend, StoreError};
 
 /// How long in-flight requests may run after shutdown is asked before they are cut.
@@ -92,6 +95,8 @@ pub async fn run(
 /// actors (e.g. to send an instruction through the ClusterView's mailbox).
 pub struct Metasrv {
     cluster_view: Addr<ClusterView>,
+    election: Addr<ElectionActor>,
+    leadership: Arc<Leadership>,
     actors: Arc<ActorRuntime>,
     token: CancellationToken,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -116,6 +121,37 @@ impl Metasrv {
             n => n,
         };
         let actors = Arc::new(ActorRuntime::start(session_threads).map_err(ServerError::Actors)?);
+        // Every write of this member goes through the fence; on etcd it starts as a follower.
+        let etcd_election = store.as_etcd().map(|etcd| EtcdElection {
+            client: etcd.client().clone(),
+            prefix: etcd.prefix().to_vec(),
+            lease_ttl: config.election_lease_ttl,
+        });
+        let fenced = Arc::new(if etcd_election.is_some() {
+            FencedStore::follower(store.clone())
+        } else {
+            FencedStore::unfenced(store.clone())
+        });
+        let store: Arc<dyn KvBackend> = fenced.clone();
+        let grpc_addr = match &config.advertise_addr {
+            Some(addr) => addr.clone(),
+            None => listeners
+                .grpc
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        };
+        let me = MemberInfo {
+            id: config.member_id,
+            name: config.member_name(),
+            grpc_addr,
+            http_addr: listeners
+                .http
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        };
+        let leadership = Arc::new(Leadership::new(me.clone()));
         let view_config = ClusterViewConfig {
             heartbeat_interval: config.heartbeat_interval,
             failure_detector: config.failure_detector.clone(),
@@ -129,29 +165,42 @@ impl Metasrv {
         let scheduler = Scheduler::start_in_arbiter(actors.singletons(), move |_| {
             Scheduler::new(scheduler_view, selector)
         });
-        let tables = Arc::new(
-            TableManager::load(
-                store.clone(),
-                scheduler,
-                cluster_view.clone(),
-                DdlConfig {
-                    max_regions_per_table: config.max_regions_per_table,
-                    open_region_timeout: config.instruction_timeout,
-                },
-            )
-            .await?,
-        );
-        let me = crate::proto::v1::Peer {
-            id: config.member_id,
-            addr: match &config.advertise_addr {
-                Some(addr) => addr.clone(),
-                None => listeners
-                    .grpc
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
+        let tables = Arc::new(TableManager::new(
+            store.clone(),
+            scheduler,
+            cluster_view.clone(),
+            DdlConfig {
+                max_regions_per_table: config.max_regions_per_table,
+                open_region_timeout: config.instruction_timeout,
             },
+        ));
+        let standalone = etcd_election.is_none();
+        let election = {
+            let (leadership, fenced, tables, view) = (
+                leadership.clone(),
+                fenced.clone(),
+                tables.clone(),
+                cluster_view.clone(),
+            );
+            let me = me.clone();
+            ElectionActor::start_in_arbiter(actors.singletons(), move |_| {
+                ElectionActor::new(me, leadership, fenced, tables, view, etcd_election)
+            })
         };
+        if standalone {
+            // The single replica leads at once; serve only once its catalog is loaded.
+            let mut changes = leadership.subscribe();
+            let loaded = tokio::time::timeout(
+                Duration::from_secs(30),
+                changes.wait_for(|state| state.serving),
+            )
+            .await;
+            if !matches!(loaded, Ok(Ok(_))) {
+                return Err(ServerError::Catalog(DdlError::Corrupt(
+                    "the catalog did not load within 30s (see the log)".into(),
+                )));
+            }
+        }
         let decode_limit = decode_limit_for(&config);
         let heartbeat_service = HeartbeatServer::new(HeartbeatService::new(
             actors.clone(),
@@ -159,15 +208,23 @@ impl Metasrv {
             limits.clone(),
             metrics.clone(),
             config.heartbeat_interval.as_millis() as u64,
-            me,
+            leadership.clone(),
         ))
         .max_decoding_message_size(decode_limit);
-        let router_service =
-            RouterServer::new(RouterService::new(tables, limits.clone(), metrics.clone()))
-                .max_decoding_message_size(decode_limit);
-        let store_service =
-            StoreServer::new(StoreService::new(store.clone(), limits, metrics.clone()))
-                .max_decoding_message_size(decode_limit);
+        let router_service = RouterServer::new(RouterService::new(
+            tables,
+            leadership.clone(),
+            limits.clone(),
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(decode_limit);
+        let store_service = StoreServer::new(StoreService::new(
+            store.clone(),
+            leadership.clone(),
+            limits,
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(decode_limit);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -199,6 +256,7 @@ impl Metasrv {
         );
         let http_state = HttpState {
             store,
+            leadership: leadership.clone(),
             cluster_view: cluster_view.clone(),
             metrics,
             member_id: config.member_id,
@@ -213,6 +271,8 @@ impl Metasrv {
         });
         Ok(Self {
             cluster_view,
+            election,
+            leadership,
             actors,
             token,
             grpc,
@@ -224,6 +284,10 @@ impl Metasrv {
         &self.cluster_view
     }
 
+    pub fn leadership(&self) -> &Arc<Leadership> {
+        &self.leadership
+    }
+
     /// Serves until `shutdown` completes (or a server fails), then closes heartbeat streams,
     /// drains in-flight requests for at most [`SHUTDOWN_GRACE`] and stops the actors.
     pub async fn serve_until(
@@ -232,6 +296,8 @@ impl Metasrv {
     ) -> Result<(), ServerError> {
         let Self {
             cluster_view,
+            election,
+            leadership: _,
             actors,
             token,
             mut grpc,
@@ -243,6 +309,8 @@ impl Metasrv {
             () = shutdown => None,
         };
         tracing::info!("shutdown: closing heartbeat streams and draining in-flight requests");
+        // Hand leadership over at once rather than after the lease TTL.
+        let _ = tokio::time::timeout(Duration::from_secs(2), election.send(Resign)).await;
         token.cancel();
         // Heartbeat streams never end by themselves: close them so the gRPC server can drain.
         let _ = cluster_view

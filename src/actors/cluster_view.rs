@@ -93,6 +93,12 @@ pub struct CloseAllSessions {
     pub reason: String,
 }
 
+/// Forgets every node, region and pending instruction (leadership changed: the view is rebuilt
+/// from the heartbeats that reach this member as leader).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResetView;
+
 /// A change in a node's liveness, published to subscribers.
 #[derive(Message, Clone, Debug, PartialEq)]
 #[rtype(result = "()")]
@@ -702,6 +708,25 @@ impl Handler<Subscribe> for ClusterView {
 
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) {
         self.subscribers.push(msg.subscriber);
+    }
+}
+
+impl Handler<ResetView> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ResetView, _ctx: &mut Self::Context) {
+        for node in self.nodes.values_mut() {
+            if let Some(session) = node.session.take() {
+                session.close.do_send(CloseSession {
+                    status: tonic::Status::unavailable("metasrv leadership changed"),
+                });
+            }
+        }
+        self.nodes.clear();
+        self.regions.clear();
+        // Dropping the pending replies tells their callers the mailbox closed.
+        self.pending.clear();
+        self.update_status_gauges();
     }
 }
 

@@ -9,6 +9,7 @@
 //! tokio runtime and the actors never block each other and tests need no actix runtime.
 
 pub mod cluster_view;
+pub mod election;
 pub mod heartbeat_session;
 pub mod scheduler;
 

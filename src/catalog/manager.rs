@@ -176,27 +176,45 @@ async fn scan_prefix(store: &dyn KvBackend, prefix: &str) -> Result<Vec<KeyValue
 }
 
 impl TableManager {
-    /// Loads the catalog from the KV and creates the default catalog and schema if missing.
-    pub async fn load(
+    /// A manager with an empty cache; [`TableManager::become_leader`] fills it.
+    pub fn new(
         store: Arc<dyn KvBackend>,
         scheduler: Addr<Scheduler>,
         cluster_view: Addr<ClusterView>,
         config: DdlConfig,
-    ) -> Result<Self, DdlError> {
-        let manager = Self {
+    ) -> Self {
+        Self {
             store,
             scheduler,
             cluster_view,
             config,
             cache: RwLock::new(Cache::default()),
             ids: tokio::sync::Mutex::new((0, 0)),
-        };
-        manager.reload().await?;
-        manager.create_catalog(DEFAULT_CATALOG, true).await?;
-        manager
-            .create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, true)
+        }
+    }
+
+    /// Called when this member becomes leader: loads the catalog from the KV (a previous leader
+    /// may have changed it), forgets id batches of earlier terms, and creates the default
+    /// catalog and schema if missing.
+    pub async fn become_leader(&self) -> Result<(), DdlError> {
+        *self.ids.lock().await = (0, 0);
+        self.reload().await?;
+        self.create_catalog(DEFAULT_CATALOG, true).await?;
+        self.create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, true)
             .await?;
-        Ok(manager)
+        Ok(())
+    }
+
+    /// Routes read from the KV, for a follower (its cache is not kept up to date).
+    pub async fn routes_from_store(
+        &self,
+        names: &[TableName],
+    ) -> Result<Vec<Arc<TableEntry>>, DdlError> {
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            entries.push(self.read_entry(name).await?);
+        }
+        Ok(entries)
     }
 
     /// Rebuilds the in-memory catalog from the KV.
@@ -635,6 +653,16 @@ impl TableManager {
         if let Some(entry) = self.cache.read().tables.get(name) {
             return Ok(entry.clone());
         }
+        let entry = self.read_entry(name).await?;
+        self.cache
+            .write()
+            .tables
+            .insert(name.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    /// The committed entry of `name`, read from the KV.
+    async fn read_entry(&self, name: &TableName) -> Result<Arc<TableEntry>, DdlError> {
         let id_kv = self
             .store
             .batch_get(vec![keys::table_name(name)])

@@ -1,6 +1,6 @@
 //! The `Heartbeat` gRPC service: each stream becomes a `HeartbeatSession` actor on one of the
-//! session arbiters; `AskLeader` names this member (a single replica is always the leader until
-//! election lands).
+//! session arbiters (on the leader only: a follower answers with a redirect); `AskLeader` names
+//! the current leader.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use super::{instrumented, RequestLimits};
 use crate::actors::cluster_view::ClusterView;
 use crate::actors::heartbeat_session::HeartbeatSession;
 use crate::actors::ActorRuntime;
+use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1::{self as pb, heartbeat_server::Heartbeat};
 
@@ -29,8 +30,7 @@ pub struct HeartbeatService {
     limits: RequestLimits,
     metrics: Arc<Metrics>,
     heartbeat_interval_millis: u64,
-    /// This member, as AskLeader reports it.
-    me: pb::Peer,
+    leadership: Arc<Leadership>,
     next_session_id: AtomicU64,
 }
 
@@ -41,7 +41,7 @@ impl HeartbeatService {
         limits: RequestLimits,
         metrics: Arc<Metrics>,
         heartbeat_interval_millis: u64,
-        me: pb::Peer,
+        leadership: Arc<Leadership>,
     ) -> Self {
         Self {
             actors,
@@ -49,7 +49,7 @@ impl HeartbeatService {
             limits,
             metrics,
             heartbeat_interval_millis,
-            me,
+            leadership,
             next_session_id: AtomicU64::new(1),
         }
     }
@@ -65,6 +65,8 @@ impl Heartbeat for HeartbeatService {
         &self,
         request: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        // Only the leader takes heartbeats; a follower redirects the datanode to it.
+        self.leadership.require_leader()?;
         let inbound = request.into_inner();
         let (outbound, responses) = tokio::sync::mpsc::channel(OUTBOUND_CAPACITY);
         let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -88,9 +90,15 @@ impl Heartbeat for HeartbeatService {
         let req = request.into_inner();
         instrumented(&self.metrics, "Heartbeat", "AskLeader", async {
             self.limits.check_header(req.header.as_ref())?;
+            let leader = self.leadership.leader().ok_or_else(|| {
+                Status::unavailable("no metasrv leader is elected yet; retry shortly")
+            })?;
             Ok(pb::AskLeaderResponse {
                 header: self.limits.response_header(),
-                leader: Some(self.me.clone()),
+                leader: Some(pb::Peer {
+                    id: leader.id,
+                    addr: leader.grpc_addr,
+                }),
             })
         })
         .await

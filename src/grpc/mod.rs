@@ -90,6 +90,7 @@ impl From<StoreError> for Status {
             StoreError::InvalidArgument(message) => Status::invalid_argument(message),
             StoreError::Unavailable(message) => Status::unavailable(message),
             StoreError::Internal(message) => Status::internal(message),
+            StoreError::Fenced(message) => Status::unavailable(message),
         }
     }
 }

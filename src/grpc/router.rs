@@ -8,6 +8,7 @@ use super::{instrumented, RequestLimits};
 use crate::catalog::manager::CreateTable;
 use crate::catalog::model::{route_to_pb, TableName, TableSchema};
 use crate::catalog::TableManager;
+use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1::{self as pb, router_server::Router};
 
@@ -17,14 +18,21 @@ const SERVICE: &str = "Router";
 
 pub struct RouterService {
     tables: Arc<TableManager>,
+    leadership: Arc<Leadership>,
     limits: RequestLimits,
     metrics: Arc<Metrics>,
 }
 
 impl RouterService {
-    pub fn new(tables: Arc<TableManager>, limits: RequestLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        tables: Arc<TableManager>,
+        leadership: Arc<Leadership>,
+        limits: RequestLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tables,
+            leadership,
             limits,
             metrics,
         }
@@ -45,6 +53,7 @@ impl Router for RouterService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "CreateCatalog", async {
             self.limits.check_header(req.header.as_ref())?;
+            self.leadership.require_leader()?;
             let created = self
                 .tables
                 .create_catalog(&req.name, req.if_not_exists)
@@ -64,6 +73,7 @@ impl Router for RouterService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "ListCatalogs", async {
             self.limits.check_header(req.header.as_ref())?;
+            self.leadership.require_leader()?;
             Ok(pb::ListCatalogsResponse {
                 header: self.limits.response_header(),
                 names: self.tables.list_catalogs(),
@@ -79,6 +89,7 @@ impl Router for RouterService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "CreateSchema", async {
             self.limits.check_header(req.header.as_ref())?;
+            self.leadership.require_leader()?;
             let created = self
                 .tables
                 .create_schema(&req.catalog, &req.name, req.if_not_exists)
@@ -98,6 +109,7 @@ impl Router for RouterService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "ListSchemas", async {
             self.limits.check_header(req.header.as_ref())?;
+            self.leadership.require_leader()?;
             Ok(pb::ListSchemasResponse {
                 header: self.limits.response_header(),
                 names: self.tables.list_schemas(&req.catalog)?,
@@ -113,6 +125,7 @@ impl Router for RouterService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "CreateTable", async {
             self.limits.check_header(req.header.as_ref())?;
+            self.leadership.require_leader()?;
             self.limits.check_size(prost::Message::encoded_len(&req))?;
             let name = table_name(req.table_name)?;
             let schema: TableSchema = req
@@ -146,6 +159,7 @@ impl Router for RouterService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "DropTable", async {
             self.limits.check_header(req.header.as_ref())?;
+            self.leadership.require_leader()?;
             let name = table_name(req.table_name)?;
             let dropped = self.tables.drop_table(&name, req.if_exists).await?;
             Ok(pb::DropTableResponse {
@@ -165,7 +179,12 @@ impl Router for RouterService {
             self.limits.check_header(req.header.as_ref())?;
             self.limits.check_batch(req.table_names.len())?;
             let names: Vec<TableName> = req.table_names.into_iter().map(Into::into).collect();
-            let entries = self.tables.routes(&names)?;
+            // The leader answers from memory; a follower reads the KV (consistent reads on etcd).
+            let entries = if self.leadership.is_serving_leader() {
+                self.tables.routes(&names)?
+            } else {
+                self.tables.routes_from_store(&names).await?
+            };
             Ok(pb::RouteResponse {
                 header: self.limits.response_header(),
                 routes: entries

@@ -6,6 +6,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{instrumented, RequestLimits};
+use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1::{self as pb, store_server::Store};
 use crate::store::{KeyRange, KvBackend, RangeRequest};
@@ -16,17 +17,34 @@ const SERVICE: &str = "Store";
 
 pub struct StoreService {
     store: Arc<dyn KvBackend>,
+    leadership: Arc<Leadership>,
     limits: RequestLimits,
     metrics: Arc<Metrics>,
 }
 
 impl StoreService {
-    pub fn new(store: Arc<dyn KvBackend>, limits: RequestLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn KvBackend>,
+        leadership: Arc<Leadership>,
+        limits: RequestLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
+            leadership,
             limits,
             metrics,
         }
+    }
+
+    /// The checks every write goes through: those of a read, and leadership.
+    fn admit_write<M: Message>(
+        &self,
+        request: &M,
+        header: Option<&pb::RequestHeader>,
+    ) -> Result<(), Status> {
+        self.admit(request, header)?;
+        self.leadership.require_leader()
     }
 
     /// The checks every Store request goes through: header and size.
@@ -85,7 +103,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "Put", async {
-            self.admit(&req, req.header.as_ref())?;
+            self.admit_write(&req, req.header.as_ref())?;
             non_empty_key(&req.key)?;
             let prev = self
                 .store
@@ -126,7 +144,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::BatchPutResponse>, Status> {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "BatchPut", async {
-            self.admit(&req, req.header.as_ref())?;
+            self.admit_write(&req, req.header.as_ref())?;
             self.limits.check_batch(req.kvs.len())?;
             let prev = self
                 .store
@@ -150,7 +168,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "BatchDelete", async {
-            self.admit(&req, req.header.as_ref())?;
+            self.admit_write(&req, req.header.as_ref())?;
             self.limits.check_batch(req.keys.len())?;
             let prev = self.store.batch_delete(req.keys).await?;
             Ok(pb::BatchDeleteResponse {
@@ -171,7 +189,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::CompareAndPutResponse>, Status> {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "CompareAndPut", async {
-            self.admit(&req, req.header.as_ref())?;
+            self.admit_write(&req, req.header.as_ref())?;
             non_empty_key(&req.key)?;
             // An empty `expect` means "the key must not exist" (see store.proto).
             let expect = (!req.expect.is_empty()).then_some(req.expect);
@@ -194,7 +212,7 @@ impl Store for StoreService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "DeleteRange", async {
-            self.admit(&req, req.header.as_ref())?;
+            self.admit_write(&req, req.header.as_ref())?;
             let deleted = self
                 .store
                 .delete_range(KeyRange {

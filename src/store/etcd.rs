@@ -266,6 +266,10 @@ impl KvBackend for EtcdStore {
         "etcd"
     }
 
+    fn as_etcd(&self) -> Option<&EtcdStore> {
+        Some(self)
+    }
+
     async fn range(&self, req: RangeRequest) -> StoreResult<RangeResponse> {
         let (start, end) = self.etcd_range(&req.range)?;
         let mut options = GetOptions::new();

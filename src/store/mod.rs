@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod fenced;
 
 use std::fmt;
 
@@ -53,6 +54,10 @@ pub enum StoreError {
     /// The backend failed in a way the caller cannot fix (disk error, corrupt file...).
     #[error("store failure: {0}")]
     Internal(String),
+    /// A leader's write was refused because its leader key is no longer its own: it has lost
+    /// leadership (see [`fenced::FencedStore`]).
+    #[error("write refused: {0}")]
+    Fenced(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -224,6 +229,12 @@ pub struct TxnResponse {
 pub trait KvBackend: Send + Sync + 'static {
     /// A short name for logs and metrics ("embedded", "etcd").
     fn name(&self) -> &'static str;
+
+    /// The etcd backend behind this store, if any: leader election and leases need etcd's own
+    /// APIs, which the KV abstraction does not cover.
+    fn as_etcd(&self) -> Option<&etcd::EtcdStore> {
+        None
+    }
 
     async fn range(&self, req: RangeRequest) -> StoreResult<RangeResponse>;
 

@@ -241,6 +241,21 @@ impl MetasrvProcess {
         }
     }
 
+    /// Waits (bounded) until this member says it is the serving leader.
+    pub async fn wait_until_leader(&self) {
+        let http = self.http_addr;
+        wait_for(
+            "the metasrv to become leader",
+            READY_DEADLINE,
+            || async move {
+                let (_, body) = http_get(http, "/v1/leader").await;
+                let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+                (json["is_leader"] == true).then_some(())
+            },
+        )
+        .await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -287,6 +302,12 @@ impl TestServer {
             .await
             .expect("in-process metasrv starts");
         let cluster_view = metasrv.cluster_view().clone();
+        // On etcd the member campaigns first; a single member wins at once.
+        let mut leadership = metasrv.leadership().subscribe();
+        tokio::time::timeout(READY_DEADLINE, leadership.wait_for(|s| s.serving))
+            .await
+            .expect("the in-process metasrv becomes leader in time")
+            .expect("leadership channel open");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async move {

@@ -227,6 +227,7 @@ async fn the_binary_runs_on_etcd() {
         "/binary",
     ];
     let metasrv = MetasrvProcess::start(dir.path(), &args, &[]);
+    metasrv.wait_until_leader().await;
     let mut client = store_client(
         connect(&metasrv.grpc_addr.to_string())
             .await
@@ -243,6 +244,7 @@ async fn the_binary_runs_on_etcd() {
         .expect("put");
     drop(metasrv);
     let again = MetasrvProcess::start(dir.path(), &args, &[]);
+    again.wait_until_leader().await;
     let mut client = store_client(
         connect(&again.grpc_addr.to_string())
             .await

@@ -653,6 +653,7 @@ async fn crash_mid_create(dir: &std::path::Path, backend_args: &[&str]) {
     let mut args = vec!["--cluster-id", "4", "--heartbeat-interval", "100ms"];
     args.extend_from_slice(backend_args);
     let mut metasrv = MetasrvProcess::start(dir, &args, &env);
+    metasrv.wait_until_leader().await;
     let grpc = metasrv.grpc_addr.to_string();
     let channel = metasrv::client::connect(&grpc).await.expect("connect");
     let silent = SimDatanodeConfig {
@@ -721,6 +722,7 @@ async fn crash_mid_create(dir: &std::path::Path, backend_args: &[&str]) {
     let mut restart_args = args.clone();
     restart_args.extend_from_slice(&["--grpc-addr", grpc.as_str()]);
     let metasrv = MetasrvProcess::start(dir, &restart_args, &env);
+    metasrv.wait_until_leader().await;
     let channel = metasrv::client::connect(&grpc).await.expect("reconnect");
     let mut store = StoreClient::new(channel);
     let names = assert_catalog_consistent(&mut store).await;
