@@ -27,6 +27,29 @@ pub fn embedded() -> (Fixture, Arc<dyn KvBackend>) {
     )
 }
 
+/// An etcd store behind a `FencedStore` whose fence holds: every write is a fenced transaction.
+pub async fn fenced_etcd(test_name: &str) -> (Fixture, Arc<dyn KvBackend>) {
+    use metasrv::store::fenced::{Fence, FencedStore};
+    let etcd = EtcdProcess::start();
+    let inner = etcd.store(&format!("/fenced/{test_name}"), 1).await;
+    // The fence lives outside the keys the cases touch (they never range over "~").
+    inner
+        .put(kv("~leader", "member-1"))
+        .await
+        .expect("put the leader key");
+    let fenced = FencedStore::follower(inner);
+    fenced.set_leader(Fence {
+        key: b"~leader".to_vec(),
+        value: b"member-1".to_vec(),
+    });
+    (
+        Fixture {
+            _guard: Box::new(etcd),
+        },
+        Arc::new(fenced),
+    )
+}
+
 pub async fn etcd(test_name: &str) -> (Fixture, Arc<dyn KvBackend>) {
     let etcd = EtcdProcess::start();
     let store = etcd.store(&format!("/test/{test_name}"), 1).await;
@@ -45,6 +68,14 @@ fn kv(key: &str, value: &str) -> KeyValue {
 fn keys(kvs: &[KeyValue]) -> Vec<String> {
     kvs.iter()
         .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+/// The keys a case wrote: without the fenced fixture's leader key (which sorts last, under "~").
+fn case_keys(kvs: &[KeyValue]) -> Vec<String> {
+    keys(kvs)
+        .into_iter()
+        .filter(|k| !k.starts_with('~'))
         .collect()
 }
 
@@ -113,7 +144,7 @@ pub mod cases {
             ["b/1", "b/2"]
         );
         assert_eq!(
-            keys(&range(&store, KeyRange::from_key("b0")).await),
+            case_keys(&range(&store, KeyRange::from_key("b0")).await),
             ["b0", "c"]
         );
         assert_eq!(
@@ -130,7 +161,10 @@ pub mod cases {
             ["a", "b/1", "b/2"]
         );
         // An empty key with an unbounded end is "every key".
-        assert_eq!(range(&store, KeyRange::from_key(Vec::new())).await.len(), 5);
+        assert_eq!(
+            case_keys(&range(&store, KeyRange::from_key(Vec::new())).await).len(),
+            5
+        );
     }
 
     pub async fn limit_sets_more_and_keys_only_drops_values(store: Arc<dyn KvBackend>) {
@@ -324,7 +358,7 @@ pub mod cases {
             .expect("delete range");
         assert_eq!(deleted, vec![kv("r/1", "1"), kv("r/2", "2")]);
         assert_eq!(
-            keys(&range(&store, KeyRange::from_key(Vec::new())).await),
+            case_keys(&range(&store, KeyRange::from_key(Vec::new())).await),
             ["r0", "s"]
         );
         let single = store
@@ -432,6 +466,15 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod fenced_etcd_backend {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_fixture, store) = super::fenced_etcd(stringify!($case)).await;
+                    super::cases::$case(store).await;
+                }
+            )*
+        }
     };
 }
 
@@ -486,4 +529,64 @@ async fn etcd_down_is_unavailable() {
         Err(StoreError::Unavailable(_)) => {}
         other => panic!("expected Unavailable with etcd stopped, got {other:?}"),
     }
+}
+
+/// Once the leader key is no longer this member's, no write of any kind lands, and the store
+/// turns itself into a follower.
+#[tokio::test]
+async fn a_lost_fence_refuses_every_write() {
+    use metasrv::store::fenced::{Fence, FencedStore};
+    let etcd = EtcdProcess::start();
+    let inner = etcd.store("/fence-lost", 1).await;
+    inner.put(kv("~leader", "member-1")).await.expect("put");
+    let fenced = FencedStore::follower(inner.clone());
+    fenced.set_leader(Fence {
+        key: b"~leader".to_vec(),
+        value: b"member-1".to_vec(),
+    });
+    fenced
+        .put(kv("before", "1"))
+        .await
+        .expect("a write while the fence holds");
+    // Another member takes over.
+    inner.put(kv("~leader", "member-2")).await.expect("put");
+    let refused = |r: Result<(), StoreError>, what: &str| match r {
+        Err(StoreError::Fenced(_)) => {}
+        other => panic!("{what}: expected Fenced, got {other:?}"),
+    };
+    refused(fenced.put(kv("after", "1")).await.map(drop), "put");
+    refused(
+        fenced.batch_put(vec![kv("after2", "1")]).await.map(drop),
+        "batch put",
+    );
+    refused(
+        fenced
+            .compare_and_put(b"after3".to_vec(), None, b"1".to_vec())
+            .await
+            .map(drop),
+        "compare and put",
+    );
+    refused(
+        fenced
+            .batch_delete(vec![b"before".to_vec()])
+            .await
+            .map(drop),
+        "batch delete",
+    );
+    refused(
+        fenced
+            .delete_range(KeyRange::single("before"))
+            .await
+            .map(drop),
+        "delete range",
+    );
+    let everything: Vec<String> = keys(&range(&inner, KeyRange::from_key(Vec::new())).await);
+    assert_eq!(
+        everything,
+        ["before", "~leader"],
+        "nothing written after the fence was lost"
+    );
+    // Reads still work.
+    let fenced: Arc<dyn KvBackend> = Arc::new(fenced);
+    assert_eq!(range(&fenced, KeyRange::single("before")).await.len(), 1);
 }
