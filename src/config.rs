@@ -31,7 +31,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// TTL of the etcd lease behind this member's candidacy: a leader that stops renewing it
-    /// (crash, pause, partition) is replaced about this long after. Default: `3s`.
+    /// (crash, pause, partition) is replaced about this long after. Default: `2s` (a leader
+    /// failover completes in about 2 s).
     #[serde(with = "humantime_serde")]
     pub election_lease_ttl: Duration,
     /// How long a datanode has to report the result of an instruction. Default: `10s`.
@@ -97,7 +98,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4002)),
             advertise_addr: None,
             heartbeat_interval: Duration::from_secs(1),
-            election_lease_ttl: Duration::from_secs(3),
+            election_lease_ttl: Duration::from_secs(2),
             instruction_timeout: Duration::from_secs(10),
             session_threads: 0,
             selector: crate::selector::SelectorKind::LeastLoaded,

@@ -60,6 +60,9 @@ struct StartArgs {
     /// This replica's name [default: metasrv-{member_id}].
     #[arg(long)]
     member_name: Option<String>,
+    /// TTL of the etcd lease behind this member's candidacy, e.g. 3s [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    election_lease_ttl: Option<Duration>,
     /// Heartbeat interval asked of datanodes, e.g. 1s or 500ms [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -99,6 +102,9 @@ impl StartArgs {
         }
         if let Some(v) = self.member_name {
             config.member_name = Some(v);
+        }
+        if let Some(v) = self.election_lease_ttl {
+            config.election_lease_ttl = v;
         }
         if let Some(v) = self.heartbeat_interval {
             config.heartbeat_interval = v;

@@ -41,6 +41,57 @@ pub struct CachedRoute {
     pub route: TableRoute,
 }
 
+/// How long a call keeps following redirects and retrying an unavailable leader (a leader
+/// failover takes about the election lease TTL).
+pub const FAILOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Asks each endpoint in turn who leads, and connects to the leader.
+pub async fn find_leader(
+    endpoints: &[String],
+    cluster_id: u64,
+    member_id: u64,
+) -> Result<(Peer, Channel), ClientError> {
+    let mut reason = String::from("no endpoints given");
+    for endpoint in endpoints {
+        let channel = match super::connect(endpoint).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                reason = format!("{endpoint}: {e}");
+                continue;
+            }
+        };
+        let asked = HeartbeatClient::new(channel.clone())
+            .ask_leader(pb::AskLeaderRequest {
+                header: super::header(cluster_id, member_id),
+            })
+            .await;
+        let leader = match asked {
+            Ok(response) => match response.into_inner().leader {
+                Some(leader) => Peer::from(leader),
+                None => {
+                    reason = format!("{endpoint}: no leader known");
+                    continue;
+                }
+            },
+            Err(status) => {
+                reason = format!("{endpoint}: {}", status.message());
+                continue;
+            }
+        };
+        if leader.addr == *endpoint {
+            return Ok((leader, channel));
+        }
+        match super::connect(&leader.addr).await {
+            Ok(channel) => return Ok((leader, channel)),
+            Err(e) => reason = format!("leader {} at {}: {e}", leader.id, leader.addr),
+        }
+    }
+    Err(ClientError::NoLeader {
+        endpoints: endpoints.to_vec(),
+        reason,
+    })
+}
+
 /// Which copy of a region reads go to first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReadPriority {
@@ -72,8 +123,9 @@ pub struct EndpointBatch {
 pub struct MetaClient {
     cluster_id: u64,
     member_id: u64,
-    leader: Peer,
-    router: RouterClient<Channel>,
+    endpoints: Vec<String>,
+    leader: RwLock<Peer>,
+    router: RwLock<RouterClient<Channel>>,
     cache: RwLock<HashMap<TableName, Arc<CachedRoute>>>,
     route_fetches: AtomicU64,
 }
@@ -85,70 +137,71 @@ impl MetaClient {
         cluster_id: u64,
         member_id: u64,
     ) -> Result<Self, ClientError> {
-        let mut reason = String::from("no endpoints given");
-        for endpoint in endpoints {
-            let channel = match super::connect(endpoint).await {
-                Ok(channel) => channel,
-                Err(e) => {
-                    reason = format!("{endpoint}: {e}");
-                    continue;
-                }
-            };
-            let asked = HeartbeatClient::new(channel.clone())
-                .ask_leader(pb::AskLeaderRequest {
-                    header: super::header(cluster_id, member_id),
-                })
-                .await;
-            let leader = match asked {
-                Ok(response) => match response.into_inner().leader {
-                    Some(leader) => Peer::from(leader),
-                    None => {
-                        reason = format!("{endpoint}: no leader known");
-                        continue;
-                    }
-                },
-                Err(status) => {
-                    reason = format!("{endpoint}: {status}");
-                    continue;
-                }
-            };
-            let channel = if leader.addr == *endpoint {
-                channel
-            } else {
-                match super::connect(&leader.addr).await {
-                    Ok(channel) => channel,
-                    Err(e) => {
-                        reason = format!("leader {} at {}: {e}", leader.id, leader.addr);
-                        continue;
-                    }
-                }
-            };
-            return Ok(Self {
-                cluster_id,
-                member_id,
-                leader,
-                router: RouterClient::new(channel),
-                cache: RwLock::new(HashMap::new()),
-                route_fetches: AtomicU64::new(0),
-            });
-        }
-        Err(ClientError::NoLeader {
+        let (leader, channel) = find_leader(endpoints, cluster_id, member_id).await?;
+        Ok(Self {
+            cluster_id,
+            member_id,
             endpoints: endpoints.to_vec(),
-            reason,
+            leader: RwLock::new(leader),
+            router: RwLock::new(RouterClient::new(channel)),
+            cache: RwLock::new(HashMap::new()),
+            route_fetches: AtomicU64::new(0),
         })
     }
 
-    pub fn leader(&self) -> &Peer {
-        &self.leader
+    /// The leader this client talks to now.
+    pub fn leader(&self) -> Peer {
+        self.leader.read().clone()
+    }
+
+    /// Finds the leader again (after a redirect or a broken connection).
+    async fn rediscover(&self, hint: Option<String>) -> Result<(), ClientError> {
+        let mut endpoints = Vec::with_capacity(self.endpoints.len() + 1);
+        endpoints.extend(hint);
+        endpoints.extend(self.endpoints.iter().cloned());
+        let (leader, channel) = find_leader(&endpoints, self.cluster_id, self.member_id).await?;
+        tracing::info!(leader = leader.id, addr = %leader.addr, "following the metasrv leader");
+        *self.leader.write() = leader;
+        *self.router.write() = RouterClient::new(channel);
+        Ok(())
+    }
+
+    /// Runs `call` against the leader, following redirects and reconnecting after failures
+    /// with backoff, for at most [`FAILOVER_PATIENCE`].
+    async fn with_leader<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(RouterClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let started = std::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let router = self.router.read().clone();
+            match call(router).await {
+                Ok(value) => return Ok(value),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    if started.elapsed() >= FAILOVER_PATIENCE {
+                        return Err(status.into());
+                    }
+                    let hint = crate::election::redirect_target(&status);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    if let Err(e) = self.rediscover(hint).await {
+                        tracing::debug!("no metasrv leader yet: {e}");
+                    }
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
     }
 
     fn header(&self) -> Option<pb::RequestHeader> {
         super::header(self.cluster_id, self.member_id)
     }
 
-    /// The Router client, for DDL and catalog calls.
+    /// The Router client of the current leader, for DDL and catalog calls.
     pub fn router(&self) -> RouterClient<Channel> {
-        self.router.clone()
+        self.router.read().clone()
     }
 
     /// Route fetches made so far (cache misses and refetches).
@@ -172,10 +225,13 @@ impl MetaClient {
         mut request: pb::CreateTableRequest,
     ) -> Result<(bool, Arc<CachedRoute>), ClientError> {
         request.header = self.header();
+        // Retried across a leader change. A first attempt that committed before its answer was
+        // lost makes the retry answer AlreadyExists: use if_not_exists for an idempotent create.
         let response = self
-            .router
-            .clone()
-            .create_table(request)
+            .with_leader(|mut router| {
+                let request = request.clone();
+                async move { router.create_table(request).await }
+            })
             .await?
             .into_inner();
         let route = response
@@ -215,12 +271,14 @@ impl MetaClient {
         };
         if !missing.is_empty() {
             self.route_fetches.fetch_add(1, Ordering::Relaxed);
+            let request = pb::RouteRequest {
+                header: self.header(),
+                table_names: missing.iter().map(Into::into).collect(),
+            };
             let response = self
-                .router
-                .clone()
-                .route(pb::RouteRequest {
-                    header: self.header(),
-                    table_names: missing.iter().map(Into::into).collect(),
+                .with_leader(|mut router| {
+                    let request = request.clone();
+                    async move { router.route(request).await }
                 })
                 .await?
                 .into_inner();

@@ -4,8 +4,8 @@
 pub mod meta_client;
 
 pub use meta_client::{
-    select_endpoints, CachedRoute, ClientError, EndpointBatch, MetaClient, ReadPriority,
-    RegionBatch,
+    find_leader, select_endpoints, CachedRoute, ClientError, EndpointBatch, MetaClient,
+    ReadPriority, RegionBatch,
 };
 
 use tonic::transport::{Channel, Endpoint};

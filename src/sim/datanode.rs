@@ -49,6 +49,16 @@ impl SimDatanodeConfig {
     }
 }
 
+/// Where a simulated node sends its heartbeats.
+#[derive(Clone)]
+pub enum MetasrvTarget {
+    /// One fixed channel (a single metasrv).
+    Channel(Channel),
+    /// A metasrv cluster: the node asks these members who leads, streams to the leader, and
+    /// finds the new leader by itself when its stream is redirected or cut.
+    Cluster(Vec<String>),
+}
+
 /// Something the simulated node saw, in order.
 #[derive(Clone, Debug)]
 pub enum SimEvent {
@@ -175,11 +185,19 @@ impl SimDatanode {
     /// loopback port, which becomes the node's address).
     pub async fn start_serving(
         channel: Channel,
+        config: SimDatanodeConfig,
+    ) -> std::io::Result<Self> {
+        Self::start_serving_on(MetasrvTarget::Channel(channel), config).await
+    }
+
+    /// [`SimDatanode::start_serving`] against any target (e.g. a metasrv cluster).
+    pub async fn start_serving_on(
+        target: MetasrvTarget,
         mut config: SimDatanodeConfig,
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         config.addr = listener.local_addr()?.to_string();
-        let mut node = Self::start(channel, config);
+        let mut node = Self::start_on(target, config);
         let plane = DataPlane {
             node_id: node.config.node_id,
             shared: node.shared.clone(),
@@ -208,6 +226,11 @@ impl SimDatanode {
 
     /// Starts the node on an existing channel (benchmarks share one channel among many nodes).
     pub fn start(channel: Channel, config: SimDatanodeConfig) -> Self {
+        Self::start_on(MetasrvTarget::Channel(channel), config)
+    }
+
+    /// Starts the node against `target`.
+    pub fn start_on(target: MetasrvTarget, config: SimDatanodeConfig) -> Self {
         let instance_id = uuid::Uuid::new_v4().to_string();
         let shared = Arc::new(Mutex::new(Shared {
             regions: config
@@ -219,7 +242,7 @@ impl SimDatanode {
         }));
         let (notify, changed) = watch::channel(0u64);
         let task = tokio::spawn(run(
-            channel,
+            target,
             config.clone(),
             instance_id.clone(),
             shared.clone(),
@@ -476,8 +499,32 @@ fn apply(
     }
 }
 
+/// The channel to stream on now: the fixed one, or the leader's (found with backoff).
+async fn leader_channel(
+    target: &MetasrvTarget,
+    cluster_id: u64,
+    node_id: u64,
+    hint: Option<String>,
+) -> Channel {
+    let endpoints = match target {
+        MetasrvTarget::Channel(channel) => return channel.clone(),
+        MetasrvTarget::Cluster(endpoints) => endpoints,
+    };
+    let mut candidates: Vec<String> = hint.into_iter().collect();
+    candidates.extend(endpoints.iter().cloned());
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match crate::client::find_leader(&candidates, cluster_id, node_id).await {
+            Ok((_, channel)) => return channel,
+            Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
 async fn run(
-    channel: Channel,
+    target: MetasrvTarget,
     config: SimDatanodeConfig,
     instance_id: String,
     shared: Arc<Mutex<Shared>>,
@@ -495,8 +542,10 @@ async fn run(
         notify.send_modify(|n| *n += 1);
     };
     let mut backoff = Duration::from_millis(50);
+    let mut hint: Option<String> = None;
     loop {
-        let mut client = HeartbeatClient::new(channel.clone());
+        let channel = leader_channel(&target, config.cluster_id, config.node_id, hint.take()).await;
+        let mut client = HeartbeatClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         // The first request goes out before the call so the stream registers at once.
         let first = reporter.request(&shared.lock().regions.clone(), Vec::new());
@@ -506,6 +555,7 @@ async fn run(
         let mut responses = match client.heartbeat(ReceiverStream::new(rx)).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
+                hint = crate::election::redirect_target(&status);
                 record(SimEvent::Disconnected {
                     reason: Some(status),
                 });
@@ -556,6 +606,7 @@ async fn run(
                 },
             }
         };
+        hint = reason.as_ref().and_then(crate::election::redirect_target);
         // Refused data or a newer stream for this node id: retrying would only repeat it.
         let give_up = matches!(
             reason.as_ref().map(|s| s.code()),

@@ -4,7 +4,7 @@ pub mod datanode;
 pub mod frontend;
 
 pub use datanode::{
-    sample_request, AcceptedWrite, SimDatanode, SimDatanodeConfig, SimEvent, ERROR_KIND_KEY,
-    INVALID_ROUTE,
+    sample_request, AcceptedWrite, MetasrvTarget, SimDatanode, SimDatanodeConfig, SimEvent,
+    ERROR_KIND_KEY, INVALID_ROUTE,
 };
 pub use frontend::{is_invalid_route, FrontendError, SimFrontend};

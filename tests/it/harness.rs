@@ -260,6 +260,15 @@ impl MetasrvProcess {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") without waiting.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("can run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Sends `signal` (e.g. "KILL", "TERM") and waits for the process to exit.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
         let status = Command::new("kill")

@@ -1,0 +1,291 @@
+//! High availability: several metasrv processes over etcd elect one leader; the leader is
+//! killed (or paused) and another takes over; datanodes and frontends follow by themselves;
+//! a deposed leader cannot write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metasrv::client::{header, MetaClient};
+use metasrv::proto::v1 as pb;
+use metasrv::sim::{MetasrvTarget, SimDatanode, SimFrontend};
+
+use crate::harness::{http_get, wait_for, EtcdProcess, MetasrvProcess};
+use crate::router::{cpu_table, create_request, node, rows, CLUSTER};
+
+/// `n` metasrv processes over the etcd at `endpoints`, member ids 1..=n.
+pub fn start_members(
+    dir: &std::path::Path,
+    etcd_endpoints: &str,
+    n: u64,
+    extra: &[&str],
+) -> Vec<MetasrvProcess> {
+    (1..=n)
+        .map(|id| {
+            let id = id.to_string();
+            let mut args = vec![
+                "--backend",
+                "etcd",
+                "--etcd-endpoints",
+                etcd_endpoints,
+                "--etcd-key-prefix",
+                "/ha",
+                "--cluster-id",
+                "4",
+                "--member-id",
+                id.as_str(),
+                "--heartbeat-interval",
+                "100ms",
+            ];
+            args.extend_from_slice(extra);
+            MetasrvProcess::start(dir, &args, &[])
+        })
+        .collect()
+}
+
+/// What a member's /v1/leader says: (is it leader, the leader's id).
+pub async fn leader_view(member: &MetasrvProcess) -> Option<(bool, Option<u64>)> {
+    let (code, body) = http_get(member.http_addr, "/v1/leader").await;
+    if code != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((json["is_leader"] == true, json["leader"]["id"].as_u64()))
+}
+
+/// Waits until exactly one of `members` serves as leader and the others name it; returns its
+/// index.
+pub async fn wait_for_one_leader(members: &[&MetasrvProcess], deadline: Duration) -> usize {
+    wait_for("one agreed leader", deadline, || async move {
+        let mut views = Vec::new();
+        for member in members {
+            views.push(leader_view(member).await?);
+        }
+        let leaders: Vec<usize> = views
+            .iter()
+            .enumerate()
+            .filter(|(_, (is_leader, _))| *is_leader)
+            .map(|(i, _)| i)
+            .collect();
+        let [leader] = leaders.as_slice() else {
+            return None;
+        };
+        let leader_id = views[*leader].1?;
+        views
+            .iter()
+            .all(|(_, id)| *id == Some(leader_id))
+            .then_some(*leader)
+    })
+    .await
+}
+
+async fn alive_nodes(member: &MetasrvProcess) -> usize {
+    let (_, body) = http_get(member.http_addr, "/v1/nodes").await;
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|json| {
+            json["nodes"].as_array().map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n["status"] == "alive" && n["connected"] == true)
+                    .count()
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
+    let etcd = EtcdProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut members = start_members(dir.path(), &etcd.endpoint, 3, &[]);
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
+    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+
+    // Datanodes and a frontend that know every member, not the leader.
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(
+            SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints.clone()), node(id))
+                .await
+                .expect("sim"),
+        );
+    }
+    wait_for("3 datanodes on the leader", Duration::from_secs(10), || {
+        let leader = &members[leader];
+        async move { (alive_nodes(leader).await == 3).then_some(()) }
+    })
+    .await;
+    let meta = Arc::new(
+        MetaClient::connect(&endpoints, CLUSTER, 0)
+            .await
+            .expect("meta"),
+    );
+    let frontend = SimFrontend::new(meta.clone());
+    let mut acked = Vec::new();
+    for name in ["t1", "t2", "t3"] {
+        let (_, route) = meta
+            .create_table(create_request(&cpu_table(name), 4, 1))
+            .await
+            .expect("create");
+        acked.push((cpu_table(name), route.info.id));
+    }
+    frontend
+        .insert(rows(&cpu_table("t1"), 100))
+        .await
+        .expect("insert");
+
+    // Followers answer routes from the KV and redirect writes.
+    let follower = (leader + 1) % 3;
+    let follower_meta = MetaClient::connect(std::slice::from_ref(&endpoints[follower]), CLUSTER, 0)
+        .await
+        .expect("connect through a follower");
+    assert_eq!(
+        follower_meta.leader().id,
+        leader as u64 + 1,
+        "AskLeader names the leader"
+    );
+    let mut follower_router = metasrv::proto::v1::router_client::RouterClient::new(
+        metasrv::client::connect(&endpoints[follower])
+            .await
+            .expect("connect"),
+    );
+    let routed = follower_router
+        .route(pb::RouteRequest {
+            header: header(CLUSTER, 0),
+            table_names: vec![(&cpu_table("t1")).into()],
+        })
+        .await
+        .expect("a follower serves Route")
+        .into_inner();
+    assert_eq!(routed.routes[0].table_id, acked[0].1);
+    let redirect = follower_router
+        .create_table(create_request(&cpu_table("nope"), 1, 1))
+        .await
+        .expect_err("a follower refuses DDL");
+    assert_eq!(redirect.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        metasrv::election::redirect_target(&redirect),
+        Some(endpoints[leader].clone()),
+        "the redirect names the leader"
+    );
+
+    // Kill the leader.
+    let killed_at = Instant::now();
+    members[leader].signal_and_wait("KILL");
+    let survivors: Vec<&MetasrvProcess> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, m)| m)
+        .collect();
+    let new_leader = wait_for_one_leader(&survivors, Duration::from_secs(15)).await;
+    let takeover = killed_at.elapsed();
+    let new_leader = survivors[new_leader];
+    wait_for(
+        "heartbeats to reach the new leader",
+        Duration::from_secs(10),
+        || async move { (alive_nodes(new_leader).await == 3).then_some(()) },
+    )
+    .await;
+    let heartbeats_back = killed_at.elapsed();
+    println!("takeover: leader after {takeover:?}, heartbeats after {heartbeats_back:?}");
+    // Default lease TTL 2 s: the target is a leader within 3 s; allow slack for a loaded CI box.
+    assert!(
+        takeover < Duration::from_secs(6),
+        "takeover took {takeover:?}"
+    );
+
+    // Every table acknowledged before the kill is there; DDL and writes work again.
+    for (name, id) in &acked {
+        let route = meta.route(name).await.expect("route after failover");
+        assert_eq!(route.info.id, *id);
+    }
+    let (created, _) = meta
+        .create_table(create_request(&cpu_table("after"), 2, 1))
+        .await
+        .expect("DDL on the new leader");
+    assert!(created);
+    assert_eq!(meta.leader().addr, new_leader.grpc_addr.to_string());
+    frontend
+        .insert(rows(&cpu_table("after"), 50))
+        .await
+        .expect("insert after failover");
+    // The dead member's candidacy expired with its lease.
+    let (_, body) = http_get(new_leader.http_addr, "/v1/members").await;
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["members"].as_array().map(Vec::len), Some(2), "{json}");
+    drop(nodes);
+    drop(members);
+    drop(etcd);
+}
+
+/// A leader paused (SIGSTOP) past its lease is replaced; when it resumes, a write it was asked
+/// to do while paused does not land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_cannot_write_after_it_resumes() {
+    let etcd = EtcdProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut members = start_members(
+        dir.path(),
+        &etcd.endpoint,
+        2,
+        &["--election-lease-ttl", "1s"],
+    );
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
+    let other = 1 - leader;
+    let mut old_leader_store = metasrv::proto::v1::store_client::StoreClient::new(
+        metasrv::client::connect(&members[leader].grpc_addr.to_string())
+            .await
+            .expect("connect"),
+    );
+    let put = |key: &str| pb::PutRequest {
+        header: header(CLUSTER, 0),
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        prev_kv: false,
+    };
+    old_leader_store
+        .put(put("before"))
+        .await
+        .expect("the leader writes");
+
+    members[leader].signal("STOP");
+    let refs = [&members[other]];
+    wait_for_one_leader(&refs, Duration::from_secs(15)).await;
+    // The paused leader gets a write; it sits in its socket until it resumes.
+    let pending = tokio::spawn(async move { old_leader_store.put(put("from-the-deposed")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    members[leader].signal("CONT");
+    let result = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the resumed member answers")
+        .expect("task");
+    let status = result.expect_err("a deposed leader's write is refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    let mut new_leader_store = metasrv::proto::v1::store_client::StoreClient::new(
+        metasrv::client::connect(&members[other].grpc_addr.to_string())
+            .await
+            .expect("connect"),
+    );
+    let got = new_leader_store
+        .range(pb::RangeRequest {
+            header: header(CLUSTER, 0),
+            key: b"from-the-deposed".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert!(
+        got.kvs.is_empty(),
+        "the deposed leader's write landed: {:?}",
+        got.kvs
+    );
+    // And the resumed member settles as a follower of the new leader.
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let settled = wait_for_one_leader(&refs, Duration::from_secs(15)).await;
+    assert_eq!(settled, other);
+}
