@@ -226,7 +226,7 @@ async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
 async fn a_paused_leader_cannot_write_after_it_resumes() {
     let etcd = EtcdProcess::start();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut members = start_members(
+    let members = start_members(
         dir.path(),
         &etcd.endpoint,
         2,
