@@ -79,11 +79,13 @@ fn map_etcd_error(error: etcd_client::Error) -> StoreError {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StoreError::InvalidArgument(
                 format!("etcd refused the request: {}", status.message()),
             ),
-            tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::Aborted
-            | tonic::Code::ResourceExhausted => {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                StoreError::Unavailable(format!(
+                    "etcd did not answer in time (is a quorum of its members up?): {}",
+                    status.message()
+                ))
+            }
+            tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::ResourceExhausted => {
                 StoreError::Unavailable(format!("etcd: {}", status.message()))
             }
             // tonic reports a broken connection as Unknown with the transport error as source.

@@ -289,3 +289,94 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
     let settled = wait_for_one_leader(&refs, Duration::from_secs(15)).await;
     assert_eq!(settled, other);
 }
+
+/// On a 3-member etcd cluster: losing one member does not disturb service; losing quorum makes
+/// writes fail with Unavailable (no hang, no panic); service recovers when quorum returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_member_loss_and_quorum_loss() {
+    use crate::harness::EtcdCluster;
+    let mut etcd = EtcdCluster::start(3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoints = etcd.endpoints();
+    let members = start_members(dir.path(), &endpoints, 2, &[]);
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
+    let grpc: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=2 {
+        nodes.push(
+            SimDatanode::start_serving_on(MetasrvTarget::Cluster(grpc.clone()), node(id))
+                .await
+                .expect("sim"),
+        );
+    }
+    wait_for("2 datanodes on the leader", Duration::from_secs(10), || {
+        let leader = &members[leader];
+        async move { (alive_nodes(leader).await == 2).then_some(()) }
+    })
+    .await;
+    let meta = MetaClient::connect(&grpc, CLUSTER, 0).await.expect("meta");
+    meta.create_table(create_request(&cpu_table("before"), 2, 1))
+        .await
+        .expect("create with 3 etcd members");
+
+    // One etcd member down: still a quorum; same leader, DDL works.
+    etcd.stop_member(2);
+    meta.create_table(create_request(&cpu_table("one_down"), 2, 1))
+        .await
+        .expect("create with 2 of 3 etcd members");
+    assert_eq!(
+        wait_for_one_leader(&refs, Duration::from_secs(10)).await,
+        leader,
+        "losing one etcd member does not move leadership"
+    );
+
+    // Quorum lost: a write fails with Unavailable within a bounded time.
+    etcd.stop_member(1);
+    let mut store = metasrv::proto::v1::store_client::StoreClient::new(
+        metasrv::client::connect(&grpc[leader])
+            .await
+            .expect("connect"),
+    );
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.put(pb::PutRequest {
+            header: header(CLUSTER, 0),
+            key: b"no-quorum".to_vec(),
+            value: b"v".to_vec(),
+            prev_kv: false,
+        }),
+    )
+    .await
+    .expect("a write without quorum is answered, not left hanging");
+    let status = outcome.expect_err("a write without quorum fails");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    println!(
+        "no quorum: write refused after {:?}: {}",
+        started.elapsed(),
+        status.message()
+    );
+
+    // Quorum back: a leader again, DDL works, earlier tables are intact.
+    etcd.start_member(1);
+    etcd.start_member(2);
+    etcd.wait_healthy();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(30)).await;
+    wait_for(
+        "the datanodes back on the leader",
+        Duration::from_secs(15),
+        || {
+            let leader = &members[leader];
+            async move { (alive_nodes(leader).await == 2).then_some(()) }
+        },
+    )
+    .await;
+    meta.create_table(create_request(&cpu_table("recovered"), 2, 1))
+        .await
+        .expect("create after quorum returns");
+    for name in ["before", "one_down", "recovered"] {
+        meta.route(&cpu_table(name)).await.expect("table present");
+    }
+    drop(nodes);
+}

@@ -388,3 +388,130 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// One member of an [`EtcdCluster`].
+struct EtcdMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+/// A real multi-member etcd cluster on loopback ports; members can be stopped and restarted
+/// (with their data) to test quorum loss.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    pub fn start(size: usize) -> Self {
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+        };
+        for i in 0..size {
+            cluster.start_member(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// (Re)starts member `i` on its ports and data dir.
+    pub fn start_member(&mut self, i: usize) {
+        let initial_cluster = self.initial_cluster.clone();
+        let member = &mut self.members[i];
+        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(member.dir.path().join("etcd.log"))
+            .expect("etcd log");
+        let log_err = log.try_clone().expect("etcd log");
+        let child = Command::new(std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into()))
+            .args(["--name", &member.name, "--data-dir"])
+            .arg(member.dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("run etcd (install Debian's etcd-server or set ETCD_BIN)");
+        member.child = Some(child);
+    }
+
+    /// Kills member `i` (its data stays for a restart).
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Client endpoints of every member, comma separated.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until a running member reports the cluster healthy (it has a raft leader).
+    pub fn wait_healthy(&self) {
+        let started = Instant::now();
+        loop {
+            for member in self.members.iter().filter(|m| m.child.is_some()) {
+                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", member.client_port)) else {
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n");
+                let mut response = String::new();
+                let _ = stream.read_to_string(&mut response);
+                if response.contains("\"health\":\"true\"") {
+                    return;
+                }
+            }
+            if started.elapsed() > READY_DEADLINE {
+                let logs: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| read_log(&m.dir.path().join("etcd.log")))
+                    .collect();
+                panic!(
+                    "the etcd cluster is not healthy after {READY_DEADLINE:?}; logs:\n{logs:#?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
+    }
+}
