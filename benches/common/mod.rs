@@ -110,6 +110,8 @@ pub fn serve_echo(args: &[String]) {
 pub struct ServerProcess {
     child: Child,
     pub addr: String,
+    /// The HTTP address, for servers that print one (metasrv).
+    pub http_addr: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -131,18 +133,44 @@ impl ServerProcess {
                 _ => panic!("server exited before it was ready"),
             }
         };
-        let addr = line
-            .split_whitespace()
-            .find_map(|p| p.strip_prefix("grpc="))
-            .expect("grpc= in the ready line")
-            .to_owned();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|p| p.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let addr = field("grpc=").expect("grpc= in the ready line");
+        let http_addr = field("http=");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Self {
             child,
             addr,
+            http_addr,
             _dir: dir,
         }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// GET `path` on the HTTP port; the body, or None if the server does not answer.
+    pub fn http_get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http_addr.as_deref()?).ok()?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
     }
 
     /// The raw echo server: this benchmark binary re-run with `--serve-echo`.
