@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/metasrv/v1/store.proto",
         "proto/metasrv/v1/heartbeat.proto",
         "proto/metasrv/v1/router.proto",
+        "proto/metasrv/v1/election.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("metasrv_descriptor.bin"))

@@ -20,7 +20,9 @@ use crate::actors::ActorRuntime;
 use crate::catalog::manager::DdlConfig;
 use crate::catalog::{DdlError, TableManager};
 use crate::config::{Backend, Config};
+use crate::election::user::{EtcdUserElection, LocalElection, UserElection};
 use crate::election::{Leadership, MemberInfo};
+use crate::grpc::election::{ElectionServer, ElectionService};
 use crate::grpc::heartbeat::{HeartbeatServer, HeartbeatService};
 use crate::grpc::router::{RouterServer, RouterService};
 use crate::grpc::store::{StoreServer, StoreService};
@@ -218,6 +220,16 @@ impl Metasrv {
             metrics.clone(),
         ))
         .max_decoding_message_size(decode_limit);
+        let user_election: Arc<dyn UserElection> = match store.as_etcd() {
+            Some(etcd) => Arc::new(EtcdUserElection::new(etcd.client().clone(), etcd.prefix())),
+            None => Arc::new(LocalElection::start()),
+        };
+        let election_service = ElectionServer::new(ElectionService::new(
+            user_election,
+            limits.clone(),
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(decode_limit);
         let store_service = StoreServer::new(StoreService::new(
             store.clone(),
             leadership.clone(),
@@ -236,6 +248,9 @@ impl Metasrv {
         health_reporter
             .set_serving::<RouterServer<RouterService>>()
             .await;
+        health_reporter
+            .set_serving::<ElectionServer<ElectionService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -250,6 +265,7 @@ impl Metasrv {
                 .add_service(store_service)
                 .add_service(heartbeat_service)
                 .add_service(router_service)
+                .add_service(election_service)
                 .serve_with_incoming_shutdown(nodelay_incoming(listeners.grpc), async move {
                     grpc_token.cancelled().await
                 }),

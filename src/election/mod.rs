@@ -3,6 +3,8 @@
 //! writer. A follower refuses heartbeats, DDL and KV writes with a redirect naming the leader:
 //! `UNAVAILABLE` with metadata `x-metasrv-leader` (address) and `x-metasrv-leader-id`.
 
+pub mod user;
+
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
