@@ -95,9 +95,9 @@ async fn alive_nodes(member: &MetasrvProcess) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
-    let etcd = EtcdProcess::start();
+    let etcd = crate::harness::EtcdCluster::start(3);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut members = start_members(dir.path(), &etcd.endpoint, 3, &[]);
+    let mut members = start_members(dir.path(), &etcd.endpoints(), 3, &[]);
     let refs: Vec<&MetasrvProcess> = members.iter().collect();
     let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
     let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
@@ -298,7 +298,7 @@ async fn etcd_member_loss_and_quorum_loss() {
     let mut etcd = EtcdCluster::start(3);
     let dir = tempfile::tempdir().expect("temp dir");
     let endpoints = etcd.endpoints();
-    let members = start_members(dir.path(), &endpoints, 2, &[]);
+    let members = start_members(dir.path(), &endpoints, 3, &[]);
     let refs: Vec<&MetasrvProcess> = members.iter().collect();
     let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
     let grpc: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
