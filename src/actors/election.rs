@@ -291,25 +291,34 @@ async fn keep_alive(
     actor.do_send(LeaseLost { generation, reason });
 }
 
-/// Follows etcd's view of the leader and reports each change.
+/// Follows etcd's view of the leader and reports each change. The observe stream is restarted
+/// every few seconds (and the leader queried afresh), so a stream that silently stalls across an
+/// etcd outage cannot leave this member with a stale view.
 async fn observe(etcd: EtcdElection, actor: Addr<ElectionActor>) {
+    const REFRESH: Duration = Duration::from_secs(3);
     let name = etcd.name();
     let parse = |value: &[u8]| serde_json::from_slice::<MemberInfo>(value).ok();
     loop {
         let mut client = etcd.client.election_client();
-        if let Ok(response) = client.leader(name.clone()).await {
+        if let Ok(Ok(response)) = tokio::time::timeout(REFRESH, client.leader(name.clone())).await {
             actor.do_send(LeaderObserved {
                 leader: response.kv().and_then(|kv| parse(kv.value())),
             });
         }
-        if let Ok(mut stream) = client.observe(name.clone()).await {
-            while let Ok(Some(response)) = stream.message().await {
+        if let Ok(Ok(mut stream)) =
+            tokio::time::timeout(REFRESH, client.observe(name.clone())).await
+        {
+            let restart_at = tokio::time::Instant::now() + REFRESH;
+            while let Ok(Ok(Some(response))) =
+                tokio::time::timeout_at(restart_at, stream.message()).await
+            {
                 actor.do_send(LeaderObserved {
                     leader: response.kv().and_then(|kv| parse(kv.value())),
                 });
             }
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -53,29 +53,44 @@ pub async fn leader_view(member: &MetasrvProcess) -> Option<(bool, Option<u64>)>
 }
 
 /// Waits until exactly one of `members` serves as leader and the others name it; returns its
-/// index.
+/// index. On timeout the panic shows what each member said and the tail of its log.
 pub async fn wait_for_one_leader(members: &[&MetasrvProcess], deadline: Duration) -> usize {
-    wait_for("one agreed leader", deadline, || async move {
+    let started = Instant::now();
+    loop {
         let mut views = Vec::new();
         for member in members {
-            views.push(leader_view(member).await?);
+            views.push(leader_view(member).await);
         }
-        let leaders: Vec<usize> = views
-            .iter()
-            .enumerate()
-            .filter(|(_, (is_leader, _))| *is_leader)
-            .map(|(i, _)| i)
-            .collect();
-        let [leader] = leaders.as_slice() else {
-            return None;
-        };
-        let leader_id = views[*leader].1?;
-        views
-            .iter()
-            .all(|(_, id)| *id == Some(leader_id))
-            .then_some(*leader)
-    })
-    .await
+        if let Some(leader) = agreed_leader(&views) {
+            return leader;
+        }
+        if started.elapsed() > deadline {
+            let logs: Vec<String> = members.iter().map(|m| m.log()).collect();
+            panic!(
+                "no agreed leader after {deadline:?}; views (is_leader, leader id): {views:?}; logs:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn agreed_leader(views: &[Option<(bool, Option<u64>)>]) -> Option<usize> {
+    let views: Vec<(bool, Option<u64>)> = views.iter().copied().collect::<Option<_>>()?;
+    let leaders: Vec<usize> = views
+        .iter()
+        .enumerate()
+        .filter(|(_, (is_leader, _))| *is_leader)
+        .map(|(i, _)| i)
+        .collect();
+    let [leader] = leaders.as_slice() else {
+        return None;
+    };
+    let leader_id = views[*leader].1?;
+    views
+        .iter()
+        .all(|(_, id)| *id == Some(leader_id))
+        .then_some(*leader)
 }
 
 async fn alive_nodes(member: &MetasrvProcess) -> usize {
