@@ -131,13 +131,27 @@ pub struct MetaClient {
 }
 
 impl MetaClient {
-    /// Asks each endpoint in turn who leads and connects to the leader.
+    /// Asks each endpoint in turn who leads and connects to the leader, retrying with backoff
+    /// for up to [`FAILOVER_PATIENCE`] while no leader is elected (a cluster starting or failing
+    /// over).
     pub async fn connect(
         endpoints: &[String],
         cluster_id: u64,
         member_id: u64,
     ) -> Result<Self, ClientError> {
-        let (leader, channel) = find_leader(endpoints, cluster_id, member_id).await?;
+        let started = std::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(50);
+        let (leader, channel) = loop {
+            match find_leader(endpoints, cluster_id, member_id).await {
+                Ok(found) => break found,
+                Err(e) if started.elapsed() >= FAILOVER_PATIENCE => return Err(e),
+                Err(e) => {
+                    tracing::debug!("no metasrv leader yet: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
+        };
         Ok(Self {
             cluster_id,
             member_id,

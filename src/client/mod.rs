@@ -1,8 +1,10 @@
 //! The library that datanodes, frontends and tools use to talk to metasrv: connection helpers
 //! and the frontend's [`MetaClient`] (leader discovery, route cache, row splitting).
 
+pub mod heartbeat;
 pub mod meta_client;
 
+pub use heartbeat::{HeartbeatLink, LinkEvent, MetasrvTarget};
 pub use meta_client::{
     find_leader, select_endpoints, CachedRoute, ClientError, EndpointBatch, MetaClient,
     ReadPriority, RegionBatch,

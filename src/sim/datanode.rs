@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
+pub use crate::client::heartbeat::MetasrvTarget;
+use crate::client::heartbeat::{HeartbeatLink, LinkEvent};
 use crate::proto::sim as sim_pb;
 use crate::proto::v1 as pb;
-use crate::proto::v1::heartbeat_client::HeartbeatClient;
 use crate::stats::RegionRole;
 
 /// How a simulated node behaves.
@@ -47,16 +46,6 @@ impl SimDatanodeConfig {
             seed: node_id,
         }
     }
-}
-
-/// Where a simulated node sends its heartbeats.
-#[derive(Clone)]
-pub enum MetasrvTarget {
-    /// One fixed channel (a single metasrv).
-    Channel(Channel),
-    /// A metasrv cluster: the node asks these members who leads, streams to the leader, and
-    /// finds the new leader by itself when its stream is redirected or cut.
-    Cluster(Vec<String>),
 }
 
 /// Something the simulated node saw, in order.
@@ -499,30 +488,6 @@ fn apply(
     }
 }
 
-/// The channel to stream on now: the fixed one, or the leader's (found with backoff).
-async fn leader_channel(
-    target: &MetasrvTarget,
-    cluster_id: u64,
-    node_id: u64,
-    hint: Option<String>,
-) -> Channel {
-    let endpoints = match target {
-        MetasrvTarget::Channel(channel) => return channel.clone(),
-        MetasrvTarget::Cluster(endpoints) => endpoints,
-    };
-    let mut candidates: Vec<String> = hint.into_iter().collect();
-    candidates.extend(endpoints.iter().cloned());
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match crate::client::find_leader(&candidates, cluster_id, node_id).await {
-            Ok((_, channel)) => return channel,
-            Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-}
-
 async fn run(
     target: MetasrvTarget,
     config: SimDatanodeConfig,
@@ -541,81 +506,58 @@ async fn run(
         shared.lock().events.push(event);
         notify.send_modify(|n| *n += 1);
     };
-    let mut backoff = Duration::from_millis(50);
-    let mut hint: Option<String> = None;
+    let mut link = HeartbeatLink::start(target, config.cluster_id, config.node_id);
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let channel = leader_channel(&target, config.cluster_id, config.node_id, hint.take()).await;
-        let mut client = HeartbeatClient::new(channel);
-        let (tx, rx) = mpsc::channel(16);
-        // The first request goes out before the call so the stream registers at once.
-        let first = reporter.request(&shared.lock().regions.clone(), Vec::new());
-        if tx.send(first).await.is_err() {
-            return;
-        }
-        let mut responses = match client.heartbeat(ReceiverStream::new(rx)).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                hint = crate::election::redirect_target(&status);
-                record(SimEvent::Disconnected {
-                    reason: Some(status),
-                });
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+        tokio::select! {
+            _ = ticker.tick() => {
+                let regions = shared.lock().regions.clone();
+                if link.send(reporter.request(&regions, Vec::new())).await.is_err() {
+                    return;
+                }
+                shared.lock().heartbeats_sent += 1;
             }
-        };
-        shared.lock().heartbeats_sent += 1;
-        record(SimEvent::Connected);
-        backoff = Duration::from_millis(50);
-        let mut ticker = tokio::time::interval(config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await; // the first tick is immediate; the first request is already sent
-        let reason = loop {
-            tokio::select! {
-                _ = ticker.tick() => {
+            event = link.next_event() => match event {
+                Some(LinkEvent::Connected) => {
+                    record(SimEvent::Connected);
+                    // A fresh, full report right away on the new stream.
                     let regions = shared.lock().regions.clone();
-                    if tx.send(reporter.request(&regions, Vec::new())).await.is_err() {
-                        break None;
+                    if link.send(reporter.request(&regions, Vec::new())).await.is_err() {
+                        return;
                     }
                     shared.lock().heartbeats_sent += 1;
                 }
-                response = responses.next() => match response {
-                    Some(Ok(response)) => {
-                        shared.lock().responses += 1;
-                        if response.instructions.is_empty() {
-                            continue;
-                        }
-                        let mut results = Vec::new();
-                        for instruction in response.instructions {
-                            if config.obey_instructions {
-                                results.push(apply(&instruction, &mut shared.lock().regions));
-                            }
-                            record(SimEvent::Instruction(instruction));
-                        }
-                        if !results.is_empty() {
-                            // Answer at once rather than at the next tick, with the results
-                            // alone: the next periodic report carries the new stats.
-                            if tx.send(reporter.results_only(results)).await.is_err() {
-                                break None;
-                            }
-                            shared.lock().heartbeats_sent += 1;
-                        }
+                Some(LinkEvent::Response(response)) => {
+                    shared.lock().responses += 1;
+                    if response.instructions.is_empty() {
+                        continue;
                     }
-                    Some(Err(status)) => break Some(status),
-                    None => break None,
-                },
-            }
-        };
-        hint = reason.as_ref().and_then(crate::election::redirect_target);
-        // Refused data or a newer stream for this node id: retrying would only repeat it.
-        let give_up = matches!(
-            reason.as_ref().map(|s| s.code()),
-            Some(tonic::Code::InvalidArgument | tonic::Code::Aborted)
-        );
-        record(SimEvent::Disconnected { reason });
-        if give_up {
-            return;
+                    let mut results = Vec::new();
+                    for instruction in response.instructions {
+                        if config.obey_instructions {
+                            results.push(apply(&instruction, &mut shared.lock().regions));
+                        }
+                        record(SimEvent::Instruction(instruction));
+                    }
+                    if !results.is_empty() {
+                        // Answer at once rather than at the next tick, with the results
+                        // alone: the next periodic report carries the new stats.
+                        if link.send(reporter.results_only(results)).await.is_err() {
+                            return;
+                        }
+                        shared.lock().heartbeats_sent += 1;
+                    }
+                }
+                Some(LinkEvent::Disconnected { reason }) => {
+                    record(SimEvent::Disconnected { reason });
+                }
+                Some(LinkEvent::GaveUp { reason }) => {
+                    record(SimEvent::Disconnected { reason: Some(reason) });
+                    return;
+                }
+                None => return,
+            },
         }
-        tokio::time::sleep(backoff).await;
     }
 }

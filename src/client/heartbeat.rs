@@ -1,0 +1,200 @@
+//! `HeartbeatLink`: the datanode side of the heartbeat stream. The datanode sends requests and
+//! reads events; the link keeps one stream open to the current metasrv leader, finds the new
+//! leader by itself (AskLeader on the known members, or the redirect's hint) when the stream is
+//! redirected or cut, reconnecting with backoff, and tells the datanode when it (re)connected so
+//! that it can send a full report at once. The datanode's code sees at most a short gap.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::proto::v1 as pb;
+use crate::proto::v1::heartbeat_client::HeartbeatClient;
+
+/// Where a datanode sends its heartbeats.
+#[derive(Clone)]
+pub enum MetasrvTarget {
+    /// One fixed channel (a single metasrv).
+    Channel(Channel),
+    /// A metasrv cluster: the link asks these members who leads and follows the leader.
+    Cluster(Vec<String>),
+}
+
+/// What happened on the link.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A stream to the leader is open: send a full report now.
+    Connected,
+    /// A response (acknowledgement, instructions) on the current stream.
+    Response(pb::HeartbeatResponse),
+    /// The stream ended; `reason` is the status metasrv closed it with, if any. The link is
+    /// already reconnecting.
+    Disconnected { reason: Option<tonic::Status> },
+    /// metasrv refused this datanode for good (bad data, or a newer stream of the same node
+    /// took over): the link stopped.
+    GaveUp { reason: tonic::Status },
+}
+
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+pub struct HeartbeatLink {
+    requests: mpsc::Sender<pb::HeartbeatRequest>,
+    events: mpsc::Receiver<LinkEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HeartbeatLink {
+    /// Starts the link for datanode `node_id` of `cluster_id`.
+    pub fn start(target: MetasrvTarget, cluster_id: u64, node_id: u64) -> Self {
+        let (requests, requests_rx) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(64);
+        let task = tokio::spawn(run(target, cluster_id, node_id, requests_rx, events_tx));
+        Self {
+            requests,
+            events,
+            task,
+        }
+    }
+
+    /// Queues a request for the current stream. Requests sent while disconnected are dropped
+    /// (a fresh report follows `Connected`). Errs once the link has stopped.
+    pub async fn send(&self, request: pb::HeartbeatRequest) -> Result<(), LinkClosed> {
+        self.requests.send(request).await.map_err(|_| LinkClosed)
+    }
+
+    /// The next event; `None` once the link has stopped and every event was read.
+    pub async fn next_event(&mut self) -> Option<LinkEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for HeartbeatLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the heartbeat link has stopped")]
+pub struct LinkClosed;
+
+/// The channel to stream on now: the fixed one, or the leader's (found with backoff).
+async fn leader_channel(
+    target: &MetasrvTarget,
+    cluster_id: u64,
+    node_id: u64,
+    hint: Option<String>,
+) -> Channel {
+    let endpoints = match target {
+        MetasrvTarget::Channel(channel) => return channel.clone(),
+        MetasrvTarget::Cluster(endpoints) => endpoints,
+    };
+    let mut candidates: Vec<String> = hint.into_iter().collect();
+    candidates.extend(endpoints.iter().cloned());
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match super::find_leader(&candidates, cluster_id, node_id).await {
+            Ok((_, channel)) => return channel,
+            Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn run(
+    target: MetasrvTarget,
+    cluster_id: u64,
+    node_id: u64,
+    mut requests: mpsc::Receiver<pb::HeartbeatRequest>,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut hint: Option<String> = None;
+    loop {
+        let channel = leader_channel(&target, cluster_id, node_id, hint.take()).await;
+        // The stream opens with the datanode's next request, so it registers at once.
+        let Some(first) = requests.recv().await else {
+            return;
+        };
+        let (stream_tx, stream_rx) = mpsc::channel(16);
+        if stream_tx.send(first).await.is_err() {
+            return;
+        }
+        let opened = HeartbeatClient::new(channel)
+            .heartbeat(ReceiverStream::new(stream_rx))
+            .await;
+        let mut responses = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                hint = crate::election::redirect_target(&status);
+                if events
+                    .send(LinkEvent::Disconnected {
+                        reason: Some(status),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        if events.send(LinkEvent::Connected).await.is_err() {
+            return;
+        }
+        let reason = loop {
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(request) => {
+                        if stream_tx.send(request).await.is_err() {
+                            break None;
+                        }
+                    }
+                    None => return,
+                },
+                response = responses.next() => match response {
+                    Some(Ok(response)) => {
+                        if events.send(LinkEvent::Response(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(status)) => break Some(status),
+                    None => break None,
+                },
+            }
+        };
+        hint = reason.as_ref().and_then(crate::election::redirect_target);
+        // Refused data or a newer stream for this node id: retrying would only repeat it.
+        if let Some(status) = reason.as_ref().filter(|s| {
+            matches!(
+                s.code(),
+                tonic::Code::InvalidArgument | tonic::Code::Aborted
+            )
+        }) {
+            let _ = events
+                .send(LinkEvent::GaveUp {
+                    reason: status.clone(),
+                })
+                .await;
+            return;
+        }
+        if events
+            .send(LinkEvent::Disconnected { reason })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Requests queued for the dead stream are stale; the datanode re-reports on Connected.
+        while requests.try_recv().is_ok() {}
+        tokio::time::sleep(backoff).await;
+    }
+}
