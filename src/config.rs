@@ -35,6 +35,12 @@ pub struct Config {
     /// failover completes in about 2 s).
     #[serde(with = "humantime_serde")]
     pub election_lease_ttl: Duration,
+    /// Length of the region leases granted on each heartbeat: a datanode stops serving a region
+    /// this long after the request whose answer last renewed it. Default: `3s` (three 1 s
+    /// heartbeats of slack; shorter than failure detection, so a dead node's leases have lapsed
+    /// by the time it is declared dead).
+    #[serde(with = "humantime_serde")]
+    pub region_lease: Duration,
     /// How long a datanode has to report the result of an instruction. Default: `10s`.
     #[serde(with = "humantime_serde")]
     pub instruction_timeout: Duration,
@@ -99,6 +105,7 @@ impl Default for Config {
             advertise_addr: None,
             heartbeat_interval: Duration::from_secs(1),
             election_lease_ttl: Duration::from_secs(2),
+            region_lease: Duration::from_secs(3),
             instruction_timeout: Duration::from_secs(10),
             session_threads: 0,
             selector: crate::selector::SelectorKind::LeastLoaded,
@@ -191,6 +198,7 @@ impl Config {
                 "ELECTION_LEASE_TTL" => {
                     self.election_lease_ttl = duration(&value).map_err(|e| bad(&e))?
                 }
+                "REGION_LEASE" => self.region_lease = duration(&value).map_err(|e| bad(&e))?,
                 "INSTRUCTION_TIMEOUT" => {
                     self.instruction_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
@@ -266,6 +274,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "election_lease_ttl must be at least 1s (etcd leases count whole seconds)".into(),
             ));
+        }
+        if self.region_lease < self.heartbeat_interval {
+            return Err(ConfigError::Invalid(format!(
+                "region_lease ({:?}) must be at least one heartbeat_interval ({:?})",
+                self.region_lease, self.heartbeat_interval
+            )));
         }
         if self.instruction_timeout.is_zero() {
             return Err(ConfigError::Invalid(

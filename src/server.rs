@@ -15,9 +15,11 @@ use tokio::task::JoinHandle;
 
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
 use crate::actors::election::{ElectionActor, EtcdElection, Resign};
+use crate::actors::heartbeat_session::SessionContext;
 use crate::actors::scheduler::Scheduler;
 use crate::actors::ActorRuntime;
 use crate::catalog::manager::DdlConfig;
+use crate::catalog::ownership::RegionOwnership;
 use crate::catalog::{DdlError, TableManager};
 use crate::config::{Backend, Config};
 use crate::election::user::{EtcdUserElection, LocalElection, UserElection};
@@ -167,13 +169,16 @@ impl Metasrv {
         let scheduler = Scheduler::start_in_arbiter(actors.singletons(), move |_| {
             Scheduler::new(scheduler_view, selector)
         });
+        let ownership = Arc::new(RegionOwnership::default());
         let tables = Arc::new(TableManager::new(
             store.clone(),
+            ownership.clone(),
             scheduler,
             cluster_view.clone(),
             DdlConfig {
                 max_regions_per_table: config.max_regions_per_table,
                 open_region_timeout: config.instruction_timeout,
+                region_lease: config.region_lease,
             },
         ));
         let standalone = etcd_election.is_none();
@@ -204,12 +209,19 @@ impl Metasrv {
             }
         }
         let decode_limit = decode_limit_for(&config);
+        let sessions = SessionContext {
+            cluster_id: config.cluster_id,
+            heartbeat_interval_millis: config.heartbeat_interval.as_millis() as u64,
+            region_lease_millis: config.region_lease.as_millis() as u64,
+            ownership,
+            cluster_view: cluster_view.clone(),
+            metrics: metrics.clone(),
+        };
         let heartbeat_service = HeartbeatServer::new(HeartbeatService::new(
             actors.clone(),
-            cluster_view.clone(),
+            sessions,
             limits.clone(),
             metrics.clone(),
-            config.heartbeat_interval.as_millis() as u64,
             leadership.clone(),
         ))
         .max_decoding_message_size(decode_limit);

@@ -57,6 +57,11 @@ impl Echo for EchoService {
                     }),
                     instructions: Vec::new(),
                     heartbeat_interval_millis: 1000,
+                    // metasrv grants a (here empty) region lease on every acknowledgement.
+                    region_lease: Some(pb::RegionLease {
+                        duration_millis: 3000,
+                        ..Default::default()
+                    }),
                 };
                 if tx.send(Ok(response)).await.is_err() {
                     break;

@@ -128,6 +128,8 @@ pub enum Instruction {
         region_id: u64,
         table: pb::TableName,
         role: RegionRole,
+        /// The first lease of the region on the node.
+        lease_millis: u64,
     },
     CloseRegion {
         region_id: u64,
@@ -161,6 +163,7 @@ impl Instruction {
                 region_id,
                 table,
                 role,
+                lease_millis,
             } => Kind::OpenRegion(pb::OpenRegion {
                 region_id,
                 table_name: Some(table),
@@ -168,6 +171,7 @@ impl Instruction {
                     RegionRole::Leader => pb::RegionRole::Leader,
                     RegionRole::Follower => pb::RegionRole::Follower,
                 } as i32,
+                lease_millis,
             }),
             Self::CloseRegion { region_id } => Kind::CloseRegion(pb::CloseRegion { region_id }),
             Self::PromoteToLeader { region_id } => {

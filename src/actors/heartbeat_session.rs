@@ -15,6 +15,7 @@ use tonic::Status;
 use crate::actors::cluster_view::{
     ClusterView, SessionClosed, SessionHandle, SessionOpened, StatsReported,
 };
+use crate::catalog::ownership::RegionOwnership;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::stats;
@@ -39,10 +40,24 @@ pub struct CloseSession {
 
 pub type Outbound = mpsc::Sender<Result<pb::HeartbeatResponse, Status>>;
 
+/// What every session of one metasrv shares.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub cluster_id: u64,
+    pub heartbeat_interval_millis: u64,
+    /// Length of the region leases granted on acknowledgements.
+    pub region_lease_millis: u64,
+    pub ownership: Arc<RegionOwnership>,
+    pub cluster_view: Addr<ClusterView>,
+    pub metrics: Arc<Metrics>,
+}
+
 pub struct HeartbeatSession {
     session_id: u64,
     cluster_id: u64,
     heartbeat_interval_millis: u64,
+    region_lease_millis: u64,
+    ownership: Arc<RegionOwnership>,
     cluster_view: Addr<ClusterView>,
     outbound: Outbound,
     metrics: Arc<Metrics>,
@@ -52,14 +67,10 @@ pub struct HeartbeatSession {
 
 impl HeartbeatSession {
     /// Starts a session on `arbiter` reading `inbound` and writing to `outbound`.
-    #[allow(clippy::too_many_arguments)]
     pub fn start_on<S>(
         arbiter: &actix::ArbiterHandle,
         session_id: u64,
-        cluster_id: u64,
-        heartbeat_interval_millis: u64,
-        cluster_view: Addr<ClusterView>,
-        metrics: Arc<Metrics>,
+        context: SessionContext,
         inbound: S,
         outbound: Outbound,
     ) -> Addr<Self>
@@ -70,11 +81,13 @@ impl HeartbeatSession {
             ctx.add_stream(inbound);
             Self {
                 session_id,
-                cluster_id,
-                heartbeat_interval_millis,
-                cluster_view,
+                cluster_id: context.cluster_id,
+                heartbeat_interval_millis: context.heartbeat_interval_millis,
+                region_lease_millis: context.region_lease_millis,
+                ownership: context.ownership,
+                cluster_view: context.cluster_view,
                 outbound,
-                metrics,
+                metrics: context.metrics,
                 node_id: None,
             }
         })
@@ -144,6 +157,16 @@ impl HeartbeatSession {
             }
             Some(_) => {}
         }
+        // A report is answered with the lease of the regions the routes give this node; a
+        // results-only request leaves the lease as it was.
+        let region_lease = heartbeat.report.as_ref().map(|report| {
+            let grant = self.ownership.grant(heartbeat.node_id, &report.regions);
+            pb::RegionLease {
+                leader_region_ids: grant.leader_region_ids,
+                follower_region_ids: grant.follower_region_ids,
+                duration_millis: self.region_lease_millis,
+            }
+        });
         self.cluster_view.do_send(StatsReported {
             session_id: self.session_id,
             heartbeat,
@@ -153,6 +176,7 @@ impl HeartbeatSession {
             header: self.header(),
             instructions: Vec::new(),
             heartbeat_interval_millis: self.heartbeat_interval_millis,
+            region_lease,
         };
         self.send(Ok(response), ctx);
         self.metrics.heartbeats.with_label_values(&["ok"]).inc();
@@ -207,6 +231,7 @@ impl Handler<DeliverInstruction> for HeartbeatSession {
             header: self.header(),
             instructions: vec![msg.instruction],
             heartbeat_interval_millis: self.heartbeat_interval_millis,
+            region_lease: None,
         };
         self.send(Ok(response), ctx);
     }

@@ -23,6 +23,7 @@ use super::model::{
     region_id, validate_name, PartitionRule, Peer, RegionRoute, TableInfo, TableName, TableRoute,
     TableSchema,
 };
+use super::ownership::RegionOwnership;
 use super::partition::validate_table;
 use crate::actors::cluster_view::{ClusterView, Instruction, SendInstruction};
 use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
@@ -116,6 +117,8 @@ pub struct DdlConfig {
     pub max_regions_per_table: u32,
     /// How long datanodes have to confirm OpenRegion.
     pub open_region_timeout: Duration,
+    /// The first lease given with OpenRegion.
+    pub region_lease: Duration,
 }
 
 #[derive(Default)]
@@ -127,6 +130,7 @@ struct Cache {
 
 pub struct TableManager {
     store: Arc<dyn KvBackend>,
+    ownership: Arc<RegionOwnership>,
     scheduler: Addr<Scheduler>,
     cluster_view: Addr<ClusterView>,
     config: DdlConfig,
@@ -179,12 +183,14 @@ impl TableManager {
     /// A manager with an empty cache; [`TableManager::become_leader`] fills it.
     pub fn new(
         store: Arc<dyn KvBackend>,
+        ownership: Arc<RegionOwnership>,
         scheduler: Addr<Scheduler>,
         cluster_view: Addr<ClusterView>,
         config: DdlConfig,
     ) -> Self {
         Self {
             store,
+            ownership,
             scheduler,
             cluster_view,
             config,
@@ -261,6 +267,8 @@ impl TableManager {
                 .tables
                 .insert(info.name.clone(), Arc::new(TableEntry { info, route }));
         }
+        self.ownership
+            .rebuild(cache.tables.values().map(|entry| &entry.route));
         *self.cache.write() = cache;
         Ok(())
     }
@@ -556,6 +564,7 @@ impl TableManager {
                     region_id: *region_id,
                     table: table.clone(),
                     role: *role,
+                    lease_millis: self.config.region_lease.as_millis() as u64,
                 },
                 timeout,
             })
@@ -654,6 +663,7 @@ impl TableManager {
             return Ok(entry.clone());
         }
         let entry = self.read_entry(name).await?;
+        self.ownership.add_route(&entry.route);
         self.cache
             .write()
             .tables
@@ -729,6 +739,7 @@ impl TableManager {
             let mut cache = self.cache.write();
             if cache.tables.get(name).is_some_and(|e| e.info.id == id) {
                 cache.tables.remove(name);
+                self.ownership.remove_route(&entry.route);
             }
         }
         if !response.succeeded {

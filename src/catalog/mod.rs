@@ -3,6 +3,7 @@
 
 pub mod manager;
 pub mod model;
+pub mod ownership;
 pub mod partition;
 
 pub use manager::{DdlError, TableEntry, TableManager};

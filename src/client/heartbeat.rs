@@ -28,8 +28,13 @@ pub enum MetasrvTarget {
 pub enum LinkEvent {
     /// A stream to the leader is open: send a full report now.
     Connected,
-    /// A response (acknowledgement, instructions) on the current stream.
-    Response(pb::HeartbeatResponse),
+    /// A response on the current stream. For an acknowledgement (a response without
+    /// instructions) `request_sent_at` is when the datanode sent the request it answers: region
+    /// leases count from there.
+    Response {
+        response: pb::HeartbeatResponse,
+        request_sent_at: Option<std::time::Instant>,
+    },
     /// The stream ended; `reason` is the status metasrv closed it with, if any. The link is
     /// already reconnecting.
     Disconnected { reason: Option<tonic::Status> },
@@ -42,7 +47,7 @@ pub enum LinkEvent {
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct HeartbeatLink {
-    requests: mpsc::Sender<pb::HeartbeatRequest>,
+    requests: mpsc::Sender<(std::time::Instant, pb::HeartbeatRequest)>,
     events: mpsc::Receiver<LinkEvent>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -63,7 +68,10 @@ impl HeartbeatLink {
     /// Queues a request for the current stream. Requests sent while disconnected are dropped
     /// (a fresh report follows `Connected`). Errs once the link has stopped.
     pub async fn send(&self, request: pb::HeartbeatRequest) -> Result<(), LinkClosed> {
-        self.requests.send(request).await.map_err(|_| LinkClosed)
+        self.requests
+            .send((std::time::Instant::now(), request))
+            .await
+            .map_err(|_| LinkClosed)
     }
 
     /// The next event; `None` once the link has stopped and every event was read.
@@ -110,7 +118,7 @@ async fn run(
     target: MetasrvTarget,
     cluster_id: u64,
     node_id: u64,
-    mut requests: mpsc::Receiver<pb::HeartbeatRequest>,
+    mut requests: mpsc::Receiver<(std::time::Instant, pb::HeartbeatRequest)>,
     events: mpsc::Sender<LinkEvent>,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -118,9 +126,11 @@ async fn run(
     loop {
         let channel = leader_channel(&target, cluster_id, node_id, hint.take()).await;
         // The stream opens with the datanode's next request, so it registers at once.
-        let Some(first) = requests.recv().await else {
+        let Some((first_sent_at, first)) = requests.recv().await else {
             return;
         };
+        // When each request on this stream was sent, oldest first, to pair with its ack.
+        let mut in_flight = std::collections::VecDeque::from([first_sent_at]);
         let (stream_tx, stream_rx) = mpsc::channel(16);
         if stream_tx.send(first).await.is_err() {
             return;
@@ -153,7 +163,8 @@ async fn run(
         let reason = loop {
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(request) => {
+                    Some((sent_at, request)) => {
+                        in_flight.push_back(sent_at);
                         if stream_tx.send(request).await.is_err() {
                             break None;
                         }
@@ -162,7 +173,18 @@ async fn run(
                 },
                 response = responses.next() => match response {
                     Some(Ok(response)) => {
-                        if events.send(LinkEvent::Response(response)).await.is_err() {
+                        // Acknowledgements come one per request, in order; instructions come
+                        // in responses of their own.
+                        let request_sent_at = if response.instructions.is_empty() {
+                            in_flight.pop_front()
+                        } else {
+                            None
+                        };
+                        let event = LinkEvent::Response {
+                            response,
+                            request_sent_at,
+                        };
+                        if events.send(event).await.is_err() {
                             return;
                         }
                     }

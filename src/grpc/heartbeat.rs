@@ -6,14 +6,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::Addr;
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{instrumented, RequestLimits};
-use crate::actors::cluster_view::ClusterView;
-use crate::actors::heartbeat_session::HeartbeatSession;
+use crate::actors::heartbeat_session::{HeartbeatSession, SessionContext};
 use crate::actors::ActorRuntime;
 use crate::election::Leadership;
 use crate::metrics::Metrics;
@@ -26,10 +24,9 @@ const OUTBOUND_CAPACITY: usize = 64;
 
 pub struct HeartbeatService {
     actors: Arc<ActorRuntime>,
-    cluster_view: Addr<ClusterView>,
+    sessions: SessionContext,
     limits: RequestLimits,
     metrics: Arc<Metrics>,
-    heartbeat_interval_millis: u64,
     leadership: Arc<Leadership>,
     next_session_id: AtomicU64,
 }
@@ -37,18 +34,16 @@ pub struct HeartbeatService {
 impl HeartbeatService {
     pub fn new(
         actors: Arc<ActorRuntime>,
-        cluster_view: Addr<ClusterView>,
+        sessions: SessionContext,
         limits: RequestLimits,
         metrics: Arc<Metrics>,
-        heartbeat_interval_millis: u64,
         leadership: Arc<Leadership>,
     ) -> Self {
         Self {
             actors,
-            cluster_view,
+            sessions,
             limits,
             metrics,
-            heartbeat_interval_millis,
             leadership,
             next_session_id: AtomicU64::new(1),
         }
@@ -73,10 +68,7 @@ impl Heartbeat for HeartbeatService {
         HeartbeatSession::start_on(
             self.actors.next_session_arbiter(),
             session_id,
-            self.limits.cluster_id,
-            self.heartbeat_interval_millis,
-            self.cluster_view.clone(),
-            self.metrics.clone(),
+            self.sessions.clone(),
             inbound,
             outbound,
         );

@@ -2,7 +2,7 @@
 //! (or, for tests, ignores) instructions, and reconnects with backoff when the stream breaks.
 //! Tests, examples and benchmarks use it in place of a real datanode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -75,6 +75,16 @@ struct Shared {
     responses: u64,
     rows: BTreeMap<u64, u64>,
     accepted: Vec<AcceptedWrite>,
+    /// Until when each region's lease lasts (this node's monotonic clock).
+    leases: HashMap<u64, Instant>,
+}
+
+impl Shared {
+    fn leased(&self, region_id: u64) -> bool {
+        self.leases
+            .get(&region_id)
+            .is_some_and(|until| *until > Instant::now())
+    }
 }
 
 /// The error metadata that marks a datanode's InvalidRoute answer.
@@ -104,6 +114,12 @@ impl sim_pb::datanode_server::Datanode for DataPlane {
     ) -> Result<tonic::Response<sim_pb::WriteResponse>, tonic::Status> {
         let req = request.into_inner();
         let mut shared = self.shared.lock();
+        if shared.regions.contains_key(&req.region_id) && !shared.leased(req.region_id) {
+            return Err(invalid_route(format!(
+                "node {} has no lease for region {}",
+                self.node_id, req.region_id
+            )));
+        }
         match shared.regions.get(&req.region_id) {
             Some(RegionRole::Leader) => {}
             Some(RegionRole::Follower) => {
@@ -142,6 +158,12 @@ impl sim_pb::datanode_server::Datanode for DataPlane {
                 self.node_id, req.region_id
             )));
         };
+        if !shared.leased(req.region_id) {
+            return Err(invalid_route(format!(
+                "node {} has no lease for region {}",
+                self.node_id, req.region_id
+            )));
+        }
         Ok(tonic::Response::new(sim_pb::ReadResponse {
             rows: shared.rows.get(&req.region_id).copied().unwrap_or(0),
             is_leader: *role == RegionRole::Leader,
@@ -206,6 +228,19 @@ impl SimDatanode {
     /// The address the node claims (and, with a data plane, serves on).
     pub fn addr(&self) -> &str {
         &self.config.addr
+    }
+
+    /// Regions whose lease is valid now.
+    pub fn leased_regions(&self) -> Vec<u64> {
+        let shared = self.shared.lock();
+        let mut leased: Vec<u64> = shared
+            .leases
+            .keys()
+            .copied()
+            .filter(|id| shared.leased(*id))
+            .collect();
+        leased.sort_unstable();
+        leased
     }
 
     /// Writes the node accepted, in order.
@@ -445,10 +480,10 @@ pub fn sample_request(config: &SimDatanodeConfig, instance_id: &str) -> pb::Hear
 }
 
 /// Carries out an instruction on the node's regions; returns its result.
-fn apply(
-    instruction: &pb::Instruction,
-    regions: &mut BTreeMap<u64, RegionRole>,
-) -> pb::InstructionResult {
+fn apply(instruction: &pb::Instruction, shared: &mut Shared) -> pb::InstructionResult {
+    let Shared {
+        regions, leases, ..
+    } = shared;
     use pb::instruction::Kind;
     let outcome: Result<(), String> = match &instruction.kind {
         Some(Kind::OpenRegion(open)) => {
@@ -458,10 +493,15 @@ fn apply(
                 RegionRole::Leader
             };
             regions.insert(open.region_id, role);
+            // The first lease counts from receipt (see the contract in heartbeat.proto).
+            let until = Instant::now() + Duration::from_millis(open.lease_millis);
+            let lease = leases.entry(open.region_id).or_insert(until);
+            *lease = (*lease).max(until);
             Ok(())
         }
         Some(Kind::CloseRegion(close)) => {
             regions.remove(&close.region_id);
+            leases.remove(&close.region_id);
             Ok(())
         }
         Some(Kind::PromoteToLeader(p)) => match regions.get_mut(&p.region_id) {
@@ -528,15 +568,25 @@ async fn run(
                     }
                     shared.lock().heartbeats_sent += 1;
                 }
-                Some(LinkEvent::Response(response)) => {
+                Some(LinkEvent::Response { response, request_sent_at }) => {
                     shared.lock().responses += 1;
+                    if let (Some(lease), Some(sent_at)) = (&response.region_lease, request_sent_at) {
+                        // Extend (never shorten) the granted regions' leases, counted from when
+                        // the request was sent.
+                        let until = sent_at + Duration::from_millis(lease.duration_millis);
+                        let mut shared = shared.lock();
+                        for id in lease.leader_region_ids.iter().chain(&lease.follower_region_ids) {
+                            let current = shared.leases.entry(*id).or_insert(until);
+                            *current = (*current).max(until);
+                        }
+                    }
                     if response.instructions.is_empty() {
                         continue;
                     }
                     let mut results = Vec::new();
                     for instruction in response.instructions {
                         if config.obey_instructions {
-                            results.push(apply(&instruction, &mut shared.lock().regions));
+                            results.push(apply(&instruction, &mut shared.lock()));
                         }
                         record(SimEvent::Instruction(instruction));
                     }

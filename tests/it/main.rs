@@ -8,3 +8,4 @@ mod heartbeat;
 mod process;
 mod router;
 mod store_conformance;
+mod lease;

@@ -1,0 +1,90 @@
+//! `RegionOwnership`: which regions the routes assign to each datanode, and in which role. The
+//! leader keeps it in memory beside the catalog (rebuilt on election, updated with every route
+//! change) so that every heartbeat can be answered with a region lease without a KV read.
+
+use std::collections::HashMap;
+
+use parking_lot::RwLock;
+
+use super::model::TableRoute;
+use crate::stats::{RegionRole, RegionStats};
+
+#[derive(Default)]
+pub struct RegionOwnership {
+    by_node: RwLock<HashMap<u64, HashMap<u64, RegionRole>>>,
+}
+
+/// The regions a heartbeat's lease covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub leader_region_ids: Vec<u64>,
+    pub follower_region_ids: Vec<u64>,
+}
+
+impl RegionOwnership {
+    /// Replaces everything with the assignments of `routes`.
+    pub fn rebuild<'a>(&self, routes: impl IntoIterator<Item = &'a TableRoute>) {
+        let mut by_node: HashMap<u64, HashMap<u64, RegionRole>> = HashMap::new();
+        for route in routes {
+            assign(&mut by_node, route);
+        }
+        *self.by_node.write() = by_node;
+    }
+
+    pub fn add_route(&self, route: &TableRoute) {
+        assign(&mut self.by_node.write(), route);
+    }
+
+    pub fn remove_route(&self, route: &TableRoute) {
+        let mut by_node = self.by_node.write();
+        for region in &route.regions {
+            for peer in std::iter::once(&region.leader).chain(&region.followers) {
+                if let Some(regions) = by_node.get_mut(&peer.id) {
+                    regions.remove(&region.region_id);
+                }
+            }
+        }
+    }
+
+    /// The role the routes give `node_id` for `region_id`.
+    pub fn role(&self, node_id: u64, region_id: u64) -> Option<RegionRole> {
+        self.by_node
+            .read()
+            .get(&node_id)
+            .and_then(|regions| regions.get(&region_id))
+            .copied()
+    }
+
+    /// The lease for a heartbeat of `node_id` reporting `reported`: the reported regions that
+    /// the routes assign to it, in the role the routes give.
+    pub fn grant(&self, node_id: u64, reported: &[RegionStats]) -> LeaseGrant {
+        let by_node = self.by_node.read();
+        let mut grant = LeaseGrant::default();
+        let Some(owned) = by_node.get(&node_id) else {
+            return grant;
+        };
+        for region in reported {
+            match owned.get(&region.region_id) {
+                Some(RegionRole::Leader) => grant.leader_region_ids.push(region.region_id),
+                Some(RegionRole::Follower) => grant.follower_region_ids.push(region.region_id),
+                None => {}
+            }
+        }
+        grant
+    }
+}
+
+fn assign(by_node: &mut HashMap<u64, HashMap<u64, RegionRole>>, route: &TableRoute) {
+    for region in &route.regions {
+        by_node
+            .entry(region.leader.id)
+            .or_default()
+            .insert(region.region_id, RegionRole::Leader);
+        for follower in &region.followers {
+            by_node
+                .entry(follower.id)
+                .or_default()
+                .insert(region.region_id, RegionRole::Follower);
+        }
+    }
+}
