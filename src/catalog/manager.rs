@@ -510,6 +510,7 @@ impl TableManager {
         );
         match committed {
             Ok(true) => {
+                self.ownership.add_route(&entry.route);
                 self.cache
                     .write()
                     .tables

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use metasrv::catalog::model::Value;
-use metasrv::catalog::partition::Row;
+use metasrv::proto::sim::datanode_client::DatanodeClient;
+use metasrv::proto::sim::WriteRequest;
+use metasrv::sim::is_invalid_route;
 use metasrv::Config;
 
 use crate::harness::wait_for;
@@ -29,30 +30,60 @@ async fn heartbeats_renew_leases_and_a_cut_off_node_stops_serving() {
         .expect("create");
     // Renewals keep every region leased well past the first lease that came with OpenRegion.
     tokio::time::sleep(LEASE * 2).await;
-    let mut leased: Vec<u64> = cluster.nodes.iter().flat_map(|n| n.leased_regions()).collect();
+    let mut leased: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| n.leased_regions())
+        .collect();
     leased.sort_unstable();
     let mut routed: Vec<u64> = route.route.regions.iter().map(|r| r.region_id).collect();
     routed.sort_unstable();
-    assert_eq!(leased, routed, "heartbeats renew the lease of every routed region");
-    cluster.frontend.insert(rows(&table, 100)).await.expect("insert while leased");
+    assert_eq!(
+        leased, routed,
+        "heartbeats renew the lease of every routed region"
+    );
+    cluster
+        .frontend
+        .insert(rows(&table, 100))
+        .await
+        .expect("insert while leased");
 
     // metasrv goes away: nobody renews; the datanodes refuse writes once their leases lapse.
     let cut_at = Instant::now();
-    let frontend = cluster.frontend;
     cluster.server.stop().await;
-    let row = Row::from([
-        ("host".to_string(), Value::String("h".into())),
-        ("ts".to_string(), Value::Int64(1)),
-    ]);
-    wait_for("writes to be refused after the lease", Duration::from_secs(5), || {
-        let batch = vec![(table.clone(), row.clone())];
-        let frontend = &frontend;
-        async move { frontend.insert(batch).await.is_err().then_some(()) }
-    })
+    let mut clients = Vec::new();
+    for region in &route.route.regions {
+        let channel = metasrv::client::connect(&region.leader.addr)
+            .await
+            .expect("connect to the datanode");
+        clients.push((DatanodeClient::new(channel), region.region_id));
+    }
+    wait_for(
+        "every region to refuse writes",
+        Duration::from_secs(5),
+        || {
+            let clients = clients.clone();
+            async move {
+                for (mut client, region_id) in clients {
+                    let refused = client
+                        .write(WriteRequest {
+                            region_id,
+                            route_version: 1,
+                            rows: 1,
+                        })
+                        .await
+                        .err()
+                        .filter(is_invalid_route);
+                    refused.as_ref()?;
+                }
+                Some(())
+            }
+        },
+    )
     .await;
     let refused_after = cut_at.elapsed();
     assert!(
-        refused_after <= LEASE + Duration::from_millis(1500),
+        refused_after <= LEASE + Duration::from_millis(500),
         "writes were still accepted {refused_after:?} after metasrv stopped renewing"
     );
     assert!(

@@ -5,7 +5,7 @@ mod election;
 mod grpc_store;
 mod harness;
 mod heartbeat;
+mod lease;
 mod process;
 mod router;
 mod store_conformance;
-mod lease;
