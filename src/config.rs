@@ -41,6 +41,10 @@ pub struct Config {
     /// by the time it is declared dead).
     #[serde(with = "humantime_serde")]
     pub region_lease: Duration,
+    /// Extra wait past a dead node's last possible region lease before its regions are served
+    /// elsewhere (covers clock rate differences and transit). Default: `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub failover_safety_margin: Duration,
     /// How long a datanode has to report the result of an instruction. Default: `10s`.
     #[serde(with = "humantime_serde")]
     pub instruction_timeout: Duration,
@@ -106,6 +110,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(1),
             election_lease_ttl: Duration::from_secs(2),
             region_lease: Duration::from_secs(3),
+            failover_safety_margin: Duration::from_millis(500),
             instruction_timeout: Duration::from_secs(10),
             session_threads: 0,
             selector: crate::selector::SelectorKind::LeastLoaded,
@@ -197,6 +202,9 @@ impl Config {
                 "ADVERTISE_ADDR" => self.advertise_addr = optional(&value),
                 "ELECTION_LEASE_TTL" => {
                     self.election_lease_ttl = duration(&value).map_err(|e| bad(&e))?
+                }
+                "FAILOVER_SAFETY_MARGIN" => {
+                    self.failover_safety_margin = duration(&value).map_err(|e| bad(&e))?
                 }
                 "REGION_LEASE" => self.region_lease = duration(&value).map_err(|e| bad(&e))?,
                 "INSTRUCTION_TIMEOUT" => {

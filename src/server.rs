@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
 use crate::actors::election::{ElectionActor, EtcdElection, Resign};
 use crate::actors::heartbeat_session::SessionContext;
-use crate::actors::scheduler::Scheduler;
+use crate::actors::scheduler::{AttachTables, FailoverConfig, Scheduler};
 use crate::actors::ActorRuntime;
 use crate::catalog::manager::DdlConfig;
 use crate::catalog::ownership::RegionOwnership;
@@ -164,16 +164,24 @@ impl Metasrv {
         };
         let view = ClusterView::new(view_config, store.clone(), metrics.clone());
         let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
-        let scheduler_view = cluster_view.clone();
-        let selector = config.selector;
-        let scheduler = Scheduler::start_in_arbiter(actors.singletons(), move |_| {
-            Scheduler::new(scheduler_view, selector)
-        });
+        let scheduler = {
+            let view = cluster_view.clone();
+            let selector = config.selector;
+            let leadership = leadership.clone();
+            let failover = FailoverConfig {
+                region_lease: config.region_lease,
+                safety_margin: config.failover_safety_margin,
+                instruction_timeout: config.instruction_timeout,
+            };
+            Scheduler::start_in_arbiter(actors.singletons(), move |_| {
+                Scheduler::new(view, selector, leadership, failover)
+            })
+        };
         let ownership = Arc::new(RegionOwnership::default());
         let tables = Arc::new(TableManager::new(
             store.clone(),
             ownership.clone(),
-            scheduler,
+            scheduler.clone(),
             cluster_view.clone(),
             DdlConfig {
                 max_regions_per_table: config.max_regions_per_table,
@@ -181,6 +189,9 @@ impl Metasrv {
                 region_lease: config.region_lease,
             },
         ));
+        scheduler.do_send(AttachTables {
+            tables: tables.clone(),
+        });
         let standalone = etcd_election.is_none();
         let election = {
             let (leadership, fenced, tables, view) = (
@@ -213,6 +224,7 @@ impl Metasrv {
             cluster_id: config.cluster_id,
             heartbeat_interval_millis: config.heartbeat_interval.as_millis() as u64,
             region_lease_millis: config.region_lease.as_millis() as u64,
+            instruction_timeout: config.instruction_timeout,
             ownership,
             cluster_view: cluster_view.clone(),
             metrics: metrics.clone(),

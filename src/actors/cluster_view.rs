@@ -79,6 +79,17 @@ pub struct GetNodeHistory {
     pub node_id: u64,
 }
 
+/// When the node's last possible region lease ends, by this metasrv's clock: the last request
+/// it sent (each acknowledgement may renew leases) plus `region_lease`. `None` if this leader
+/// never heard from the node (then no lease of it can be longer than one from a previous
+/// leader, which the caller bounds separately).
+#[derive(Message)]
+#[rtype(result = "Option<Instant>")]
+pub struct GetLeaseExpiry {
+    pub node_id: u64,
+    pub region_lease: Duration,
+}
+
 /// Registers a subscriber for node liveness events.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -268,6 +279,9 @@ struct NodeEntry {
     history: VecDeque<NodeSample>,
     last_heartbeat_unix_ms: u64,
     regions: Vec<RegionStats>,
+    /// When the last request from the node arrived: every acknowledgement may have renewed
+    /// its region leases, so its leases last at most `region_lease` past this (metasrv's clock).
+    last_request_at: Option<Instant>,
 }
 
 struct RegionEntry {
@@ -469,6 +483,7 @@ impl Handler<SessionOpened> for ClusterView {
                         history: VecDeque::new(),
                         last_heartbeat_unix_ms: 0,
                         regions: Vec::new(),
+                        last_request_at: None,
                     },
                 );
                 true
@@ -500,6 +515,7 @@ impl Handler<StatsReported> for ClusterView {
             return;
         }
         node.detector.heartbeat(now_ms);
+        node.last_request_at = Some(received_at);
         node.last_heartbeat_unix_ms = at_unix_ms;
         let recovered = node.status != NodeStatus::Alive;
         node.status = NodeStatus::Alive;
@@ -690,6 +706,19 @@ impl Handler<ListCandidates> for ClusterView {
                     wcus: n.latest.as_ref().map_or(0, |s| s.wcus),
                 })
                 .collect(),
+        )
+    }
+}
+
+impl Handler<GetLeaseExpiry> for ClusterView {
+    type Result = MessageResult<GetLeaseExpiry>;
+
+    fn handle(&mut self, msg: GetLeaseExpiry, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .get(&msg.node_id)
+                .and_then(|n| n.last_request_at)
+                .map(|at| at + msg.region_lease),
         )
     }
 }

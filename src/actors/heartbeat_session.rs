@@ -4,8 +4,9 @@
 //! It dies with the stream; a bad request closes the stream with `InvalidArgument` and the
 //! reason, without touching any other session.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::Stream;
@@ -13,7 +14,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::actors::cluster_view::{
-    ClusterView, SessionClosed, SessionHandle, SessionOpened, StatsReported,
+    ClusterView, Instruction, SendInstruction, SessionClosed, SessionHandle, SessionOpened,
+    StatsReported,
 };
 use crate::catalog::ownership::RegionOwnership;
 use crate::metrics::Metrics;
@@ -47,6 +49,8 @@ pub struct SessionContext {
     pub heartbeat_interval_millis: u64,
     /// Length of the region leases granted on acknowledgements.
     pub region_lease_millis: u64,
+    /// How long a node has to close a stale region.
+    pub instruction_timeout: Duration,
     pub ownership: Arc<RegionOwnership>,
     pub cluster_view: Addr<ClusterView>,
     pub metrics: Arc<Metrics>,
@@ -63,6 +67,9 @@ pub struct HeartbeatSession {
     metrics: Arc<Metrics>,
     /// Set by the first valid heartbeat; the stream may not change it later.
     node_id: Option<u64>,
+    /// Stale regions this session already asked the node to close.
+    asked_to_close: HashSet<u64>,
+    instruction_timeout: Duration,
 }
 
 impl HeartbeatSession {
@@ -89,6 +96,8 @@ impl HeartbeatSession {
                 outbound,
                 metrics: context.metrics,
                 node_id: None,
+                asked_to_close: HashSet::new(),
+                instruction_timeout: context.instruction_timeout,
             }
         })
     }
@@ -159,6 +168,23 @@ impl HeartbeatSession {
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
+        if let Some(report) = &heartbeat.report {
+            // Regions the routes now give to others (it was failed over while away): close.
+            for region_id in self.ownership.stale(heartbeat.node_id, &report.regions) {
+                if self.asked_to_close.insert(region_id) {
+                    tracing::info!(
+                        node_id = heartbeat.node_id,
+                        region_id,
+                        "closing a region the node no longer owns"
+                    );
+                    self.cluster_view.do_send(SendInstruction {
+                        node_id: heartbeat.node_id,
+                        instruction: Instruction::CloseRegion { region_id },
+                        timeout: self.instruction_timeout,
+                    });
+                }
+            }
+        }
         let region_lease = heartbeat.report.as_ref().map(|report| {
             let grant = self.ownership.grant(heartbeat.node_id, &report.regions);
             pb::RegionLease {

@@ -758,6 +758,78 @@ impl TableManager {
         Ok(true)
     }
 
+    /// The regions `node_id` leads, with their tables.
+    pub fn regions_led_by(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
+        let cache = self.cache.read();
+        cache
+            .tables
+            .values()
+            .flat_map(|entry| {
+                entry
+                    .route
+                    .regions
+                    .iter()
+                    .filter(|r| r.leader.id == node_id)
+                    .map(move |r| (entry.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// Moves the leadership of one region: the route gets `leader` and `followers` for it and
+    /// a version one higher, committed only if the route is still the one `entry` holds.
+    pub async fn move_region_leader(
+        &self,
+        entry: &TableEntry,
+        region_id: u64,
+        leader: Peer,
+        followers: Vec<Peer>,
+    ) -> Result<Arc<TableEntry>, DdlError> {
+        let mut route = entry.route.clone();
+        let region = route
+            .regions
+            .iter_mut()
+            .find(|r| r.region_id == region_id)
+            .ok_or_else(|| DdlError::NotFound(format!("region {region_id} is not in the route")))?;
+        region.leader = leader;
+        region.followers = followers;
+        route.version += 1;
+        let key = keys::table_route(entry.info.id);
+        let old = serde_json::to_vec(&entry.route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
+        let new = serde_json::to_vec(&route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
+        let swapped = self
+            .store
+            .compare_and_put(key, Some(old), new)
+            .await?
+            .success;
+        if !swapped {
+            return Err(DdlError::NotConfirmed(format!(
+                "the route of {} changed concurrently; not moving region {region_id}",
+                entry.info.name
+            )));
+        }
+        let updated = Arc::new(TableEntry {
+            info: entry.info.clone(),
+            route,
+        });
+        self.ownership.remove_route(&entry.route);
+        self.ownership.add_route(&updated.route);
+        self.cache
+            .write()
+            .tables
+            .insert(updated.info.name.clone(), updated.clone());
+        Ok(updated)
+    }
+
+    /// The current entry of a table by id (after concurrent moves).
+    pub fn entry_by_id(&self, table_id: u64) -> Option<Arc<TableEntry>> {
+        self.cache
+            .read()
+            .tables
+            .values()
+            .find(|e| e.info.id == table_id)
+            .cloned()
+    }
+
     /// Tells every holder of the route's regions to close them; best effort, not awaited
     /// (a node that misses it keeps an unrouted region until its lease lapses).
     fn close_regions_in_background(&self, route: &TableRoute) {

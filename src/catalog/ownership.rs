@@ -12,6 +12,8 @@ use crate::stats::{RegionRole, RegionStats};
 #[derive(Default)]
 pub struct RegionOwnership {
     by_node: RwLock<HashMap<u64, HashMap<u64, RegionRole>>>,
+    /// Every region some route names.
+    routed: RwLock<std::collections::HashSet<u64>>,
 }
 
 /// The regions a heartbeat's lease covers.
@@ -25,17 +27,29 @@ impl RegionOwnership {
     /// Replaces everything with the assignments of `routes`.
     pub fn rebuild<'a>(&self, routes: impl IntoIterator<Item = &'a TableRoute>) {
         let mut by_node: HashMap<u64, HashMap<u64, RegionRole>> = HashMap::new();
+        let mut routed = std::collections::HashSet::new();
         for route in routes {
             assign(&mut by_node, route);
+            routed.extend(route.regions.iter().map(|r| r.region_id));
         }
         *self.by_node.write() = by_node;
+        *self.routed.write() = routed;
     }
 
     pub fn add_route(&self, route: &TableRoute) {
         assign(&mut self.by_node.write(), route);
+        self.routed
+            .write()
+            .extend(route.regions.iter().map(|r| r.region_id));
     }
 
     pub fn remove_route(&self, route: &TableRoute) {
+        {
+            let mut routed = self.routed.write();
+            for region in &route.regions {
+                routed.remove(&region.region_id);
+            }
+        }
         let mut by_node = self.by_node.write();
         for region in &route.regions {
             for peer in std::iter::once(&region.leader).chain(&region.followers) {
@@ -53,6 +67,20 @@ impl RegionOwnership {
             .get(&node_id)
             .and_then(|regions| regions.get(&region_id))
             .copied()
+    }
+
+    /// Regions `node_id` reports that the routes give to other nodes only: it serves them
+    /// stale (e.g. it was failed over while away) and must close them. Regions no route names
+    /// (a create in progress) are not stale.
+    pub fn stale(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        let routed = self.routed.read();
+        let by_node = self.by_node.read();
+        let owned = by_node.get(&node_id);
+        reported
+            .iter()
+            .map(|r| r.region_id)
+            .filter(|id| routed.contains(id) && !owned.is_some_and(|o| o.contains_key(id)))
+            .collect()
     }
 
     /// The lease for a heartbeat of `node_id` reporting `reported`: the reported regions that

@@ -59,6 +59,18 @@ pub enum SimEvent {
     Instruction(pb::Instruction),
 }
 
+/// See [`SimDatanode::write_log`].
+#[derive(Clone)]
+pub struct WriteLog {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl WriteLog {
+    pub fn accepted_writes(&self) -> Vec<AcceptedWrite> {
+        self.shared.lock().accepted.clone()
+    }
+}
+
 /// A write the node accepted on its data plane.
 #[derive(Clone, Debug)]
 pub struct AcceptedWrite {
@@ -230,6 +242,14 @@ impl SimDatanode {
         &self.config.addr
     }
 
+    /// A handle on the node's log of accepted writes that outlives the node (to inspect what a
+    /// killed node accepted).
+    pub fn write_log(&self) -> WriteLog {
+        WriteLog {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Regions whose lease is valid now.
     pub fn leased_regions(&self) -> Vec<u64> {
         let shared = self.shared.lock();
@@ -288,6 +308,12 @@ impl SimDatanode {
 
     pub fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    /// Cuts the node off from metasrv (its heartbeats stop) while its data plane keeps serving,
+    /// as in a network partition: only its region leases stop it from accepting writes.
+    pub fn stop_heartbeats(&self) {
+        self.task.abort();
     }
 
     /// Stops the node abruptly (its stream is cut, its data plane stops).

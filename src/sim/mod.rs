@@ -5,6 +5,6 @@ pub mod frontend;
 
 pub use datanode::{
     sample_request, AcceptedWrite, MetasrvTarget, SimDatanode, SimDatanodeConfig, SimEvent,
-    ERROR_KIND_KEY, INVALID_ROUTE,
+    WriteLog, ERROR_KIND_KEY, INVALID_ROUTE,
 };
 pub use frontend::{is_invalid_route, FrontendError, SimFrontend};

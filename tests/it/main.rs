@@ -2,6 +2,7 @@
 
 mod datanode_election;
 mod election;
+mod failover;
 mod grpc_store;
 mod harness;
 mod heartbeat;

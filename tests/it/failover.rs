@@ -1,0 +1,191 @@
+//! Region failover: a datanode holding regions dies; after its leases have surely lapsed its
+//! regions are opened elsewhere (or a follower is promoted), the route version grows, writes
+//! through the frontend succeed again, no region ever had two writers at overlapping times, and
+//! the node, when it comes back, is told to close what it no longer owns.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metasrv::failure_detector::FailureDetectorConfig;
+use metasrv::sim::SimDatanodeConfig;
+use metasrv::Config;
+
+use crate::harness::wait_for;
+use crate::router::{cluster_config, cpu_table, create_request, node, rows, Cluster};
+
+fn config() -> Config {
+    Config {
+        region_lease: Duration::from_millis(600),
+        failover_safety_margin: Duration::from_millis(200),
+        failure_detector: FailureDetectorConfig {
+            acceptable_heartbeat_pause: Duration::from_millis(300),
+            min_std_deviation: Duration::from_millis(20),
+            ..FailureDetectorConfig::default()
+        },
+        ..cluster_config()
+    }
+}
+
+/// `partition`: the node's heartbeats stop but its data plane keeps accepting what its leases
+/// allow (the split-brain case); otherwise the node is killed.
+async fn fail_over(replicas: u32, partition: bool) {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let cluster = Cluster::start(store, config(), &[node(1), node(2), node(3)]).await;
+    let table = cpu_table("failing");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 6, replicas))
+        .await
+        .expect("create");
+    let victim = 2u64;
+    let moved: Vec<u64> = route
+        .route
+        .regions
+        .iter()
+        .filter(|r| r.leader.id == victim)
+        .map(|r| r.region_id)
+        .collect();
+    assert!(!moved.is_empty(), "node 2 leads some regions: {route:?}");
+
+    // A writer keeps inserting through the kill, ignoring failures.
+    let stop = Arc::new(AtomicBool::new(false));
+    let frontend = Arc::new(cluster.frontend);
+    let writer = {
+        let (stop, frontend, table) = (stop.clone(), frontend.clone(), table.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = frontend.insert(rows(&table, 30)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut nodes = cluster.nodes;
+    wait_for("writes on every node", Duration::from_secs(5), || {
+        let busy = nodes.iter().all(|n| !n.accepted_writes().is_empty());
+        async move { busy.then_some(()) }
+    })
+    .await;
+
+    let victim_log = nodes[1].write_log();
+    let killed_at = Instant::now();
+    let removed = nodes.remove(1);
+    let partitioned = if partition {
+        removed.stop_heartbeats();
+        Some(removed)
+    } else {
+        removed.kill();
+        None
+    };
+
+    // Every region of node 2 gets a new leader, and writes succeed again.
+    let meta = cluster.meta.clone();
+    let moved_route = wait_for(
+        "the route to move off node 2",
+        Duration::from_secs(15),
+        || {
+            let meta = meta.clone();
+            let table = table.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .all(|r| r.leader.id != victim)
+                    .then_some(route)
+            }
+        },
+    )
+    .await;
+    assert!(
+        moved_route.route.version > route.route.version,
+        "the route version grew"
+    );
+    frontend
+        .insert(rows(&table, 300))
+        .await
+        .expect("writes succeed after failover");
+    let writable_after = killed_at.elapsed();
+    println!("regions writable again {writable_after:?} after the kill");
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+
+    // No double writer: the dead node's last accepted write precedes the new leader's first.
+    let old = victim_log.accepted_writes();
+    for region_id in &moved {
+        let last_old = old
+            .iter()
+            .filter(|w| w.region_id == *region_id)
+            .map(|w| w.at)
+            .max();
+        let new_leader = moved_route
+            .route
+            .regions
+            .iter()
+            .find(|r| r.region_id == *region_id)
+            .map(|r| r.leader.id)
+            .expect("region in route");
+        let new_node = nodes
+            .iter()
+            .find(|n| n.node_id() == new_leader)
+            .expect("the new leader is a live node");
+        let first_new = new_node
+            .accepted_writes()
+            .iter()
+            .filter(|w| w.region_id == *region_id)
+            .map(|w| w.at)
+            .min();
+        if let (Some(last_old), Some(first_new)) = (last_old, first_new) {
+            assert!(
+                last_old < first_new,
+                "region {region_id}: node 2 wrote until {last_old:?}, node {new_leader} from {first_new:?}"
+            );
+        }
+        assert!(
+            first_new.is_some(),
+            "region {region_id} took writes on its new leader"
+        );
+    }
+
+    // Node 2 comes back still holding its old regions: it is told to close them.
+    drop(partitioned);
+    let returning = metasrv::sim::SimDatanode::start_serving(
+        cluster.server.channel().await,
+        SimDatanodeConfig {
+            regions: moved.clone(),
+            ..node(victim)
+        },
+    )
+    .await
+    .expect("node 2 restarts");
+    wait_for(
+        "node 2 to close the regions it lost",
+        Duration::from_secs(10),
+        || {
+            let held = returning.regions();
+            let closed = moved.iter().all(|r| !held.contains_key(r));
+            async move { closed.then_some(()) }
+        },
+    )
+    .await;
+    cluster.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_regions_reopen_elsewhere() {
+    fail_over(1, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leaders_follower_is_promoted() {
+    fail_over(2, false).await;
+}
+
+/// The node is cut off but alive and still reachable by frontends: its leases lapse before its
+/// regions are served elsewhere, so the writes it accepts and the new leader's never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_never_writes_beside_its_successor() {
+    fail_over(1, true).await;
+}
