@@ -41,6 +41,8 @@ pub struct Config {
     /// by the time it is declared dead).
     #[serde(with = "humantime_serde")]
     pub region_lease: Duration,
+    /// Regions moved at once by failovers (across all dead nodes). Default: 8.
+    pub max_concurrent_failovers: usize,
     /// Extra wait past a dead node's last possible region lease before its regions are served
     /// elsewhere (covers clock rate differences and transit). Default: `500ms`.
     #[serde(with = "humantime_serde")]
@@ -111,6 +113,7 @@ impl Default for Config {
             election_lease_ttl: Duration::from_secs(2),
             region_lease: Duration::from_secs(3),
             failover_safety_margin: Duration::from_millis(500),
+            max_concurrent_failovers: 8,
             instruction_timeout: Duration::from_secs(10),
             session_threads: 0,
             selector: crate::selector::SelectorKind::LeastLoaded,
@@ -202,6 +205,9 @@ impl Config {
                 "ADVERTISE_ADDR" => self.advertise_addr = optional(&value),
                 "ELECTION_LEASE_TTL" => {
                     self.election_lease_ttl = duration(&value).map_err(|e| bad(&e))?
+                }
+                "MAX_CONCURRENT_FAILOVERS" => {
+                    self.max_concurrent_failovers = parse(&value).map_err(|e| bad(&e))?
                 }
                 "FAILOVER_SAFETY_MARGIN" => {
                     self.failover_safety_margin = duration(&value).map_err(|e| bad(&e))?

@@ -20,6 +20,8 @@ const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct HttpState {
+    /// Maintenance mode (shared with the Scheduler).
+    pub maintenance: Arc<std::sync::atomic::AtomicBool>,
     pub store: Arc<dyn KvBackend>,
     pub leadership: Arc<crate::election::Leadership>,
     pub cluster_view: actix::Addr<ClusterView>,
@@ -35,6 +37,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/nodes", get(nodes))
         .route("/v1/leader", get(leader))
+        .route("/v1/procedures", get(procedures))
+        .route("/v1/maintenance", get(maintenance).put(set_maintenance))
         .route("/v1/members", get(members))
         .with_state(state)
 }
@@ -141,4 +145,59 @@ async fn members(State(state): State<HttpState>) -> Response {
         })
         .collect();
     Json(json!({ "members": members })).into_response()
+}
+
+/// Failover procedures, running and finished, oldest first.
+async fn procedures(State(state): State<HttpState>) -> Response {
+    match crate::procedure::ProcedureStore::new(state.store.clone())
+        .list()
+        .await
+    {
+        Ok(procedures) => Json(json!({ "procedures": procedures })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn maintenance(State(state): State<HttpState>) -> Response {
+    let enabled = state.maintenance.load(std::sync::atomic::Ordering::Relaxed);
+    Json(json!({ "enabled": enabled })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct MaintenanceQuery {
+    enabled: bool,
+}
+
+/// `PUT /v1/maintenance?enabled=true|false` on the leader: while enabled, dead nodes are not
+/// failed over. Persisted, so it survives leader changes.
+async fn set_maintenance(
+    State(state): State<HttpState>,
+    axum::extract::Query(query): axum::extract::Query<MaintenanceQuery>,
+) -> Response {
+    if let Err(status) = state.leadership.require_leader() {
+        let leader = crate::election::redirect_target(&status);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": status.message(), "leader": leader })),
+        )
+            .into_response();
+    }
+    match crate::procedure::save_maintenance(state.store.as_ref(), query.enabled).await {
+        Ok(()) => {
+            state
+                .maintenance
+                .store(query.enabled, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(enabled = query.enabled, "maintenance mode changed");
+            Json(json!({ "enabled": query.enabled })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
 }

@@ -31,6 +31,7 @@ use crate::grpc::store::{StoreServer, StoreService};
 use crate::grpc::RequestLimits;
 use crate::http::{router, HttpState};
 use crate::metrics::Metrics;
+use crate::procedure::ProcedureStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
 use crate::store::fenced::FencedStore;
@@ -164,17 +165,28 @@ impl Metasrv {
         };
         let view = ClusterView::new(view_config, store.clone(), metrics.clone());
         let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
+        let maintenance = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scheduler = {
             let view = cluster_view.clone();
             let selector = config.selector;
             let leadership = leadership.clone();
             let failover = FailoverConfig {
+                max_concurrent: config.max_concurrent_failovers,
                 region_lease: config.region_lease,
                 safety_margin: config.failover_safety_margin,
                 instruction_timeout: config.instruction_timeout,
             };
+            let procedures = ProcedureStore::new(store.clone());
+            let maintenance = maintenance.clone();
             Scheduler::start_in_arbiter(actors.singletons(), move |_| {
-                Scheduler::new(view, selector, leadership, failover)
+                Scheduler::new(
+                    view,
+                    selector,
+                    leadership,
+                    failover,
+                    procedures,
+                    maintenance,
+                )
             })
         };
         let ownership = Arc::new(RegionOwnership::default());
@@ -295,6 +307,7 @@ impl Metasrv {
                 }),
         );
         let http_state = HttpState {
+            maintenance,
             store,
             leadership: leadership.clone(),
             cluster_view: cluster_view.clone(),

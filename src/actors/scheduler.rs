@@ -6,8 +6,11 @@
 //! and move the route (version + 1) through the `TableManager`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use actix::prelude::*;
 
@@ -16,7 +19,8 @@ use crate::actors::cluster_view::{
 };
 use crate::catalog::model::Peer;
 use crate::catalog::TableManager;
-use crate::election::Leadership;
+use crate::election::{Leadership, LeadershipState};
+use crate::procedure::{load_maintenance, Procedure, ProcedureState, ProcedureStore};
 use crate::selector::{Placement, Selector, SelectorKind};
 use crate::stats::RegionRole;
 
@@ -44,6 +48,8 @@ pub struct AttachTables {
 /// Tuning of region failover.
 #[derive(Clone, Debug)]
 pub struct FailoverConfig {
+    /// At most this many regions are being moved at once (across all dead nodes).
+    pub max_concurrent: usize,
     /// The length of region leases granted to datanodes.
     pub region_lease: Duration,
     /// Extra wait past a dead node's last possible lease, for clock rate differences.
@@ -69,6 +75,11 @@ pub struct Scheduler {
     leadership: Arc<Leadership>,
     failover: FailoverConfig,
     tables: Option<Arc<TableManager>>,
+    procedures: ProcedureStore,
+    /// Maintenance mode: no automatic failover while set (shared with the HTTP toggle).
+    maintenance: Arc<AtomicBool>,
+    /// Bounds the regions moved at once.
+    permits: Arc<Semaphore>,
     /// Nodes whose regions are being failed over now.
     failing_over: HashSet<u64>,
 }
@@ -79,15 +90,46 @@ impl Scheduler {
         selector: SelectorKind,
         leadership: Arc<Leadership>,
         failover: FailoverConfig,
+        procedures: ProcedureStore,
+        maintenance: Arc<AtomicBool>,
     ) -> Self {
+        let permits = Arc::new(Semaphore::new(failover.max_concurrent.max(1)));
         Self {
             cluster_view,
             selector: Selector::new(selector),
             leadership,
             failover,
             tables: None,
+            procedures,
+            maintenance,
+            permits,
             failing_over: HashSet::new(),
         }
+    }
+
+    /// Runs (or resumes) the failover `procedure` unless one already runs for its node.
+    fn run_failover(&mut self, procedure: Procedure, resumed: bool, ctx: &mut Context<Self>) {
+        let Some(tables) = self.tables.clone() else {
+            return;
+        };
+        let node_id = procedure.node_id;
+        if !self.failing_over.insert(node_id) {
+            return;
+        }
+        let fut = fail_over_node(
+            procedure,
+            resumed,
+            Failover {
+                tables,
+                cluster_view: self.cluster_view.clone(),
+                procedures: self.procedures.clone(),
+                permits: self.permits.clone(),
+                config: self.failover.clone(),
+            },
+        );
+        ctx.spawn(fut.into_actor(self).map(move |(), scheduler, _| {
+            scheduler.failing_over.remove(&node_id);
+        }));
     }
 }
 
@@ -98,7 +140,55 @@ impl Actor for Scheduler {
         self.cluster_view.do_send(Subscribe {
             subscriber: ctx.address().recipient(),
         });
+        // Leadership changes arrive as a stream: on becoming the serving leader, load the
+        // maintenance flag and resume the procedures a previous leader left running.
+        ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
+            self.leadership.subscribe(),
+        ));
     }
+}
+
+impl StreamHandler<LeadershipState> for Scheduler {
+    fn handle(&mut self, state: LeadershipState, ctx: &mut Self::Context) {
+        if !state.serving {
+            return;
+        }
+        let procedures = self.procedures.clone();
+        let maintenance = self.maintenance.clone();
+        let load = async move {
+            let running: Vec<Procedure> = match procedures.list().await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|p| p.state == ProcedureState::Running && p.kind == "region_failover")
+                    .collect(),
+                Err(e) => {
+                    tracing::error!("cannot read procedures to resume: {e}");
+                    Vec::new()
+                }
+            };
+            if let Some(store) = procedures_store(&procedures) {
+                match load_maintenance(store.as_ref()).await {
+                    Ok(on) => maintenance.store(on, Ordering::Relaxed),
+                    Err(e) => tracing::error!("cannot read the maintenance flag: {e}"),
+                }
+            }
+            running
+        };
+        ctx.spawn(load.into_actor(self).map(|running, scheduler, ctx| {
+            for procedure in running {
+                tracing::info!(procedure = %procedure.id, node_id = procedure.node_id, "resuming a failover left by the previous leader");
+                scheduler.run_failover(procedure, true, ctx);
+            }
+        }));
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // The leadership channel never closes while metasrv runs; keep the actor alive.
+    }
+}
+
+fn procedures_store(procedures: &ProcedureStore) -> Option<Arc<dyn crate::store::KvBackend>> {
+    Some(procedures.store())
 }
 
 impl Handler<AttachTables> for Scheduler {
@@ -116,73 +206,115 @@ impl Handler<NodeEvent> for Scheduler {
         let NodeEvent::Dead { node_id, .. } = event else {
             return;
         };
-        let Some(tables) = self.tables.clone() else {
-            return;
-        };
-        if !self.leadership.is_serving_leader() || !self.failing_over.insert(node_id) {
+        if !self.leadership.is_serving_leader() || self.failing_over.contains(&node_id) {
             return;
         }
-        let fut = fail_over_node(
-            node_id,
-            tables,
-            self.cluster_view.clone(),
-            self.failover.clone(),
-        );
-        ctx.spawn(fut.into_actor(self).map(move |(), scheduler, _| {
-            scheduler.failing_over.remove(&node_id);
-        }));
+        if self.maintenance.load(Ordering::Relaxed) {
+            tracing::warn!(node_id, "maintenance mode: not failing over a dead node");
+            return;
+        }
+        let has_regions = self
+            .tables
+            .as_ref()
+            .is_some_and(|t| !t.regions_led_by(node_id).is_empty());
+        if has_regions {
+            self.run_failover(Procedure::region_failover(node_id), false, ctx);
+        }
     }
 }
 
-/// Moves every region `dead` leads to a live node, never letting two nodes serve a region at
-/// once: nothing is instructed before the dead node's last lease has lapsed.
-async fn fail_over_node(
-    dead: u64,
+/// What a failover needs.
+struct Failover {
     tables: Arc<TableManager>,
     cluster_view: Addr<ClusterView>,
+    procedures: ProcedureStore,
+    permits: Arc<Semaphore>,
     config: FailoverConfig,
-) {
-    let regions = tables.regions_led_by(dead);
-    if regions.is_empty() {
+}
+
+/// Moves every region the procedure's node leads to a live node, never letting two nodes serve
+/// a region at once: nothing is instructed before the dead node's last lease has lapsed. Each
+/// step is recorded in the procedure; a resumed procedure redoes only what is left.
+async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
+    let dead = procedure.node_id;
+    let save = |procedure: &Procedure| {
+        let procedures = f.procedures.clone();
+        let procedure = procedure.clone();
+        async move {
+            if let Err(e) = procedures.save(&procedure).await {
+                tracing::error!(procedure = %procedure.id, "cannot record the procedure: {e}");
+                return false;
+            }
+            true
+        }
+    };
+    if resumed {
+        procedure.step("resumed by a new leader");
+    } else {
+        procedure.step(format!("node {dead} declared dead"));
+    }
+    // Recorded before anything moves, so that a new leader finds it; a member that cannot
+    // write it is no longer the leader and must not go on.
+    if !save(&procedure).await {
         return;
     }
+    // This leader's view of the node's last lease; if it never heard from the node (it became
+    // leader after the node went silent), any lease of it ends within one lease from now.
+    let expiry = f
+        .cluster_view
+        .send(GetLeaseExpiry {
+            node_id: dead,
+            region_lease: f.config.region_lease,
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Instant::now() + f.config.region_lease);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        expiry + f.config.safety_margin,
+    ))
+    .await;
+    procedure.step("the dead node's region leases have lapsed");
+
+    let mut candidates = match f.cluster_view.send(ListCandidates).await {
+        Ok(candidates) => candidates,
+        Err(e) => {
+            procedure.finish(
+                ProcedureState::Failed,
+                format!("cluster view unavailable: {e}"),
+            );
+            save(&procedure).await;
+            return;
+        }
+    };
+    if resumed && candidates.iter().any(|c| c.peer.id == dead) {
+        procedure.finish(
+            ProcedureState::Done,
+            format!("node {dead} is alive again; nothing moved"),
+        );
+        save(&procedure).await;
+        return;
+    }
+    candidates.retain(|c| c.peer.id != dead);
+    let regions = f.tables.regions_led_by(dead);
     tracing::warn!(
         node_id = dead,
         regions = regions.len(),
         "failing over the regions of a dead node"
     );
-    // This leader's view of the node's last lease; if it never heard from the node (it became
-    // leader after the node went silent), any lease of it ends within one lease from now.
-    let expiry = cluster_view
-        .send(GetLeaseExpiry {
-            node_id: dead,
-            region_lease: config.region_lease,
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Instant::now() + config.region_lease);
-    let safe_at = expiry + config.safety_margin;
-    tokio::time::sleep_until(tokio::time::Instant::from_std(safe_at)).await;
-
-    let mut candidates = match cluster_view.send(ListCandidates).await {
-        Ok(candidates) => candidates,
-        Err(e) => {
-            tracing::error!("failover of node {dead} stopped: cluster view unavailable: {e}");
-            return;
-        }
-    };
-    candidates.retain(|c| c.peer.id != dead);
-    if candidates.is_empty() {
-        tracing::error!(node_id = dead, "no live datanode to fail over to");
+    if candidates.is_empty() && !regions.is_empty() {
+        procedure.finish(ProcedureState::Failed, "no live datanode to fail over to");
+        save(&procedure).await;
         return;
     }
+    let mut failures = 0;
     for (entry, region) in regions {
+        let _permit = f.permits.acquire().await;
         // A live follower takes over; otherwise the least loaded live node opens the region.
         let live_follower = region
             .followers
             .iter()
-            .find(|f| candidates.iter().any(|c| c.peer.id == f.id))
+            .find(|fo| candidates.iter().any(|c| c.peer.id == fo.id))
             .cloned();
         let (target, instruction) = match &live_follower {
             Some(follower) => (
@@ -194,7 +326,7 @@ async fn fail_over_node(
             None => {
                 let Some(best) = candidates.iter_mut().min_by_key(|c| (c.regions, c.peer.id))
                 else {
-                    return;
+                    break;
                 };
                 best.regions += 1;
                 (
@@ -203,52 +335,77 @@ async fn fail_over_node(
                         region_id: region.region_id,
                         table: (&entry.info.name).into(),
                         role: RegionRole::Leader,
-                        lease_millis: config.region_lease.as_millis() as u64,
+                        lease_millis: f.config.region_lease.as_millis() as u64,
                     },
                 )
             }
         };
-        let outcome = cluster_view
+        let outcome = f
+            .cluster_view
             .send(SendInstruction {
                 node_id: target.id,
                 instruction,
-                timeout: config.instruction_timeout,
+                timeout: f.config.instruction_timeout,
             })
             .await;
         match outcome {
             Ok(Ok(result)) if result.success => {}
             other => {
-                tracing::error!(
-                    region = region.region_id,
-                    target = target.id,
-                    ?other,
-                    "failover step failed"
-                );
+                failures += 1;
+                procedure.step(format!(
+                    "region {}: node {} did not take it: {other:?}",
+                    region.region_id, target.id
+                ));
+                save(&procedure).await;
                 continue;
             }
         }
         let followers: Vec<Peer> = region
             .followers
             .iter()
-            .filter(|f| f.id != target.id && f.id != dead)
+            .filter(|fo| fo.id != target.id && fo.id != dead)
             .cloned()
             .collect();
         // Re-read the entry: other regions of the table may have moved meanwhile.
-        let current = tables.entry_by_id(entry.info.id).unwrap_or(entry);
-        match tables
+        let current = f.tables.entry_by_id(entry.info.id).unwrap_or(entry);
+        match f
+            .tables
             .move_region_leader(&current, region.region_id, target.clone(), followers)
             .await
         {
-            Ok(updated) => tracing::info!(
-                region = region.region_id,
-                from = dead,
-                to = target.id,
-                version = updated.route.version,
-                "region failed over"
-            ),
-            Err(e) => tracing::error!(region = region.region_id, "cannot move the route: {e}"),
+            Ok(updated) => {
+                tracing::info!(
+                    region = region.region_id,
+                    from = dead,
+                    to = target.id,
+                    version = updated.route.version,
+                    "region failed over"
+                );
+                procedure.step(format!(
+                    "region {} now led by node {} (route version {})",
+                    region.region_id, target.id, updated.route.version
+                ));
+            }
+            Err(e) => {
+                failures += 1;
+                procedure.step(format!(
+                    "region {}: cannot move the route: {e}",
+                    region.region_id
+                ));
+            }
         }
+        save(&procedure).await;
     }
+    if failures == 0 {
+        procedure.finish(ProcedureState::Done, "every region moved");
+    } else {
+        procedure.finish(
+            ProcedureState::Failed,
+            format!("{failures} regions were not moved"),
+        );
+    }
+    save(&procedure).await;
+    let _ = f.procedures.prune().await;
 }
 
 impl Handler<AllocateRegions> for Scheduler {

@@ -11,7 +11,7 @@ use metasrv::failure_detector::FailureDetectorConfig;
 use metasrv::sim::SimDatanodeConfig;
 use metasrv::Config;
 
-use crate::harness::wait_for;
+use crate::harness::{http_get, http_request, wait_for};
 use crate::router::{cluster_config, cpu_table, create_request, node, rows, Cluster};
 
 fn config() -> Config {
@@ -149,6 +149,18 @@ async fn fail_over(replicas: u32, partition: bool) {
         );
     }
 
+    // The failover was a recorded procedure.
+    let (_, body) = http_get(cluster.server.http_addr, "/v1/procedures").await;
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let procedure = &json["procedures"][0];
+    assert_eq!(procedure["kind"], "region_failover", "{json}");
+    assert_eq!(procedure["node_id"], victim);
+    assert_eq!(procedure["state"], "done", "{json}");
+    assert!(
+        procedure["steps"].as_array().map_or(0, Vec::len) >= 3,
+        "{json}"
+    );
+
     // Node 2 comes back still holding its old regions: it is told to close them.
     drop(partitioned);
     let returning = metasrv::sim::SimDatanode::start_serving(
@@ -188,4 +200,36 @@ async fn a_dead_leaders_follower_is_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_never_writes_beside_its_successor() {
     fail_over(1, true).await;
+}
+
+/// In maintenance mode a dead node's regions stay where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_mode_suspends_failover() {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let cluster = Cluster::start(store, config(), &[node(1), node(2)]).await;
+    let table = cpu_table("kept_in_place");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 4, 1))
+        .await
+        .expect("create");
+    let (code, body) = http_request(
+        cluster.server.http_addr,
+        "PUT",
+        "/v1/maintenance?enabled=true",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = http_get(cluster.server.http_addr, "/v1/maintenance").await;
+    assert!(body.contains("true"), "{body}");
+    let mut nodes = cluster.nodes;
+    nodes.remove(1).kill();
+    // Well past detection, lease and margin (about 1 s here): nothing moved.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.meta.invalidate(&table);
+    let now = cluster.meta.route(&table).await.expect("route");
+    assert_eq!(now.route, route.route, "no failover in maintenance mode");
+    let (_, body) = http_get(cluster.server.http_addr, "/v1/procedures").await;
+    assert!(body.contains("\"procedures\":[]"), "{body}");
+    cluster.server.stop().await;
 }
