@@ -19,6 +19,17 @@ pub fn start_members(
     n: u64,
     extra: &[&str],
 ) -> Vec<MetasrvProcess> {
+    start_members_with_env(dir, etcd_endpoints, n, extra, &[])
+}
+
+/// [`start_members`] with extra environment variables.
+pub fn start_members_with_env(
+    dir: &std::path::Path,
+    etcd_endpoints: &str,
+    n: u64,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<MetasrvProcess> {
     (1..=n)
         .map(|id| {
             let id = id.to_string();
@@ -37,7 +48,7 @@ pub fn start_members(
                 "100ms",
             ];
             args.extend_from_slice(extra);
-            MetasrvProcess::start(dir, &args, &[])
+            MetasrvProcess::start(dir, &args, env)
         })
         .collect()
 }
@@ -93,7 +104,7 @@ fn agreed_leader(views: &[Option<(bool, Option<u64>)>]) -> Option<usize> {
         .then_some(*leader)
 }
 
-async fn alive_nodes(member: &MetasrvProcess) -> usize {
+pub async fn alive_nodes(member: &MetasrvProcess) -> usize {
     let (_, body) = http_get(member.http_addr, "/v1/nodes").await;
     serde_json::from_str::<serde_json::Value>(&body)
         .ok()

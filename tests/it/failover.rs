@@ -233,3 +233,92 @@ async fn maintenance_mode_suspends_failover() {
     assert!(body.contains("\"procedures\":[]"), "{body}");
     cluster.server.stop().await;
 }
+
+/// SIGKILL the metasrv leader while a failover waits for the dead node's leases: the new
+/// leader finds the procedure in the KV and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
+    use crate::election::{alive_nodes, start_members_with_env, wait_for_one_leader};
+    use crate::harness::{EtcdProcess, MetasrvProcess};
+    use metasrv::client::MetaClient;
+    use metasrv::sim::{MetasrvTarget, SimDatanode};
+
+    let etcd = EtcdProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("METASRV_REGION_LEASE", "2s"),
+        ("METASRV_ACCEPTABLE_HEARTBEAT_PAUSE", "300ms"),
+        ("METASRV_MIN_STD_DEVIATION", "20ms"),
+    ];
+    let mut members = start_members_with_env(
+        dir.path(),
+        &etcd.endpoint,
+        2,
+        &["--election-lease-ttl", "1s"],
+        &env,
+    );
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
+    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(
+            SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints.clone()), node(id))
+                .await
+                .expect("sim"),
+        );
+    }
+    wait_for("3 datanodes on the leader", Duration::from_secs(10), || {
+        let leader = &members[leader];
+        async move { (alive_nodes(leader).await == 3).then_some(()) }
+    })
+    .await;
+    let meta = MetaClient::connect(&endpoints, crate::router::CLUSTER, 0)
+        .await
+        .expect("meta");
+    let table = cpu_table("resumed");
+    meta.create_table(create_request(&table, 6, 1))
+        .await
+        .expect("create");
+
+    nodes.remove(1).kill();
+    let leader_http = members[leader].http_addr;
+    wait_for(
+        "the failover procedure to start",
+        Duration::from_secs(10),
+        || async move {
+            let (_, body) = http_get(leader_http, "/v1/procedures").await;
+            body.contains("\"state\":\"running\"").then_some(())
+        },
+    )
+    .await;
+    members[leader].signal_and_wait("KILL");
+
+    let survivor = &members[1 - leader];
+    let survivors = [survivor];
+    wait_for_one_leader(&survivors, Duration::from_secs(15)).await;
+    let moved = wait_for(
+        "the new leader to finish the failover",
+        Duration::from_secs(30),
+        || {
+            let meta = &meta;
+            let table = table.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .all(|r| r.leader.id != 2)
+                    .then_some(route)
+            }
+        },
+    )
+    .await;
+    assert!(moved.route.version > 1);
+    let (_, body) = http_get(survivor.http_addr, "/v1/procedures").await;
+    assert!(body.contains("resumed by a new leader"), "{body}");
+    assert!(body.contains("\"state\":\"done\""), "{body}");
+    drop(nodes);
+}
