@@ -89,6 +89,9 @@ struct Shared {
     accepted: Vec<AcceptedWrite>,
     /// Until when each region's lease lasts (this node's monotonic clock).
     leases: HashMap<u64, Instant>,
+    /// Killed: the data plane answers nothing useful any more (connections that outlive the
+    /// server task get UNAVAILABLE, as from a process that is gone).
+    dead: bool,
 }
 
 impl Shared {
@@ -126,6 +129,9 @@ impl sim_pb::datanode_server::Datanode for DataPlane {
     ) -> Result<tonic::Response<sim_pb::WriteResponse>, tonic::Status> {
         let req = request.into_inner();
         let mut shared = self.shared.lock();
+        if shared.dead {
+            return Err(tonic::Status::unavailable("the datanode is down"));
+        }
         if shared.regions.contains_key(&req.region_id) && !shared.leased(req.region_id) {
             return Err(invalid_route(format!(
                 "node {} has no lease for region {}",
@@ -164,6 +170,9 @@ impl sim_pb::datanode_server::Datanode for DataPlane {
     ) -> Result<tonic::Response<sim_pb::ReadResponse>, tonic::Status> {
         let req = request.into_inner();
         let shared = self.shared.lock();
+        if shared.dead {
+            return Err(tonic::Status::unavailable("the datanode is down"));
+        }
         let Some(role) = shared.regions.get(&req.region_id) else {
             return Err(invalid_route(format!(
                 "node {} does not serve region {}",
@@ -363,6 +372,7 @@ impl SimDatanode {
 
 impl Drop for SimDatanode {
     fn drop(&mut self) {
+        self.shared.lock().dead = true;
         self.task.abort();
         if let Some(plane) = &self.data_plane {
             plane.abort();
