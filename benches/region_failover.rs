@@ -122,7 +122,7 @@ fn main() {
         for id in 1..=3 {
             nodes.push(start_node(id).await);
         }
-        let meta = Arc::new(MetaClient::connect(&[addr.clone()], CLUSTER, 0).await.expect("meta"));
+        let meta = Arc::new(MetaClient::connect(std::slice::from_ref(&addr), CLUSTER, 0).await.expect("meta"));
         let frontend = SimFrontend::new(meta.clone());
         let mut times = Vec::new();
         for round in 0..repeats {
