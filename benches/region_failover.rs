@@ -147,10 +147,14 @@ fn main() {
             victim.kill();
             // Writes succeed again once every region of the victim is served elsewhere.
             loop {
-                if frontend.insert(rows(&table)).await.is_ok() {
-                    break;
-                }
-                assert!(killed_at.elapsed() < Duration::from_secs(60), "regions never came back");
+                let last_error = match frontend.insert(rows(&table)).await {
+                    Ok(_) => break,
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(60),
+                    "regions never came back; last error: {last_error}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let took = killed_at.elapsed();

@@ -458,8 +458,16 @@ impl Handler<SessionOpened> for ClusterView {
                     }
                 }
                 let changed = node.addr != addr || node.instance_id != instance_id;
-                if node.instance_id != instance_id {
-                    tracing::info!(node_id, %addr, old = %node.instance_id, new = %instance_id, "node restarted with a new instance");
+                if node.instance_id != instance_id || node.status == NodeStatus::Dead {
+                    if node.instance_id != instance_id {
+                        tracing::info!(node_id, %addr, old = %node.instance_id, new = %instance_id, "node restarted with a new instance");
+                    }
+                    // A fresh start: the silence while it was down must not widen the detector's
+                    // tolerance for the next failure.
+                    node.detector = PhiAccrualDetector::new(
+                        &self.config.failure_detector,
+                        self.config.heartbeat_interval,
+                    );
                 }
                 node.addr = addr.clone();
                 node.instance_id = instance_id.clone();
@@ -514,7 +522,17 @@ impl Handler<StatsReported> for ClusterView {
         if node.session.as_ref().map(|s| s.session_id) != Some(session_id) {
             return;
         }
-        node.detector.heartbeat(now_ms);
+        // The detector models the periodic heartbeat: extra requests (instruction results, the
+        // report a node sends on reconnecting) closer than half an interval to the previous
+        // sample would skew its statistics and slow detection, so they are not samples.
+        let min_gap_ms = self.config.heartbeat_interval.as_secs_f64() * 500.0;
+        if node
+            .detector
+            .last_heartbeat_ms()
+            .is_none_or(|last| now_ms - last >= min_gap_ms)
+        {
+            node.detector.heartbeat(now_ms);
+        }
         node.last_request_at = Some(received_at);
         node.last_heartbeat_unix_ms = at_unix_ms;
         let recovered = node.status != NodeStatus::Alive;

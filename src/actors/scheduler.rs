@@ -340,6 +340,8 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
                 )
             }
         };
+        // Until the route names the target, its reports of the region are not "stale".
+        f.tables.ownership().begin_move(region.region_id, target.id);
         let outcome = f
             .cluster_view
             .send(SendInstruction {
@@ -351,6 +353,7 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
         match outcome {
             Ok(Ok(result)) if result.success => {}
             other => {
+                f.tables.ownership().end_move(region.region_id);
                 failures += 1;
                 procedure.step(format!(
                     "region {}: node {} did not take it: {other:?}",
@@ -368,11 +371,12 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
             .collect();
         // Re-read the entry: other regions of the table may have moved meanwhile.
         let current = f.tables.entry_by_id(entry.info.id).unwrap_or(entry);
-        match f
+        let moved = f
             .tables
             .move_region_leader(&current, region.region_id, target.clone(), followers)
-            .await
-        {
+            .await;
+        f.tables.ownership().end_move(region.region_id);
+        match moved {
             Ok(updated) => {
                 tracing::info!(
                     region = region.region_id,

@@ -758,6 +758,11 @@ impl TableManager {
         Ok(true)
     }
 
+    /// Which regions the routes give each node.
+    pub fn ownership(&self) -> &Arc<RegionOwnership> {
+        &self.ownership
+    }
+
     /// The regions `node_id` leads, with their tables.
     pub fn regions_led_by(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
         let cache = self.cache.read();

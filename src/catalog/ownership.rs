@@ -14,6 +14,8 @@ pub struct RegionOwnership {
     by_node: RwLock<HashMap<u64, HashMap<u64, RegionRole>>>,
     /// Every region some route names.
     routed: RwLock<std::collections::HashSet<u64>>,
+    /// Regions being moved to a node (opened there, route not yet updated): not stale there.
+    moving: RwLock<HashMap<u64, u64>>,
 }
 
 /// The regions a heartbeat's lease covers.
@@ -69,17 +71,32 @@ impl RegionOwnership {
             .copied()
     }
 
+    /// Marks `region_id` as being moved to `node_id` (before it is opened there).
+    pub fn begin_move(&self, region_id: u64, node_id: u64) {
+        self.moving.write().insert(region_id, node_id);
+    }
+
+    /// Ends a move (after the route was updated, or the move failed).
+    pub fn end_move(&self, region_id: u64) {
+        self.moving.write().remove(&region_id);
+    }
+
     /// Regions `node_id` reports that the routes give to other nodes only: it serves them
     /// stale (e.g. it was failed over while away) and must close them. Regions no route names
     /// (a create in progress) are not stale.
     pub fn stale(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
         let routed = self.routed.read();
         let by_node = self.by_node.read();
+        let moving = self.moving.read();
         let owned = by_node.get(&node_id);
         reported
             .iter()
             .map(|r| r.region_id)
-            .filter(|id| routed.contains(id) && !owned.is_some_and(|o| o.contains_key(id)))
+            .filter(|id| {
+                routed.contains(id)
+                    && !owned.is_some_and(|o| o.contains_key(id))
+                    && moving.get(id) != Some(&node_id)
+            })
             .collect()
     }
 

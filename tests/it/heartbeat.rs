@@ -195,6 +195,9 @@ async fn a_killed_node_is_declared_dead_within_the_bound_and_alive_when_back() {
     // The other node is undisturbed.
     assert_eq!(node_status(&server, 8).await, Some(NodeStatus::Alive));
 
+    // The node stays down a while (a scenario step, not synchronisation): a long silence that
+    // must not widen the detector's tolerance once the node is back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let back = SimDatanode::start(channel, sim(7, &[1]));
     wait_status(&server, 7, NodeStatus::Alive, Duration::from_secs(5)).await;
     let nodes = server.cluster_view.send(ListNodes).await.expect("list");
@@ -228,6 +231,25 @@ async fn a_killed_node_is_declared_dead_within_the_bound_and_alive_when_back() {
     assert!(
         kinds == ["suspect", "dead", "recovered"] || kinds == ["dead", "recovered"],
         "events: {node_7:?}"
+    );
+
+    // The silence while it was down must not make the next failure slower to detect.
+    wait_for(
+        "20 heartbeats from the returned node",
+        Duration::from_secs(10),
+        || {
+            let (_, responses) = back.counts();
+            async move { (responses >= 20).then_some(()) }
+        },
+    )
+    .await;
+    let killed_again = Instant::now();
+    back.kill();
+    wait_status(&server, 7, NodeStatus::Dead, DEAD_BOUND).await;
+    let detected_again = killed_again.elapsed();
+    assert!(
+        detected_again < detected + Duration::from_millis(500),
+        "the second failure took {detected_again:?} to detect, the first {detected:?}"
     );
     drop(other);
     server.stop().await;
