@@ -31,6 +31,10 @@ fn config() -> Config {
 /// allow (the split-brain case); otherwise the node is killed.
 async fn fail_over(replicas: u32, partition: bool) {
     let (_fixture, store) = crate::store_conformance::embedded();
+    fail_over_on(store, replicas, partition).await;
+}
+
+async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, partition: bool) {
     let cluster = Cluster::start(store, config(), &[node(1), node(2), node(3)]).await;
     let table = cpu_table("failing");
     let (_, route) = cluster
@@ -200,6 +204,13 @@ async fn a_dead_leaders_follower_is_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_never_writes_beside_its_successor() {
     fail_over(1, true).await;
+}
+
+/// The same on the etcd backend (fenced writes for the procedure and the route move).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_fails_over_on_etcd() {
+    let (_fixture, store) = crate::store_conformance::etcd("failover").await;
+    fail_over_on(store, 1, true).await;
 }
 
 /// In maintenance mode a dead node's regions stay where they are.
