@@ -19,7 +19,9 @@ use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::selector::Candidate;
-use crate::stats::{Heartbeat, InstructionOutcome, NodeStats, RegionRole, RegionStats};
+use crate::stats::{
+    Heartbeat, InstructionOutcome, NodeStats, RegionRole, RegionStats, ReplicaStats,
+};
 use crate::store::{KeyValue, KvBackend};
 
 // ---- Messages -------------------------------------------------------------------------------
@@ -88,6 +90,14 @@ pub struct GetNodeHistory {
 pub struct GetLeaseExpiry {
     pub node_id: u64,
     pub region_lease: Duration,
+}
+
+/// The replica states a node reported last (for the regions it leads): which followers are in
+/// sync. Empty for an unknown node or one that does not report them.
+#[derive(Message)]
+#[rtype(result = "Vec<ReplicaStats>")]
+pub struct GetReplicaStats {
+    pub node_id: u64,
 }
 
 /// Registers a subscriber for node liveness events.
@@ -279,6 +289,8 @@ struct NodeEntry {
     history: VecDeque<NodeSample>,
     last_heartbeat_unix_ms: u64,
     regions: Vec<RegionStats>,
+    /// The replica states in the node's last report (for the regions it leads).
+    replicas: Vec<ReplicaStats>,
     /// When the last request from the node arrived: every acknowledgement may have renewed
     /// its region leases, so its leases last at most `region_lease` past this (metasrv's clock).
     last_request_at: Option<Instant>,
@@ -491,6 +503,7 @@ impl Handler<SessionOpened> for ClusterView {
                         history: VecDeque::new(),
                         last_heartbeat_unix_ms: 0,
                         regions: Vec::new(),
+                        replicas: Vec::new(),
                         last_request_at: None,
                     },
                 );
@@ -603,6 +616,7 @@ impl Handler<StatsReported> for ClusterView {
                 );
             }
             node.regions = report.regions;
+            node.replicas = report.replicas;
         }
         if recovered {
             self.publish(NodeEvent::Recovered { node_id });
@@ -724,6 +738,19 @@ impl Handler<ListCandidates> for ClusterView {
                     wcus: n.latest.as_ref().map_or(0, |s| s.wcus),
                 })
                 .collect(),
+        )
+    }
+}
+
+impl Handler<GetReplicaStats> for ClusterView {
+    type Result = MessageResult<GetReplicaStats>;
+
+    fn handle(&mut self, msg: GetReplicaStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .get(&msg.node_id)
+                .map(|n| n.replicas.clone())
+                .unwrap_or_default(),
         )
     }
 }

@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    ClusterView, GetLeaseExpiry, Instruction, ListCandidates, NodeEvent, SendInstruction, Subscribe,
+    ClusterView, GetLeaseExpiry, GetReplicaStats, Instruction, ListCandidates, NodeEvent,
+    SendInstruction, Subscribe,
 };
 use crate::catalog::model::Peer;
 use crate::catalog::TableManager;
@@ -307,14 +308,32 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
         save(&procedure).await;
         return;
     }
+    // Which followers the dead leader last reported in sync.
+    let replicas = f
+        .cluster_view
+        .send(GetReplicaStats { node_id: dead })
+        .await
+        .unwrap_or_default();
     let mut failures = 0;
     for (entry, region) in regions {
         let _permit = f.permits.acquire().await;
-        // A live follower takes over; otherwise the least loaded live node opens the region.
+        // A live, in-sync follower takes over; otherwise the least loaded live node opens the
+        // region. A leader that reports no replica state for the region vouches for none, and
+        // its followers count as in sync (datanodes that do not report ReplicaStat).
+        let reported: Vec<_> = replicas
+            .iter()
+            .filter(|r| r.region_id == region.region_id)
+            .collect();
+        let in_sync = |follower: u64| {
+            reported.is_empty()
+                || reported
+                    .iter()
+                    .any(|r| r.peer_id == follower && r.in_sync && !r.is_learner)
+        };
         let live_follower = region
             .followers
             .iter()
-            .find(|fo| candidates.iter().any(|c| c.peer.id == fo.id))
+            .find(|fo| in_sync(fo.id) && candidates.iter().any(|c| c.peer.id == fo.id))
             .cloned();
         let (target, instruction) = match &live_follower {
             Some(follower) => (
@@ -324,9 +343,18 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
                 },
             ),
             None => {
-                let Some(best) = candidates.iter_mut().min_by_key(|c| (c.regions, c.peer.id))
+                // Never open it where a lagging copy lives: that would promote it in effect.
+                let Some(best) = candidates
+                    .iter_mut()
+                    .filter(|c| !region.followers.iter().any(|fo| fo.id == c.peer.id))
+                    .min_by_key(|c| (c.regions, c.peer.id))
                 else {
-                    break;
+                    failures += 1;
+                    procedure.step(format!(
+                        "region {}: no live node without a lagging copy to open it on",
+                        region.region_id
+                    ));
+                    continue;
                 };
                 best.regions += 1;
                 (

@@ -89,6 +89,8 @@ struct Shared {
     accepted: Vec<AcceptedWrite>,
     /// Until when each region's lease lasts (this node's monotonic clock).
     leases: HashMap<u64, Instant>,
+    /// Replica states to report (as the leader of their regions).
+    replica_stats: Vec<pb::ReplicaStat>,
     /// Killed: the data plane answers nothing useful any more (connections that outlive the
     /// server task get UNAVAILABLE, as from a process that is gone).
     dead: bool,
@@ -257,6 +259,23 @@ impl SimDatanode {
         WriteLog {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Reports, from now on, that `follower`'s copy of `region_id` is (or is not) in sync.
+    pub fn report_replica(&self, region_id: u64, follower: u64, in_sync: bool) {
+        let mut shared = self.shared.lock();
+        shared.replica_stats.retain(|r| {
+            !(r.region_id == region_id && r.peer.as_ref().is_some_and(|p| p.id == follower))
+        });
+        shared.replica_stats.push(pb::ReplicaStat {
+            peer: Some(pb::Peer {
+                id: follower,
+                addr: String::new(),
+            }),
+            in_sync,
+            is_learner: false,
+            region_id,
+        });
     }
 
     /// Regions whose lease is valid now.
@@ -588,8 +607,13 @@ async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let regions = shared.lock().regions.clone();
-                if link.send(reporter.request(&regions, Vec::new())).await.is_err() {
+                let (regions, replicas) = {
+                    let shared = shared.lock();
+                    (shared.regions.clone(), shared.replica_stats.clone())
+                };
+                let mut report = reporter.request(&regions, Vec::new());
+                report.replica_stats = replicas;
+                if link.send(report).await.is_err() {
                     return;
                 }
                 shared.lock().heartbeats_sent += 1;
@@ -598,8 +622,13 @@ async fn run(
                 Some(LinkEvent::Connected) => {
                     record(SimEvent::Connected);
                     // A fresh, full report right away on the new stream.
-                    let regions = shared.lock().regions.clone();
-                    if link.send(reporter.request(&regions, Vec::new())).await.is_err() {
+                    let (regions, replicas) = {
+                        let shared = shared.lock();
+                        (shared.regions.clone(), shared.replica_stats.clone())
+                    };
+                    let mut report = reporter.request(&regions, Vec::new());
+                    report.replica_stats = replicas;
+                    if link.send(report).await.is_err() {
                         return;
                     }
                     shared.lock().heartbeats_sent += 1;

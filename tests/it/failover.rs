@@ -333,3 +333,85 @@ async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
     assert!(body.contains("\"state\":\"done\""), "{body}");
     drop(nodes);
 }
+
+/// A follower the dead leader reported out of sync is not promoted: the region is opened on a
+/// node without a copy instead; followers it did not report on are promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_not_promoted() {
+    use metasrv::actors::cluster_view::GetReplicaStats;
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let cluster = Cluster::start(store, config(), &[node(1), node(2), node(3)]).await;
+    let table = cpu_table("lagging");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 6, 2))
+        .await
+        .expect("create");
+    let victim = 2u64;
+    let led: Vec<_> = route
+        .route
+        .regions
+        .iter()
+        .filter(|r| r.leader.id == victim)
+        .cloned()
+        .collect();
+    let lagging = led.first().expect("node 2 leads a region").clone();
+    let lagging_follower = lagging.followers[0].id;
+    let mut nodes = cluster.nodes;
+    nodes[1].report_replica(lagging.region_id, lagging_follower, false);
+    let view = cluster.server.cluster_view.clone();
+    let lagging_region = lagging.region_id;
+    wait_for(
+        "the replica state to reach metasrv",
+        Duration::from_secs(5),
+        || {
+            let view = view.clone();
+            async move {
+                let stats = view.send(GetReplicaStats { node_id: victim }).await.ok()?;
+                stats
+                    .iter()
+                    .any(|r| r.region_id == lagging_region && !r.in_sync)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    nodes.remove(1).kill();
+    let meta = cluster.meta.clone();
+    let moved = wait_for(
+        "the route to move off node 2",
+        Duration::from_secs(15),
+        || {
+            let meta = meta.clone();
+            let table = table.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .all(|r| r.leader.id != victim)
+                    .then_some(route)
+            }
+        },
+    )
+    .await;
+    for region in &moved.route.regions {
+        let Some(before) = led.iter().find(|r| r.region_id == region.region_id) else {
+            continue;
+        };
+        if before.region_id == lagging_region {
+            assert_ne!(
+                region.leader.id, lagging_follower,
+                "a lagging follower was promoted"
+            );
+        } else {
+            assert_eq!(
+                region.leader.id, before.followers[0].id,
+                "an in-sync follower takes over"
+            );
+        }
+    }
+    cluster.server.stop().await;
+}
