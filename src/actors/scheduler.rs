@@ -317,6 +317,16 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
     let mut failures = 0;
     for (entry, region) in regions {
         let _permit = f.permits.acquire().await;
+        // The region is ours until moved: a DropTable of its table waits, and another
+        // procedure cannot move it at the same time.
+        let Some(_lock) = f.tables.lock_regions(&[region.region_id]) else {
+            failures += 1;
+            procedure.step(format!(
+                "region {}: another procedure holds it",
+                region.region_id
+            ));
+            continue;
+        };
         // A live, in-sync follower takes over; otherwise the least loaded live node opens the
         // region. A leader that reports no replica state for the region vouches for none, and
         // its followers count as in sync (datanodes that do not report ReplicaStat).

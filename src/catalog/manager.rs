@@ -137,6 +137,23 @@ pub struct TableManager {
     cache: RwLock<Cache>,
     /// The unused part of the last id batch: [next, end).
     ids: tokio::sync::Mutex<(u64, u64)>,
+    /// Regions a procedure is changing now: DDL on their tables waits for it to finish.
+    locked_regions: parking_lot::Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Holds region locks until dropped (see [`TableManager::lock_regions`]).
+pub struct RegionLocks<'a> {
+    manager: &'a TableManager,
+    regions: Vec<u64>,
+}
+
+impl Drop for RegionLocks<'_> {
+    fn drop(&mut self) {
+        let mut locked = self.manager.locked_regions.lock();
+        for region in &self.regions {
+            locked.remove(region);
+        }
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -196,7 +213,21 @@ impl TableManager {
             config,
             cache: RwLock::new(Cache::default()),
             ids: tokio::sync::Mutex::new((0, 0)),
+            locked_regions: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Locks `regions` for a procedure; `None` if another procedure holds any of them.
+    pub fn lock_regions(&self, regions: &[u64]) -> Option<RegionLocks<'_>> {
+        let mut locked = self.locked_regions.lock();
+        if regions.iter().any(|r| locked.contains(r)) {
+            return None;
+        }
+        locked.extend(regions.iter().copied());
+        Some(RegionLocks {
+            manager: self,
+            regions: regions.to_vec(),
+        })
     }
 
     /// Called when this member becomes leader: loads the catalog from the KV (a previous leader
@@ -716,6 +747,12 @@ impl TableManager {
             return Err(DdlError::NotFound(format!("table {name} does not exist")));
         };
         let id = entry.info.id;
+        let region_ids: Vec<u64> = entry.route.regions.iter().map(|r| r.region_id).collect();
+        let Some(_locks) = self.lock_regions(&region_ids) else {
+            return Err(DdlError::NotConfirmed(format!(
+                "a failover is moving regions of {name}; retry shortly"
+            )));
+        };
         let name_key = keys::table_name(name);
         let response = self
             .store
