@@ -583,6 +583,25 @@ fn apply(instruction: &pb::Instruction, shared: &mut Shared) -> pb::InstructionR
     }
 }
 
+/// Sends a full report of the node's regions and replicas; false once the link has stopped.
+async fn send_report(
+    link: &HeartbeatLink,
+    reporter: &mut Reporter,
+    shared: &Mutex<Shared>,
+) -> bool {
+    let (regions, replicas) = {
+        let shared = shared.lock();
+        (shared.regions.clone(), shared.replica_stats.clone())
+    };
+    let mut report = reporter.request(&regions, Vec::new());
+    report.replica_stats = replicas;
+    if link.send(report).await.is_err() {
+        return false;
+    }
+    shared.lock().heartbeats_sent += 1;
+    true
+}
+
 async fn run(
     target: MetasrvTarget,
     config: SimDatanodeConfig,
@@ -607,31 +626,17 @@ async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let (regions, replicas) = {
-                    let shared = shared.lock();
-                    (shared.regions.clone(), shared.replica_stats.clone())
-                };
-                let mut report = reporter.request(&regions, Vec::new());
-                report.replica_stats = replicas;
-                if link.send(report).await.is_err() {
+                if !send_report(&link, &mut reporter, &shared).await {
                     return;
                 }
-                shared.lock().heartbeats_sent += 1;
             }
             event = link.next_event() => match event {
                 Some(LinkEvent::Connected) => {
                     record(SimEvent::Connected);
                     // A fresh, full report right away on the new stream.
-                    let (regions, replicas) = {
-                        let shared = shared.lock();
-                        (shared.regions.clone(), shared.replica_stats.clone())
-                    };
-                    let mut report = reporter.request(&regions, Vec::new());
-                    report.replica_stats = replicas;
-                    if link.send(report).await.is_err() {
+                    if !send_report(&link, &mut reporter, &shared).await {
                         return;
                     }
-                    shared.lock().heartbeats_sent += 1;
                 }
                 Some(LinkEvent::Response { response, request_sent_at }) => {
                     shared.lock().responses += 1;
