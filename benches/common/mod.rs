@@ -123,10 +123,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     fn spawn(mut command: Command, ready_prefix: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        // BENCH_SERVER_LOG (a METASRV_LOG filter, e.g. `metasrv::catalog=debug`) shows the
+        // server's log on this process's stderr, to see where time goes.
+        let server_log = if std::env::var_os("BENCH_SERVER_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         let mut child = command
             .current_dir(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(server_log)
             .spawn()
             .expect("spawn server");
         let stdout = child.stdout.take().expect("piped");
@@ -198,7 +205,10 @@ impl ServerProcess {
             ])
             .args(["--cluster-id", &CLUSTER.to_string()])
             .args(extra_args)
-            .env("METASRV_LOG", "warn");
+            .env(
+                "METASRV_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         Self::spawn(command, "metasrv ready")
     }
 
