@@ -240,6 +240,7 @@ impl Metasrv {
             ownership,
             cluster_view: cluster_view.clone(),
             metrics: metrics.clone(),
+            leadership: leadership.clone(),
         };
         let heartbeat_service = HeartbeatServer::new(HeartbeatService::new(
             actors.clone(),
@@ -368,7 +369,7 @@ impl Metasrv {
         // Heartbeat streams never end by themselves: close them so the gRPC server can drain.
         let _ = cluster_view
             .send(CloseAllSessions {
-                reason: "metasrv is shutting down".into(),
+                status: tonic::Status::unavailable("metasrv is shutting down"),
             })
             .await;
         let result = match early {

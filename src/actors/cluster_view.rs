@@ -107,11 +107,12 @@ pub struct Subscribe {
     pub subscriber: Recipient<NodeEvent>,
 }
 
-/// Closes every session (metasrv is stopping or losing leadership) with `reason`.
+/// Closes every session (metasrv is stopping or losing leadership) with `status` (a redirect
+/// naming the new leader when it is known).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseAllSessions {
-    pub reason: String,
+    pub status: tonic::Status,
 }
 
 /// Forgets every node, region and pending instruction (leadership changed: the view is rebuilt
@@ -815,7 +816,7 @@ impl Handler<CloseAllSessions> for ClusterView {
         for node in self.nodes.values_mut() {
             if let Some(session) = node.session.take() {
                 session.close.do_send(CloseSession {
-                    status: tonic::Status::unavailable(msg.reason.clone()),
+                    status: msg.status.clone(),
                 });
             }
         }

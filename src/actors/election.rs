@@ -17,7 +17,7 @@ use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ResetView};
 use crate::catalog::TableManager;
-use crate::election::{Leadership, LeadershipState, MemberInfo};
+use crate::election::{not_leader, Leadership, LeadershipState, MemberInfo};
 use crate::store::fenced::{Fence, FencedStore};
 
 // ---- Messages -------------------------------------------------------------------------------
@@ -137,12 +137,17 @@ impl ElectionActor {
         let generation = self.generation;
         let me = ctx.address();
         let value = self.me_json.clone();
+        let leadership = self.leadership.clone();
         let fut = async move {
             tokio::time::sleep(delay).await;
             let ttl = etcd.lease_ttl.as_secs().max(1) as i64;
             let lease = loop {
+                let sent_at = Instant::now();
                 match etcd.client.lease_client().grant(ttl, None).await {
-                    Ok(lease) => break lease.id(),
+                    Ok(lease) => {
+                        leadership.begin_lease(lease.id(), lease_valid_until(sent_at, lease.ttl()));
+                        break lease.id();
+                    }
                     Err(e) => {
                         tracing::warn!("cannot get an election lease from etcd: {e}; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -155,6 +160,7 @@ impl ElectionActor {
                 etcd.lease_ttl,
                 generation,
                 me.clone(),
+                leadership,
             ));
             let name = etcd.name();
             loop {
@@ -203,17 +209,25 @@ impl ElectionActor {
         );
     }
 
-    /// Stops leading (if it did) and campaigns again.
-    fn step_down(&mut self, reason: &str, ctx: &mut Context<Self>) {
-        let was_serving = self.leadership.is_serving_leader();
+    /// Stops leading (if it did) and campaigns again. `new_leader`, when known, is named in the
+    /// redirect that closes the heartbeat streams, so datanodes go straight to it.
+    fn step_down(&mut self, reason: &str, new_leader: Option<MemberInfo>, ctx: &mut Context<Self>) {
+        // The state, not `is_serving_leader`: a lapsed lease still has sessions to close.
+        let was_serving = self.leadership.state().serving;
         // Writes first: from here on nothing this member writes can land.
         self.fenced.set_follower();
-        self.set_state(false, None);
+        let new_leader = new_leader.filter(|leader| leader.id != self.me.id);
+        self.set_state(false, new_leader.clone());
         if was_serving {
             tracing::warn!(member = self.me.id, %reason, "lost leadership");
-            self.cluster_view.do_send(CloseAllSessions {
-                reason: format!("metasrv {} is no longer the leader: {reason}", self.me.id),
-            });
+            let mut status = not_leader(new_leader.as_ref(), &self.me);
+            if new_leader.is_none() {
+                status = tonic::Status::unavailable(format!(
+                    "metasrv {} is no longer the leader ({reason}); ask any member for the new one",
+                    self.me.id
+                ));
+            }
+            self.cluster_view.do_send(CloseAllSessions { status });
             self.cluster_view.do_send(ResetView);
         }
         if let Some(keepalive) = self.keepalive.take() {
@@ -245,6 +259,14 @@ impl ElectionActor {
     }
 }
 
+/// Until when a lease of `ttl_secs` renewed (or granted) by a request sent at `sent_at` surely
+/// still holds: etcd starts the TTL when it handles the request, which is after `sent_at`. A
+/// sixth of the TTL is kept in hand for the clock-rate difference between machines.
+fn lease_valid_until(sent_at: Instant, ttl_secs: i64) -> Instant {
+    let ttl = Duration::from_secs(ttl_secs.max(0) as u64);
+    sent_at + ttl - ttl / 6
+}
+
 /// Keeps `lease` alive at a third of its TTL; reports `LeaseLost` once it cannot be sure the
 /// lease still holds (before the TTL runs out, so leadership ends before the key vanishes).
 async fn keep_alive(
@@ -253,6 +275,7 @@ async fn keep_alive(
     ttl: Duration,
     generation: u64,
     actor: Addr<ElectionActor>,
+    leadership: Arc<Leadership>,
 ) {
     let period = ttl / 3;
     let mut last_renewal = Instant::now();
@@ -264,12 +287,16 @@ async fn keep_alive(
         }
         let renewed = match channel.as_mut() {
             Some((keeper, stream)) => {
+                let sent_at = Instant::now();
                 let attempt = async {
                     keeper.keep_alive().await?;
                     stream.message().await
                 };
                 match tokio::time::timeout(period, attempt).await {
-                    Ok(Ok(Some(response))) if response.ttl() > 0 => true,
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                        leadership.extend_lease(lease, lease_valid_until(sent_at, response.ttl()));
+                        true
+                    }
                     Ok(Ok(Some(_))) => break "the election lease expired".to_owned(),
                     _ => {
                         channel = None;
@@ -388,7 +415,7 @@ impl Handler<StateLoaded> for ElectionActor {
             Err(e) => {
                 tracing::error!(member = self.me.id, "cannot load state as leader: {e}");
                 if self.etcd.is_some() {
-                    self.step_down(&format!("loading state failed: {e}"), ctx);
+                    self.step_down(&format!("loading state failed: {e}"), None, ctx);
                 } else {
                     // Single replica: try again shortly.
                     let generation = msg.generation;
@@ -408,7 +435,7 @@ impl Handler<LeaseLost> for ElectionActor {
         if msg.generation != self.generation {
             return;
         }
-        self.step_down(&msg.reason, ctx);
+        self.step_down(&msg.reason, None, ctx);
     }
 }
 
@@ -421,8 +448,7 @@ impl Handler<LeaderObserved> for ElectionActor {
             Some(leader) if leader.id == self.me.id => {}
             Some(other) if state.serving || state.leader.as_ref() == Some(&self.me) => {
                 let reason = format!("member {} leads now", other.id);
-                self.step_down(&reason, ctx);
-                self.set_state(false, msg.leader.clone());
+                self.step_down(&reason, Some(other.clone()), ctx);
             }
             _ => {
                 if !state.serving && state.leader.as_ref() != Some(&self.me) {

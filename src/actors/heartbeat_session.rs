@@ -18,6 +18,7 @@ use crate::actors::cluster_view::{
     StatsReported,
 };
 use crate::catalog::ownership::RegionOwnership;
+use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::stats;
@@ -54,6 +55,7 @@ pub struct SessionContext {
     pub ownership: Arc<RegionOwnership>,
     pub cluster_view: Addr<ClusterView>,
     pub metrics: Arc<Metrics>,
+    pub leadership: Arc<Leadership>,
 }
 
 pub struct HeartbeatSession {
@@ -70,6 +72,7 @@ pub struct HeartbeatSession {
     /// Stale regions this session already asked the node to close.
     asked_to_close: HashSet<u64>,
     instruction_timeout: Duration,
+    leadership: Arc<Leadership>,
 }
 
 impl HeartbeatSession {
@@ -98,6 +101,7 @@ impl HeartbeatSession {
                 node_id: None,
                 asked_to_close: HashSet::new(),
                 instruction_timeout: context.instruction_timeout,
+                leadership: context.leadership,
             }
         })
     }
@@ -137,6 +141,16 @@ impl HeartbeatSession {
 
     fn on_request(&mut self, request: pb::HeartbeatRequest, ctx: &mut Context<Self>) {
         let received_at = Instant::now();
+        // Checked on every request, not only when the stream opened: an acknowledgement renews
+        // region leases, which only the serving leader may grant. A member that lost (or can no
+        // longer be sure of) its leadership closes the stream with a redirect to the leader it
+        // knows, even before the ElectionActor closes every session.
+        if let Err(redirect) = self.leadership.require_leader() {
+            tracing::info!(session = self.session_id, node = ?self.node_id, "not the leader: closing a heartbeat stream");
+            let _ = self.outbound.try_send(Err(redirect));
+            ctx.stop();
+            return;
+        }
         let heartbeat = match stats::validate(request, self.cluster_id) {
             Ok(heartbeat) => heartbeat,
             Err(reason) => return self.refuse(reason, ctx),

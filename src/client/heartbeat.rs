@@ -46,6 +46,14 @@ pub enum LinkEvent {
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How long a request may wait for its acknowledgement (or the stream for its opening) before
+/// the link gives the stream up and looks for the leader again: a metasrv that hangs (paused,
+/// partitioned behind an open socket) must not hold the datanode. Twice the heartbeat interval
+/// metasrv announces, and never less than this.
+const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Before metasrv has announced its interval.
+const INITIAL_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct HeartbeatLink {
     requests: mpsc::Sender<(std::time::Instant, pb::HeartbeatRequest)>,
     events: mpsc::Receiver<LinkEvent>,
@@ -123,6 +131,7 @@ async fn run(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut hint: Option<String> = None;
+    let mut ack_timeout = INITIAL_ACK_TIMEOUT;
     loop {
         let channel = leader_channel(&target, cluster_id, node_id, hint.take()).await;
         // The stream opens with the datanode's next request, so it registers at once.
@@ -130,14 +139,24 @@ async fn run(
             return;
         };
         // When each request on this stream was sent, oldest first, to pair with its ack.
-        let mut in_flight = std::collections::VecDeque::from([first_sent_at]);
+        // With when each was written to this stream: the acknowledgement deadline counts from
+        // there (a request may have waited in the queue through a reconnection).
+        let mut in_flight =
+            std::collections::VecDeque::from([(first_sent_at, std::time::Instant::now())]);
         let (stream_tx, stream_rx) = mpsc::channel(16);
         if stream_tx.send(first).await.is_err() {
             return;
         }
-        let opened = HeartbeatClient::new(channel)
-            .heartbeat(ReceiverStream::new(stream_rx))
-            .await;
+        let opened = tokio::time::timeout(
+            ack_timeout,
+            HeartbeatClient::new(channel).heartbeat(ReceiverStream::new(stream_rx)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "metasrv did not open the heartbeat stream within {ack_timeout:?}"
+            )))
+        });
         let mut responses = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
@@ -161,10 +180,20 @@ async fn run(
             return;
         }
         let reason = loop {
+            let ack_deadline = in_flight
+                .front()
+                .map(|(_, written_at)| tokio::time::Instant::from_std(*written_at + ack_timeout));
             tokio::select! {
+                _ = tokio::time::sleep_until(ack_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if ack_deadline.is_some() => {
+                    tracing::warn!(node_id, ?ack_timeout, "metasrv does not acknowledge heartbeats; looking for the leader again");
+                    break Some(tonic::Status::deadline_exceeded(format!(
+                        "metasrv did not acknowledge a heartbeat within {ack_timeout:?}"
+                    )));
+                }
                 request = requests.recv() => match request {
                     Some((sent_at, request)) => {
-                        in_flight.push_back(sent_at);
+                        in_flight.push_back((sent_at, std::time::Instant::now()));
                         if stream_tx.send(request).await.is_err() {
                             break None;
                         }
@@ -173,10 +202,14 @@ async fn run(
                 },
                 response = responses.next() => match response {
                     Some(Ok(response)) => {
+                        if response.heartbeat_interval_millis > 0 {
+                            ack_timeout = (Duration::from_millis(response.heartbeat_interval_millis) * 2)
+                                .max(MIN_ACK_TIMEOUT);
+                        }
                         // Acknowledgements come one per request, in order; instructions come
                         // in responses of their own.
                         let request_sent_at = if response.instructions.is_empty() {
-                            in_flight.pop_front()
+                            in_flight.pop_front().map(|(sent_at, _)| sent_at)
                         } else {
                             None
                         };

@@ -45,6 +45,15 @@ pub struct CachedRoute {
 /// failover takes about the election lease TTL).
 pub const FAILOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How long one Route call may take before the client looks for the leader again (Route is
+/// served from memory: a leader that takes this long is not serving).
+const ROUTE_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The same for DDL, which waits on datanodes (instruction timeout, 10 s by default) and etcd.
+const DDL_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long one member may take to say who leads.
+const ASK_LEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Asks each endpoint in turn who leads, and connects to the leader.
 pub async fn find_leader(
     endpoints: &[String],
@@ -60,11 +69,15 @@ pub async fn find_leader(
                 continue;
             }
         };
-        let asked = HeartbeatClient::new(channel.clone())
-            .ask_leader(pb::AskLeaderRequest {
+        // Bounded: a member that hangs (paused, half-partitioned) must not stall the search.
+        let asked = tokio::time::timeout(
+            ASK_LEADER_TIMEOUT,
+            HeartbeatClient::new(channel.clone()).ask_leader(pb::AskLeaderRequest {
                 header: super::header(cluster_id, member_id),
-            })
-            .await;
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer to AskLeader")));
         let leader = match asked {
             Ok(response) => match response.into_inner().leader {
                 Some(leader) => Peer::from(leader),
@@ -182,7 +195,13 @@ impl MetaClient {
 
     /// Runs `call` against the leader, following redirects and reconnecting after failures
     /// with backoff, for at most [`FAILOVER_PATIENCE`].
-    async fn with_leader<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// An attempt that takes longer than `attempt_timeout` counts as an unavailable leader (it
+    /// may hang: paused, or partitioned behind an open socket).
+    async fn with_leader<T, F, Fut>(
+        &self,
+        attempt_timeout: std::time::Duration,
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(RouterClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -191,7 +210,14 @@ impl MetaClient {
         let mut backoff = std::time::Duration::from_millis(50);
         loop {
             let router = self.router.read().clone();
-            match call(router).await {
+            let attempt = tokio::time::timeout(attempt_timeout, call(router))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::unavailable(format!(
+                        "metasrv did not answer within {attempt_timeout:?}"
+                    )))
+                });
+            match attempt {
                 Ok(value) => return Ok(value),
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     if started.elapsed() >= FAILOVER_PATIENCE {
@@ -242,7 +268,7 @@ impl MetaClient {
         // Retried across a leader change. A first attempt that committed before its answer was
         // lost makes the retry answer AlreadyExists: use if_not_exists for an idempotent create.
         let response = self
-            .with_leader(|mut router| {
+            .with_leader(DDL_ATTEMPT_TIMEOUT, |mut router| {
                 let request = request.clone();
                 async move { router.create_table(request).await }
             })
@@ -290,7 +316,7 @@ impl MetaClient {
                 table_names: missing.iter().map(Into::into).collect(),
             };
             let response = self
-                .with_leader(|mut router| {
+                .with_leader(ROUTE_ATTEMPT_TIMEOUT, |mut router| {
                     let request = request.clone();
                     async move { router.route(request).await }
                 })

@@ -5,6 +5,8 @@
 
 pub mod user;
 
+use std::time::Instant;
+
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -39,6 +41,12 @@ pub struct Leadership {
     me: MemberInfo,
     state: RwLock<LeadershipState>,
     changes: watch::Sender<LeadershipState>,
+    /// On etcd: the election lease this member campaigns with, and until when it surely still
+    /// holds (measured from when its last renewal was *sent*). Leading ends there even if the
+    /// ElectionActor has not noticed yet: a process paused past its lease (SIGSTOP, a long GC-
+    /// like stall, a frozen VM) must not answer one more heartbeat or DDL when it resumes,
+    /// because another member may lead by then. None: no lease bounds leading (embedded).
+    lease: parking_lot::Mutex<Option<(i64, Instant)>>,
 }
 
 impl Leadership {
@@ -48,6 +56,7 @@ impl Leadership {
             me,
             state: RwLock::new(LeadershipState::default()),
             changes,
+            lease: parking_lot::Mutex::new(None),
         }
     }
 
@@ -59,8 +68,29 @@ impl Leadership {
         self.state.read().clone()
     }
 
+    /// Serving, and within the election lease: the answer every leader-only path checks.
     pub fn is_serving_leader(&self) -> bool {
-        self.state.read().serving
+        self.state.read().serving && self.within_lease()
+    }
+
+    fn within_lease(&self) -> bool {
+        self.lease
+            .lock()
+            .is_none_or(|(_, valid_until)| Instant::now() < valid_until)
+    }
+
+    /// A new election lease: leading (once won) is bounded by `valid_until`.
+    pub fn begin_lease(&self, lease_id: i64, valid_until: Instant) {
+        *self.lease.lock() = Some((lease_id, valid_until));
+    }
+
+    /// A renewal of `lease_id` was acknowledged; a renewal of an abandoned lease is ignored.
+    pub fn extend_lease(&self, lease_id: i64, valid_until: Instant) {
+        if let Some((current, until)) = self.lease.lock().as_mut() {
+            if *current == lease_id && valid_until > *until {
+                *until = valid_until;
+            }
+        }
     }
 
     pub fn leader(&self) -> Option<MemberInfo> {
@@ -82,7 +112,14 @@ impl Leadership {
     pub fn require_leader(&self) -> Result<(), Status> {
         let state = self.state.read();
         if state.serving {
-            return Ok(());
+            if self.within_lease() {
+                return Ok(());
+            }
+            return Err(Status::unavailable(format!(
+                "metasrv {} cannot confirm its leadership (its election lease was not renewed \
+                 in time); retry shortly",
+                self.me.id
+            )));
         }
         Err(not_leader(state.leader.as_ref(), &self.me))
     }
@@ -122,4 +159,68 @@ pub fn redirect_target(status: &Status) -> Option<String> {
         .get(LEADER_ADDR_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn member(id: u64) -> MemberInfo {
+        MemberInfo {
+            id,
+            name: format!("m{id}"),
+            grpc_addr: format!("127.0.0.1:{}", 5000 + id),
+            http_addr: format!("127.0.0.1:{}", 6000 + id),
+        }
+    }
+
+    fn serving(leadership: &Leadership) {
+        leadership.set(LeadershipState {
+            serving: true,
+            leader: Some(leadership.me().clone()),
+            term: 1,
+        });
+    }
+
+    #[test]
+    fn without_a_lease_the_serving_leader_serves() {
+        let leadership = Leadership::new(member(1));
+        assert!(leadership.require_leader().is_err(), "not serving yet");
+        serving(&leadership);
+        assert!(leadership.is_serving_leader());
+        assert!(leadership.require_leader().is_ok());
+    }
+
+    #[test]
+    fn leading_ends_when_the_election_lease_may_have_lapsed() {
+        let leadership = Leadership::new(member(1));
+        serving(&leadership);
+        leadership.begin_lease(7, Instant::now() + Duration::from_secs(60));
+        assert!(leadership.is_serving_leader());
+        // A process that resumes after its lease: it still believes it serves, but must not.
+        leadership.begin_lease(8, Instant::now() - Duration::from_millis(1));
+        assert!(!leadership.is_serving_leader());
+        let status = leadership.require_leader().expect_err("lapsed lease");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("cannot confirm"), "{status:?}");
+        // A renewal of an abandoned lease does not revive it; one of the current lease does.
+        leadership.extend_lease(7, Instant::now() + Duration::from_secs(60));
+        assert!(!leadership.is_serving_leader());
+        leadership.extend_lease(8, Instant::now() + Duration::from_secs(60));
+        assert!(leadership.is_serving_leader());
+    }
+
+    #[test]
+    fn a_follower_redirects_to_the_leader_it_knows() {
+        let leadership = Leadership::new(member(1));
+        leadership.set(LeadershipState {
+            serving: false,
+            leader: Some(member(2)),
+            term: 0,
+        });
+        let status = leadership.require_leader().expect_err("follower");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(redirect_target(&status).as_deref(), Some("127.0.0.1:5002"));
+    }
 }

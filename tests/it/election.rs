@@ -246,8 +246,10 @@ async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
     drop(etcd);
 }
 
-/// A leader paused (SIGSTOP) past its lease is replaced; when it resumes, a write it was asked
-/// to do while paused does not land.
+/// A leader paused (SIGSTOP) past its lease is replaced. Its datanodes leave it for the new
+/// leader by themselves (their heartbeats go unacknowledged). When it resumes, a write it was
+/// asked to do while paused does not land, and a heartbeat that waited in its socket is not
+/// acknowledged (an acknowledgement would renew region leases the new leader may have moved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_cannot_write_after_it_resumes() {
     let etcd = EtcdProcess::start();
@@ -276,12 +278,62 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
         .put(put("before"))
         .await
         .expect("the leader writes");
+    // A datanode that knows both members, and a raw heartbeat stream to the leader.
+    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let _datanode = SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints), node(1))
+        .await
+        .expect("sim");
+    wait_for(
+        "the datanode on the leader",
+        Duration::from_secs(10),
+        || {
+            let leader = &members[leader];
+            async move { (alive_nodes(leader).await == 1).then_some(()) }
+        },
+    )
+    .await;
+    let (raw_requests, raw_inbound) = tokio::sync::mpsc::channel(4);
+    let raw_request = |node_id: u64| pb::HeartbeatRequest {
+        header: header(CLUSTER, node_id),
+        peer: Some(pb::Peer {
+            id: node_id,
+            addr: "127.0.0.1:5999".into(),
+        }),
+        node_stat: Some(pb::NodeStat::default()),
+        instance_id: "raw".into(),
+        ..Default::default()
+    };
+    raw_requests.send(raw_request(9)).await.expect("queue");
+    let mut raw_responses = metasrv::proto::v1::heartbeat_client::HeartbeatClient::new(
+        metasrv::client::connect(&members[leader].grpc_addr.to_string())
+            .await
+            .expect("connect"),
+    )
+    .heartbeat(tokio_stream::wrappers::ReceiverStream::new(raw_inbound))
+    .await
+    .expect("the leader takes the stream")
+    .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), raw_responses.message())
+        .await
+        .expect("an answer from the leader");
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
 
     members[leader].signal("STOP");
     let refs = [&members[other]];
     wait_for_one_leader(&refs, Duration::from_secs(15)).await;
-    // The paused leader gets a write; it sits in its socket until it resumes.
+    // The datanode notices that nobody acknowledges it and finds the new leader.
+    wait_for(
+        "the datanode to move to the new leader",
+        Duration::from_secs(15),
+        || {
+            let new_leader = &members[other];
+            async move { (alive_nodes(new_leader).await == 1).then_some(()) }
+        },
+    )
+    .await;
+    // The paused leader gets a write and a heartbeat; they sit in its sockets until it resumes.
     let pending = tokio::spawn(async move { old_leader_store.put(put("from-the-deposed")).await });
+    raw_requests.send(raw_request(9)).await.expect("queue");
     tokio::time::sleep(Duration::from_millis(200)).await;
     members[leader].signal("CONT");
     let result = tokio::time::timeout(Duration::from_secs(10), pending)
@@ -290,6 +342,13 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
         .expect("task");
     let status = result.expect_err("a deposed leader's write is refused");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let answer = tokio::time::timeout(Duration::from_secs(10), raw_responses.message())
+        .await
+        .expect("the resumed member closes the stream");
+    match answer {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(response) => panic!("a deposed leader answered a heartbeat: {response:?}"),
+    }
 
     let mut new_leader_store = metasrv::proto::v1::store_client::StoreClient::new(
         metasrv::client::connect(&members[other].grpc_addr.to_string())
