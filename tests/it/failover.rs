@@ -415,3 +415,87 @@ async fn a_lagging_follower_is_not_promoted() {
     }
     cluster.server.stop().await;
 }
+
+/// A failover locks each region while it moves it: DropTable of the table is refused with a
+/// retryable error until the move ends (here: the chosen node never answers, so the move gives
+/// up after the instruction timeout and releases the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_whose_region_is_moving_cannot_be_dropped() {
+    use metasrv::client::header;
+    use metasrv::proto::v1 as pb;
+    use metasrv::sim::{SimDatanode, SimEvent};
+
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let config = Config {
+        instruction_timeout: Duration::from_secs(3),
+        ..config()
+    };
+    let cluster = Cluster::start(store, config, &[node(1), node(2)]).await;
+    let table = cpu_table("locked");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 4, 1))
+        .await
+        .expect("create");
+    assert!(route.route.regions.iter().any(|r| r.leader.id == 2));
+    // A node with no regions joins; it takes heartbeats but never answers instructions. The
+    // failover picks it (least loaded) and waits on it while holding the region's lock.
+    let silent = SimDatanode::start_serving(
+        cluster.server.channel().await,
+        SimDatanodeConfig {
+            obey_instructions: false,
+            ..node(3)
+        },
+    )
+    .await
+    .expect("sim");
+    wait_for("node 3 alive", Duration::from_secs(10), || {
+        let http = cluster.server.http_addr;
+        async move {
+            let (_, body) = http_get(http, "/v1/nodes").await;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            json["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == 3 && n["status"] == "alive")
+                .then_some(())
+        }
+    })
+    .await;
+    let mut nodes = cluster.nodes;
+    nodes.remove(1).kill();
+    silent
+        .wait_for_event(
+            "the failover's OpenRegion",
+            Duration::from_secs(10),
+            |events| events.iter().any(|e| matches!(e, SimEvent::Instruction(_))),
+        )
+        .await
+        .expect("node 3 is asked to open a region");
+
+    let drop_request = pb::DropTableRequest {
+        header: header(crate::router::CLUSTER, 0),
+        table_name: Some((&table).into()),
+        if_exists: false,
+    };
+    let mut router = cluster.meta.router();
+    let refused = router
+        .drop_table(drop_request.clone())
+        .await
+        .expect_err("a table whose region is moving cannot be dropped");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("failover is moving regions"),
+        "{refused:?}"
+    );
+
+    // The move gives up after the instruction timeout and releases the lock.
+    let dropped = wait_for("the lock to be released", Duration::from_secs(15), || {
+        let mut router = router.clone();
+        let request = drop_request.clone();
+        async move { router.drop_table(request).await.ok() }
+    })
+    .await;
+    assert!(dropped.into_inner().dropped);
+    cluster.server.stop().await;
+}
