@@ -226,6 +226,8 @@ pub enum MailboxError {
     },
     #[error("the mailbox was closed before node {0} answered")]
     Closed(u64),
+    #[error("the heartbeat stream of node {0} ended before it answered")]
+    StreamEnded(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -303,6 +305,9 @@ struct RegionEntry {
 
 struct PendingInstruction {
     node_id: u64,
+    /// The stream it was written to: if that stream ends, no answer can come (a datanode
+    /// answers on the stream it is on, and requests of a broken stream are lost).
+    session_id: u64,
     kind: &'static str,
     reply: oneshot::Sender<Result<InstructionOutcome, MailboxError>>,
 }
@@ -433,6 +438,34 @@ impl ClusterView {
     }
 }
 
+impl ClusterView {
+    /// Fails at once the instructions written to a stream that ended: their answers cannot
+    /// come, and waiting out their timeout would only delay the caller (a create, a failover).
+    fn fail_instructions_of_session(&mut self, node_id: u64, session_id: u64) {
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.node_id == node_id && p.session_id == session_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some(pending) = self.pending.remove(&id) {
+                tracing::info!(
+                    node_id,
+                    instruction_id = id,
+                    kind = pending.kind,
+                    "instruction lost with its stream"
+                );
+                self.metrics
+                    .instructions
+                    .with_label_values(&[pending.kind, "stream_ended"])
+                    .inc();
+                let _ = pending.reply.send(Err(MailboxError::StreamEnded(node_id)));
+            }
+        }
+    }
+}
+
 impl Actor for ClusterView {
     type Context = Context<Self>;
 
@@ -453,6 +486,7 @@ impl Handler<SessionOpened> for ClusterView {
             instance_id,
             session,
         } = msg;
+        let mut lost_session = None;
         let changed = match self.nodes.get_mut(&node_id) {
             Some(node) => {
                 if let Some(old) = node.session.replace(session.clone()) {
@@ -468,6 +502,7 @@ impl Handler<SessionOpened> for ClusterView {
                                 "replaced by a newer heartbeat stream of the same node",
                             ),
                         });
+                        lost_session = Some(old.session_id);
                     }
                 }
                 let changed = node.addr != addr || node.instance_id != instance_id;
@@ -511,6 +546,9 @@ impl Handler<SessionOpened> for ClusterView {
                 true
             }
         };
+        if let Some(old_session) = lost_session {
+            self.fail_instructions_of_session(node_id, old_session);
+        }
         if changed {
             self.persist_registration(node_id, &addr, &instance_id, ctx);
         }
@@ -635,6 +673,7 @@ impl Handler<SessionClosed> for ClusterView {
                 node.session = None;
             }
         }
+        self.fail_instructions_of_session(msg.node_id, msg.session_id);
     }
 }
 
@@ -663,6 +702,7 @@ impl Handler<SendInstruction> for ClusterView {
             id,
             PendingInstruction {
                 node_id,
+                session_id: session.session_id,
                 kind,
                 reply,
             },

@@ -331,6 +331,40 @@ async fn instructions_are_delivered_answered_or_timed_out() {
         "a silent node changes nothing"
     );
 
+    // A node whose stream ends before it answers: the caller learns at once, not at the
+    // timeout (the answer cannot come any more).
+    let long_timeout = Duration::from_secs(30);
+    let waiting = {
+        let view = server.cluster_view.clone();
+        tokio::spawn(async move {
+            view.send(SendInstruction {
+                node_id: 2,
+                instruction: Instruction::CloseRegion { region_id: 200 },
+                timeout: long_timeout,
+            })
+            .await
+        })
+    };
+    silent
+        .wait_for_event("the second instruction", Duration::from_secs(5), |events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, SimEvent::Instruction(i) if i.kind.is_some()))
+                .count()
+                >= 2
+        })
+        .await
+        .expect("the silent node received the second instruction");
+    let ended_at = Instant::now();
+    silent.kill();
+    let result = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the caller is told well before the instruction's timeout")
+        .expect("task")
+        .expect("mailbox answers");
+    assert_eq!(result, Err(MailboxError::StreamEnded(2)));
+    assert!(ended_at.elapsed() < long_timeout);
+
     // A node with no stream cannot be instructed.
     let result = server
         .cluster_view
