@@ -127,10 +127,28 @@ impl EtcdStore {
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot connect to etcd at {}: {e}",
-                    config.endpoints.join(",")
-                ))
+                let endpoints = config.endpoints.join(",");
+                match &e {
+                    // Wrong credentials (or auth not set up as configured): retrying won't help.
+                    etcd_client::Error::GRpcStatus(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::InvalidArgument
+                                | tonic::Code::Unauthenticated
+                                | tonic::Code::PermissionDenied
+                                | tonic::Code::FailedPrecondition
+                        ) =>
+                    {
+                        StoreError::InvalidArgument(format!(
+                            "etcd at {endpoints} refused to authenticate user {:?}: {}",
+                            config.username.as_deref().unwrap_or_default(),
+                            status.message()
+                        ))
+                    }
+                    _ => StoreError::Unavailable(format!(
+                        "cannot connect to etcd at {endpoints}: {e}"
+                    )),
+                }
             })?;
         let prefix = format!(
             "{}/{}/",

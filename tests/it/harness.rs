@@ -58,6 +58,13 @@ fn read_log(path: &Path) -> String {
     text[tail_start..].to_owned()
 }
 
+/// Certificate files for an etcd served over TLS (PEM).
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
 /// A real single-member etcd server (Debian's `etcd-server`, or `$ETCD_BIN`) on free loopback
 /// ports with a temp data dir.
 pub struct EtcdProcess {
@@ -69,9 +76,19 @@ pub struct EtcdProcess {
 
 impl EtcdProcess {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// An etcd that serves clients over TLS only and requires a client certificate signed by
+    /// `tls.ca`.
+    pub fn start_tls(tls: &EtcdTls) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&EtcdTls>) -> Self {
         let mut last_error = String::new();
         for _attempt in 0..3 {
-            match Self::try_start() {
+            match Self::try_start(tls) {
                 Ok(etcd) => return etcd,
                 Err(e) => last_error = e,
             }
@@ -79,17 +96,29 @@ impl EtcdProcess {
         panic!("etcd did not start after 3 attempts: {last_error}");
     }
 
-    fn try_start() -> Result<Self, String> {
+    fn try_start(tls: Option<&EtcdTls>) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let client_port = free_port();
         let peer_port = free_port();
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log_path = dir.path().join("etcd.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
         let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(tls) = tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "s1", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &client_url])
@@ -112,7 +141,14 @@ impl EtcdProcess {
         };
         let started = Instant::now();
         loop {
-            if etcd.healthy() {
+            // Over TLS (client certificates required) the plain /health probe cannot be used:
+            // a listening port is the signal, and callers retry their first request (bounded).
+            let ready = if tls.is_some() {
+                TcpStream::connect(&etcd.endpoint).is_ok()
+            } else {
+                etcd.healthy()
+            };
+            if ready {
                 return Ok(etcd);
             }
             if let Ok(Some(status)) = etcd.child.try_wait() {

@@ -2,6 +2,7 @@
 
 mod datanode_election;
 mod election;
+mod etcd_security;
 mod failover;
 mod grpc_store;
 mod harness;
