@@ -431,17 +431,10 @@ impl TableManager {
         Ok(id)
     }
 
-    /// How many regions each node holds according to the routes.
+    /// How many regions each node holds according to the routes (O(nodes), not O(regions):
+    /// every create asks).
     fn routed_regions(&self) -> HashMap<u64, u64> {
-        let mut counts = HashMap::new();
-        for entry in self.cache.read().tables.values() {
-            for region in &entry.route.regions {
-                for peer in std::iter::once(&region.leader).chain(&region.followers) {
-                    *counts.entry(peer.id).or_insert(0) += 1;
-                }
-            }
-        }
-        counts
+        self.ownership.region_counts()
     }
 
     /// Creates a table; returns whether it was created (false: it existed and if_not_exists).

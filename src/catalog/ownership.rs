@@ -62,6 +62,15 @@ impl RegionOwnership {
         }
     }
 
+    /// How many region copies (leader or follower) the routes give each node.
+    pub fn region_counts(&self) -> HashMap<u64, u64> {
+        self.by_node
+            .read()
+            .iter()
+            .map(|(&node_id, regions)| (node_id, regions.len() as u64))
+            .collect()
+    }
+
     /// The role the routes give `node_id` for `region_id`.
     pub fn role(&self, node_id: u64, region_id: u64) -> Option<RegionRole> {
         self.by_node
@@ -131,5 +140,84 @@ fn assign(by_node: &mut HashMap<u64, HashMap<u64, RegionRole>>, route: &TableRou
                 .or_default()
                 .insert(region.region_id, RegionRole::Follower);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Peer, RegionRoute};
+
+    fn peer(id: u64) -> Peer {
+        Peer {
+            id,
+            addr: format!("127.0.0.1:{}", 4000 + id),
+        }
+    }
+
+    /// Regions 1..=n of table 1, region i led by `leaders[i]` with `followers[i]`.
+    fn route(version: u64, copies: &[(u64, &[u64])]) -> TableRoute {
+        TableRoute {
+            table_id: 1,
+            version,
+            regions: copies
+                .iter()
+                .enumerate()
+                .map(|(i, (leader, followers))| RegionRoute {
+                    region_id: i as u64 + 1,
+                    region_number: i as u32,
+                    leader: peer(*leader),
+                    followers: followers.iter().map(|f| peer(*f)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn reported(ids: &[u64]) -> Vec<RegionStats> {
+        ids.iter()
+            .map(|&region_id| RegionStats {
+                region_id,
+                table: "t".into(),
+                rcus: 0,
+                wcus: 0,
+                approximate_size: 0,
+                approximate_rows: 0,
+                role: RegionRole::Leader,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counts_grants_and_stale_regions_follow_the_routes() {
+        let ownership = RegionOwnership::default();
+        let before = route(1, &[(1, &[2]), (2, &[]), (1, &[3])]);
+        ownership.add_route(&before);
+        let counts = ownership.region_counts();
+        assert_eq!(counts.get(&1), Some(&2));
+        assert_eq!(counts.get(&2), Some(&2));
+        assert_eq!(counts.get(&3), Some(&1));
+
+        // Node 2 is granted what the routes give it, in that role, among what it reports.
+        let grant = ownership.grant(2, &reported(&[1, 2, 3]));
+        assert_eq!(grant.leader_region_ids, vec![2]);
+        assert_eq!(grant.follower_region_ids, vec![1]);
+        assert_eq!(ownership.stale(2, &reported(&[1, 2, 3])), vec![3]);
+
+        // Region 2 moves from node 2 to node 3: while it moves, node 3's copy is not stale.
+        ownership.begin_move(2, 3);
+        assert!(ownership.stale(3, &reported(&[2])).is_empty());
+        let after = route(2, &[(1, &[2]), (3, &[]), (1, &[3])]);
+        ownership.remove_route(&before);
+        ownership.add_route(&after);
+        ownership.end_move(2);
+        assert_eq!(ownership.stale(2, &reported(&[2])), vec![2]);
+        assert!(ownership
+            .grant(2, &reported(&[2]))
+            .leader_region_ids
+            .is_empty());
+        assert_eq!(ownership.region_counts().get(&2), Some(&1));
+        assert_eq!(ownership.region_counts().get(&3), Some(&2));
+        // A region no route names (a create in progress) is never stale.
+        assert!(ownership.stale(2, &reported(&[99])).is_empty());
     }
 }
