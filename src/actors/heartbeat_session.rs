@@ -200,7 +200,9 @@ impl HeartbeatSession {
             }
         }
         let region_lease = heartbeat.report.as_ref().map(|report| {
-            let grant = self.ownership.grant(heartbeat.node_id, &report.regions);
+            let grant = self
+                .ownership
+                .grant(heartbeat.node_id, &report.regions, received_at);
             pb::RegionLease {
                 leader_region_ids: grant.leader_region_ids,
                 follower_region_ids: grant.follower_region_ids,

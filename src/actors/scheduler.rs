@@ -5,7 +5,7 @@
 //! leases have surely lapsed, then promote a live follower or open the region on a live node,
 //! and move the route (version + 1) through the `TableManager`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,8 +81,10 @@ pub struct Scheduler {
     maintenance: Arc<AtomicBool>,
     /// Bounds the regions moved at once.
     permits: Arc<Semaphore>,
-    /// Nodes whose regions are being failed over now.
-    failing_over: HashSet<u64>,
+    /// Nodes whose regions are being failed over now, with the task doing it.
+    failing_over: HashMap<u64, SpawnHandle>,
+    /// The leadership term the running failovers belong to (0: none).
+    serving_term: u64,
 }
 
 impl Scheduler {
@@ -104,7 +106,8 @@ impl Scheduler {
             procedures,
             maintenance,
             permits,
-            failing_over: HashSet::new(),
+            failing_over: HashMap::new(),
+            serving_term: 0,
         }
     }
 
@@ -114,7 +117,7 @@ impl Scheduler {
             return;
         };
         let node_id = procedure.node_id;
-        if !self.failing_over.insert(node_id) {
+        if self.failing_over.contains_key(&node_id) {
             return;
         }
         let fut = fail_over_node(
@@ -128,9 +131,10 @@ impl Scheduler {
                 config: self.failover.clone(),
             },
         );
-        ctx.spawn(fut.into_actor(self).map(move |(), scheduler, _| {
+        let task = ctx.spawn(fut.into_actor(self).map(move |(), scheduler, _| {
             scheduler.failing_over.remove(&node_id);
         }));
+        self.failing_over.insert(node_id, task);
     }
 }
 
@@ -151,9 +155,23 @@ impl Actor for Scheduler {
 
 impl StreamHandler<LeadershipState> for Scheduler {
     fn handle(&mut self, state: LeadershipState, ctx: &mut Self::Context) {
-        if !state.serving {
+        if !state.serving || state.term != self.serving_term {
+            // Leader-only work stops with the term it belongs to: a failover of an earlier term
+            // must not go on with that term's view (who was dead, whose leases lapsed). Its
+            // procedure stays recorded, and whoever leads next resumes it from its own view.
+            for (node_id, task) in self.failing_over.drain() {
+                tracing::info!(
+                    node_id,
+                    "leadership changed: abandoning a failover in progress"
+                );
+                ctx.cancel_future(task);
+            }
+            self.serving_term = 0;
+        }
+        if !state.serving || state.term == self.serving_term {
             return;
         }
+        self.serving_term = state.term;
         let procedures = self.procedures.clone();
         let maintenance = self.maintenance.clone();
         let load = async move {
@@ -207,7 +225,7 @@ impl Handler<NodeEvent> for Scheduler {
         let NodeEvent::Dead { node_id, .. } = event else {
             return;
         };
-        if !self.leadership.is_serving_leader() || self.failing_over.contains(&node_id) {
+        if !self.leadership.is_serving_leader() || self.failing_over.contains_key(&node_id) {
             return;
         }
         if self.maintenance.load(Ordering::Relaxed) {
@@ -236,7 +254,14 @@ struct Failover {
 /// Moves every region the procedure's node leads to a live node, never letting two nodes serve
 /// a region at once: nothing is instructed before the dead node's last lease has lapsed. Each
 /// step is recorded in the procedure; a resumed procedure redoes only what is left.
-async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
+async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) {
+    let dead = procedure.node_id;
+    let tables = f.tables.clone();
+    move_regions_of_dead_node(procedure, resumed, f).await;
+    tables.ownership().unfence(dead);
+}
+
+async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: Failover) {
     let dead = procedure.node_id;
     let save = |procedure: &Procedure| {
         let procedures = f.procedures.clone();
@@ -259,18 +284,23 @@ async fn fail_over_node(mut procedure: Procedure, resumed: bool, f: Failover) {
     if !save(&procedure).await {
         return;
     }
-    // This leader's view of the node's last lease; if it never heard from the node (it became
-    // leader after the node went silent), any lease of it ends within one lease from now.
-    let expiry = f
-        .cluster_view
-        .send(GetLeaseExpiry {
-            node_id: dead,
-            region_lease: f.config.region_lease,
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Instant::now() + f.config.region_lease);
+    // From here on the node gets no lease on the regions it leads, even if it comes back while
+    // we wait: so the last lease this leader granted it bounds every lease that matters. If this
+    // leader never granted it one, a previous leader may have: those end within one lease of
+    // our election, so within one lease from now (or from the node's last request to us).
+    let expiry = match f.tables.ownership().fence(dead) {
+        Some(last_grant) => last_grant + f.config.region_lease,
+        None => f
+            .cluster_view
+            .send(GetLeaseExpiry {
+                node_id: dead,
+                region_lease: f.config.region_lease,
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Instant::now() + f.config.region_lease),
+    };
     tokio::time::sleep_until(tokio::time::Instant::from_std(
         expiry + f.config.safety_margin,
     ))

@@ -2,7 +2,8 @@
 //! leader keeps it in memory beside the catalog (rebuilt on election, updated with every route
 //! change) so that every heartbeat can be answered with a region lease without a KV read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use parking_lot::RwLock;
 
@@ -16,6 +17,17 @@ pub struct RegionOwnership {
     routed: RwLock<std::collections::HashSet<u64>>,
     /// Regions being moved to a node (opened there, route not yet updated): not stale there.
     moving: RwLock<HashMap<u64, u64>>,
+    /// Lease grants and the fences that stop them, under one lock so that a failover knows,
+    /// the moment it fences a node, the last lease that node was ever granted (see `fence`).
+    grants: parking_lot::Mutex<Grants>,
+}
+
+#[derive(Default)]
+struct Grants {
+    /// When the request that last got a non-empty lease from this leader arrived, per node.
+    last_grant: HashMap<u64, Instant>,
+    /// Per node being failed over: the regions whose leases it no longer gets.
+    fenced: HashMap<u64, HashSet<u64>>,
 }
 
 /// The regions a heartbeat's lease covers.
@@ -36,6 +48,10 @@ impl RegionOwnership {
         }
         *self.by_node.write() = by_node;
         *self.routed.write() = routed;
+        // A new term: its own grants, fences and moves start from nothing (an abandoned
+        // failover of an earlier term may have left some).
+        *self.grants.lock() = Grants::default();
+        self.moving.write().clear();
     }
 
     pub fn add_route(&self, route: &TableRoute) {
@@ -109,22 +125,63 @@ impl RegionOwnership {
             .collect()
     }
 
-    /// The lease for a heartbeat of `node_id` reporting `reported`: the reported regions that
-    /// the routes assign to it, in the role the routes give.
-    pub fn grant(&self, node_id: u64, reported: &[RegionStats]) -> LeaseGrant {
+    /// The lease for a heartbeat of `node_id` reporting `reported`, received at `received_at`:
+    /// the reported regions that the routes assign to it, in the role the routes give, except
+    /// regions fenced off by a failover of the node.
+    pub fn grant(
+        &self,
+        node_id: u64,
+        reported: &[RegionStats],
+        received_at: Instant,
+    ) -> LeaseGrant {
         let by_node = self.by_node.read();
         let mut grant = LeaseGrant::default();
         let Some(owned) = by_node.get(&node_id) else {
             return grant;
         };
+        let mut grants = self.grants.lock();
+        let fenced = grants.fenced.get(&node_id);
         for region in reported {
+            if fenced.is_some_and(|f| f.contains(&region.region_id)) {
+                continue;
+            }
             match owned.get(&region.region_id) {
                 Some(RegionRole::Leader) => grant.leader_region_ids.push(region.region_id),
                 Some(RegionRole::Follower) => grant.follower_region_ids.push(region.region_id),
                 None => {}
             }
         }
+        if !grant.leader_region_ids.is_empty() || !grant.follower_region_ids.is_empty() {
+            let last = grants.last_grant.entry(node_id).or_insert(received_at);
+            *last = (*last).max(received_at);
+        }
         grant
+    }
+
+    /// Stops granting `node_id` leases on the regions it leads now (a failover is about to
+    /// move them), and returns when the last lease it was granted started, if this leader ever
+    /// granted it one. No lease granted after this call covers those regions, so every lease
+    /// of theirs on the node ends by the returned instant plus one lease length.
+    pub fn fence(&self, node_id: u64) -> Option<Instant> {
+        let by_node = self.by_node.read();
+        let leading: HashSet<u64> = by_node
+            .get(&node_id)
+            .map(|regions| {
+                regions
+                    .iter()
+                    .filter(|(_, role)| **role == RegionRole::Leader)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut grants = self.grants.lock();
+        grants.fenced.entry(node_id).or_default().extend(leading);
+        grants.last_grant.get(&node_id).copied()
+    }
+
+    /// Lifts the fence of `node_id` (its failover ended).
+    pub fn unfence(&self, node_id: u64) {
+        self.grants.lock().fenced.remove(&node_id);
     }
 }
 
@@ -198,7 +255,8 @@ mod tests {
         assert_eq!(counts.get(&3), Some(&1));
 
         // Node 2 is granted what the routes give it, in that role, among what it reports.
-        let grant = ownership.grant(2, &reported(&[1, 2, 3]));
+        let now = Instant::now();
+        let grant = ownership.grant(2, &reported(&[1, 2, 3]), now);
         assert_eq!(grant.leader_region_ids, vec![2]);
         assert_eq!(grant.follower_region_ids, vec![1]);
         assert_eq!(ownership.stale(2, &reported(&[1, 2, 3])), vec![3]);
@@ -212,12 +270,36 @@ mod tests {
         ownership.end_move(2);
         assert_eq!(ownership.stale(2, &reported(&[2])), vec![2]);
         assert!(ownership
-            .grant(2, &reported(&[2]))
+            .grant(2, &reported(&[2]), now)
             .leader_region_ids
             .is_empty());
         assert_eq!(ownership.region_counts().get(&2), Some(&1));
         assert_eq!(ownership.region_counts().get(&3), Some(&2));
         // A region no route names (a create in progress) is never stale.
         assert!(ownership.stale(2, &reported(&[99])).is_empty());
+    }
+
+    #[test]
+    fn a_fenced_node_gets_no_lease_on_the_regions_it_led() {
+        let ownership = RegionOwnership::default();
+        ownership.add_route(&route(1, &[(1, &[2]), (2, &[1])]));
+        let early = Instant::now();
+        assert_eq!(
+            ownership
+                .grant(1, &reported(&[1, 2]), early)
+                .leader_region_ids,
+            vec![1]
+        );
+        assert_eq!(ownership.fence(3), None, "never granted anything");
+        // The fence returns the start of the last lease granted, and stops leader leases.
+        assert_eq!(ownership.fence(1), Some(early));
+        let later = early + std::time::Duration::from_secs(1);
+        let grant = ownership.grant(1, &reported(&[1, 2]), later);
+        assert!(grant.leader_region_ids.is_empty(), "{grant:?}");
+        assert_eq!(grant.follower_region_ids, vec![2], "follower leases go on");
+        ownership.unfence(1);
+        let grant = ownership.grant(1, &reported(&[1, 2]), later);
+        assert_eq!(grant.leader_region_ids, vec![1]);
+        assert_eq!(ownership.fence(1), Some(later));
     }
 }

@@ -69,6 +69,18 @@ impl WriteLog {
     pub fn accepted_writes(&self) -> Vec<AcceptedWrite> {
         self.shared.lock().accepted.clone()
     }
+
+    /// Until when this node could have accepted writes for `region_id`: the furthest end of a
+    /// lease it held while leading the region. Two nodes never write a region at once if each
+    /// new leader's `leading_since` comes after every earlier leader's horizon.
+    pub fn write_horizon(&self, region_id: u64) -> Option<Instant> {
+        self.shared.lock().write_horizon.get(&region_id).copied()
+    }
+
+    /// When this node last became the leader of `region_id` (opened or promoted).
+    pub fn leading_since(&self, region_id: u64) -> Option<Instant> {
+        self.shared.lock().leading_since.get(&region_id).copied()
+    }
 }
 
 /// A write the node accepted on its data plane.
@@ -89,6 +101,9 @@ struct Shared {
     accepted: Vec<AcceptedWrite>,
     /// Until when each region's lease lasts (this node's monotonic clock).
     leases: HashMap<u64, Instant>,
+    /// See [`WriteLog::write_horizon`] and [`WriteLog::leading_since`].
+    write_horizon: HashMap<u64, Instant>,
+    leading_since: HashMap<u64, Instant>,
     /// Replica states to report (as the leader of their regions).
     replica_stats: Vec<pb::ReplicaStat>,
     /// Killed: the data plane answers nothing useful any more (connections that outlive the
@@ -97,6 +112,28 @@ struct Shared {
 }
 
 impl Shared {
+    /// Extends (never shortens) the lease of `region_id` to `until`.
+    fn extend_lease(&mut self, region_id: u64, until: Instant) {
+        let lease = self.leases.entry(region_id).or_insert(until);
+        *lease = (*lease).max(until);
+        let lease = *lease;
+        self.note_write_horizon(region_id, lease);
+    }
+
+    fn note_write_horizon(&mut self, region_id: u64, until: Instant) {
+        if self.regions.get(&region_id) == Some(&RegionRole::Leader) {
+            let horizon = self.write_horizon.entry(region_id).or_insert(until);
+            *horizon = (*horizon).max(until);
+        }
+    }
+
+    fn became_leader(&mut self, region_id: u64) {
+        self.leading_since.insert(region_id, Instant::now());
+        if let Some(lease) = self.leases.get(&region_id).copied() {
+            self.note_write_horizon(region_id, lease);
+        }
+    }
+
     fn leased(&self, region_id: u64) -> bool {
         self.leases
             .get(&region_id)
@@ -201,6 +238,8 @@ pub struct SimDatanode {
     instance_id: String,
     shared: Arc<Mutex<Shared>>,
     changed: watch::Receiver<u64>,
+    notify: Arc<watch::Sender<u64>>,
+    target: MetasrvTarget,
     task: tokio::task::JoinHandle<()>,
     data_plane: Option<tokio::task::JoinHandle<()>>,
 }
@@ -313,18 +352,21 @@ impl SimDatanode {
             ..Shared::default()
         }));
         let (notify, changed) = watch::channel(0u64);
+        let notify = Arc::new(notify);
         let task = tokio::spawn(run(
-            target,
+            target.clone(),
             config.clone(),
             instance_id.clone(),
             shared.clone(),
-            notify,
+            notify.clone(),
         ));
         Self {
             config,
             instance_id,
             shared,
             changed,
+            notify,
+            target,
             task,
             data_plane: None,
         }
@@ -342,6 +384,19 @@ impl SimDatanode {
     /// as in a network partition: only its region leases stop it from accepting writes.
     pub fn stop_heartbeats(&self) {
         self.task.abort();
+    }
+
+    /// Ends the partition of [`Self::stop_heartbeats`]: the node (same instance, same regions)
+    /// streams heartbeats again.
+    pub fn resume_heartbeats(&mut self) {
+        self.task.abort();
+        self.task = tokio::spawn(run(
+            self.target.clone(),
+            self.config.clone(),
+            self.instance_id.clone(),
+            self.shared.clone(),
+            self.notify.clone(),
+        ));
     }
 
     /// Stops the node abruptly (its stream is cut, its data plane stops).
@@ -536,9 +591,6 @@ pub fn sample_request(config: &SimDatanodeConfig, instance_id: &str) -> pb::Hear
 
 /// Carries out an instruction on the node's regions; returns its result.
 fn apply(instruction: &pb::Instruction, shared: &mut Shared) -> pb::InstructionResult {
-    let Shared {
-        regions, leases, ..
-    } = shared;
     use pb::instruction::Kind;
     let outcome: Result<(), String> = match &instruction.kind {
         Some(Kind::OpenRegion(open)) => {
@@ -547,26 +599,29 @@ fn apply(instruction: &pb::Instruction, shared: &mut Shared) -> pb::InstructionR
             } else {
                 RegionRole::Leader
             };
-            regions.insert(open.region_id, role);
+            shared.regions.insert(open.region_id, role);
+            if role == RegionRole::Leader {
+                shared.became_leader(open.region_id);
+            }
             // The first lease counts from receipt (see the contract in heartbeat.proto).
             let until = Instant::now() + Duration::from_millis(open.lease_millis);
-            let lease = leases.entry(open.region_id).or_insert(until);
-            *lease = (*lease).max(until);
+            shared.extend_lease(open.region_id, until);
             Ok(())
         }
         Some(Kind::CloseRegion(close)) => {
-            regions.remove(&close.region_id);
-            leases.remove(&close.region_id);
+            shared.regions.remove(&close.region_id);
+            shared.leases.remove(&close.region_id);
             Ok(())
         }
-        Some(Kind::PromoteToLeader(p)) => match regions.get_mut(&p.region_id) {
+        Some(Kind::PromoteToLeader(p)) => match shared.regions.get_mut(&p.region_id) {
             Some(role) => {
                 *role = RegionRole::Leader;
+                shared.became_leader(p.region_id);
                 Ok(())
             }
             None => Err(format!("region {} is not open here", p.region_id)),
         },
-        Some(Kind::DemoteToFollower(d)) => match regions.get_mut(&d.region_id) {
+        Some(Kind::DemoteToFollower(d)) => match shared.regions.get_mut(&d.region_id) {
             Some(role) => {
                 *role = RegionRole::Follower;
                 Ok(())
@@ -607,7 +662,7 @@ async fn run(
     config: SimDatanodeConfig,
     instance_id: String,
     shared: Arc<Mutex<Shared>>,
-    notify: watch::Sender<u64>,
+    notify: Arc<watch::Sender<u64>>,
 ) {
     let mut reporter = Reporter {
         rng: Rng(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
@@ -646,8 +701,7 @@ async fn run(
                         let until = sent_at + Duration::from_millis(lease.duration_millis);
                         let mut shared = shared.lock();
                         for id in lease.leader_region_ids.iter().chain(&lease.follower_region_ids) {
-                            let current = shared.leases.entry(*id).or_insert(until);
-                            *current = (*current).max(until);
+                            shared.extend_lease(*id, until);
                         }
                     }
                     if response.instructions.is_empty() {

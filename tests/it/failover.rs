@@ -151,6 +151,16 @@ async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, 
             first_new.is_some(),
             "region {region_id} took writes on its new leader"
         );
+        // And on the nodes' lease clocks: the new leader began after node 2's last write lease.
+        if let (Some(horizon), Some(since)) = (
+            victim_log.write_horizon(*region_id),
+            new_node.write_log().leading_since(*region_id),
+        ) {
+            assert!(
+                horizon < since,
+                "region {region_id}: node 2 could write until {horizon:?}, node {new_leader} led from {since:?}"
+            );
+        }
     }
 
     // The failover was a recorded procedure.
@@ -497,5 +507,113 @@ async fn a_table_whose_region_is_moving_cannot_be_dropped() {
     })
     .await;
     assert!(dropped.into_inner().dropped);
+    cluster.server.stop().await;
+}
+
+/// A node declared dead comes back while its failover waits for its leases to lapse (a short
+/// partition): it must not get its leader leases renewed, or it would still write its regions
+/// when their new leaders open them. Checked on the nodes' own lease clocks: each new leader
+/// starts leading after the old node's last write lease ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_during_its_failover_never_writes_beside_its_successor() {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let config = Config {
+        // A wide margin: the node is surely back before anything is opened elsewhere.
+        failover_safety_margin: Duration::from_millis(1500),
+        ..config()
+    };
+    let cluster = Cluster::start(store, config, &[node(1), node(2), node(3)]).await;
+    let table = cpu_table("flapping");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 6, 1))
+        .await
+        .expect("create");
+    let victim = 2u64;
+    let moved: Vec<u64> = route
+        .route
+        .regions
+        .iter()
+        .filter(|r| r.leader.id == victim)
+        .map(|r| r.region_id)
+        .collect();
+    assert!(!moved.is_empty(), "node 2 leads some regions: {route:?}");
+    let mut nodes = cluster.nodes;
+    wait_for("node 2 to hold leases", Duration::from_secs(5), || {
+        let leased = nodes[1].leased_regions();
+        let all = moved.iter().all(|r| leased.contains(r));
+        async move { all.then_some(()) }
+    })
+    .await;
+    let victim_log = nodes[1].write_log();
+
+    nodes[1].stop_heartbeats();
+    let http = cluster.server.http_addr;
+    wait_for(
+        "a failover of node 2 to start",
+        Duration::from_secs(10),
+        || async move {
+            let (_, body) = http_get(http, "/v1/procedures").await;
+            body.contains("\"state\":\"running\"").then_some(())
+        },
+    )
+    .await;
+    nodes[1].resume_heartbeats();
+
+    let meta = cluster.meta.clone();
+    let moved_route = wait_for(
+        "the route to move off node 2",
+        Duration::from_secs(15),
+        || {
+            let meta = meta.clone();
+            let table = table.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .all(|r| r.leader.id != victim)
+                    .then_some(route)
+            }
+        },
+    )
+    .await;
+    for region_id in &moved {
+        let new_leader = moved_route
+            .route
+            .regions
+            .iter()
+            .find(|r| r.region_id == *region_id)
+            .map(|r| r.leader.id)
+            .expect("region in route");
+        let successor = nodes
+            .iter()
+            .find(|n| n.node_id() == new_leader)
+            .expect("the new leader is a live node");
+        let horizon = victim_log
+            .write_horizon(*region_id)
+            .expect("node 2 led the region");
+        let since = successor
+            .write_log()
+            .leading_since(*region_id)
+            .expect("the successor leads the region");
+        assert!(
+            horizon < since,
+            "region {region_id}: node 2 could write until {horizon:?}, node {new_leader} led from {since:?}"
+        );
+    }
+    // The returned node is alive and is told to close what it lost.
+    wait_for(
+        "node 2 to close the regions it lost",
+        Duration::from_secs(10),
+        || {
+            let held = nodes[1].regions();
+            let closed = moved.iter().all(|r| !held.contains_key(r));
+            async move { closed.then_some(()) }
+        },
+    )
+    .await;
     cluster.server.stop().await;
 }
