@@ -317,6 +317,12 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
         .await
         .expect("an answer from the leader");
     assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    // A frontend that follows the leader, with a table it will look up again.
+    let all: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let meta = MetaClient::connect(&all, CLUSTER, 0).await.expect("meta");
+    meta.create_table(create_request(&cpu_table("paused"), 1, 1))
+        .await
+        .expect("create on the first leader");
 
     members[leader].signal("STOP");
     let refs = [&members[other]];
@@ -331,6 +337,12 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
         },
     )
     .await;
+    // The frontend's calls to the paused leader hang; it gives up on them and finds the new one.
+    meta.invalidate(&cpu_table("paused"));
+    let looked_up = tokio::time::timeout(Duration::from_secs(15), meta.route(&cpu_table("paused")))
+        .await
+        .expect("a frontend is not held by a paused leader");
+    looked_up.expect("the new leader serves the route");
     // The paused leader gets a write and a heartbeat; they sit in its sockets until it resumes.
     let pending = tokio::spawn(async move { old_leader_store.put(put("from-the-deposed")).await });
     raw_requests.send(raw_request(9)).await.expect("queue");
