@@ -27,6 +27,83 @@ fn config() -> Config {
     }
 }
 
+/// The regions `node_id` leads in `route`; asserts it leads some.
+fn led_by(route: &metasrv::client::CachedRoute, node_id: u64) -> Vec<u64> {
+    let led: Vec<u64> = route
+        .route
+        .regions
+        .iter()
+        .filter(|r| r.leader.id == node_id)
+        .map(|r| r.region_id)
+        .collect();
+    assert!(
+        !led.is_empty(),
+        "node {node_id} leads some regions: {route:?}"
+    );
+    led
+}
+
+/// Waits (bounded) until no region of `table` is led by `node_id`; returns that route.
+async fn route_moved_off(
+    meta: &Arc<metasrv::client::MetaClient>,
+    table: &metasrv::catalog::model::TableName,
+    node_id: u64,
+) -> Arc<metasrv::client::CachedRoute> {
+    wait_for(
+        &format!("the route to move off node {node_id}"),
+        Duration::from_secs(15),
+        || {
+            let meta = meta.clone();
+            let table = table.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .all(|r| r.leader.id != node_id)
+                    .then_some(route)
+            }
+        },
+    )
+    .await
+}
+
+/// No double writer, on the nodes' own lease clocks: each region of `moved` got its new leader
+/// (in `moved_route`, among `nodes`) only after the old leader's last write lease ended.
+fn assert_successors_began_after(
+    old: &metasrv::sim::WriteLog,
+    moved: &[u64],
+    moved_route: &metasrv::client::CachedRoute,
+    nodes: &[metasrv::sim::SimDatanode],
+) {
+    for region_id in moved {
+        let new_leader = moved_route
+            .route
+            .regions
+            .iter()
+            .find(|r| r.region_id == *region_id)
+            .map(|r| r.leader.id)
+            .expect("region in route");
+        let successor = nodes
+            .iter()
+            .find(|n| n.node_id() == new_leader)
+            .expect("the new leader is a live node");
+        let horizon = old
+            .write_horizon(*region_id)
+            .expect("the old leader led the region");
+        let since = successor
+            .write_log()
+            .leading_since(*region_id)
+            .expect("the successor leads the region");
+        assert!(
+            horizon < since,
+            "region {region_id}: the old leader could write until {horizon:?}, node {new_leader} led from {since:?}"
+        );
+    }
+}
+
 /// `partition`: the node's heartbeats stop but its data plane keeps accepting what its leases
 /// allow (the split-brain case); otherwise the node is killed.
 async fn fail_over(replicas: u32, partition: bool) {
@@ -43,14 +120,7 @@ async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, 
         .await
         .expect("create");
     let victim = 2u64;
-    let moved: Vec<u64> = route
-        .route
-        .regions
-        .iter()
-        .filter(|r| r.leader.id == victim)
-        .map(|r| r.region_id)
-        .collect();
-    assert!(!moved.is_empty(), "node 2 leads some regions: {route:?}");
+    let moved = led_by(&route, victim);
 
     // A writer keeps inserting through the kill, ignoring failures.
     let stop = Arc::new(AtomicBool::new(false));
@@ -83,26 +153,7 @@ async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, 
     };
 
     // Every region of node 2 gets a new leader, and writes succeed again.
-    let meta = cluster.meta.clone();
-    let moved_route = wait_for(
-        "the route to move off node 2",
-        Duration::from_secs(15),
-        || {
-            let meta = meta.clone();
-            let table = table.clone();
-            async move {
-                meta.invalidate(&table);
-                let route = meta.route(&table).await.ok()?;
-                route
-                    .route
-                    .regions
-                    .iter()
-                    .all(|r| r.leader.id != victim)
-                    .then_some(route)
-            }
-        },
-    )
-    .await;
+    let moved_route = route_moved_off(&cluster.meta, &table, victim).await;
     assert!(
         moved_route.route.version > route.route.version,
         "the route version grew"
@@ -151,17 +202,9 @@ async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, 
             first_new.is_some(),
             "region {region_id} took writes on its new leader"
         );
-        // And on the nodes' lease clocks: the new leader began after node 2's last write lease.
-        if let (Some(horizon), Some(since)) = (
-            victim_log.write_horizon(*region_id),
-            new_node.write_log().leading_since(*region_id),
-        ) {
-            assert!(
-                horizon < since,
-                "region {region_id}: node 2 could write until {horizon:?}, node {new_leader} led from {since:?}"
-            );
-        }
     }
+    // And on the nodes' lease clocks.
+    assert_successors_began_after(&victim_log, &moved, &moved_route, &nodes);
 
     // The failover was a recorded procedure.
     let (_, body) = http_get(cluster.server.http_addr, "/v1/procedures").await;
@@ -530,14 +573,7 @@ async fn a_node_back_during_its_failover_never_writes_beside_its_successor() {
         .await
         .expect("create");
     let victim = 2u64;
-    let moved: Vec<u64> = route
-        .route
-        .regions
-        .iter()
-        .filter(|r| r.leader.id == victim)
-        .map(|r| r.region_id)
-        .collect();
-    assert!(!moved.is_empty(), "node 2 leads some regions: {route:?}");
+    let moved = led_by(&route, victim);
     let mut nodes = cluster.nodes;
     wait_for("node 2 to hold leases", Duration::from_secs(5), || {
         let leased = nodes[1].leased_regions();
@@ -560,50 +596,8 @@ async fn a_node_back_during_its_failover_never_writes_beside_its_successor() {
     .await;
     nodes[1].resume_heartbeats();
 
-    let meta = cluster.meta.clone();
-    let moved_route = wait_for(
-        "the route to move off node 2",
-        Duration::from_secs(15),
-        || {
-            let meta = meta.clone();
-            let table = table.clone();
-            async move {
-                meta.invalidate(&table);
-                let route = meta.route(&table).await.ok()?;
-                route
-                    .route
-                    .regions
-                    .iter()
-                    .all(|r| r.leader.id != victim)
-                    .then_some(route)
-            }
-        },
-    )
-    .await;
-    for region_id in &moved {
-        let new_leader = moved_route
-            .route
-            .regions
-            .iter()
-            .find(|r| r.region_id == *region_id)
-            .map(|r| r.leader.id)
-            .expect("region in route");
-        let successor = nodes
-            .iter()
-            .find(|n| n.node_id() == new_leader)
-            .expect("the new leader is a live node");
-        let horizon = victim_log
-            .write_horizon(*region_id)
-            .expect("node 2 led the region");
-        let since = successor
-            .write_log()
-            .leading_since(*region_id)
-            .expect("the successor leads the region");
-        assert!(
-            horizon < since,
-            "region {region_id}: node 2 could write until {horizon:?}, node {new_leader} led from {since:?}"
-        );
-    }
+    let moved_route = route_moved_off(&cluster.meta, &table, victim).await;
+    assert_successors_began_after(&victim_log, &moved, &moved_route, &nodes);
     // The returned node is alive and is told to close what it lost.
     wait_for(
         "node 2 to close the regions it lost",
