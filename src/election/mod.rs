@@ -5,6 +5,7 @@
 
 pub mod user;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::RwLock;
@@ -47,6 +48,11 @@ pub struct Leadership {
     /// like stall, a frozen VM) must not answer one more heartbeat or DDL when it resumes,
     /// because another member may lead by then. None: no lease bounds leading (embedded).
     lease: parking_lot::Mutex<Option<(i64, Instant)>>,
+    /// Lock-free mirrors for the per-request check (every heartbeat asks): `serving`, and the
+    /// lease's end in nanoseconds after `epoch` (0: unbounded).
+    serving_now: AtomicBool,
+    lease_end_nanos: AtomicU64,
+    epoch: Instant,
 }
 
 impl Leadership {
@@ -57,6 +63,9 @@ impl Leadership {
             state: RwLock::new(LeadershipState::default()),
             changes,
             lease: parking_lot::Mutex::new(None),
+            serving_now: AtomicBool::new(false),
+            lease_end_nanos: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -70,25 +79,36 @@ impl Leadership {
 
     /// Serving, and within the election lease: the answer every leader-only path checks.
     pub fn is_serving_leader(&self) -> bool {
-        self.state.read().serving && self.within_lease()
+        self.serving_now.load(Ordering::Acquire) && self.within_lease()
     }
 
     fn within_lease(&self) -> bool {
-        self.lease
-            .lock()
-            .is_none_or(|(_, valid_until)| Instant::now() < valid_until)
+        match self.lease_end_nanos.load(Ordering::Acquire) {
+            0 => true,
+            end => self.nanos_since_epoch(Instant::now()) < end,
+        }
+    }
+
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.epoch).as_nanos() as u64).max(1)
     }
 
     /// A new election lease: leading (once won) is bounded by `valid_until`.
     pub fn begin_lease(&self, lease_id: i64, valid_until: Instant) {
-        *self.lease.lock() = Some((lease_id, valid_until));
+        let mut lease = self.lease.lock();
+        *lease = Some((lease_id, valid_until));
+        self.lease_end_nanos
+            .store(self.nanos_since_epoch(valid_until), Ordering::Release);
     }
 
     /// A renewal of `lease_id` was acknowledged; a renewal of an abandoned lease is ignored.
     pub fn extend_lease(&self, lease_id: i64, valid_until: Instant) {
-        if let Some((current, until)) = self.lease.lock().as_mut() {
+        let mut lease = self.lease.lock();
+        if let Some((current, until)) = lease.as_mut() {
             if *current == lease_id && valid_until > *until {
                 *until = valid_until;
+                self.lease_end_nanos
+                    .store(self.nanos_since_epoch(valid_until), Ordering::Release);
             }
         }
     }
@@ -104,12 +124,16 @@ impl Leadership {
 
     /// Only the ElectionActor calls this.
     pub fn set(&self, state: LeadershipState) {
+        self.serving_now.store(state.serving, Ordering::Release);
         *self.state.write() = state.clone();
         self.changes.send_replace(state);
     }
 
     /// `Ok` on the serving leader; otherwise the redirect status.
     pub fn require_leader(&self) -> Result<(), Status> {
+        if self.is_serving_leader() {
+            return Ok(());
+        }
         let state = self.state.read();
         if state.serving {
             if self.within_lease() {
