@@ -238,6 +238,7 @@ impl Metasrv {
             region_lease_millis: config.region_lease.as_millis() as u64,
             instruction_timeout: config.instruction_timeout,
             ownership,
+            tables: tables.clone(),
             cluster_view: cluster_view.clone(),
             metrics: metrics.clone(),
             leadership: leadership.clone(),

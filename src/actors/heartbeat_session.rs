@@ -17,7 +17,9 @@ use crate::actors::cluster_view::{
     ClusterView, Instruction, SendInstruction, SessionClosed, SessionHandle, SessionOpened,
     StatsReported,
 };
+use crate::catalog::model::table_of_region;
 use crate::catalog::ownership::RegionOwnership;
+use crate::catalog::TableManager;
 use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
@@ -53,6 +55,8 @@ pub struct SessionContext {
     /// How long a node has to close a stale region.
     pub instruction_timeout: Duration,
     pub ownership: Arc<RegionOwnership>,
+    /// To name the table of a region the node must open again.
+    pub tables: Arc<TableManager>,
     pub cluster_view: Addr<ClusterView>,
     pub metrics: Arc<Metrics>,
     pub leadership: Arc<Leadership>,
@@ -71,6 +75,9 @@ pub struct HeartbeatSession {
     node_id: Option<u64>,
     /// Stale regions this session already asked the node to close.
     asked_to_close: HashSet<u64>,
+    /// Routed regions this session asked the node to open again (it did not report them).
+    asked_to_open: HashSet<u64>,
+    tables: Arc<TableManager>,
     instruction_timeout: Duration,
     leadership: Arc<Leadership>,
 }
@@ -100,6 +107,8 @@ impl HeartbeatSession {
                 metrics: context.metrics,
                 node_id: None,
                 asked_to_close: HashSet::new(),
+                asked_to_open: HashSet::new(),
+                tables: context.tables,
                 instruction_timeout: context.instruction_timeout,
                 leadership: context.leadership,
             }
@@ -183,6 +192,7 @@ impl HeartbeatSession {
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
         if let Some(report) = &heartbeat.report {
+            self.reopen_missing_regions(heartbeat.node_id, &report.regions);
             // Regions the routes now give to others (it was failed over while away): close.
             for region_id in self.ownership.stale(heartbeat.node_id, &report.regions) {
                 if self.asked_to_close.insert(region_id) {
@@ -225,6 +235,41 @@ impl HeartbeatSession {
         self.metrics
             .heartbeat_handle_seconds
             .observe(received_at.elapsed().as_secs_f64());
+    }
+}
+
+impl HeartbeatSession {
+    /// Regions the routes give the node that it does not report (it restarted, or lost them):
+    /// it is asked once per stream to open them again, in the routed role. Reported regions
+    /// leave the asked set, so a region lost again later is asked for again.
+    fn reopen_missing_regions(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
+        let missing = self.ownership.missing(node_id, reported);
+        self.asked_to_open
+            .retain(|id| missing.iter().any(|(missing_id, _)| missing_id == id));
+        for (region_id, role) in missing {
+            if !self.asked_to_open.insert(region_id) {
+                continue;
+            }
+            let Some(entry) = self.tables.entry_by_id(table_of_region(region_id)) else {
+                continue;
+            };
+            tracing::info!(
+                node_id,
+                region_id,
+                ?role,
+                "asking a node to open a routed region it does not report"
+            );
+            self.cluster_view.do_send(SendInstruction {
+                node_id,
+                instruction: Instruction::OpenRegion {
+                    region_id,
+                    table: (&entry.info.name).into(),
+                    role,
+                    lease_millis: self.region_lease_millis,
+                },
+                timeout: self.instruction_timeout,
+            });
+        }
     }
 }
 

@@ -125,6 +125,26 @@ impl RegionOwnership {
             .collect()
     }
 
+    /// Regions the routes give `node_id` that it does not report (it restarted and lost them,
+    /// say), with the role the routes give, except those fenced off by its failover: metasrv
+    /// asks the node to open them again.
+    pub fn missing(&self, node_id: u64, reported: &[RegionStats]) -> Vec<(u64, RegionRole)> {
+        let by_node = self.by_node.read();
+        let Some(owned) = by_node.get(&node_id) else {
+            return Vec::new();
+        };
+        let grants = self.grants.lock();
+        let fenced = grants.fenced.get(&node_id);
+        let reported: HashSet<u64> = reported.iter().map(|r| r.region_id).collect();
+        let mut missing: Vec<(u64, RegionRole)> = owned
+            .iter()
+            .filter(|(id, _)| !reported.contains(id) && !fenced.is_some_and(|f| f.contains(id)))
+            .map(|(id, role)| (*id, *role))
+            .collect();
+        missing.sort_unstable_by_key(|(id, _)| *id);
+        missing
+    }
+
     /// The lease for a heartbeat of `node_id` reporting `reported`, received at `received_at`:
     /// the reported regions that the routes assign to it, in the role the routes give, except
     /// regions fenced off by a failover of the node.
@@ -277,6 +297,24 @@ mod tests {
         assert_eq!(ownership.region_counts().get(&3), Some(&2));
         // A region no route names (a create in progress) is never stale.
         assert!(ownership.stale(2, &reported(&[99])).is_empty());
+    }
+
+    #[test]
+    fn routed_regions_a_node_does_not_report_are_missing_unless_fenced() {
+        let ownership = RegionOwnership::default();
+        ownership.add_route(&route(1, &[(1, &[2]), (1, &[]), (2, &[1])]));
+        assert_eq!(
+            ownership.missing(1, &reported(&[1])),
+            vec![(2, RegionRole::Leader), (3, RegionRole::Follower)]
+        );
+        assert!(ownership.missing(1, &reported(&[1, 2, 3, 99])).is_empty());
+        assert!(ownership.missing(4, &reported(&[])).is_empty());
+        ownership.fence(1);
+        assert_eq!(
+            ownership.missing(1, &reported(&[])),
+            vec![(3, RegionRole::Follower)],
+            "regions being failed over are not reopened on the node"
+        );
     }
 
     #[test]

@@ -266,9 +266,41 @@ impl SimDatanode {
     /// [`SimDatanode::start_serving`] against any target (e.g. a metasrv cluster).
     pub async fn start_serving_on(
         target: MetasrvTarget,
-        mut config: SimDatanodeConfig,
+        config: SimDatanodeConfig,
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve_on(target, config, listener)
+    }
+
+    /// Restarts the node as a process restart would: a new instance with the same id and
+    /// address, holding no regions (what it held is gone with the old process).
+    pub async fn restart(self) -> std::io::Result<Self> {
+        let target = self.target.clone();
+        let mut config = self.config.clone();
+        config.regions.clear();
+        let serving = self.data_plane.is_some();
+        drop(self);
+        if !serving {
+            return Ok(Self::start_on(target, config));
+        }
+        // The old data plane's listener closes as its aborted task is dropped: rebind the same
+        // port, for a bounded time.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&config.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        Self::serve_on(target, config, listener)
+    }
+
+    fn serve_on(
+        target: MetasrvTarget,
+        mut config: SimDatanodeConfig,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<Self> {
         config.addr = listener.local_addr()?.to_string();
         let mut node = Self::start_on(target, config);
         let plane = DataPlane {

@@ -121,8 +121,13 @@ impl SimFrontend {
                         );
                     }
                     Err(status) => {
-                        // An unreachable leader may have moved too: refetch next time.
+                        // An unreachable leader may have moved too: refetch next time. A node
+                        // that is down (or restarted: same address, new process) gets a fresh
+                        // connection next time rather than the one that failed.
                         self.meta.invalidate(&region.table);
+                        if status.code() == tonic::Code::Unavailable {
+                            self.datanodes.lock().remove(&endpoint.addr);
+                        }
                         return Err(FrontendError::Datanode {
                             addr: endpoint.addr.clone(),
                             status,

@@ -611,3 +611,76 @@ async fn a_node_back_during_its_failover_never_writes_beside_its_successor() {
     .await;
     cluster.server.stop().await;
 }
+
+/// A datanode restarts (a new instance on the same address, its regions gone) faster than the
+/// failure detector would call it dead: metasrv sees routed regions it does not report and asks
+/// it to open them again, so the table is writable again with the route unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_asked_to_reopen_its_regions() {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let config = Config {
+        failure_detector: FailureDetectorConfig {
+            // Never dead within this test: the reopen, not a failover, must bring writes back.
+            acceptable_heartbeat_pause: Duration::from_secs(30),
+            ..FailureDetectorConfig::default()
+        },
+        ..cluster_config()
+    };
+    let cluster = Cluster::start(store, config, &[node(1), node(2)]).await;
+    let table = cpu_table("restarted");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 4, 1))
+        .await
+        .expect("create");
+    let reopened = led_by(&route, 2);
+    cluster
+        .frontend
+        .insert(rows(&table, 100))
+        .await
+        .expect("writes before the restart");
+
+    let mut nodes = cluster.nodes;
+    let restarted = nodes.remove(1).restart().await.expect("node 2 restarts");
+    assert!(
+        restarted.regions().is_empty(),
+        "a restart loses the regions"
+    );
+    wait_for(
+        "node 2 to open its routed regions again",
+        Duration::from_secs(10),
+        || {
+            let held = restarted.regions();
+            let leased = restarted.leased_regions();
+            let back = reopened.iter().all(|r| {
+                held.get(r) == Some(&metasrv::stats::RegionRole::Leader) && leased.contains(r)
+            });
+            async move { back.then_some(()) }
+        },
+    )
+    .await;
+    cluster.meta.invalidate(&table);
+    let now = cluster.meta.route(&table).await.expect("route");
+    assert_eq!(
+        now.route, route.route,
+        "no failover: the route is unchanged"
+    );
+    // The frontend's connection to the old process fails once; it reconnects and writes.
+    let frontend = &cluster.frontend;
+    wait_for(
+        "writes after the restart",
+        Duration::from_secs(10),
+        || async { frontend.insert(rows(&table, 100)).await.ok() },
+    )
+    .await;
+    let accepted: std::collections::HashSet<u64> = restarted
+        .accepted_writes()
+        .iter()
+        .map(|w| w.region_id)
+        .collect();
+    assert!(
+        reopened.iter().any(|r| accepted.contains(r)),
+        "the restarted node took writes for its regions"
+    );
+    cluster.server.stop().await;
+}
