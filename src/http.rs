@@ -74,6 +74,15 @@ async fn health(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
+    let leadership = state.leadership.state();
+    state
+        .metrics
+        .is_leader
+        .set(i64::from(state.leadership.is_serving_leader()));
+    state.metrics.leader_term.set(leadership.term as i64);
+    state.metrics.maintenance.set(i64::from(
+        state.maintenance.load(std::sync::atomic::Ordering::Relaxed),
+    ));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -20,8 +20,19 @@ pub struct Metrics {
     pub heartbeat_sessions: IntGauge,
     /// Known datanodes by liveness status.
     pub nodes: IntGaugeVec,
-    /// Instructions by kind and outcome (`success`, `failure`, `timeout`, `not_connected`).
+    /// Instructions by kind and outcome (`success`, `failure`, `timeout`, `not_connected`,
+    /// `stream_ended`).
     pub instructions: IntCounterVec,
+    /// Region failovers by outcome (`done`, `failed`, `interrupted`).
+    pub region_failovers: IntCounterVec,
+    /// Time from the start of a failover (node declared dead) to its end.
+    pub region_failover_seconds: Histogram,
+    /// 1 while this member is the serving leader (set when scraped).
+    pub is_leader: IntGauge,
+    /// The leadership term this member last won (set when scraped).
+    pub leader_term: IntGauge,
+    /// 1 while maintenance mode suspends automatic failover (set when scraped).
+    pub maintenance: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -97,7 +108,52 @@ impl Metrics {
             )
             .expect("static metric definition is valid"),
         );
+        let region_failovers = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "metasrv_region_failovers_total",
+                    "Region failovers of dead datanodes, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric definition is valid"),
+        );
+        let region_failover_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "metasrv_region_failover_duration_seconds",
+                    "Time from a datanode declared dead to its regions moved",
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]),
+            )
+            .expect("static metric definition is valid"),
+        );
+        let gauge = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntGauge::new(name, help).expect("static metric definition is valid"),
+            )
+        };
+        let is_leader = gauge(
+            "metasrv_is_leader",
+            "1 while this member is the serving leader",
+        );
+        let leader_term = gauge(
+            "metasrv_leader_term",
+            "The leadership term this member last won",
+        );
+        let maintenance = gauge(
+            "metasrv_maintenance_mode",
+            "1 while maintenance mode suspends automatic failover",
+        );
         Self {
+            region_failovers,
+            region_failover_seconds,
+            is_leader,
+            leader_term,
+            maintenance,
             registry,
             grpc_requests,
             grpc_latency,

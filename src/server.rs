@@ -178,6 +178,7 @@ impl Metasrv {
             };
             let procedures = ProcedureStore::new(store.clone());
             let maintenance = maintenance.clone();
+            let metrics = metrics.clone();
             Scheduler::start_in_arbiter(actors.singletons(), move |_| {
                 Scheduler::new(
                     view,
@@ -186,6 +187,7 @@ impl Metasrv {
                     failover,
                     procedures,
                     maintenance,
+                    metrics,
                 )
             })
         };

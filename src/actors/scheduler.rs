@@ -21,6 +21,7 @@ use crate::actors::cluster_view::{
 use crate::catalog::model::Peer;
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
+use crate::metrics::Metrics;
 use crate::procedure::{load_maintenance, Procedure, ProcedureState, ProcedureStore};
 use crate::selector::{Placement, Selector, SelectorKind};
 use crate::stats::RegionRole;
@@ -85,6 +86,7 @@ pub struct Scheduler {
     failing_over: HashMap<u64, SpawnHandle>,
     /// The leadership term the running failovers belong to (0: none).
     serving_term: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -95,6 +97,7 @@ impl Scheduler {
         failover: FailoverConfig,
         procedures: ProcedureStore,
         maintenance: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(failover.max_concurrent.max(1)));
         Self {
@@ -108,6 +111,7 @@ impl Scheduler {
             permits,
             failing_over: HashMap::new(),
             serving_term: 0,
+            metrics,
         }
     }
 
@@ -124,6 +128,7 @@ impl Scheduler {
             procedure,
             resumed,
             Failover {
+                metrics: self.metrics.clone(),
                 tables,
                 cluster_view: self.cluster_view.clone(),
                 procedures: self.procedures.clone(),
@@ -244,6 +249,7 @@ impl Handler<NodeEvent> for Scheduler {
 
 /// What a failover needs.
 struct Failover {
+    metrics: Arc<Metrics>,
     tables: Arc<TableManager>,
     cluster_view: Addr<ClusterView>,
     procedures: ProcedureStore,
@@ -257,11 +263,26 @@ struct Failover {
 async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) {
     let dead = procedure.node_id;
     let tables = f.tables.clone();
-    move_regions_of_dead_node(procedure, resumed, f).await;
+    let metrics = f.metrics.clone();
+    let started = Instant::now();
+    let outcome = match move_regions_of_dead_node(procedure, resumed, f).await {
+        ProcedureState::Done => "done",
+        ProcedureState::Failed => "failed",
+        // It could not record its progress: this member no longer leads.
+        ProcedureState::Running => "interrupted",
+    };
     tables.ownership().unfence(dead);
+    metrics.region_failovers.with_label_values(&[outcome]).inc();
+    metrics
+        .region_failover_seconds
+        .observe(started.elapsed().as_secs_f64());
 }
 
-async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: Failover) {
+async fn move_regions_of_dead_node(
+    mut procedure: Procedure,
+    resumed: bool,
+    f: Failover,
+) -> ProcedureState {
     let dead = procedure.node_id;
     let save = |procedure: &Procedure| {
         let procedures = f.procedures.clone();
@@ -282,7 +303,7 @@ async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: F
     // Recorded before anything moves, so that a new leader finds it; a member that cannot
     // write it is no longer the leader and must not go on.
     if !save(&procedure).await {
-        return;
+        return procedure.state;
     }
     // From here on the node gets no lease on the regions it leads, even if it comes back while
     // we wait: so the last lease this leader granted it bounds every lease that matters. If this
@@ -315,7 +336,7 @@ async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: F
                 format!("cluster view unavailable: {e}"),
             );
             save(&procedure).await;
-            return;
+            return procedure.state;
         }
     };
     if resumed && candidates.iter().any(|c| c.peer.id == dead) {
@@ -324,7 +345,7 @@ async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: F
             format!("node {dead} is alive again; nothing moved"),
         );
         save(&procedure).await;
-        return;
+        return procedure.state;
     }
     candidates.retain(|c| c.peer.id != dead);
     let regions = f.tables.regions_led_by(dead);
@@ -336,7 +357,7 @@ async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: F
     if candidates.is_empty() && !regions.is_empty() {
         procedure.finish(ProcedureState::Failed, "no live datanode to fail over to");
         save(&procedure).await;
-        return;
+        return procedure.state;
     }
     // Which followers the dead leader last reported in sync.
     let replicas = f
@@ -478,6 +499,7 @@ async fn move_regions_of_dead_node(mut procedure: Procedure, resumed: bool, f: F
     }
     save(&procedure).await;
     let _ = f.procedures.prune().await;
+    procedure.state
 }
 
 impl Handler<AllocateRegions> for Scheduler {

@@ -217,6 +217,15 @@ async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, 
         procedure["steps"].as_array().map_or(0, Vec::len) >= 3,
         "{json}"
     );
+    let (_, metrics) = http_get(cluster.server.http_addr, "/metrics").await;
+    for line in [
+        r#"metasrv_region_failovers_total{outcome="done"} 1"#,
+        "metasrv_region_failover_duration_seconds_count 1",
+        "metasrv_is_leader 1",
+        "metasrv_maintenance_mode 0",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
 
     // Node 2 comes back still holding its old regions: it is told to close them.
     drop(partitioned);
@@ -286,6 +295,8 @@ async fn maintenance_mode_suspends_failover() {
     assert_eq!(code, 200, "{body}");
     let (_, body) = http_get(cluster.server.http_addr, "/v1/maintenance").await;
     assert!(body.contains("true"), "{body}");
+    let (_, metrics) = http_get(cluster.server.http_addr, "/metrics").await;
+    assert!(metrics.contains("metasrv_maintenance_mode 1"), "{metrics}");
     let mut nodes = cluster.nodes;
     nodes.remove(1).kill();
     // Well past detection, lease and margin (about 1 s here): nothing moved.
