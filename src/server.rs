@@ -163,7 +163,13 @@ impl Metasrv {
             node_history: config.node_history,
             region_history: config.region_history,
         };
-        let view = ClusterView::new(view_config, store.clone(), metrics.clone());
+        let ownership = Arc::new(RegionOwnership::default());
+        let view = ClusterView::new(
+            view_config,
+            store.clone(),
+            ownership.clone(),
+            metrics.clone(),
+        );
         let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
         let maintenance = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scheduler = {
@@ -191,7 +197,6 @@ impl Metasrv {
                 )
             })
         };
-        let ownership = Arc::new(RegionOwnership::default());
         let tables = Arc::new(TableManager::new(
             store.clone(),
             ownership.clone(),

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
 use crate::catalog::model::Peer;
+use crate::catalog::ownership::RegionOwnership;
 use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
@@ -305,6 +306,9 @@ struct RegionEntry {
 
 struct PendingInstruction {
     node_id: u64,
+    /// An OpenRegion as leader: the node may hold a first write lease from it (even if its
+    /// answer never comes), which a failover of the node must wait out.
+    opens_leader: bool,
     /// The stream it was written to: if that stream ends, no answer can come (a datanode
     /// answers on the stream it is on, and requests of a broken stream are lost).
     session_id: u64,
@@ -315,6 +319,8 @@ struct PendingInstruction {
 pub struct ClusterView {
     config: ClusterViewConfig,
     store: Arc<dyn KvBackend>,
+    /// Told of every OpenRegion as leader a node confirmed (a first write lease).
+    ownership: Arc<RegionOwnership>,
     metrics: Arc<Metrics>,
     /// The monotonic origin of detector times.
     epoch: Instant,
@@ -348,11 +354,13 @@ impl ClusterView {
     pub fn new(
         config: ClusterViewConfig,
         store: Arc<dyn KvBackend>,
+        ownership: Arc<RegionOwnership>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             config,
             store,
+            ownership,
             metrics,
             epoch: Instant::now(),
             nodes: HashMap::new(),
@@ -450,6 +458,10 @@ impl ClusterView {
             .collect();
         for id in lost {
             if let Some(pending) = self.pending.remove(&id) {
+                if pending.opens_leader {
+                    self.ownership
+                        .note_opened_as_leader(node_id, Instant::now());
+                }
                 tracing::info!(
                     node_id,
                     instruction_id = id,
@@ -594,6 +606,9 @@ impl Handler<StatsReported> for ClusterView {
         for outcome in heartbeat.results {
             match self.pending.remove(&outcome.instruction_id) {
                 Some(pending) if pending.node_id == node_id => {
+                    if pending.opens_leader {
+                        self.ownership.note_opened_as_leader(node_id, received_at);
+                    }
                     let label = if outcome.success {
                         "success"
                     } else {
@@ -702,6 +717,13 @@ impl Handler<SendInstruction> for ClusterView {
             id,
             PendingInstruction {
                 node_id,
+                opens_leader: matches!(
+                    instruction,
+                    Instruction::OpenRegion {
+                        role: RegionRole::Leader,
+                        ..
+                    }
+                ),
                 session_id: session.session_id,
                 kind,
                 reply,
@@ -713,6 +735,10 @@ impl Handler<SendInstruction> for ClusterView {
         });
         ctx.run_later(timeout, move |view, _| {
             if let Some(pending) = view.pending.remove(&id) {
+                if pending.opens_leader {
+                    view.ownership
+                        .note_opened_as_leader(node_id, Instant::now());
+                }
                 tracing::warn!(
                     node_id,
                     instruction_id = id,

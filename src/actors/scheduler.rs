@@ -309,7 +309,7 @@ async fn move_regions_of_dead_node(
     // we wait: so the last lease this leader granted it bounds every lease that matters. If this
     // leader never granted it one, a previous leader may have: those end within one lease of
     // our election, so within one lease from now (or from the node's last request to us).
-    let expiry = match f.tables.ownership().fence(dead) {
+    let mut expiry = match f.tables.ownership().fence(dead) {
         Some(last_grant) => last_grant + f.config.region_lease,
         None => f
             .cluster_view
@@ -322,10 +322,20 @@ async fn move_regions_of_dead_node(
             .flatten()
             .unwrap_or_else(|| Instant::now() + f.config.region_lease),
     };
-    tokio::time::sleep_until(tokio::time::Instant::from_std(
-        expiry + f.config.safety_margin,
-    ))
-    .await;
+    loop {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            expiry + f.config.safety_margin,
+        ))
+        .await;
+        // Fenced, the node gets no new leader lease from heartbeats; but an OpenRegion it
+        // confirmed meanwhile (a create or a reopen in flight when it was fenced) began one.
+        match f.tables.ownership().last_grant(dead) {
+            Some(last) if last + f.config.region_lease > expiry => {
+                expiry = last + f.config.region_lease;
+            }
+            _ => break,
+        }
+    }
     procedure.step("the dead node's region leases have lapsed");
 
     let mut candidates = match f.cluster_view.send(ListCandidates).await {

@@ -24,10 +24,12 @@ pub struct RegionOwnership {
 
 #[derive(Default)]
 struct Grants {
-    /// When the request that last got a non-empty lease from this leader arrived, per node.
+    /// Per node, the latest instant from which a write lease it holds may count: the arrival
+    /// of the last request granted a leader region, or of the confirmation of the last
+    /// `OpenRegion` as leader (whose first lease the node counts from receipt, before).
     last_grant: HashMap<u64, Instant>,
-    /// Per node being failed over: the regions whose leases it no longer gets.
-    fenced: HashMap<u64, HashSet<u64>>,
+    /// Nodes being failed over: they get no leader lease on any region.
+    fenced: HashSet<u64>,
 }
 
 /// The regions a heartbeat's lease covers.
@@ -126,19 +128,21 @@ impl RegionOwnership {
     }
 
     /// Regions the routes give `node_id` that it does not report (it restarted and lost them,
-    /// say), with the role the routes give, except those fenced off by its failover: metasrv
-    /// asks the node to open them again.
+    /// say), with the role the routes give; while the node is fenced by its failover, only its
+    /// follower regions: metasrv asks the node to open them again.
     pub fn missing(&self, node_id: u64, reported: &[RegionStats]) -> Vec<(u64, RegionRole)> {
         let by_node = self.by_node.read();
         let Some(owned) = by_node.get(&node_id) else {
             return Vec::new();
         };
-        let grants = self.grants.lock();
-        let fenced = grants.fenced.get(&node_id);
+        let fenced = self.grants.lock().fenced.contains(&node_id);
         let reported: HashSet<u64> = reported.iter().map(|r| r.region_id).collect();
         let mut missing: Vec<(u64, RegionRole)> = owned
             .iter()
-            .filter(|(id, _)| !reported.contains(id) && !fenced.is_some_and(|f| f.contains(id)))
+            .filter(|(id, role)| {
+                let moving_away = fenced && **role == RegionRole::Leader;
+                !reported.contains(id) && !moving_away
+            })
             .map(|(id, role)| (*id, *role))
             .collect();
         missing.sort_unstable_by_key(|(id, _)| *id);
@@ -146,8 +150,8 @@ impl RegionOwnership {
     }
 
     /// The lease for a heartbeat of `node_id` reporting `reported`, received at `received_at`:
-    /// the reported regions that the routes assign to it, in the role the routes give, except
-    /// regions fenced off by a failover of the node.
+    /// the reported regions that the routes assign to it, in the role the routes give; no
+    /// leader region while a failover fences the node.
     pub fn grant(
         &self,
         node_id: u64,
@@ -160,49 +164,55 @@ impl RegionOwnership {
             return grant;
         };
         let mut grants = self.grants.lock();
-        let fenced = grants.fenced.get(&node_id);
+        let fenced = grants.fenced.contains(&node_id);
         for region in reported {
-            if fenced.is_some_and(|f| f.contains(&region.region_id)) {
-                continue;
-            }
             match owned.get(&region.region_id) {
-                Some(RegionRole::Leader) => grant.leader_region_ids.push(region.region_id),
+                Some(RegionRole::Leader) if !fenced => {
+                    grant.leader_region_ids.push(region.region_id)
+                }
                 Some(RegionRole::Follower) => grant.follower_region_ids.push(region.region_id),
-                None => {}
+                _ => {}
             }
         }
-        if !grant.leader_region_ids.is_empty() || !grant.follower_region_ids.is_empty() {
-            let last = grants.last_grant.entry(node_id).or_insert(received_at);
-            *last = (*last).max(received_at);
+        // Only write leases matter to a failover (it moves the regions a node leads); a
+        // follower lease lets the node write nothing.
+        if !grant.leader_region_ids.is_empty() {
+            note(&mut grants, node_id, received_at);
         }
         grant
     }
 
-    /// Stops granting `node_id` leases on the regions it leads now (a failover is about to
-    /// move them), and returns when the last lease it was granted started, if this leader ever
-    /// granted it one. No lease granted after this call covers those regions, so every lease
-    /// of theirs on the node ends by the returned instant plus one lease length.
+    /// `node_id` may hold a first lease, as leader, from an `OpenRegion` it confirmed at `at`
+    /// (or that was still unanswered at `at`): the node counts it from its receipt, before.
+    pub fn note_opened_as_leader(&self, node_id: u64, at: Instant) {
+        note(&mut self.grants.lock(), node_id, at);
+    }
+
+    /// Stops granting `node_id` leader leases (a failover is about to move its regions) and
+    /// returns [`Self::last_grant`]. Heartbeat grants after this carry no leader region, so
+    /// only instruction results can move `last_grant` on: the failover re-reads it before it
+    /// acts.
     pub fn fence(&self, node_id: u64) -> Option<Instant> {
-        let by_node = self.by_node.read();
-        let leading: HashSet<u64> = by_node
-            .get(&node_id)
-            .map(|regions| {
-                regions
-                    .iter()
-                    .filter(|(_, role)| **role == RegionRole::Leader)
-                    .map(|(id, _)| *id)
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut grants = self.grants.lock();
-        grants.fenced.entry(node_id).or_default().extend(leading);
+        grants.fenced.insert(node_id);
         grants.last_grant.get(&node_id).copied()
+    }
+
+    /// The latest instant from which a lease of `node_id` may count, if this leader ever gave
+    /// it one: every lease it holds from this leader ends by then plus one lease length.
+    pub fn last_grant(&self, node_id: u64) -> Option<Instant> {
+        self.grants.lock().last_grant.get(&node_id).copied()
     }
 
     /// Lifts the fence of `node_id` (its failover ended).
     pub fn unfence(&self, node_id: u64) {
         self.grants.lock().fenced.remove(&node_id);
     }
+}
+
+fn note(grants: &mut Grants, node_id: u64, at: Instant) {
+    let last = grants.last_grant.entry(node_id).or_insert(at);
+    *last = (*last).max(at);
 }
 
 fn assign(by_node: &mut HashMap<u64, HashMap<u64, RegionRole>>, route: &TableRoute) {
@@ -335,9 +345,17 @@ mod tests {
         let grant = ownership.grant(1, &reported(&[1, 2]), later);
         assert!(grant.leader_region_ids.is_empty(), "{grant:?}");
         assert_eq!(grant.follower_region_ids, vec![2], "follower leases go on");
+        assert_eq!(
+            ownership.last_grant(1),
+            Some(early),
+            "a follower lease is no write lease"
+        );
+        // A confirmed OpenRegion as leader (its first lease) moves it on too.
+        let confirmed = later + std::time::Duration::from_secs(1);
+        ownership.note_opened_as_leader(1, confirmed);
+        assert_eq!(ownership.last_grant(1), Some(confirmed));
         ownership.unfence(1);
         let grant = ownership.grant(1, &reported(&[1, 2]), later);
         assert_eq!(grant.leader_region_ids, vec![1]);
-        assert_eq!(ownership.fence(1), Some(later));
     }
 }

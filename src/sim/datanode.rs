@@ -81,6 +81,22 @@ impl WriteLog {
     pub fn leading_since(&self, region_id: u64) -> Option<Instant> {
         self.shared.lock().leading_since.get(&region_id).copied()
     }
+
+    /// Every period in which this node led a region and could write it: (region, from, until),
+    /// where `until` is the furthest lease end of the period, cut at the node's death (a killed
+    /// node writes nothing). Two nodes never write a region at once if no two periods of
+    /// different nodes overlap.
+    pub fn leader_periods(&self) -> Vec<(u64, Instant, Instant)> {
+        let shared = self.shared.lock();
+        shared
+            .periods
+            .iter()
+            .map(|&(region_id, from, until)| {
+                let until = shared.died_at.map_or(until, |died| until.min(died));
+                (region_id, from, until.max(from))
+            })
+            .collect()
+    }
 }
 
 /// A write the node accepted on its data plane.
@@ -104,6 +120,9 @@ struct Shared {
     /// See [`WriteLog::write_horizon`] and [`WriteLog::leading_since`].
     write_horizon: HashMap<u64, Instant>,
     leading_since: HashMap<u64, Instant>,
+    /// See [`WriteLog::leader_periods`]; the last period of a region is its current one.
+    periods: Vec<(u64, Instant, Instant)>,
+    died_at: Option<Instant>,
     /// Replica states to report (as the leader of their regions).
     replica_stats: Vec<pb::ReplicaStat>,
     /// Killed: the data plane answers nothing useful any more (connections that outlive the
@@ -124,11 +143,16 @@ impl Shared {
         if self.regions.get(&region_id) == Some(&RegionRole::Leader) {
             let horizon = self.write_horizon.entry(region_id).or_insert(until);
             *horizon = (*horizon).max(until);
+            if let Some(period) = self.periods.iter_mut().rev().find(|p| p.0 == region_id) {
+                period.2 = period.2.max(until);
+            }
         }
     }
 
     fn became_leader(&mut self, region_id: u64) {
-        self.leading_since.insert(region_id, Instant::now());
+        let now = Instant::now();
+        self.leading_since.insert(region_id, now);
+        self.periods.push((region_id, now, now));
         if let Some(lease) = self.leases.get(&region_id).copied() {
             self.note_write_horizon(region_id, lease);
         }
@@ -272,14 +296,16 @@ impl SimDatanode {
         Self::serve_on(target, config, listener)
     }
 
-    /// Restarts the node as a process restart would: a new instance with the same id and
-    /// address, holding no regions (what it held is gone with the old process).
-    pub async fn restart(self) -> std::io::Result<Self> {
+    /// Restarts the node as a process restart would: it dies now, and after `downtime` a new
+    /// instance starts with the same id and address, holding no regions (what it held is gone
+    /// with the old process).
+    pub async fn restart(self, downtime: Duration) -> std::io::Result<Self> {
         let target = self.target.clone();
         let mut config = self.config.clone();
         config.regions.clear();
         let serving = self.data_plane.is_some();
         drop(self);
+        tokio::time::sleep(downtime).await;
         if !serving {
             return Ok(Self::start_on(target, config));
         }
@@ -478,7 +504,11 @@ impl SimDatanode {
 
 impl Drop for SimDatanode {
     fn drop(&mut self) {
-        self.shared.lock().dead = true;
+        {
+            let mut shared = self.shared.lock();
+            shared.dead = true;
+            shared.died_at.get_or_insert_with(Instant::now);
+        }
         self.task.abort();
         if let Some(plane) = &self.data_plane {
             plane.abort();

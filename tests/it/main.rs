@@ -1,5 +1,6 @@
 //! The one integration-test binary (one link, many modules).
 
+mod chaos;
 mod datanode_election;
 mod election;
 mod etcd_security;

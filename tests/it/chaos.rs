@@ -1,0 +1,176 @@
+//! A seeded sequence of datanode faults (kills with quick or slow restarts on the same address,
+//! partitions short and long) while a frontend keeps writing. After each fault the cluster must
+//! become fully writable again by itself; at the end, across every node and every incarnation,
+//! no two nodes ever led a region with overlapping write leases. `CHAOS_SEED=n` replays a run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metasrv::failure_detector::FailureDetectorConfig;
+use metasrv::sim::{SimDatanode, WriteLog};
+use metasrv::Config;
+
+use crate::harness::http_get;
+use crate::router::{cluster_config, cpu_table, create_request, node, rows, Cluster};
+
+/// xorshift64*: enough to pick faults reproducibly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+}
+
+/// Leader periods of different incarnations overlap for no region.
+fn assert_no_overlapping_leaders(logs: &[(String, WriteLog)]) {
+    let mut periods = Vec::new();
+    for (who, log) in logs {
+        for (region_id, from, until) in log.leader_periods() {
+            periods.push((region_id, from, until, who.as_str()));
+        }
+    }
+    for (i, a) in periods.iter().enumerate() {
+        for b in &periods[i + 1..] {
+            if a.0 != b.0 || a.3 == b.3 {
+                continue;
+            }
+            let overlap = a.1 < b.2 && b.1 < a.2;
+            assert!(
+                !overlap,
+                "region {}: {} led it {:?}..{:?} and {} led it {:?}..{:?}",
+                a.0, a.3, a.1, a.2, b.3, b.1, b.2
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261125);
+    println!("CHAOS_SEED={seed}");
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let config = Config {
+        region_lease: Duration::from_millis(600),
+        failover_safety_margin: Duration::from_millis(200),
+        failure_detector: FailureDetectorConfig {
+            acceptable_heartbeat_pause: Duration::from_millis(300),
+            min_std_deviation: Duration::from_millis(20),
+            ..FailureDetectorConfig::default()
+        },
+        ..cluster_config()
+    };
+    let cluster = Cluster::start(store, config, &[node(1), node(2), node(3), node(4)]).await;
+    let tables = [cpu_table("chaos_single"), cpu_table("chaos_replicated")];
+    for (table, replicas) in tables.iter().zip([1, 2]) {
+        cluster
+            .meta
+            .create_table(create_request(table, 8, replicas))
+            .await
+            .expect("create");
+    }
+    let frontend = Arc::new(cluster.frontend);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (frontend, stop, tables) = (frontend.clone(), stop.clone(), tables.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for table in &tables {
+                    let _ = frontend.insert(rows(table, 40)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    let mut nodes: Vec<SimDatanode> = cluster.nodes;
+    // Every incarnation's log, kept after it dies.
+    let mut logs: Vec<(String, WriteLog)> = nodes
+        .iter()
+        .map(|n| (format!("node {} (1st)", n.node_id()), n.write_log()))
+        .collect();
+    for step in 1..=6 {
+        let victim = rng.below(nodes.len() as u64) as usize;
+        let node_id = nodes[victim].node_id();
+        let outage = match rng.below(4) {
+            0 => rng.millis(50, 300),
+            1 => rng.millis(300, 900),
+            _ => rng.millis(900, 2000),
+        };
+        if rng.below(2) == 0 {
+            println!("step {step}: kill node {node_id}, restart after {outage:?}");
+            // The old incarnation dies now (its log keeps when), the new one starts later.
+            let restarted = nodes.remove(victim).restart(outage).await.expect("restart");
+            logs.push((
+                format!("node {node_id} (step {step})"),
+                restarted.write_log(),
+            ));
+            nodes.insert(victim, restarted);
+        } else {
+            println!("step {step}: partition node {node_id} for {outage:?}");
+            nodes[victim].stop_heartbeats();
+            tokio::time::sleep(outage).await;
+            nodes[victim].resume_heartbeats();
+        }
+        // The cluster heals by itself: every region of every table takes writes again.
+        for table in &tables {
+            let started = std::time::Instant::now();
+            loop {
+                let error = match frontend.insert(rows(table, 100)).await {
+                    Ok(_) => break,
+                    Err(e) => e,
+                };
+                if started.elapsed() > Duration::from_secs(20) {
+                    frontend.meta().invalidate(table);
+                    let route = frontend.meta().route(table).await;
+                    let held: Vec<String> = nodes
+                        .iter()
+                        .map(|n| {
+                            format!(
+                                "node {}: holds {:?}, leased {:?}",
+                                n.node_id(),
+                                n.regions(),
+                                n.leased_regions()
+                            )
+                        })
+                        .collect();
+                    let (_, procedures) =
+                        http_get(cluster.server.http_addr, "/v1/procedures").await;
+                    let (_, view) = http_get(cluster.server.http_addr, "/v1/nodes").await;
+                    panic!(
+                        "step {step}: {table} not writable after 20s: {error:?}\nroute: {route:?}\n{}\nprocedures: {procedures}\nnodes: {view}",
+                        held.join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    assert_no_overlapping_leaders(&logs);
+    // Writes landed across the run.
+    let accepted: usize = logs
+        .iter()
+        .map(|(_, log)| log.accepted_writes().len())
+        .sum();
+    assert!(accepted > 0, "no write was accepted");
+    cluster.server.stop().await;
+}
