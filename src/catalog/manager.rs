@@ -126,6 +126,27 @@ struct Cache {
     catalogs: BTreeSet<String>,
     schemas: BTreeMap<String, BTreeSet<String>>,
     tables: HashMap<TableName, Arc<TableEntry>>,
+    /// Table id -> name, kept with `tables` by `put_table` / `remove_table`.
+    names_by_id: HashMap<u64, TableName>,
+}
+
+impl Cache {
+    fn put_table(&mut self, entry: Arc<TableEntry>) {
+        let (id, name) = (entry.info.id, entry.info.name.clone());
+        if let Some(old) = self.tables.insert(name.clone(), entry) {
+            // The name now belongs to another id (dropped and created again).
+            if old.info.id != id {
+                self.names_by_id.remove(&old.info.id);
+            }
+        }
+        self.names_by_id.insert(id, name);
+    }
+
+    fn remove_table(&mut self, name: &TableName) {
+        if let Some(old) = self.tables.remove(name) {
+            self.names_by_id.remove(&old.info.id);
+        }
+    }
 }
 
 pub struct TableManager {
@@ -294,9 +315,7 @@ impl TableManager {
             let (Some(info), Some(route)) = (infos.remove(&id), routes.remove(&id)) else {
                 return Err(corrupt(&kv.key, format!("table {id} has no info or route")));
             };
-            cache
-                .tables
-                .insert(info.name.clone(), Arc::new(TableEntry { info, route }));
+            cache.put_table(Arc::new(TableEntry { info, route }));
         }
         self.ownership
             .rebuild(cache.tables.values().map(|entry| &entry.route));
@@ -535,10 +554,7 @@ impl TableManager {
         match committed {
             Ok(true) => {
                 self.ownership.add_route(&entry.route);
-                self.cache
-                    .write()
-                    .tables
-                    .insert(name.clone(), entry.clone());
+                self.cache.write().put_table(entry.clone());
                 tracing::info!(table = %name, table_id, "table created");
                 Ok((true, entry))
             }
@@ -689,10 +705,7 @@ impl TableManager {
         }
         let entry = self.read_entry(name).await?;
         self.ownership.add_route(&entry.route);
-        self.cache
-            .write()
-            .tables
-            .insert(name.clone(), entry.clone());
+        self.cache.write().put_table(entry.clone());
         Ok(entry)
     }
 
@@ -723,10 +736,7 @@ impl TableManager {
             route: serde_json::from_slice(&route_kv.value)
                 .map_err(|e| corrupt(&route_kv.key, e))?,
         });
-        self.cache
-            .write()
-            .tables
-            .insert(name.clone(), entry.clone());
+        self.cache.write().put_table(entry.clone());
         Ok(entry)
     }
 
@@ -769,7 +779,7 @@ impl TableManager {
         {
             let mut cache = self.cache.write();
             if cache.tables.get(name).is_some_and(|e| e.info.id == id) {
-                cache.tables.remove(name);
+                cache.remove_table(name);
                 self.ownership.remove_route(&entry.route);
             }
         }
@@ -848,21 +858,15 @@ impl TableManager {
         });
         self.ownership.remove_route(&entry.route);
         self.ownership.add_route(&updated.route);
-        self.cache
-            .write()
-            .tables
-            .insert(updated.info.name.clone(), updated.clone());
+        self.cache.write().put_table(updated.clone());
         Ok(updated)
     }
 
     /// The current entry of a table by id (after concurrent moves).
     pub fn entry_by_id(&self, table_id: u64) -> Option<Arc<TableEntry>> {
-        self.cache
-            .read()
-            .tables
-            .values()
-            .find(|e| e.info.id == table_id)
-            .cloned()
+        let cache = self.cache.read();
+        let name = cache.names_by_id.get(&table_id)?;
+        cache.tables.get(name).cloned()
     }
 
     /// Tells every holder of the route's regions to close them; best effort, not awaited
