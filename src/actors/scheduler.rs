@@ -441,6 +441,17 @@ async fn move_regions_of_dead_node(
         };
         // Until the route names the target, its reports of the region are not "stale".
         f.tables.ownership().begin_move(region.region_id, target.id);
+        // If the target does not confirm, it may still carry the instruction out (late): undo
+        // it, best effort, on the same ordered stream, so that it does not lead the region
+        // beside whatever moves it next.
+        let undo = match &instruction {
+            Instruction::PromoteToLeader { region_id } => Instruction::DemoteToFollower {
+                region_id: *region_id,
+            },
+            _ => Instruction::CloseRegion {
+                region_id: region.region_id,
+            },
+        };
         let outcome = f
             .cluster_view
             .send(SendInstruction {
@@ -452,6 +463,11 @@ async fn move_regions_of_dead_node(
         match outcome {
             Ok(Ok(result)) if result.success => {}
             other => {
+                f.cluster_view.do_send(SendInstruction {
+                    node_id: target.id,
+                    instruction: undo,
+                    timeout: f.config.instruction_timeout,
+                });
                 f.tables.ownership().end_move(region.region_id);
                 failures += 1;
                 procedure.step(format!(

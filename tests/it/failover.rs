@@ -570,6 +570,20 @@ async fn a_table_whose_region_is_moving_cannot_be_dropped() {
     })
     .await;
     assert!(dropped.into_inner().dropped);
+    // The move that was never confirmed is undone on the node, in case it opened late.
+    silent
+        .wait_for_event(
+            "the undo of the unconfirmed open",
+            Duration::from_secs(10),
+            |events| {
+                events.iter().any(|e| {
+                    matches!(e, SimEvent::Instruction(i)
+                    if matches!(i.kind, Some(pb::instruction::Kind::CloseRegion(_))))
+                })
+            },
+        )
+        .await
+        .expect("the unconfirmed OpenRegion is followed by a CloseRegion");
     cluster.server.stop().await;
 }
 
