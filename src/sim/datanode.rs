@@ -516,11 +516,17 @@ impl Drop for SimDatanode {
     }
 }
 
-/// A tiny deterministic generator (xorshift64*), enough for plausible stats.
-struct Rng(u64);
+/// A tiny deterministic generator (xorshift64*), enough for plausible stats and for picking
+/// faults reproducibly in tests. Seed it with a non-zero value.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// A generator for any seed (zero included).
+    pub fn seeded(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -528,8 +534,8 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -637,7 +643,7 @@ impl Reporter {
 /// for load generators that drive streams themselves.
 pub fn sample_request(config: &SimDatanodeConfig, instance_id: &str) -> pb::HeartbeatRequest {
     let mut reporter = Reporter {
-        rng: Rng(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        rng: Rng::seeded(config.seed),
         config: config.clone(),
         instance_id: instance_id.to_owned(),
         last_report_ms: unix_ms().saturating_sub(config.interval.as_millis() as u64),
@@ -727,7 +733,7 @@ async fn run(
     notify: Arc<watch::Sender<u64>>,
 ) {
     let mut reporter = Reporter {
-        rng: Rng(config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        rng: Rng::seeded(config.seed),
         config: config.clone(),
         instance_id,
         last_report_ms: unix_ms(),

@@ -4,7 +4,7 @@ pub mod datanode;
 pub mod frontend;
 
 pub use datanode::{
-    sample_request, AcceptedWrite, MetasrvTarget, SimDatanode, SimDatanodeConfig, SimEvent,
+    sample_request, AcceptedWrite, MetasrvTarget, Rng, SimDatanode, SimDatanodeConfig, SimEvent,
     WriteLog, ERROR_KIND_KEY, INVALID_ROUTE,
 };
 pub use frontend::{is_invalid_route, FrontendError, SimFrontend};

@@ -7,31 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use metasrv::failure_detector::FailureDetectorConfig;
-use metasrv::sim::{SimDatanode, WriteLog};
-use metasrv::Config;
+use metasrv::sim::{Rng, SimDatanode, WriteLog};
 
 use crate::harness::http_get;
-use crate::router::{cluster_config, cpu_table, create_request, node, rows, Cluster};
+use crate::router::{cpu_table, create_request, node, rows, Cluster};
 
-/// xorshift64*: enough to pick faults reproducibly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.below(to - from + 1))
-    }
+/// A duration between `from` and `to` milliseconds.
+fn millis(rng: &mut Rng, from: u64, to: u64) -> Duration {
+    Duration::from_millis(from + rng.next_u64() % (to - from + 1))
 }
 
 /// Leader periods of different incarnations overlap for no region.
@@ -64,19 +47,10 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261125);
     println!("CHAOS_SEED={seed}");
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
 
     let (_fixture, store) = crate::store_conformance::embedded();
-    let config = Config {
-        region_lease: Duration::from_millis(600),
-        failover_safety_margin: Duration::from_millis(200),
-        failure_detector: FailureDetectorConfig {
-            acceptable_heartbeat_pause: Duration::from_millis(300),
-            min_std_deviation: Duration::from_millis(20),
-            ..FailureDetectorConfig::default()
-        },
-        ..cluster_config()
-    };
+    let config = crate::failover::config();
     let cluster = Cluster::start(store, config, &[node(1), node(2), node(3), node(4)]).await;
     let tables = [cpu_table("chaos_single"), cpu_table("chaos_replicated")];
     for (table, replicas) in tables.iter().zip([1, 2]) {
@@ -107,14 +81,14 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
         .map(|n| (format!("node {} (1st)", n.node_id()), n.write_log()))
         .collect();
     for step in 1..=6 {
-        let victim = rng.below(nodes.len() as u64) as usize;
+        let victim = (rng.next_u64() % nodes.len() as u64) as usize;
         let node_id = nodes[victim].node_id();
-        let outage = match rng.below(4) {
-            0 => rng.millis(50, 300),
-            1 => rng.millis(300, 900),
-            _ => rng.millis(900, 2000),
+        let outage = match rng.next_u64() % 4 {
+            0 => millis(&mut rng, 50, 300),
+            1 => millis(&mut rng, 300, 900),
+            _ => millis(&mut rng, 900, 2000),
         };
-        if rng.below(2) == 0 {
+        if rng.next_u64() % 2 == 0 {
             println!("step {step}: kill node {node_id}, restart after {outage:?}");
             // The old incarnation dies now (its log keeps when), the new one starts later.
             let restarted = nodes.remove(victim).restart(outage).await.expect("restart");

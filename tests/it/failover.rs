@@ -14,7 +14,8 @@ use metasrv::Config;
 use crate::harness::{http_get, http_request, wait_for};
 use crate::router::{cluster_config, cpu_table, create_request, node, rows, Cluster};
 
-fn config() -> Config {
+/// Fast failure detection and short leases, for failover tests.
+pub fn config() -> Config {
     Config {
         region_lease: Duration::from_millis(600),
         failover_safety_margin: Duration::from_millis(200),
@@ -25,6 +26,33 @@ fn config() -> Config {
         },
         ..cluster_config()
     }
+}
+
+/// An in-process metasrv on the embedded store (its files live as long as the returned
+/// fixture, bound first so that it is dropped last) with simulated datanodes `1..=nodes`, and
+/// a table `name` created on it.
+async fn cluster_with_table(
+    config: Config,
+    nodes: u64,
+    name: &str,
+    partitions: u32,
+    replicas: u32,
+) -> (
+    crate::store_conformance::Fixture,
+    Cluster,
+    metasrv::catalog::model::TableName,
+    Arc<metasrv::client::CachedRoute>,
+) {
+    let (fixture, store) = crate::store_conformance::embedded();
+    let configs: Vec<_> = (1..=nodes).map(node).collect();
+    let cluster = Cluster::start(store, config, &configs).await;
+    let table = cpu_table(name);
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, partitions, replicas))
+        .await
+        .expect("create");
+    (fixture, cluster, table, route)
 }
 
 /// The regions `node_id` leads in `route`; asserts it leads some.
@@ -278,14 +306,8 @@ async fn a_partitioned_node_fails_over_on_etcd() {
 /// In maintenance mode a dead node's regions stay where they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_mode_suspends_failover() {
-    let (_fixture, store) = crate::store_conformance::embedded();
-    let cluster = Cluster::start(store, config(), &[node(1), node(2)]).await;
-    let table = cpu_table("kept_in_place");
-    let (_, route) = cluster
-        .meta
-        .create_table(create_request(&table, 4, 1))
-        .await
-        .expect("create");
+    let (_fixture, cluster, table, route) =
+        cluster_with_table(config(), 2, "kept_in_place", 4, 1).await;
     let (code, body) = http_request(
         cluster.server.http_addr,
         "PUT",
@@ -412,14 +434,7 @@ async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_is_not_promoted() {
     use metasrv::actors::cluster_view::GetReplicaStats;
-    let (_fixture, store) = crate::store_conformance::embedded();
-    let cluster = Cluster::start(store, config(), &[node(1), node(2), node(3)]).await;
-    let table = cpu_table("lagging");
-    let (_, route) = cluster
-        .meta
-        .create_table(create_request(&table, 6, 2))
-        .await
-        .expect("create");
+    let (_fixture, cluster, table, route) = cluster_with_table(config(), 3, "lagging", 6, 2).await;
     let victim = 2u64;
     let led: Vec<_> = route
         .route
@@ -498,18 +513,11 @@ async fn a_table_whose_region_is_moving_cannot_be_dropped() {
     use metasrv::proto::v1 as pb;
     use metasrv::sim::{SimDatanode, SimEvent};
 
-    let (_fixture, store) = crate::store_conformance::embedded();
     let config = Config {
         instruction_timeout: Duration::from_secs(3),
         ..config()
     };
-    let cluster = Cluster::start(store, config, &[node(1), node(2)]).await;
-    let table = cpu_table("locked");
-    let (_, route) = cluster
-        .meta
-        .create_table(create_request(&table, 4, 1))
-        .await
-        .expect("create");
+    let (_fixture, cluster, table, route) = cluster_with_table(config, 2, "locked", 4, 1).await;
     assert!(route.route.regions.iter().any(|r| r.leader.id == 2));
     // A node with no regions joins; it takes heartbeats but never answers instructions. The
     // failover picks it (least loaded) and waits on it while holding the region's lock.
@@ -593,19 +601,12 @@ async fn a_table_whose_region_is_moving_cannot_be_dropped() {
 /// starts leading after the old node's last write lease ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_back_during_its_failover_never_writes_beside_its_successor() {
-    let (_fixture, store) = crate::store_conformance::embedded();
     let config = Config {
         // A wide margin: the node is surely back before anything is opened elsewhere.
         failover_safety_margin: Duration::from_millis(1500),
         ..config()
     };
-    let cluster = Cluster::start(store, config, &[node(1), node(2), node(3)]).await;
-    let table = cpu_table("flapping");
-    let (_, route) = cluster
-        .meta
-        .create_table(create_request(&table, 6, 1))
-        .await
-        .expect("create");
+    let (_fixture, cluster, table, route) = cluster_with_table(config, 3, "flapping", 6, 1).await;
     let victim = 2u64;
     let moved = led_by(&route, victim);
     let mut nodes = cluster.nodes;
@@ -651,7 +652,6 @@ async fn a_node_back_during_its_failover_never_writes_beside_its_successor() {
 /// it to open them again, so the table is writable again with the route unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_is_asked_to_reopen_its_regions() {
-    let (_fixture, store) = crate::store_conformance::embedded();
     let config = Config {
         failure_detector: FailureDetectorConfig {
             // Never dead within this test: the reopen, not a failover, must bring writes back.
@@ -660,13 +660,7 @@ async fn a_restarted_node_is_asked_to_reopen_its_regions() {
         },
         ..cluster_config()
     };
-    let cluster = Cluster::start(store, config, &[node(1), node(2)]).await;
-    let table = cpu_table("restarted");
-    let (_, route) = cluster
-        .meta
-        .create_table(create_request(&table, 4, 1))
-        .await
-        .expect("create");
+    let (_fixture, cluster, table, route) = cluster_with_table(config, 2, "restarted", 4, 1).await;
     let reopened = led_by(&route, 2);
     cluster
         .frontend
