@@ -80,7 +80,30 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
         .iter()
         .map(|n| (format!("node {} (1st)", n.node_id()), n.write_log()))
         .collect();
+    let mut tables = tables.to_vec();
     for step in 1..=6 {
+        // A table is created while the fault happens (its OpenRegions race the fault).
+        let created = {
+            let meta = cluster.meta.clone();
+            let table = cpu_table(&format!("chaos_step{step}"));
+            let replicas = 1 + step % 2;
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                loop {
+                    let request = metasrv::proto::v1::CreateTableRequest {
+                        if_not_exists: true,
+                        ..create_request(&table, 4, replicas)
+                    };
+                    match meta.create_table(request).await {
+                        Ok(_) => return table,
+                        Err(e) if started.elapsed() > Duration::from_secs(40) => {
+                            panic!("step {step}: cannot create {table}: {e:?}")
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            })
+        };
         let victim = (rng.next_u64() % nodes.len() as u64) as usize;
         let node_id = nodes[victim].node_id();
         let outage = match rng.next_u64() % 4 {
@@ -103,6 +126,7 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
             tokio::time::sleep(outage).await;
             nodes[victim].resume_heartbeats();
         }
+        tables.push(created.await.expect("create task"));
         // The cluster heals by itself: every region of every table takes writes again.
         for table in &tables {
             let started = std::time::Instant::now();
