@@ -119,6 +119,34 @@ pub async fn alive_nodes(member: &MetasrvProcess) -> usize {
         .unwrap_or(0)
 }
 
+/// Simulated datanodes `1..=count` that know every member (not which leads), once the leader
+/// `members[leader]` sees them all alive (bounded wait).
+pub async fn datanodes_on_leader(
+    members: &[MetasrvProcess],
+    leader: usize,
+    count: u64,
+) -> Vec<SimDatanode> {
+    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        nodes.push(
+            SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints.clone()), node(id))
+                .await
+                .expect("sim"),
+        );
+    }
+    wait_for(
+        &format!("{count} datanodes on the leader"),
+        Duration::from_secs(10),
+        || {
+            let leader = &members[leader];
+            async move { (alive_nodes(leader).await == count as usize).then_some(()) }
+        },
+    )
+    .await;
+    nodes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
     let etcd = crate::harness::EtcdCluster::start(3);
@@ -129,19 +157,7 @@ async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
     let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
 
     // Datanodes and a frontend that know every member, not the leader.
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(
-            SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints.clone()), node(id))
-                .await
-                .expect("sim"),
-        );
-    }
-    wait_for("3 datanodes on the leader", Duration::from_secs(10), || {
-        let leader = &members[leader];
-        async move { (alive_nodes(leader).await == 3).then_some(()) }
-    })
-    .await;
+    let nodes = datanodes_on_leader(&members, leader, 3).await;
     let meta = Arc::new(
         MetaClient::connect(&endpoints, CLUSTER, 0)
             .await
@@ -279,19 +295,7 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
         .await
         .expect("the leader writes");
     // A datanode that knows both members, and a raw heartbeat stream to the leader.
-    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
-    let _datanode = SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints), node(1))
-        .await
-        .expect("sim");
-    wait_for(
-        "the datanode on the leader",
-        Duration::from_secs(10),
-        || {
-            let leader = &members[leader];
-            async move { (alive_nodes(leader).await == 1).then_some(()) }
-        },
-    )
-    .await;
+    let _datanode = datanodes_on_leader(&members, leader, 1).await;
     let (raw_requests, raw_inbound) = tokio::sync::mpsc::channel(4);
     let raw_request = |node_id: u64| pb::HeartbeatRequest {
         header: header(CLUSTER, node_id),
@@ -399,19 +403,7 @@ async fn etcd_member_loss_and_quorum_loss() {
     let refs: Vec<&MetasrvProcess> = members.iter().collect();
     let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
     let grpc: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
-    let mut nodes = Vec::new();
-    for id in 1..=2 {
-        nodes.push(
-            SimDatanode::start_serving_on(MetasrvTarget::Cluster(grpc.clone()), node(id))
-                .await
-                .expect("sim"),
-        );
-    }
-    wait_for("2 datanodes on the leader", Duration::from_secs(10), || {
-        let leader = &members[leader];
-        async move { (alive_nodes(leader).await == 2).then_some(()) }
-    })
-    .await;
+    let nodes = datanodes_on_leader(&members, leader, 2).await;
     let meta = MetaClient::connect(&grpc, CLUSTER, 0).await.expect("meta");
     meta.create_table(create_request(&cpu_table("before"), 2, 1))
         .await

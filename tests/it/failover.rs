@@ -335,10 +335,9 @@ async fn maintenance_mode_suspends_failover() {
 /// leader finds the procedure in the KV and finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
-    use crate::election::{alive_nodes, start_members_with_env, wait_for_one_leader};
+    use crate::election::{datanodes_on_leader, start_members_with_env, wait_for_one_leader};
     use crate::harness::{EtcdProcess, MetasrvProcess};
     use metasrv::client::MetaClient;
-    use metasrv::sim::{MetasrvTarget, SimDatanode};
 
     let etcd = EtcdProcess::start();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -357,19 +356,7 @@ async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
     let refs: Vec<&MetasrvProcess> = members.iter().collect();
     let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
     let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(
-            SimDatanode::start_serving_on(MetasrvTarget::Cluster(endpoints.clone()), node(id))
-                .await
-                .expect("sim"),
-        );
-    }
-    wait_for("3 datanodes on the leader", Duration::from_secs(10), || {
-        let leader = &members[leader];
-        async move { (alive_nodes(leader).await == 3).then_some(()) }
-    })
-    .await;
+    let mut nodes = datanodes_on_leader(&members, leader, 3).await;
     let meta = MetaClient::connect(&endpoints, crate::router::CLUSTER, 0)
         .await
         .expect("meta");
