@@ -26,6 +26,8 @@ pub struct HttpState {
     pub leadership: Arc<crate::election::Leadership>,
     pub cluster_view: actix::Addr<ClusterView>,
     pub metrics: Arc<Metrics>,
+    /// Metadata records the catalog load set aside (named in `/health`).
+    pub quarantine: Arc<crate::catalog::quarantine::Quarantine>,
     pub member_id: u64,
     pub member_name: String,
     pub cluster_id: u64,
@@ -49,6 +51,7 @@ async fn health(State(state): State<HttpState>) -> Response {
         range: KeyRange::single(b"__meta/health".to_vec()),
         limit: 1,
         keys_only: true,
+        revision: 0,
     });
     let store_error = match tokio::time::timeout(HEALTH_STORE_TIMEOUT, probe).await {
         Ok(Ok(_)) => None,
@@ -64,6 +67,9 @@ async fn health(State(state): State<HttpState>) -> Response {
         "member_name": state.member_name,
         "backend": state.store.name(),
         "error": store_error,
+        // Records this member could not read when it loaded the catalog: their tables are
+        // not served until the records are repaired (the member itself works).
+        "quarantined": state.quarantine.records(),
     });
     let code = if store_error.is_none() {
         StatusCode::OK
@@ -80,6 +86,10 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .is_leader
         .set(i64::from(state.leadership.is_serving_leader()));
     state.metrics.leader_term.set(leadership.term as i64);
+    state
+        .metrics
+        .quarantined_records
+        .set(state.quarantine.len() as i64);
     state.metrics.maintenance.set(i64::from(
         state.maintenance.load(std::sync::atomic::Ordering::Relaxed),
     ));
@@ -127,6 +137,7 @@ async fn members(State(state): State<HttpState>) -> Response {
                 range: KeyRange::prefix(prefix),
                 limit: 0,
                 keys_only: false,
+                revision: 0,
             })
             .await
         {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub leader_term: IntGauge,
     /// 1 while maintenance mode suspends automatic failover (set when scraped).
     pub maintenance: IntGauge,
+    /// Metadata records the last catalog load set aside (set when scraped).
+    pub quarantined_records: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -148,7 +150,12 @@ impl Metrics {
             "metasrv_maintenance_mode",
             "1 while maintenance mode suspends automatic failover",
         );
+        let quarantined_records = gauge(
+            "metasrv_quarantined_records",
+            "Metadata records the last catalog load could not read (see /health)",
+        );
         Self {
+            quarantined_records,
             region_failovers,
             region_failover_seconds,
             is_leader,

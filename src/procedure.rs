@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{KeyRange, KeyValue, KvBackend, RangeRequest, StoreResult};
+use crate::store::scan::PrefixScan;
+use crate::store::{KeyValue, KvBackend, StoreResult};
 
 pub const PROCEDURE_PREFIX: &str = "__meta/procedure/";
 /// Finished procedures kept for `/v1/procedures`.
@@ -93,21 +94,23 @@ impl ProcedureStore {
         Ok(())
     }
 
-    /// Every procedure, oldest first (unreadable records are skipped).
+    /// Every procedure, oldest first, read in byte-bounded pages (a long history of long
+    /// procedures does not fit one response). Unreadable records are skipped and logged.
     pub async fn list(&self) -> StoreResult<Vec<Procedure>> {
-        let kvs = self
-            .store
-            .range(RangeRequest {
-                range: KeyRange::prefix(PROCEDURE_PREFIX),
-                limit: 0,
-                keys_only: false,
-            })
-            .await?
-            .kvs;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect())
+        let mut scan = PrefixScan::new(self.store.as_ref(), PROCEDURE_PREFIX.as_bytes());
+        let mut procedures = Vec::new();
+        while let Some(page) = scan.next_page().await? {
+            for kv in page {
+                match serde_json::from_slice(&kv.value) {
+                    Ok(procedure) => procedures.push(procedure),
+                    Err(e) => tracing::warn!(
+                        key = %String::from_utf8_lossy(&kv.key),
+                        "unreadable procedure record skipped: {e}"
+                    ),
+                }
+            }
+        }
+        Ok(procedures)
     }
 
     /// Deletes the oldest finished procedures beyond the ones kept.

@@ -220,8 +220,17 @@ impl Metasrv {
                 cluster_view.clone(),
             );
             let me = me.clone();
-            ElectionActor::start_in_arbiter(actors.singletons(), move |_| {
-                ElectionActor::new(me, leadership, fenced, tables, view, etcd_election)
+            let background = tokio::runtime::Handle::current();
+            ElectionActor::start_in_arbiter(actors.election(), move |_| {
+                ElectionActor::new(
+                    me,
+                    leadership,
+                    fenced,
+                    tables,
+                    view,
+                    etcd_election,
+                    background,
+                )
             })
         };
         if standalone {
@@ -258,6 +267,7 @@ impl Metasrv {
             leadership.clone(),
         ))
         .max_decoding_message_size(decode_limit);
+        let quarantine = tables.quarantine().clone();
         let router_service = RouterServer::new(RouterService::new(
             tables,
             leadership.clone(),
@@ -321,6 +331,7 @@ impl Metasrv {
             leadership: leadership.clone(),
             cluster_view: cluster_view.clone(),
             metrics,
+            quarantine,
             member_id: config.member_id,
             member_name: config.member_name(),
             cluster_id: config.cluster_id,

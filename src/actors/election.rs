@@ -93,6 +93,9 @@ pub struct ElectionActor {
     term: u64,
     lease_id: Option<i64>,
     keepalive: Option<tokio::task::JoinHandle<()>>,
+    /// Where the catalog load runs: not this actor's thread, which keeps the election lease
+    /// alive and must never wait behind seconds of loading and decoding.
+    background: tokio::runtime::Handle,
 }
 
 impl ElectionActor {
@@ -103,6 +106,7 @@ impl ElectionActor {
         tables: Arc<TableManager>,
         cluster_view: Addr<ClusterView>,
         etcd: Option<EtcdElection>,
+        background: tokio::runtime::Handle,
     ) -> Self {
         let me_json = serde_json::to_vec(&me).unwrap_or_default();
         Self {
@@ -117,6 +121,7 @@ impl ElectionActor {
             term: 0,
             lease_id: None,
             keepalive: None,
+            background,
         }
     }
 
@@ -249,9 +254,14 @@ impl ElectionActor {
     fn load_state(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let tables = self.tables.clone();
         let me = ctx.address();
+        let load = self
+            .background
+            .spawn(async move { tables.become_leader().await.map_err(|e| e.to_string()) });
         ctx.spawn(
             async move {
-                let result = tables.become_leader().await.map_err(|e| e.to_string());
+                let result = load
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the catalog load task failed: {e}")));
                 me.do_send(StateLoaded { generation, result });
             }
             .into_actor(self),

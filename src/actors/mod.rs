@@ -22,8 +22,11 @@ use actix::ArbiterHandle;
 pub struct ActorRuntime {
     system: actix_rt::System,
     thread: Option<JoinHandle<()>>,
-    /// Where singleton actors (ClusterView, later the Scheduler) run.
+    /// Where singleton actors (ClusterView, Scheduler) run.
     singletons: ArbiterHandle,
+    /// The ElectionActor's own thread: its lease keepalive must never queue behind heartbeat
+    /// bookkeeping or scheduling.
+    election: ArbiterHandle,
     /// Where sessions run, round-robin.
     sessions: Vec<ArbiterHandle>,
     next_session: AtomicUsize,
@@ -40,22 +43,24 @@ impl ActorRuntime {
                 let system = actix_rt::System::new();
                 let arbiters = system.block_on(async move {
                     let singletons = actix_rt::Arbiter::new().handle();
+                    let election = actix_rt::Arbiter::new().handle();
                     let sessions: Vec<_> = (0..session_threads)
                         .map(|_| actix_rt::Arbiter::new().handle())
                         .collect();
-                    (actix_rt::System::current(), singletons, sessions)
+                    (actix_rt::System::current(), singletons, election, sessions)
                 });
                 // The receiver only goes away if `start` already gave up.
                 let _ = tx.send(arbiters);
                 let _ = system.run();
             })?;
-        let (system, singletons, sessions) = rx
+        let (system, singletons, election, sessions) = rx
             .recv()
             .map_err(|_| std::io::Error::other("the actor system thread died while starting"))?;
         Ok(Self {
             system,
             thread: Some(thread),
             singletons,
+            election,
             sessions,
             next_session: AtomicUsize::new(0),
         })
@@ -63,6 +68,10 @@ impl ActorRuntime {
 
     pub fn singletons(&self) -> &ArbiterHandle {
         &self.singletons
+    }
+
+    pub fn election(&self) -> &ArbiterHandle {
+        &self.election
     }
 
     /// The arbiter for the next session (round-robin).

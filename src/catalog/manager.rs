@@ -25,12 +25,11 @@ use super::model::{
 };
 use super::ownership::RegionOwnership;
 use super::partition::validate_table;
+use super::quarantine::Quarantine;
 use crate::actors::cluster_view::{ClusterView, Instruction, SendInstruction};
 use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
 use crate::stats::RegionRole;
-use crate::store::{
-    Compare, KeyRange, KeyValue, KvBackend, RangeRequest, StoreError, Txn, TxnOp, TxnOpResult,
-};
+use crate::store::{Compare, KvBackend, StoreError, Txn, TxnOp, TxnOpResult};
 
 /// The catalog and schema every cluster starts with.
 pub const DEFAULT_CATALOG: &str = "greptime";
@@ -122,16 +121,16 @@ pub struct DdlConfig {
 }
 
 #[derive(Default)]
-struct Cache {
-    catalogs: BTreeSet<String>,
-    schemas: BTreeMap<String, BTreeSet<String>>,
+pub(super) struct Cache {
+    pub(super) catalogs: BTreeSet<String>,
+    pub(super) schemas: BTreeMap<String, BTreeSet<String>>,
     tables: HashMap<TableName, Arc<TableEntry>>,
     /// Table id -> name, kept with `tables` by `put_table` / `remove_table`.
     names_by_id: HashMap<u64, TableName>,
 }
 
 impl Cache {
-    fn put_table(&mut self, entry: Arc<TableEntry>) {
+    pub(super) fn put_table(&mut self, entry: Arc<TableEntry>) {
         let (id, name) = (entry.info.id, entry.info.name.clone());
         if let Some(old) = self.tables.insert(name.clone(), entry) {
             // The name now belongs to another id (dropped and created again).
@@ -160,6 +159,8 @@ pub struct TableManager {
     ids: tokio::sync::Mutex<(u64, u64)>,
     /// Regions a procedure is changing now: DDL on their tables waits for it to finish.
     locked_regions: parking_lot::Mutex<std::collections::HashSet<u64>>,
+    /// Records the last load set aside.
+    quarantine: Arc<Quarantine>,
 }
 
 /// Holds region locks until dropped (see [`TableManager::lock_regions`]).
@@ -188,35 +189,6 @@ fn corrupt(key: &[u8], e: impl std::fmt::Display) -> DdlError {
     DdlError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))
 }
 
-/// Every pair under `prefix`, read page by page so that no single response is huge.
-async fn scan_prefix(store: &dyn KvBackend, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-    const PAGE: u64 = 1000;
-    let end = crate::store::prefix_end(prefix.as_bytes());
-    let mut start = prefix.as_bytes().to_vec();
-    let mut all = Vec::new();
-    loop {
-        let page = store
-            .range(RangeRequest {
-                range: KeyRange {
-                    key: start.clone(),
-                    range_end: end.clone(),
-                },
-                limit: PAGE,
-                keys_only: false,
-            })
-            .await?;
-        let more = page.more;
-        if let Some(last) = page.kvs.last() {
-            start = last.key.clone();
-            start.push(0);
-        }
-        all.extend(page.kvs);
-        if !more {
-            return Ok(all);
-        }
-    }
-}
-
 impl TableManager {
     /// A manager with an empty cache; [`TableManager::become_leader`] fills it.
     pub fn new(
@@ -235,6 +207,7 @@ impl TableManager {
             cache: RwLock::new(Cache::default()),
             ids: tokio::sync::Mutex::new((0, 0)),
             locked_regions: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            quarantine: Arc::new(Quarantine::default()),
         }
     }
 
@@ -275,52 +248,20 @@ impl TableManager {
         Ok(entries)
     }
 
-    /// Rebuilds the in-memory catalog from the KV.
+    /// Rebuilds the in-memory catalog from the KV (see `load.rs`): records that cannot be
+    /// read are quarantined, never fatal.
     pub async fn reload(&self) -> Result<(), DdlError> {
-        let store = self.store.as_ref();
-        let mut cache = Cache::default();
-        for kv in scan_prefix(store, keys::CATALOG_PREFIX).await? {
-            let name = String::from_utf8_lossy(&kv.key[keys::CATALOG_PREFIX.len()..]).into_owned();
-            cache.catalogs.insert(name);
-        }
-        for kv in scan_prefix(store, keys::SCHEMA_PREFIX).await? {
-            let rest = String::from_utf8_lossy(&kv.key[keys::SCHEMA_PREFIX.len()..]).into_owned();
-            let (catalog, schema) = rest
-                .split_once('/')
-                .ok_or_else(|| corrupt(&kv.key, "no catalog/schema separator"))?;
-            cache
-                .schemas
-                .entry(catalog.to_owned())
-                .or_default()
-                .insert(schema.to_owned());
-        }
-        let mut infos: HashMap<u64, TableInfo> = HashMap::new();
-        for kv in scan_prefix(store, keys::TABLE_PREFIX).await? {
-            let info: TableInfo =
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            infos.insert(info.id, info);
-        }
-        let mut routes: HashMap<u64, TableRoute> = HashMap::new();
-        for kv in scan_prefix(store, keys::TABLE_ROUTE_PREFIX).await? {
-            let route: TableRoute =
-                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
-            routes.insert(route.table_id, route);
-        }
-        for kv in scan_prefix(store, keys::TABLE_NAME_PREFIX).await? {
-            let id: u64 = std::str::from_utf8(&kv.value)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| corrupt(&kv.key, "not a table id"))?;
-            // Name, info and route are committed in one transaction: all three exist or none.
-            let (Some(info), Some(route)) = (infos.remove(&id), routes.remove(&id)) else {
-                return Err(corrupt(&kv.key, format!("table {id} has no info or route")));
-            };
-            cache.put_table(Arc::new(TableEntry { info, route }));
-        }
+        let loaded = super::load::load_catalog(self.store.as_ref()).await?;
         self.ownership
-            .rebuild(cache.tables.values().map(|entry| &entry.route));
-        *self.cache.write() = cache;
+            .rebuild(loaded.cache.tables.values().map(|entry| &entry.route));
+        *self.cache.write() = loaded.cache;
+        self.quarantine.replace(loaded.quarantined);
         Ok(())
+    }
+
+    /// The records the last catalog load could not read.
+    pub fn quarantine(&self) -> &Arc<Quarantine> {
+        &self.quarantine
     }
 
     pub async fn create_catalog(&self, name: &str, if_not_exists: bool) -> Result<bool, DdlError> {

@@ -86,6 +86,7 @@ impl Store for StoreService {
                     },
                     limit,
                     keys_only: req.keys_only,
+                    revision: 0,
                 })
                 .await?;
             Ok(pb::RangeResponse {

@@ -200,7 +200,11 @@ impl KvBackend for EmbeddedStore {
         req.range.end()?;
         self.read(move |table| {
             let (kvs, more) = scan(table, &req.range, req.limit, req.keys_only)?;
-            Ok(RangeResponse { kvs, more })
+            Ok(RangeResponse {
+                kvs,
+                more,
+                revision: 0,
+            })
         })
         .await
     }

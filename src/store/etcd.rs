@@ -72,6 +72,9 @@ pub struct EtcdStore {
     prefix: Vec<u8>,
 }
 
+/// The largest etcd response the KV client decodes.
+pub const ETCD_DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
 fn map_etcd_error(error: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     match error {
@@ -172,7 +175,12 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> KvClient {
-        self.client.kv_client()
+        // tonic's default of 4 MiB per response is less than a page of a large catalog may
+        // need (pages are byte-bounded by the reader, but one value may approach etcd's own
+        // 1.5 MiB request limit, and a page holds several).
+        self.client
+            .kv_client()
+            .max_decoding_message_size(ETCD_DECODE_LIMIT)
     }
 
     fn full_key(&self, key: &[u8]) -> Vec<u8> {
@@ -302,6 +310,9 @@ impl KvBackend for EtcdStore {
         if req.keys_only {
             options = options.with_keys_only();
         }
+        if req.revision > 0 {
+            options = options.with_revision(req.revision);
+        }
         let response = self
             .kv()
             .get(start, Some(options))
@@ -310,6 +321,7 @@ impl KvBackend for EtcdStore {
         Ok(RangeResponse {
             kvs: response.kvs().iter().map(|kv| self.local_kv(kv)).collect(),
             more: response.more(),
+            revision: response.header().map_or(0, |h| h.revision()),
         })
     }
 

@@ -249,6 +249,7 @@ impl KvBackend for FencedStore {
                 range,
                 limit: 0,
                 keys_only: true,
+                revision: 0,
             })
             .await?
             .kvs;

@@ -10,6 +10,7 @@
 pub mod embedded;
 pub mod etcd;
 pub mod fenced;
+pub mod scan;
 
 use std::fmt;
 
@@ -161,6 +162,10 @@ pub struct RangeRequest {
     pub limit: u64,
     /// Return keys with empty values.
     pub keys_only: bool,
+    /// Read the store as of this revision (etcd); 0 means the latest. Paged scans pass the
+    /// revision of their first page so that every page shows one consistent state. The
+    /// embedded store has no history and reads the latest state.
+    pub revision: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,6 +174,8 @@ pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     /// More pairs exist in the range past the limit.
     pub more: bool,
+    /// The store revision the read saw (etcd); 0 on the embedded store.
+    pub revision: i64,
 }
 
 /// The outcome of a compare-and-put.

@@ -8,6 +8,7 @@ mod failover;
 mod grpc_store;
 mod harness;
 mod heartbeat;
+mod large_catalog;
 mod lease;
 mod process;
 mod router;

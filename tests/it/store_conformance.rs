@@ -85,6 +85,7 @@ async fn range(store: &Arc<dyn KvBackend>, range: KeyRange) -> Vec<KeyValue> {
             range,
             limit: 0,
             keys_only: false,
+            revision: 0,
         })
         .await
         .expect("range")
@@ -174,6 +175,7 @@ pub mod cases {
                 range: KeyRange::prefix("k"),
                 limit: 2,
                 keys_only: false,
+                revision: 0,
             })
             .await
             .expect("range");
@@ -184,6 +186,7 @@ pub mod cases {
                 range: KeyRange::prefix("k"),
                 limit: 3,
                 keys_only: true,
+                revision: 0,
             })
             .await
             .expect("range");
