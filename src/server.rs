@@ -181,6 +181,7 @@ impl Metasrv {
                 region_lease: config.region_lease,
                 safety_margin: config.failover_safety_margin,
                 instruction_timeout: config.instruction_timeout,
+                reconcile_interval: config.heartbeat_interval.max(Duration::from_millis(50)),
             };
             let procedures = ProcedureStore::new(store.clone());
             let maintenance = maintenance.clone();

@@ -117,10 +117,40 @@ pub struct CloseAllSessions {
 }
 
 /// Forgets every node, region and pending instruction (leadership changed: the view is rebuilt
-/// from the heartbeats that reach this member as leader).
+/// from the heartbeats that reach this member as leader, and from [`SeedNodes`]).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ResetView;
+pub struct ResetView {
+    /// The term that begins (0 when leadership is lost). Instruction ids carry it in their
+    /// high 32 bits, so that a late answer to another term's instruction never matches one
+    /// of this term.
+    pub term: u64,
+}
+
+/// A registered datanode (from `__meta/node/*`), for seeding a new term's view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisteredNode {
+    pub id: u64,
+    pub addr: String,
+    pub instance_id: String,
+}
+
+/// Adds the registered nodes this term has not heard from: they are watched by the failure
+/// detector from now on (silent for `grace` past now, they die like any node that stopped
+/// heartbeating), so that a node that died just before a leader change is failed over too.
+/// Nodes already known are left as they are.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SeedNodes {
+    pub nodes: Vec<RegisteredNode>,
+    /// How long a seeded node has to reach this leader before its silence counts.
+    pub grace: Duration,
+}
+
+/// The nodes the failure detector declared dead.
+#[derive(Message)]
+#[rtype(result = "Vec<u64>")]
+pub struct ListDeadNodes;
 
 /// A change in a node's liveness, published to subscribers.
 #[derive(Message, Clone, Debug, PartialEq)]
@@ -328,12 +358,18 @@ pub struct ClusterView {
     regions: HashMap<u64, RegionEntry>,
     subscribers: Vec<Recipient<NodeEvent>>,
     pending: HashMap<u64, PendingInstruction>,
+    /// The low 32 bits of the next instruction id; the high 32 are the term.
     next_instruction_id: u64,
+    /// The leadership term this view serves (see [`ResetView`]).
+    term: u64,
 }
+
+/// Where registered datanodes are persisted.
+pub const NODE_PREFIX: &str = "__meta/node/";
 
 /// The KV key under which a registered datanode is persisted.
 pub fn node_key(node_id: u64) -> Vec<u8> {
-    format!("__meta/node/{node_id}").into_bytes()
+    format!("{NODE_PREFIX}{node_id}").into_bytes()
 }
 
 fn unix_ms() -> u64 {
@@ -368,6 +404,7 @@ impl ClusterView {
             subscribers: Vec::new(),
             pending: HashMap::new(),
             next_instruction_id: 1,
+            term: 0,
         }
     }
 
@@ -709,8 +746,11 @@ impl Handler<SendInstruction> for ClusterView {
                 .inc();
             return Box::pin(async move { Err(MailboxError::NodeNotConnected(node_id)) });
         };
-        let id = self.next_instruction_id;
-        self.next_instruction_id += 1;
+        let id = (self.term << 32) | (self.next_instruction_id & 0xffff_ffff);
+        self.next_instruction_id = (self.next_instruction_id + 1) & 0xffff_ffff;
+        if self.next_instruction_id == 0 {
+            self.next_instruction_id = 1;
+        }
         let (reply, answer) = oneshot::channel();
         let kind = instruction.kind();
         self.pending.insert(
@@ -859,7 +899,9 @@ impl Handler<Subscribe> for ClusterView {
 impl Handler<ResetView> for ClusterView {
     type Result = ();
 
-    fn handle(&mut self, _msg: ResetView, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ResetView, _ctx: &mut Self::Context) {
+        self.term = msg.term;
+        self.next_instruction_id = 1;
         for node in self.nodes.values_mut() {
             if let Some(session) = node.session.take() {
                 session.close.do_send(CloseSession {
@@ -872,6 +914,67 @@ impl Handler<ResetView> for ClusterView {
         // Dropping the pending replies tells their callers the mailbox closed.
         self.pending.clear();
         self.update_status_gauges();
+    }
+}
+
+impl Handler<SeedNodes> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: SeedNodes, _ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let silent_from = self.ms_since_epoch(now + msg.grace);
+        let mut seeded = 0;
+        for node in msg.nodes {
+            if self.nodes.contains_key(&node.id) {
+                continue;
+            }
+            let mut detector = PhiAccrualDetector::new(
+                &self.config.failure_detector,
+                self.config.heartbeat_interval,
+            );
+            // A heartbeat at the end of the grace: phi stays 0 until then and grows after.
+            detector.heartbeat(silent_from);
+            self.nodes.insert(
+                node.id,
+                NodeEntry {
+                    addr: node.addr,
+                    instance_id: node.instance_id,
+                    status: NodeStatus::Alive,
+                    detector,
+                    session: None,
+                    latest: None,
+                    history: VecDeque::new(),
+                    last_heartbeat_unix_ms: 0,
+                    regions: Vec::new(),
+                    replicas: Vec::new(),
+                    // Leases an earlier leader granted it began before this term did, so
+                    // they end within one lease of now (and this leader granted none).
+                    last_request_at: Some(now),
+                },
+            );
+            seeded += 1;
+        }
+        if seeded > 0 {
+            tracing::info!(
+                seeded,
+                "watching registered nodes this term has not heard from yet"
+            );
+            self.update_status_gauges();
+        }
+    }
+}
+
+impl Handler<ListDeadNodes> for ClusterView {
+    type Result = MessageResult<ListDeadNodes>;
+
+    fn handle(&mut self, _msg: ListDeadNodes, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .iter()
+                .filter(|(_, n)| n.status == NodeStatus::Dead)
+                .map(|(&id, _)| id)
+                .collect(),
+        )
     }
 }
 

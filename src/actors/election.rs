@@ -233,7 +233,7 @@ impl ElectionActor {
                 ));
             }
             self.cluster_view.do_send(CloseAllSessions { status });
-            self.cluster_view.do_send(ResetView);
+            self.cluster_view.do_send(ResetView { term: 0 });
         }
         if let Some(keepalive) = self.keepalive.take() {
             keepalive.abort();
@@ -418,7 +418,7 @@ impl Handler<StateLoaded> for ElectionActor {
         match msg.result {
             Ok(()) => {
                 // A clean view: nodes register again as their streams reconnect here.
-                self.cluster_view.do_send(ResetView);
+                self.cluster_view.do_send(ResetView { term: self.term });
                 self.set_state(true, Some(self.me.clone()));
                 tracing::info!(member = self.me.id, term = self.term, "serving as leader");
             }

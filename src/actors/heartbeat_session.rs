@@ -4,7 +4,7 @@
 //! It dies with the stream; a bad request closes the stream with `InvalidArgument` and the
 //! reason, without touching any other session.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,11 @@ pub struct CloseSession {
 
 // ---- The actor ------------------------------------------------------------------------------
 
+/// The most instructions one response carries.
+pub const INSTRUCTIONS_PER_RESPONSE: usize = 256;
+/// The most instructions queued for one node before its stream is closed.
+const MAX_QUEUED_INSTRUCTIONS: usize = 100_000;
+
 pub type Outbound = mpsc::Sender<Result<pb::HeartbeatResponse, Status>>;
 
 /// What every session of one metasrv shares.
@@ -77,6 +82,10 @@ pub struct HeartbeatSession {
     asked_to_close: HashSet<u64>,
     /// Routed regions this session asked the node to open again (it did not report them).
     asked_to_open: HashSet<u64>,
+    /// Instructions waiting for room on the stream (bounded by [`MAX_QUEUED_INSTRUCTIONS`]).
+    queued: VecDeque<pb::Instruction>,
+    /// A task is waiting for room to write the queued instructions.
+    flushing: bool,
     tables: Arc<TableManager>,
     instruction_timeout: Duration,
     leadership: Arc<Leadership>,
@@ -108,6 +117,8 @@ impl HeartbeatSession {
                 node_id: None,
                 asked_to_close: HashSet::new(),
                 asked_to_open: HashSet::new(),
+                queued: VecDeque::new(),
+                flushing: false,
                 tables: context.tables,
                 instruction_timeout: context.instruction_timeout,
                 leadership: context.leadership,
@@ -314,13 +325,54 @@ impl Handler<DeliverInstruction> for HeartbeatSession {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverInstruction, ctx: &mut Self::Context) {
-        let response = pb::HeartbeatResponse {
-            header: self.header(),
-            instructions: vec![msg.instruction],
-            heartbeat_interval_millis: self.heartbeat_interval_millis,
-            region_lease: None,
-        };
-        self.send(Ok(response), ctx);
+        if self.queued.len() >= MAX_QUEUED_INSTRUCTIONS {
+            // Bounded: a node this far behind cannot be scheduled; its pending instructions
+            // fail with the stream, and it reconnects.
+            tracing::warn!(session = self.session_id, node = ?self.node_id, "too many instructions queued for a node; closing its stream");
+            let _ = self.outbound.try_send(Err(Status::resource_exhausted(
+                "too many instructions are queued for this node; reconnect",
+            )));
+            ctx.stop();
+            return;
+        }
+        self.queued.push_back(msg.instruction);
+        self.flush_instructions(ctx);
+    }
+}
+
+impl HeartbeatSession {
+    /// Writes queued instructions to the stream, up to [`INSTRUCTIONS_PER_RESPONSE`] in one
+    /// response, as the stream takes them: a burst (a 1,024-region create, a node's failover)
+    /// waits for room instead of overflowing the outbound channel and cutting the stream, and
+    /// travels in a few responses instead of one each. Instructions go in responses of their
+    /// own: acknowledgements stay one per request, in order (the datanode's contract).
+    fn flush_instructions(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.queued.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let outbound = self.outbound.clone();
+        ctx.spawn(
+            async move { outbound.reserve_owned().await.ok() }
+                .into_actor(self)
+                .map(|permit, session, ctx| {
+                    session.flushing = false;
+                    let Some(permit) = permit else {
+                        // The stream is gone.
+                        ctx.stop();
+                        return;
+                    };
+                    let take = session.queued.len().min(INSTRUCTIONS_PER_RESPONSE);
+                    let instructions: Vec<pb::Instruction> = session.queued.drain(..take).collect();
+                    permit.send(Ok(pb::HeartbeatResponse {
+                        header: session.header(),
+                        instructions,
+                        heartbeat_interval_millis: session.heartbeat_interval_millis,
+                        region_lease: None,
+                    }));
+                    session.flush_instructions(ctx);
+                }),
+        );
     }
 }
 

@@ -1,9 +1,17 @@
 //! `Scheduler`: decides where regions go. It owns the placement policy and its state (the
-//! round-robin cursor) and the set of nodes being failed over; it reads the live nodes and their
-//! load from `ClusterView` for each decision. For new tables the caller (the DDL layer) carries
-//! the decision out. For a dead node it runs the failover itself: wait until the node's region
-//! leases have surely lapsed, then promote a live follower or open the region on a live node,
-//! and move the route (version + 1) through the `TableManager`.
+//! round-robin cursor), the set of nodes being failed over and the retry state of failed
+//! failovers; it reads the live nodes and their load from `ClusterView` for each decision. For
+//! new tables the caller (the DDL layer) carries the decision out.
+//!
+//! Failover is level-triggered (a reconciler): on every liveness event and on a periodic tick
+//! it compares the routes with the observed nodes (`planner::plan_failovers`) and fails over
+//! every dead node the routes still make lead a region, whatever was missed before (a death
+//! during a leader change or maintenance, a failed attempt: retried with backoff). At the
+//! start of a term it seeds ClusterView with the registered nodes, so that one that died
+//! before this leader heard from it dies here too. A failover waits until the node's region
+//! leases have surely lapsed, then promotes a live follower or opens the region on a live node
+//! (`planner::plan_region_moves`), and moves the route (version + 1) through the
+//! `TableManager`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,16 +23,20 @@ use tokio::sync::Semaphore;
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    ClusterView, GetLeaseExpiry, GetReplicaStats, Instruction, ListCandidates, NodeEvent,
-    SendInstruction, Subscribe,
+    ClusterView, GetLeaseExpiry, GetReplicaStats, Instruction, ListCandidates, ListDeadNodes,
+    NodeEvent, RegisteredNode, SeedNodes, SendInstruction, Subscribe, NODE_PREFIX,
 };
-use crate::catalog::model::Peer;
+use crate::catalog::model::{Peer, RegionRoute};
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
 use crate::metrics::Metrics;
+use crate::planner::{
+    plan_failovers, plan_region_moves, retry_delay, FailoverSnapshot, Operator, RegionMove,
+};
 use crate::procedure::{load_maintenance, Procedure, ProcedureState, ProcedureStore};
 use crate::selector::{Placement, Selector, SelectorKind};
 use crate::stats::RegionRole;
+use crate::store::scan::PrefixScan;
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -58,6 +70,8 @@ pub struct FailoverConfig {
     pub safety_margin: Duration,
     /// How long a datanode has to confirm a promotion or an open.
     pub instruction_timeout: Duration,
+    /// How often the reconciler compares routes with the cluster even without an event.
+    pub reconcile_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +100,18 @@ pub struct Scheduler {
     failing_over: HashMap<u64, SpawnHandle>,
     /// The leadership term the running failovers belong to (0: none).
     serving_term: u64,
+    /// The term's start-up work (resuming procedures, seeding nodes) is done: the reconciler
+    /// may plan (before, it could start a failover beside one about to be resumed).
+    ready: bool,
+    /// Failed failovers: attempts so far and when the next may start.
+    retries: HashMap<u64, Retry>,
     metrics: Arc<Metrics>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    attempts: u32,
+    not_before: Instant,
 }
 
 impl Scheduler {
@@ -111,6 +136,8 @@ impl Scheduler {
             permits,
             failing_over: HashMap::new(),
             serving_term: 0,
+            ready: false,
+            retries: HashMap::new(),
             metrics,
         }
     }
@@ -136,10 +163,74 @@ impl Scheduler {
                 config: self.failover.clone(),
             },
         );
-        let task = ctx.spawn(fut.into_actor(self).map(move |(), scheduler, _| {
+        let term = self.serving_term;
+        let task = ctx.spawn(fut.into_actor(self).map(move |state, scheduler, _| {
             scheduler.failing_over.remove(&node_id);
+            if scheduler.serving_term != term {
+                return;
+            }
+            match state {
+                ProcedureState::Done => {
+                    scheduler.retries.remove(&node_id);
+                }
+                ProcedureState::Failed => {
+                    let retry = scheduler.retries.entry(node_id).or_insert(Retry {
+                        attempts: 0,
+                        not_before: Instant::now(),
+                    });
+                    retry.attempts += 1;
+                    retry.not_before = Instant::now() + retry_delay(retry.attempts);
+                    tracing::warn!(
+                        node_id,
+                        attempts = retry.attempts,
+                        "failover incomplete; it is planned again after a backoff"
+                    );
+                }
+                ProcedureState::Running => {}
+            }
         }));
         self.failing_over.insert(node_id, task);
+    }
+
+    /// Compares the routes with the cluster and starts the failovers they call for.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if !self.ready || !self.leadership.is_serving_leader() {
+            return;
+        }
+        let Some(tables) = self.tables.clone() else {
+            return;
+        };
+        let term = self.serving_term;
+        let dead = self.cluster_view.send(ListDeadNodes);
+        ctx.spawn(dead.into_actor(self).map(move |dead, scheduler, ctx| {
+            let Ok(dead) = dead else {
+                return;
+            };
+            if scheduler.serving_term != term {
+                return;
+            }
+            let snapshot = FailoverSnapshot {
+                dead: dead
+                    .into_iter()
+                    .map(|node_id| (node_id, tables.ownership().leads_any(node_id)))
+                    .collect(),
+                running: scheduler.failing_over.keys().copied().collect(),
+                maintenance: scheduler.maintenance.load(Ordering::Relaxed),
+                retry_not_before: scheduler
+                    .retries
+                    .iter()
+                    .map(|(node_id, retry)| (*node_id, retry.not_before))
+                    .collect(),
+                now: Instant::now(),
+            };
+            for operator in plan_failovers(&snapshot) {
+                match operator {
+                    Operator::FailOverNode { node_id } => {
+                        scheduler.run_failover(Procedure::region_failover(node_id), false, ctx)
+                    }
+                }
+            }
+        }));
     }
 }
 
@@ -155,6 +246,10 @@ impl Actor for Scheduler {
         ctx.add_stream(tokio_stream::wrappers::WatchStream::new(
             self.leadership.subscribe(),
         ));
+        // Level-triggered: whatever an event missed, the next tick sees.
+        ctx.run_interval(self.failover.reconcile_interval, |scheduler, ctx| {
+            scheduler.reconcile(ctx)
+        });
     }
 }
 
@@ -172,6 +267,8 @@ impl StreamHandler<LeadershipState> for Scheduler {
                 ctx.cancel_future(task);
             }
             self.serving_term = 0;
+            self.ready = false;
+            self.retries.clear();
         }
         if !state.serving || state.term == self.serving_term {
             return;
@@ -179,7 +276,15 @@ impl StreamHandler<LeadershipState> for Scheduler {
         self.serving_term = state.term;
         let procedures = self.procedures.clone();
         let maintenance = self.maintenance.clone();
+        let view = self.cluster_view.clone();
+        let grace = self.failover.region_lease;
         let load = async move {
+            // Nodes the routes may name that have not reached this leader (yet): watched from
+            // now on, so that one that died before this term began dies here too.
+            match load_registered_nodes(procedures.store().as_ref()).await {
+                Ok(nodes) => view.do_send(SeedNodes { nodes, grace }),
+                Err(e) => tracing::error!("cannot read the registered nodes: {e}"),
+            }
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all
                     .into_iter()
@@ -198,11 +303,20 @@ impl StreamHandler<LeadershipState> for Scheduler {
             }
             running
         };
-        ctx.spawn(load.into_actor(self).map(|running, scheduler, ctx| {
+        let term = state.term;
+        ctx.spawn(load.into_actor(self).map(move |running, scheduler, ctx| {
+            if scheduler.serving_term != term {
+                return;
+            }
             for procedure in running {
+                if scheduler.failing_over.contains_key(&procedure.node_id) {
+                    continue;
+                }
                 tracing::info!(procedure = %procedure.id, node_id = procedure.node_id, "resuming a failover left by the previous leader");
                 scheduler.run_failover(procedure, true, ctx);
             }
+            scheduler.ready = true;
+            scheduler.reconcile(ctx);
         }));
     }
 
@@ -227,22 +341,14 @@ impl Handler<NodeEvent> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, event: NodeEvent, ctx: &mut Self::Context) {
-        let NodeEvent::Dead { node_id, .. } = event else {
-            return;
-        };
-        if !self.leadership.is_serving_leader() || self.failing_over.contains_key(&node_id) {
-            return;
-        }
-        if self.maintenance.load(Ordering::Relaxed) {
-            tracing::warn!(node_id, "maintenance mode: not failing over a dead node");
-            return;
-        }
-        let has_regions = self
-            .tables
-            .as_ref()
-            .is_some_and(|t| !t.regions_led_by(node_id).is_empty());
-        if has_regions {
-            self.run_failover(Procedure::region_failover(node_id), false, ctx);
+        if let NodeEvent::Dead { node_id, .. } = event {
+            if self.maintenance.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    node_id,
+                    "maintenance mode: a dead node is failed over only once it ends"
+                );
+            }
+            self.reconcile(ctx);
         }
     }
 }
@@ -260,12 +366,13 @@ struct Failover {
 /// Moves every region the procedure's node leads to a live node, never letting two nodes serve
 /// a region at once: nothing is instructed before the dead node's last lease has lapsed. Each
 /// step is recorded in the procedure; a resumed procedure redoes only what is left.
-async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) {
+async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) -> ProcedureState {
     let dead = procedure.node_id;
     let tables = f.tables.clone();
     let metrics = f.metrics.clone();
     let started = Instant::now();
-    let outcome = match move_regions_of_dead_node(procedure, resumed, f).await {
+    let state = move_regions_of_dead_node(procedure, resumed, f).await;
+    let outcome = match state {
         ProcedureState::Done => "done",
         ProcedureState::Failed => "failed",
         // It could not record its progress: this member no longer leads.
@@ -276,6 +383,32 @@ async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) {
     metrics
         .region_failover_seconds
         .observe(started.elapsed().as_secs_f64());
+    state
+}
+
+/// Every registered datanode (`__meta/node/*`), read in pages; unreadable records are
+/// skipped (their nodes register again when they connect).
+async fn load_registered_nodes(
+    store: &dyn crate::store::KvBackend,
+) -> crate::store::StoreResult<Vec<RegisteredNode>> {
+    let mut scan = PrefixScan::new(store, NODE_PREFIX.as_bytes());
+    let mut nodes = Vec::new();
+    while let Some(page) = scan.next_page().await? {
+        for kv in page {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
+                continue;
+            };
+            let (Some(id), Some(addr)) = (value["id"].as_u64(), value["addr"].as_str()) else {
+                continue;
+            };
+            nodes.push(RegisteredNode {
+                id,
+                addr: addr.to_owned(),
+                instance_id: value["instance_id"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    Ok(nodes)
 }
 
 async fn move_regions_of_dead_node(
@@ -375,83 +508,52 @@ async fn move_regions_of_dead_node(
         .send(GetReplicaStats { node_id: dead })
         .await
         .unwrap_or_default();
+    let tables_of: HashMap<u64, Arc<crate::catalog::TableEntry>> = regions
+        .iter()
+        .map(|(entry, region)| (region.region_id, entry.clone()))
+        .collect();
+    let routes: Vec<RegionRoute> = regions.into_iter().map(|(_, region)| region).collect();
     let mut failures = 0;
-    for (entry, region) in regions {
+    for (planned, region) in plan_region_moves(&routes, &candidates, &replicas)
+        .into_iter()
+        .zip(&routes)
+    {
+        let region_id = region.region_id;
+        let (target, instruction, undo) = match planned {
+            RegionMove::Stuck { reason, .. } => {
+                failures += 1;
+                procedure.step(format!("region {region_id}: {reason}"));
+                continue;
+            }
+            // If the target does not confirm, it may still carry the instruction out (late):
+            // the undo, sent on the same ordered stream, keeps it from leading the region
+            // beside whatever moves it next.
+            RegionMove::Promote { to, .. } => (
+                to,
+                Instruction::PromoteToLeader { region_id },
+                Instruction::DemoteToFollower { region_id },
+            ),
+            RegionMove::Reopen { to, .. } => (
+                to,
+                Instruction::OpenRegion {
+                    region_id,
+                    table: (&tables_of[&region_id].info.name).into(),
+                    role: RegionRole::Leader,
+                    lease_millis: f.config.region_lease.as_millis() as u64,
+                },
+                Instruction::CloseRegion { region_id },
+            ),
+        };
         let _permit = f.permits.acquire().await;
         // The region is ours until moved: a DropTable of its table waits, and another
         // procedure cannot move it at the same time.
-        let Some(_lock) = f.tables.lock_regions(&[region.region_id]) else {
+        let Some(_lock) = f.tables.lock_regions(&[region_id]) else {
             failures += 1;
-            procedure.step(format!(
-                "region {}: another procedure holds it",
-                region.region_id
-            ));
+            procedure.step(format!("region {region_id}: another procedure holds it"));
             continue;
         };
-        // A live, in-sync follower takes over; otherwise the least loaded live node opens the
-        // region. A leader that reports no replica state for the region vouches for none, and
-        // its followers count as in sync (datanodes that do not report ReplicaStat).
-        let reported: Vec<_> = replicas
-            .iter()
-            .filter(|r| r.region_id == region.region_id)
-            .collect();
-        let in_sync = |follower: u64| {
-            reported.is_empty()
-                || reported
-                    .iter()
-                    .any(|r| r.peer_id == follower && r.in_sync && !r.is_learner)
-        };
-        let live_follower = region
-            .followers
-            .iter()
-            .find(|fo| in_sync(fo.id) && candidates.iter().any(|c| c.peer.id == fo.id))
-            .cloned();
-        let (target, instruction) = match &live_follower {
-            Some(follower) => (
-                follower.clone(),
-                Instruction::PromoteToLeader {
-                    region_id: region.region_id,
-                },
-            ),
-            None => {
-                // Never open it where a lagging copy lives: that would promote it in effect.
-                let Some(best) = candidates
-                    .iter_mut()
-                    .filter(|c| !region.followers.iter().any(|fo| fo.id == c.peer.id))
-                    .min_by_key(|c| (c.regions, c.peer.id))
-                else {
-                    failures += 1;
-                    procedure.step(format!(
-                        "region {}: no live node without a lagging copy to open it on",
-                        region.region_id
-                    ));
-                    continue;
-                };
-                best.regions += 1;
-                (
-                    best.peer.clone(),
-                    Instruction::OpenRegion {
-                        region_id: region.region_id,
-                        table: (&entry.info.name).into(),
-                        role: RegionRole::Leader,
-                        lease_millis: f.config.region_lease.as_millis() as u64,
-                    },
-                )
-            }
-        };
         // Until the route names the target, its reports of the region are not "stale".
-        f.tables.ownership().begin_move(region.region_id, target.id);
-        // If the target does not confirm, it may still carry the instruction out (late): undo
-        // it, best effort, on the same ordered stream, so that it does not lead the region
-        // beside whatever moves it next.
-        let undo = match &instruction {
-            Instruction::PromoteToLeader { region_id } => Instruction::DemoteToFollower {
-                region_id: *region_id,
-            },
-            _ => Instruction::CloseRegion {
-                region_id: region.region_id,
-            },
-        };
+        f.tables.ownership().begin_move(region_id, target.id);
         let outcome = f
             .cluster_view
             .send(SendInstruction {
@@ -460,19 +562,22 @@ async fn move_regions_of_dead_node(
                 timeout: f.config.instruction_timeout,
             })
             .await;
+        let undo = |f: &Failover| {
+            f.cluster_view.do_send(SendInstruction {
+                node_id: target.id,
+                instruction: undo.clone(),
+                timeout: f.config.instruction_timeout,
+            });
+            f.tables.ownership().end_move(region_id);
+        };
         match outcome {
             Ok(Ok(result)) if result.success => {}
             other => {
-                f.cluster_view.do_send(SendInstruction {
-                    node_id: target.id,
-                    instruction: undo,
-                    timeout: f.config.instruction_timeout,
-                });
-                f.tables.ownership().end_move(region.region_id);
+                undo(&f);
                 failures += 1;
                 procedure.step(format!(
-                    "region {}: node {} did not take it: {other:?}",
-                    region.region_id, target.id
+                    "region {region_id}: node {} did not take it: {other:?}",
+                    target.id
                 ));
                 save(&procedure).await;
                 continue;
@@ -484,33 +589,31 @@ async fn move_regions_of_dead_node(
             .filter(|fo| fo.id != target.id && fo.id != dead)
             .cloned()
             .collect();
-        // Re-read the entry: other regions of the table may have moved meanwhile.
-        let current = f.tables.entry_by_id(entry.info.id).unwrap_or(entry);
         let moved = f
             .tables
-            .move_region_leader(&current, region.region_id, target.clone(), followers)
+            .move_region_leader(region_id, dead, target.clone(), followers)
             .await;
-        f.tables.ownership().end_move(region.region_id);
         match moved {
             Ok(updated) => {
+                f.tables.ownership().end_move(region_id);
                 tracing::info!(
-                    region = region.region_id,
+                    region = region_id,
                     from = dead,
                     to = target.id,
                     version = updated.route.version,
                     "region failed over"
                 );
                 procedure.step(format!(
-                    "region {} now led by node {} (route version {})",
-                    region.region_id, target.id, updated.route.version
+                    "region {region_id} now led by node {} (route version {})",
+                    target.id, updated.route.version
                 ));
             }
             Err(e) => {
+                // The target took the region but the route does not say so: it must not go
+                // on leading it (a second writer once the region moves elsewhere).
+                undo(&f);
                 failures += 1;
-                procedure.step(format!(
-                    "region {}: cannot move the route: {e}",
-                    region.region_id
-                ));
+                procedure.step(format!("region {region_id}: cannot move the route: {e}"));
             }
         }
         save(&procedure).await;

@@ -161,7 +161,12 @@ pub struct TableManager {
     locked_regions: parking_lot::Mutex<std::collections::HashSet<u64>>,
     /// Records the last load set aside.
     quarantine: Arc<Quarantine>,
+    /// Serializes route changes per table (striped by table id: bounded, no per-table state).
+    route_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of the per-table route lock.
+const ROUTE_LOCK_STRIPES: usize = 64;
 
 /// Holds region locks until dropped (see [`TableManager::lock_regions`]).
 pub struct RegionLocks<'a> {
@@ -208,6 +213,9 @@ impl TableManager {
             ids: tokio::sync::Mutex::new((0, 0)),
             locked_regions: parking_lot::Mutex::new(std::collections::HashSet::new()),
             quarantine: Arc::new(Quarantine::default()),
+            route_locks: (0..ROUTE_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -761,27 +769,45 @@ impl TableManager {
             .collect()
     }
 
-    /// Moves the leadership of one region: the route gets `leader` and `followers` for it and
-    /// a version one higher, committed only if the route is still the one `entry` holds.
+    /// Moves the leadership of one region from `from` to `leader` (with `followers`), in the
+    /// table's current route, with a version one higher. Route changes of one table are
+    /// serialized here, so that failovers of two nodes moving regions of the same table both
+    /// land, one after the other, instead of one losing a compare-and-put on a route the other
+    /// just changed. Refused if the region is no longer led by `from`.
     pub async fn move_region_leader(
         &self,
-        entry: &TableEntry,
         region_id: u64,
+        from: u64,
         leader: Peer,
         followers: Vec<Peer>,
     ) -> Result<Arc<TableEntry>, DdlError> {
+        let table_id = super::model::table_of_region(region_id);
+        let _serialized = self.route_locks[(table_id % ROUTE_LOCK_STRIPES as u64) as usize]
+            .lock()
+            .await;
+        let entry = self.entry_by_id(table_id).ok_or_else(|| {
+            DdlError::NotFound(format!("table {table_id} of region {region_id} is gone"))
+        })?;
         let mut route = entry.route.clone();
         let region = route
             .regions
             .iter_mut()
             .find(|r| r.region_id == region_id)
             .ok_or_else(|| DdlError::NotFound(format!("region {region_id} is not in the route")))?;
+        if region.leader.id != from {
+            return Err(DdlError::NotConfirmed(format!(
+                "region {region_id} is now led by node {}, not {from}",
+                region.leader.id
+            )));
+        }
         region.leader = leader;
         region.followers = followers;
         route.version += 1;
         let key = keys::table_route(entry.info.id);
         let old = serde_json::to_vec(&entry.route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
         let new = serde_json::to_vec(&route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
+        // Under the table's lock, the cached route is the stored one unless something outside
+        // this leader changed the KV: then refuse rather than overwrite it.
         let swapped = self
             .store
             .compare_and_put(key, Some(old), new)
@@ -789,7 +815,7 @@ impl TableManager {
             .success;
         if !swapped {
             return Err(DdlError::NotConfirmed(format!(
-                "the route of {} changed concurrently; not moving region {region_id}",
+                "the stored route of {} is not the one this leader holds; not moving region {region_id}",
                 entry.info.name
             )));
         }

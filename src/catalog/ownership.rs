@@ -89,6 +89,14 @@ impl RegionOwnership {
             .collect()
     }
 
+    /// Whether the routes make `node_id` lead any region.
+    pub fn leads_any(&self, node_id: u64) -> bool {
+        self.by_node
+            .read()
+            .get(&node_id)
+            .is_some_and(|regions| regions.values().any(|role| *role == RegionRole::Leader))
+    }
+
     /// The role the routes give `node_id` for `region_id`.
     pub fn role(&self, node_id: u64, region_id: u64) -> Option<RegionRole> {
         self.by_node

@@ -1,0 +1,337 @@
+//! The reconciler's decisions, as pure functions of a snapshot (no clock, no I/O): the
+//! Scheduler gathers the snapshot, calls these, and carries out what they return.
+//!
+//! Failover is level-triggered: every tick (and every liveness event) the Scheduler asks
+//! [`plan_failovers`] which nodes the routes still give leader regions to although they are
+//! dead, whatever happened before: a death during a leader change (the new leader seeds the
+//! nodes it never heard from and they die like any other), during maintenance (planned again
+//! once it is off), a second death while the first is handled, or a failover that failed
+//! (retried after [`retry_delay`]). [`plan_region_moves`] then chooses, per region of a dead
+//! leader, which live node takes it and how.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::catalog::model::{Peer, RegionRoute};
+use crate::selector::Candidate;
+use crate::stats::ReplicaStats;
+
+/// What the failover planner sees.
+#[derive(Clone, Debug)]
+pub struct FailoverSnapshot {
+    /// Nodes declared dead (including nodes a new leader never heard from), each with
+    /// whether the routes still make it lead any region.
+    pub dead: Vec<(u64, bool)>,
+    /// Nodes whose failover is running now.
+    pub running: HashSet<u64>,
+    /// Maintenance mode: nothing fails over.
+    pub maintenance: bool,
+    /// Nodes whose last failover failed, with the instant before which it is not retried.
+    pub retry_not_before: HashMap<u64, Instant>,
+    pub now: Instant,
+}
+
+/// A decision of the planner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operator {
+    /// Move every region `node_id` leads to live nodes.
+    FailOverNode { node_id: u64 },
+}
+
+/// The failovers to start now, in node order.
+pub fn plan_failovers(snapshot: &FailoverSnapshot) -> Vec<Operator> {
+    if snapshot.maintenance {
+        return Vec::new();
+    }
+    let mut nodes: Vec<u64> = snapshot
+        .dead
+        .iter()
+        .filter(|(node_id, leads)| {
+            *leads
+                && !snapshot.running.contains(node_id)
+                && snapshot
+                    .retry_not_before
+                    .get(node_id)
+                    .is_none_or(|at| *at <= snapshot.now)
+        })
+        .map(|(node_id, _)| *node_id)
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+        .into_iter()
+        .map(|node_id| Operator::FailOverNode { node_id })
+        .collect()
+}
+
+/// How long after its `attempts`-th failed try a failover is tried again: 1 s doubling up to
+/// 30 s, so that a cluster without room for a node's regions is not hammered, and one that
+/// gets room (a node joins) heals within 30 s.
+pub fn retry_delay(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(5);
+    Duration::from_secs(1 << exponent).min(Duration::from_secs(30))
+}
+
+/// How one region of a dead leader moves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionMove {
+    /// A live, in-sync follower becomes leader.
+    Promote { region_id: u64, to: Peer },
+    /// The region is opened as leader on a live node that has no copy of it (the storage is
+    /// shared, so it reopens from there).
+    Reopen { region_id: u64, to: Peer },
+    /// No live node can take it now (retried later).
+    Stuck { region_id: u64, reason: String },
+}
+
+impl RegionMove {
+    pub fn region_id(&self) -> u64 {
+        match self {
+            RegionMove::Promote { region_id, .. }
+            | RegionMove::Reopen { region_id, .. }
+            | RegionMove::Stuck { region_id, .. } => *region_id,
+        }
+    }
+}
+
+/// Where each region of `regions` (all led by the dead node) goes. A live follower that the
+/// dead leader last reported in sync (or did not report on: datanodes that do not report
+/// replica state vouch for none) is promoted; otherwise the region reopens on the live node
+/// with the fewest regions that holds no copy of it (never where a lagging copy lives: that
+/// would promote it in effect). `candidates` are live nodes, the dead one excluded; their
+/// region counts grow with each reopen so that the regions spread.
+pub fn plan_region_moves(
+    regions: &[RegionRoute],
+    candidates: &[Candidate],
+    replicas: &[ReplicaStats],
+) -> Vec<RegionMove> {
+    let mut load: Vec<(u64, u64, &Peer)> = candidates
+        .iter()
+        .map(|c| (c.regions, c.peer.id, &c.peer))
+        .collect();
+    let live: HashSet<u64> = candidates.iter().map(|c| c.peer.id).collect();
+    let mut moves = Vec::with_capacity(regions.len());
+    for region in regions {
+        let reported: Vec<&ReplicaStats> = replicas
+            .iter()
+            .filter(|r| r.region_id == region.region_id)
+            .collect();
+        let in_sync = |follower: u64| {
+            reported.is_empty()
+                || reported
+                    .iter()
+                    .any(|r| r.peer_id == follower && r.in_sync && !r.is_learner)
+        };
+        if let Some(follower) = region
+            .followers
+            .iter()
+            .find(|f| live.contains(&f.id) && in_sync(f.id))
+        {
+            moves.push(RegionMove::Promote {
+                region_id: region.region_id,
+                to: follower.clone(),
+            });
+            continue;
+        }
+        let best = load
+            .iter_mut()
+            .filter(|(_, id, _)| !region.followers.iter().any(|f| f.id == *id))
+            .min_by_key(|(regions, id, _)| (*regions, *id));
+        match best {
+            Some((regions, _, peer)) => {
+                *regions += 1;
+                moves.push(RegionMove::Reopen {
+                    region_id: region.region_id,
+                    to: (*peer).clone(),
+                });
+            }
+            None => moves.push(RegionMove::Stuck {
+                region_id: region.region_id,
+                reason: "no live node without a lagging copy to open it on".into(),
+            }),
+        }
+    }
+    moves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u64) -> Peer {
+        Peer {
+            id,
+            addr: format!("10.0.0.{id}:4001"),
+        }
+    }
+
+    fn candidate(id: u64, regions: u64) -> Candidate {
+        Candidate {
+            peer: peer(id),
+            regions,
+            rcus: 0,
+            wcus: 0,
+        }
+    }
+
+    fn region(region_id: u64, leader: u64, followers: &[u64]) -> RegionRoute {
+        RegionRoute {
+            region_id,
+            region_number: region_id as u32,
+            leader: peer(leader),
+            followers: followers.iter().map(|f| peer(*f)).collect(),
+        }
+    }
+
+    fn snapshot(dead: &[(u64, bool)]) -> FailoverSnapshot {
+        FailoverSnapshot {
+            dead: dead.to_vec(),
+            running: HashSet::new(),
+            maintenance: false,
+            retry_not_before: HashMap::new(),
+            now: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn every_dead_leader_fails_over_however_it_died() {
+        // Two nodes died at once (or one before a leader change: seeded, never heard, dead
+        // like any other); node 5 is dead but leads nothing.
+        let plan = plan_failovers(&snapshot(&[(3, true), (2, true), (5, false)]));
+        assert_eq!(
+            plan,
+            vec![
+                Operator::FailOverNode { node_id: 2 },
+                Operator::FailOverNode { node_id: 3 }
+            ]
+        );
+    }
+
+    #[test]
+    fn maintenance_plans_nothing_and_its_end_plans_again() {
+        let mut s = snapshot(&[(2, true)]);
+        s.maintenance = true;
+        assert_eq!(plan_failovers(&s), vec![]);
+        s.maintenance = false;
+        assert_eq!(
+            plan_failovers(&s),
+            vec![Operator::FailOverNode { node_id: 2 }]
+        );
+    }
+
+    #[test]
+    fn a_running_failover_is_not_started_twice() {
+        let mut s = snapshot(&[(2, true), (3, true)]);
+        s.running.insert(2);
+        assert_eq!(
+            plan_failovers(&s),
+            vec![Operator::FailOverNode { node_id: 3 }]
+        );
+    }
+
+    #[test]
+    fn a_failed_failover_is_retried_after_its_backoff() {
+        let mut s = snapshot(&[(2, true)]);
+        s.retry_not_before.insert(2, s.now + Duration::from_secs(1));
+        assert_eq!(plan_failovers(&s), vec![]);
+        s.now += Duration::from_secs(1);
+        assert_eq!(
+            plan_failovers(&s),
+            vec![Operator::FailOverNode { node_id: 2 }]
+        );
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_thirty_seconds() {
+        let delays: Vec<u64> = (1..=8).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn an_in_sync_live_follower_is_promoted() {
+        let moves = plan_region_moves(
+            &[region(10, 1, &[2, 3])],
+            &[candidate(3, 0), candidate(4, 0)],
+            &[],
+        );
+        assert_eq!(
+            moves,
+            vec![RegionMove::Promote {
+                region_id: 10,
+                to: peer(3)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_lagging_follower_is_skipped_and_its_node_is_not_used() {
+        let lagging = ReplicaStats {
+            region_id: 10,
+            peer_id: 2,
+            in_sync: false,
+            is_learner: false,
+        };
+        let moves = plan_region_moves(
+            &[region(10, 1, &[2])],
+            &[candidate(2, 0), candidate(3, 5)],
+            &[lagging],
+        );
+        assert_eq!(
+            moves,
+            vec![RegionMove::Reopen {
+                region_id: 10,
+                to: peer(3)
+            }]
+        );
+    }
+
+    #[test]
+    fn with_every_copy_dead_regions_reopen_spread_over_the_least_loaded() {
+        // Leader 1 and follower 2 both died (2 is no candidate): reopen on 3 or 4, spreading.
+        let moves = plan_region_moves(
+            &[
+                region(10, 1, &[2]),
+                region(11, 1, &[2]),
+                region(12, 1, &[2]),
+            ],
+            &[candidate(3, 1), candidate(4, 0)],
+            &[],
+        );
+        assert_eq!(
+            moves,
+            vec![
+                RegionMove::Reopen {
+                    region_id: 10,
+                    to: peer(4)
+                },
+                RegionMove::Reopen {
+                    region_id: 11,
+                    to: peer(3)
+                },
+                RegionMove::Reopen {
+                    region_id: 12,
+                    to: peer(4)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_region_with_no_possible_target_is_stuck() {
+        let lagging = ReplicaStats {
+            region_id: 10,
+            peer_id: 2,
+            in_sync: false,
+            is_learner: false,
+        };
+        let moves = plan_region_moves(&[region(10, 1, &[2])], &[candidate(2, 0)], &[lagging]);
+        assert_eq!(
+            moves,
+            vec![RegionMove::Stuck {
+                region_id: 10,
+                reason: "no live node without a lagging copy to open it on".into()
+            }]
+        );
+        assert_eq!(plan_region_moves(&[region(11, 1, &[])], &[], &[]).len(), 1);
+    }
+}
