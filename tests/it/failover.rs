@@ -31,7 +31,7 @@ pub fn config() -> Config {
 /// An in-process metasrv on the embedded store (its files live as long as the returned
 /// fixture, bound first so that it is dropped last) with simulated datanodes `1..=nodes`, and
 /// a table `name` created on it.
-async fn cluster_with_table(
+pub async fn cluster_with_table(
     config: Config,
     nodes: u64,
     name: &str,

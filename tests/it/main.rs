@@ -11,5 +11,6 @@ mod heartbeat;
 mod large_catalog;
 mod lease;
 mod process;
+mod reconciler;
 mod router;
 mod store_conformance;

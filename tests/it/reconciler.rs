@@ -1,0 +1,271 @@
+//! Faults in combination, healed by the level-triggered reconciler: two datanodes dying at the
+//! same moment (one and two copies per region), a death during maintenance (healed once it
+//! ends), a datanode that dies just before the metasrv leader (the new leader never heard from
+//! it), and a 1,024-region table whose burst of instructions must not cut any stream. After
+//! each fault every region is led by exactly one live node, takes writes, and no two nodes
+//! ever led a region with overlapping write leases.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metasrv::catalog::model::TableName;
+use metasrv::sim::{SimDatanode, SimEvent, WriteLog};
+use metasrv::stats::RegionRole;
+
+use crate::chaos::assert_no_overlapping_leaders;
+use crate::failover::{cluster_with_table, config};
+use crate::harness::{http_get, http_request, wait_for};
+use crate::router::{cpu_table, create_request, node, rows, Cluster};
+
+/// Waits (bounded) until every region of `table` is routed to a leader among `live` and led
+/// there by exactly that node (no other live node reports it as leader), then writes to every
+/// region through the frontend.
+async fn assert_healed(
+    cluster_meta: &Arc<metasrv::client::MetaClient>,
+    frontend: &metasrv::sim::SimFrontend,
+    table: &TableName,
+    live: &[SimDatanode],
+    deadline: Duration,
+) {
+    let live_ids: HashSet<u64> = live.iter().map(SimDatanode::node_id).collect();
+    let route = wait_for(
+        &format!("every region of {table} to be led by one of {live_ids:?}"),
+        deadline,
+        || {
+            let meta = cluster_meta.clone();
+            let table = table.clone();
+            let live_ids = live_ids.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .all(|r| live_ids.contains(&r.leader.id))
+                    .then_some(route)
+            }
+        },
+    )
+    .await;
+    wait_for(
+        "each region to be led by exactly its routed leader among the live nodes",
+        Duration::from_secs(10),
+        || {
+            let ok = route.route.regions.iter().all(|r| {
+                let leaders: Vec<u64> = live
+                    .iter()
+                    .filter(|n| n.regions().get(&r.region_id) == Some(&RegionRole::Leader))
+                    .map(SimDatanode::node_id)
+                    .collect();
+                leaders == vec![r.leader.id]
+            });
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    wait_for(
+        &format!("writes to every region of {table}"),
+        Duration::from_secs(10),
+        || async move { frontend.insert(rows(table, 200)).await.ok() },
+    )
+    .await;
+}
+
+fn logs_of(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
+    nodes
+        .iter()
+        .map(|n| (format!("node {}", n.node_id()), n.write_log()))
+        .collect()
+}
+
+async fn two_datanodes_die_at_once(replicas: u32) {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let cluster = Cluster::start(
+        store,
+        config(),
+        &[node(1), node(2), node(3), node(4), node(5)],
+    )
+    .await;
+    let table = cpu_table("two_at_once");
+    cluster
+        .meta
+        .create_table(create_request(&table, 12, replicas))
+        .await
+        .expect("create");
+    cluster
+        .frontend
+        .insert(rows(&table, 200))
+        .await
+        .expect("writes before the fault");
+    let mut nodes = cluster.nodes;
+    let logs = logs_of(&nodes);
+    // Nodes 2 and 3 die together: with two copies, some regions lose every copy.
+    let third = nodes.remove(2);
+    let second = nodes.remove(1);
+    second.kill();
+    third.kill();
+    assert_healed(
+        &cluster.meta,
+        &cluster.frontend,
+        &table,
+        &nodes,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_datanodes_dying_at_once_strand_no_region_with_one_copy() {
+    two_datanodes_die_at_once(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_datanodes_dying_at_once_strand_no_region_with_two_copies() {
+    two_datanodes_die_at_once(2).await;
+}
+
+/// A node that dies during maintenance is left alone while it lasts, and failed over as soon
+/// as it ends: nothing waits for an event that already passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_during_maintenance_is_failed_over_once_it_ends() {
+    let (_fixture, cluster, table, route) =
+        cluster_with_table(config(), 3, "maintained", 6, 1).await;
+    let http = cluster.server.http_addr;
+    let (code, body) = http_request(http, "PUT", "/v1/maintenance?enabled=true").await;
+    assert_eq!(code, 200, "{body}");
+    let mut nodes = cluster.nodes;
+    let logs = logs_of(&nodes);
+    nodes.remove(1).kill();
+    wait_for(
+        "node 2 to be declared dead",
+        Duration::from_secs(10),
+        || async move {
+            let (_, body) = http_get(http, "/v1/nodes").await;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            json["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == 2 && n["status"] == "dead")
+                .then_some(())
+        },
+    )
+    .await;
+    // Dead, and past its lease and margin (600 + 200 ms): maintenance keeps it in place.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.meta.invalidate(&table);
+    let held = cluster.meta.route(&table).await.expect("route");
+    assert_eq!(held.route, route.route, "no failover in maintenance mode");
+
+    let (code, body) = http_request(http, "PUT", "/v1/maintenance?enabled=false").await;
+    assert_eq!(code, 200, "{body}");
+    assert_healed(
+        &cluster.meta,
+        &cluster.frontend,
+        &table,
+        &nodes,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+/// A 1,024-region table on 3 datanodes: its OpenRegion burst travels batched and waits for
+/// room on each stream; no stream is cut, every region opens once, and the create commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1024_region_table_is_created_without_cutting_a_stream() {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let config = metasrv::Config {
+        max_regions_per_table: 1024,
+        ..config()
+    };
+    let cluster = Cluster::start(store, config, &[node(1), node(2), node(3)]).await;
+    let table = cpu_table("wide_partitioned");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 1024, 1))
+        .await
+        .expect("a 1,024-region create");
+    assert_eq!(route.route.regions.len(), 1024);
+    let held: usize = cluster.nodes.iter().map(|n| n.regions().len()).sum();
+    assert_eq!(held, 1024, "every region opened exactly once");
+    for n in &cluster.nodes {
+        let cut = n
+            .events()
+            .into_iter()
+            .filter(|e| matches!(e, SimEvent::Disconnected { .. }))
+            .count();
+        assert_eq!(cut, 0, "node {} lost its stream", n.node_id());
+    }
+    cluster
+        .frontend
+        .insert(rows(&table, 2000))
+        .await
+        .expect("writes to the new table");
+    cluster.server.stop().await;
+}
+
+/// A datanode dies one second before the metasrv leader (SIGKILL), too soon for the leader to
+/// declare it dead. The new leader never hears from it: it watches the registered nodes from
+/// the start of its term, declares the silent one dead and fails its regions over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datanode_dying_just_before_the_leader_is_failed_over_by_the_next() {
+    use crate::election::{datanodes_on_leader, start_members_with_env, wait_for_one_leader};
+    use crate::harness::{EtcdProcess, MetasrvProcess};
+    use metasrv::client::MetaClient;
+
+    let etcd = EtcdProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Detection slower than the gap between the two kills: the old leader dies unaware.
+    let env = [
+        ("METASRV_REGION_LEASE", "2s"),
+        ("METASRV_ACCEPTABLE_HEARTBEAT_PAUSE", "2s"),
+        ("METASRV_MIN_STD_DEVIATION", "20ms"),
+    ];
+    let mut members = start_members_with_env(
+        dir.path(),
+        &etcd.endpoint,
+        2,
+        &["--election-lease-ttl", "1s"],
+        &env,
+    );
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
+    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let mut nodes = datanodes_on_leader(&members, leader, 3).await;
+    let meta = Arc::new(
+        MetaClient::connect(&endpoints, crate::router::CLUSTER, 0)
+            .await
+            .expect("meta"),
+    );
+    let table = cpu_table("orphaned_by_two_deaths");
+    meta.create_table(create_request(&table, 6, 1))
+        .await
+        .expect("create");
+    let logs = logs_of(&nodes);
+
+    nodes.remove(1).kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader_http = members[leader].http_addr;
+    let (_, procedures) = http_get(leader_http, "/v1/procedures").await;
+    assert!(
+        procedures.contains("\"procedures\":[]"),
+        "the old leader must not have noticed yet: {procedures}"
+    );
+    members[leader].signal_and_wait("KILL");
+
+    let survivor = &members[1 - leader];
+    wait_for_one_leader(&[survivor], Duration::from_secs(15)).await;
+    let frontend = metasrv::sim::SimFrontend::new(meta.clone());
+    assert_healed(&meta, &frontend, &table, &nodes, Duration::from_secs(30)).await;
+    let (_, procedures) = http_get(survivor.http_addr, "/v1/procedures").await;
+    assert!(
+        procedures.contains("\"node_id\":2"),
+        "the new leader failed node 2 over: {procedures}"
+    );
+    assert_no_overlapping_leaders(&logs);
+}
