@@ -1,5 +1,6 @@
 //! A seeded sequence of datanode faults (kills with quick or slow restarts on the same address,
-//! partitions short and long) while a frontend keeps writing. After each fault the cluster must
+//! of one node or two at the same moment, partitions short and long) while a frontend keeps
+//! writing. After each fault the cluster must
 //! become fully writable again by itself; at the end, across every node and every incarnation,
 //! no two nodes ever led a region with overlapping write leases. `CHAOS_SEED=n` replays a run.
 
@@ -18,7 +19,7 @@ fn millis(rng: &mut Rng, from: u64, to: u64) -> Duration {
 }
 
 /// Leader periods of different incarnations overlap for no region.
-fn assert_no_overlapping_leaders(logs: &[(String, WriteLog)]) {
+pub fn assert_no_overlapping_leaders(logs: &[(String, WriteLog)]) {
     let mut periods = Vec::new();
     for (who, log) in logs {
         for (region_id, from, until) in log.leader_periods() {
@@ -111,20 +112,44 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
             1 => millis(&mut rng, 300, 900),
             _ => millis(&mut rng, 900, 2000),
         };
-        if rng.next_u64() % 2 == 0 {
-            println!("step {step}: kill node {node_id}, restart after {outage:?}");
-            // The old incarnation dies now (its log keeps when), the new one starts later.
-            let restarted = nodes.remove(victim).restart(outage).await.expect("restart");
-            logs.push((
-                format!("node {node_id} (step {step})"),
-                restarted.write_log(),
-            ));
-            nodes.insert(victim, restarted);
-        } else {
-            println!("step {step}: partition node {node_id} for {outage:?}");
-            nodes[victim].stop_heartbeats();
-            tokio::time::sleep(outage).await;
-            nodes[victim].resume_heartbeats();
+        match rng.next_u64() % 3 {
+            0 => {
+                println!("step {step}: kill node {node_id}, restart after {outage:?}");
+                // The old incarnation dies now (its log keeps when), the new one starts later.
+                let restarted = nodes.remove(victim).restart(outage).await.expect("restart");
+                logs.push((
+                    format!("node {node_id} (step {step})"),
+                    restarted.write_log(),
+                ));
+                nodes.insert(victim, restarted);
+            }
+            1 => {
+                // Two nodes at the same moment: with two copies, some regions lose both.
+                let other = (victim + 1 + (rng.next_u64() % 3) as usize) % nodes.len();
+                let other_id = nodes[other].node_id();
+                println!(
+                    "step {step}: kill nodes {node_id} and {other_id} at once, restart after {outage:?}"
+                );
+                let (first, second) = (victim.min(other), victim.max(other));
+                let b = nodes.remove(second);
+                let a = nodes.remove(first);
+                let (a, b) = tokio::join!(a.restart(outage), b.restart(outage));
+                let (a, b) = (a.expect("restart"), b.expect("restart"));
+                for restarted in [&a, &b] {
+                    logs.push((
+                        format!("node {} (step {step})", restarted.node_id()),
+                        restarted.write_log(),
+                    ));
+                }
+                nodes.insert(first, a);
+                nodes.insert(second, b);
+            }
+            _ => {
+                println!("step {step}: partition node {node_id} for {outage:?}");
+                nodes[victim].stop_heartbeats();
+                tokio::time::sleep(outage).await;
+                nodes[victim].resume_heartbeats();
+            }
         }
         tables.push(created.await.expect("create task"));
         // The cluster heals by itself: every region of every table takes writes again.
