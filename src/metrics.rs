@@ -35,6 +35,8 @@ pub struct Metrics {
     pub maintenance: IntGauge,
     /// Metadata records the last catalog load set aside (set when scraped).
     pub quarantined_records: IntGauge,
+    /// Regions whose stats history the leader keeps (routed regions only).
+    pub region_histories: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -154,7 +156,12 @@ impl Metrics {
             "metasrv_quarantined_records",
             "Metadata records the last catalog load could not read (see /health)",
         );
+        let region_histories = gauge(
+            "metasrv_region_histories",
+            "Regions whose stats history the leader keeps (routed regions only)",
+        );
         Self {
+            region_histories,
             quarantined_records,
             region_failovers,
             region_failover_seconds,

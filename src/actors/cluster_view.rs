@@ -483,7 +483,17 @@ impl ClusterView {
     }
 }
 
+/// How often histories of regions no route names any more are dropped.
+const REGION_HISTORY_PRUNE_PERIOD: Duration = Duration::from_secs(10);
+
 impl ClusterView {
+    /// Drops the histories of regions no route names any more (dropped tables).
+    fn prune_region_histories(&mut self) {
+        let ownership = self.ownership.clone();
+        self.regions.retain(|id, _| ownership.is_routed(*id));
+        self.metrics.region_histories.set(self.regions.len() as i64);
+    }
+
     /// Fails at once the instructions written to a stream that ended: their answers cannot
     /// come, and waiting out their timeout would only delay the caller (a create, a failover).
     fn fail_instructions_of_session(&mut self, node_id: u64, session_id: u64) {
@@ -522,6 +532,9 @@ impl Actor for ClusterView {
         // Check often enough that detection lags phi by at most a tenth of an interval.
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         ctx.run_interval(period, |view, _| view.check_liveness());
+        ctx.run_interval(REGION_HISTORY_PRUNE_PERIOD, |view, _| {
+            view.prune_region_histories()
+        });
     }
 }
 
@@ -688,7 +701,15 @@ impl Handler<StatsReported> for ClusterView {
                 self.config.node_history,
             );
             node.latest = Some(report.node);
-            for region in &report.regions {
+            // History only for regions some route names: ids come from the network, and a
+            // node reporting regions no table owns must not grow this map. Regions of dropped
+            // tables are pruned (see `prune_region_histories`).
+            let routed = self.ownership.routed_of(&report.regions);
+            for region in report
+                .regions
+                .iter()
+                .filter(|r| routed.contains(&r.region_id))
+            {
                 let entry = self
                     .regions
                     .entry(region.region_id)
@@ -706,6 +727,7 @@ impl Handler<StatsReported> for ClusterView {
                     self.config.region_history,
                 );
             }
+            self.metrics.region_histories.set(self.regions.len() as i64);
             node.regions = report.regions;
             node.replicas = report.replicas;
         }

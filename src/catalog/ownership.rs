@@ -89,6 +89,21 @@ impl RegionOwnership {
             .collect()
     }
 
+    /// Whether some route names `region_id`.
+    pub fn is_routed(&self, region_id: u64) -> bool {
+        self.routed.read().contains(&region_id)
+    }
+
+    /// The regions of `reported` some route names (one lock for the whole report).
+    pub fn routed_of(&self, reported: &[RegionStats]) -> HashSet<u64> {
+        let routed = self.routed.read();
+        reported
+            .iter()
+            .map(|r| r.region_id)
+            .filter(|id| routed.contains(id))
+            .collect()
+    }
+
     /// Whether the routes make `node_id` lead any region.
     pub fn leads_any(&self, node_id: u64) -> bool {
         self.by_node

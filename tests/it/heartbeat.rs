@@ -607,3 +607,72 @@ async fn ask_leader_names_this_member_and_shutdown_closes_streams() {
     .await
     .expect("the node is told metasrv is shutting down");
 }
+
+/// A careless (or hostile) datanode reports 20,000 fresh region ids no table owns in every
+/// heartbeat: each is answered, and metasrv keeps no state for any of them (stats histories
+/// are kept for routed regions only), so its memory does not grow with what it is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_regions_in_heartbeats_leave_no_state_behind() {
+    const HEARTBEATS: u64 = 10;
+    const REGIONS: u64 = 20_000;
+    let (_dir, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let requests = (0..HEARTBEATS).map(|beat| {
+        let mut request = good_request(30);
+        request.region_stats = (0..REGIONS)
+            .map(|i| pb::RegionStat {
+                // Never the same id twice: (table 1,000,000 + beat) << 32 | i.
+                region_id: ((1_000_000 + beat) << 32) | i,
+                role: pb::RegionRole::Leader as i32,
+                ..Default::default()
+            })
+            .collect();
+        request
+    });
+    let mut client = HeartbeatClient::new(server.channel().await);
+    let mut responses = client
+        .heartbeat(tokio_stream::iter(requests.collect::<Vec<_>>()).chain(tokio_stream::pending()))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    for beat in 0..HEARTBEATS {
+        let response = responses
+            .next()
+            .await
+            .expect("a response")
+            .unwrap_or_else(|status| panic!("heartbeat {beat} refused: {status:?}"));
+        let lease = response.region_lease.expect("a lease answer");
+        assert!(
+            lease.leader_region_ids.is_empty() && lease.follower_region_ids.is_empty(),
+            "no lease on regions no table owns"
+        );
+    }
+    // Every report reached the ClusterView (it is the latest the node view shows).
+    wait_for(
+        "the last report to reach the cluster view",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = http_get(server.http_addr, "/v1/nodes").await;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let node = json["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == 30)?
+                .clone();
+            let first = node["regions"].as_array()?.first()?["region_id"].as_u64()?;
+            (first >> 32 == 1_000_000 + HEARTBEATS - 1).then_some(())
+        },
+    )
+    .await;
+    let (_, metrics) = http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("metasrv_region_histories 0"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("region_histories"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    server.stop().await;
+}
