@@ -100,11 +100,18 @@ impl RegionMove {
 /// with the fewest regions that holds no copy of it (never where a lagging copy lives: that
 /// would promote it in effect). `candidates` are live nodes, the dead one excluded; their
 /// region counts grow with each reopen so that the regions spread.
+///
+/// `replicas` is `None` when the dead leader sent no report this term (it died before this
+/// leader heard from it): then no follower is known to be in sync, and regions reopen on a node
+/// without a copy where one exists; a follower is promoted only when every live node holds a
+/// copy (the region would otherwise stay down).
 pub fn plan_region_moves(
     regions: &[RegionRoute],
     candidates: &[Candidate],
-    replicas: &[ReplicaStats],
+    replicas: Option<&[ReplicaStats]>,
 ) -> Vec<RegionMove> {
+    let unknown = replicas.is_none();
+    let replicas = replicas.unwrap_or_default();
     let mut load: Vec<(u64, u64, &Peer)> = candidates
         .iter()
         .map(|c| (c.regions, c.peer.id, &c.peer))
@@ -122,11 +129,11 @@ pub fn plan_region_moves(
                     .iter()
                     .any(|r| r.peer_id == follower && r.in_sync && !r.is_learner)
         };
-        if let Some(follower) = region
+        let live_follower = region
             .followers
             .iter()
-            .find(|f| live.contains(&f.id) && in_sync(f.id))
-        {
+            .find(|f| live.contains(&f.id) && (unknown || in_sync(f.id)));
+        if let (Some(follower), false) = (live_follower, unknown) {
             moves.push(RegionMove::Promote {
                 region_id: region.region_id,
                 to: follower.clone(),
@@ -137,15 +144,19 @@ pub fn plan_region_moves(
             .iter_mut()
             .filter(|(_, id, _)| !region.followers.iter().any(|f| f.id == *id))
             .min_by_key(|(regions, id, _)| (*regions, *id));
-        match best {
-            Some((regions, _, peer)) => {
+        match (best, live_follower) {
+            (None, Some(follower)) => moves.push(RegionMove::Promote {
+                region_id: region.region_id,
+                to: follower.clone(),
+            }),
+            (Some((regions, _, peer)), _) => {
                 *regions += 1;
                 moves.push(RegionMove::Reopen {
                     region_id: region.region_id,
                     to: (*peer).clone(),
                 });
             }
-            None => moves.push(RegionMove::Stuck {
+            (None, None) => moves.push(RegionMove::Stuck {
                 region_id: region.region_id,
                 reason: "no live node without a lagging copy to open it on".into(),
             }),
@@ -252,7 +263,7 @@ mod tests {
         let moves = plan_region_moves(
             &[region(10, 1, &[2, 3])],
             &[candidate(3, 0), candidate(4, 0)],
-            &[],
+            Some(&[]),
         );
         assert_eq!(
             moves,
@@ -274,7 +285,7 @@ mod tests {
         let moves = plan_region_moves(
             &[region(10, 1, &[2])],
             &[candidate(2, 0), candidate(3, 5)],
-            &[lagging],
+            Some(&[lagging]),
         );
         assert_eq!(
             moves,
@@ -295,7 +306,7 @@ mod tests {
                 region(12, 1, &[2]),
             ],
             &[candidate(3, 1), candidate(4, 0)],
-            &[],
+            Some(&[]),
         );
         assert_eq!(
             moves,
@@ -324,7 +335,7 @@ mod tests {
             in_sync: false,
             is_learner: false,
         };
-        let moves = plan_region_moves(&[region(10, 1, &[2])], &[candidate(2, 0)], &[lagging]);
+        let moves = plan_region_moves(&[region(10, 1, &[2])], &[candidate(2, 0)], Some(&[lagging]));
         assert_eq!(
             moves,
             vec![RegionMove::Stuck {
@@ -332,6 +343,35 @@ mod tests {
                 reason: "no live node without a lagging copy to open it on".into()
             }]
         );
-        assert_eq!(plan_region_moves(&[region(11, 1, &[])], &[], &[]).len(), 1);
+        assert_eq!(
+            plan_region_moves(&[region(11, 1, &[])], &[], Some(&[])).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_leader_never_heard_this_term_vouches_for_no_follower() {
+        // It died before this leader started: reopen where no copy lives...
+        let moves = plan_region_moves(
+            &[region(10, 1, &[2])],
+            &[candidate(2, 0), candidate(3, 9)],
+            None,
+        );
+        assert_eq!(
+            moves,
+            vec![RegionMove::Reopen {
+                region_id: 10,
+                to: peer(3)
+            }]
+        );
+        // ...and promote only when every live node holds a copy.
+        let moves = plan_region_moves(&[region(10, 1, &[2])], &[candidate(2, 0)], None);
+        assert_eq!(
+            moves,
+            vec![RegionMove::Promote {
+                region_id: 10,
+                to: peer(2)
+            }]
+        );
     }
 }

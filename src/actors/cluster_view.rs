@@ -101,6 +101,14 @@ pub struct GetReplicaStats {
     pub node_id: u64,
 }
 
+/// What the node's last full report this term said of its followers: `None` if it sent none
+/// this term (a node a new leader never heard from), so nothing is known of their sync state.
+#[derive(Message)]
+#[rtype(result = "Option<Vec<ReplicaStats>>")]
+pub struct GetReplicaReport {
+    pub node_id: u64,
+}
+
 /// Registers a subscriber for node liveness events.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -121,9 +129,10 @@ pub struct CloseAllSessions {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ResetView {
-    /// The term that begins (0 when leadership is lost). Instruction ids carry it in their
-    /// high 32 bits, so that a late answer to another term's instruction never matches one
-    /// of this term.
+    /// The term that begins (0 when leadership is lost). Each term tags its instruction ids
+    /// with a random 32-bit epoch in their high bits: term numbers are counted per member
+    /// (every member's first term is 1, and a restarted embedded store starts again), so a
+    /// late answer to another leader's or another term's instruction must not match by term.
     pub term: u64,
 }
 
@@ -358,10 +367,10 @@ pub struct ClusterView {
     regions: HashMap<u64, RegionEntry>,
     subscribers: Vec<Recipient<NodeEvent>>,
     pending: HashMap<u64, PendingInstruction>,
-    /// The low 32 bits of the next instruction id; the high 32 are the term.
+    /// The low 32 bits of the next instruction id; the high 32 are the term's epoch.
     next_instruction_id: u64,
-    /// The leadership term this view serves (see [`ResetView`]).
-    term: u64,
+    /// The high 32 bits of this term's instruction ids (see [`ResetView`]).
+    id_epoch: u64,
 }
 
 /// Where registered datanodes are persisted.
@@ -404,7 +413,7 @@ impl ClusterView {
             subscribers: Vec::new(),
             pending: HashMap::new(),
             next_instruction_id: 1,
-            term: 0,
+            id_epoch: 0,
         }
     }
 
@@ -768,7 +777,7 @@ impl Handler<SendInstruction> for ClusterView {
                 .inc();
             return Box::pin(async move { Err(MailboxError::NodeNotConnected(node_id)) });
         };
-        let id = (self.term << 32) | (self.next_instruction_id & 0xffff_ffff);
+        let id = (self.id_epoch << 32) | (self.next_instruction_id & 0xffff_ffff);
         self.next_instruction_id = (self.next_instruction_id + 1) & 0xffff_ffff;
         if self.next_instruction_id == 0 {
             self.next_instruction_id = 1;
@@ -884,6 +893,19 @@ impl Handler<GetReplicaStats> for ClusterView {
     }
 }
 
+impl Handler<GetReplicaReport> for ClusterView {
+    type Result = MessageResult<GetReplicaReport>;
+
+    fn handle(&mut self, msg: GetReplicaReport, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.nodes
+                .get(&msg.node_id)
+                .filter(|n| n.latest.is_some())
+                .map(|n| n.replicas.clone()),
+        )
+    }
+}
+
 impl Handler<GetLeaseExpiry> for ClusterView {
     type Result = MessageResult<GetLeaseExpiry>;
 
@@ -922,7 +944,12 @@ impl Handler<ResetView> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: ResetView, _ctx: &mut Self::Context) {
-        self.term = msg.term;
+        self.id_epoch = if msg.term == 0 {
+            0
+        } else {
+            // Non-zero, so no id of a term is ever 0 in its high half.
+            u64::from((uuid::Uuid::new_v4().as_u128() as u32).max(1))
+        };
         self.next_instruction_id = 1;
         for node in self.nodes.values_mut() {
             if let Some(session) = node.session.take() {

@@ -96,6 +96,9 @@ pub struct ElectionActor {
     /// Where the catalog load runs: not this actor's thread, which keeps the election lease
     /// alive and must never wait behind seconds of loading and decoding.
     background: tokio::runtime::Handle,
+    /// The catalog load in progress: aborted when its campaign is abandoned, so that a late
+    /// load of an earlier term never replaces a newer catalog (or a running failover's fence).
+    loading: Option<tokio::task::AbortHandle>,
 }
 
 impl ElectionActor {
@@ -122,6 +125,7 @@ impl ElectionActor {
             lease_id: None,
             keepalive: None,
             background,
+            loading: None,
         }
     }
 
@@ -238,6 +242,9 @@ impl ElectionActor {
         if let Some(keepalive) = self.keepalive.take() {
             keepalive.abort();
         }
+        if let Some(loading) = self.loading.take() {
+            loading.abort();
+        }
         self.revoke_lease();
         self.campaign(ctx, Duration::from_millis(100));
     }
@@ -257,6 +264,9 @@ impl ElectionActor {
         let load = self
             .background
             .spawn(async move { tables.become_leader().await.map_err(|e| e.to_string()) });
+        if let Some(earlier) = self.loading.replace(load.abort_handle()) {
+            earlier.abort();
+        }
         ctx.spawn(
             async move {
                 let result = load

@@ -45,6 +45,8 @@ pub struct CloseSession {
 
 /// The most instructions one response carries.
 pub const INSTRUCTIONS_PER_RESPONSE: usize = 256;
+/// Room kept on a stream for acknowledgements when instructions are written to it.
+const ACK_ROOM: usize = 8;
 /// The most instructions queued for one node before its stream is closed.
 const MAX_QUEUED_INSTRUCTIONS: usize = 100_000;
 
@@ -345,31 +347,48 @@ impl HeartbeatSession {
     /// response, as the stream takes them: a burst (a 1,024-region create, a node's failover)
     /// waits for room instead of overflowing the outbound channel and cutting the stream, and
     /// travels in a few responses instead of one each. Instructions go in responses of their
-    /// own: acknowledgements stay one per request, in order (the datanode's contract).
+    /// own: acknowledgements stay one per request, in order (the datanode's contract); they may
+    /// overtake queued instructions, which nothing depends on.
     fn flush_instructions(&mut self, ctx: &mut Context<Self>) {
         if self.flushing || self.queued.is_empty() {
             return;
         }
         self.flushing = true;
         let outbound = self.outbound.clone();
+        // Wait until the stream has room for a batch and still `ACK_ROOM` acknowledgements
+        // beside it: a burst must not fill the channel and make the next acknowledgement (a
+        // `try_send`, which cuts a node that does not read) fail.
         ctx.spawn(
-            async move { outbound.reserve_owned().await.ok() }
+            async move { outbound.reserve_many(ACK_ROOM + 1).await.is_ok() }
                 .into_actor(self)
-                .map(|permit, session, ctx| {
+                .map(|open, session, ctx| {
                     session.flushing = false;
-                    let Some(permit) = permit else {
+                    if !open {
                         // The stream is gone.
                         ctx.stop();
                         return;
-                    };
+                    }
                     let take = session.queued.len().min(INSTRUCTIONS_PER_RESPONSE);
                     let instructions: Vec<pb::Instruction> = session.queued.drain(..take).collect();
-                    permit.send(Ok(pb::HeartbeatResponse {
+                    let response = pb::HeartbeatResponse {
                         header: session.header(),
                         instructions,
                         heartbeat_interval_millis: session.heartbeat_interval_millis,
                         region_lease: None,
-                    }));
+                    };
+                    match session.outbound.try_send(Ok(response)) {
+                        Ok(()) => {}
+                        // Acknowledgements took the room meanwhile: put the batch back.
+                        Err(mpsc::error::TrySendError::Full(Ok(response))) => {
+                            for instruction in response.instructions.into_iter().rev() {
+                                session.queued.push_front(instruction);
+                            }
+                        }
+                        Err(_) => {
+                            ctx.stop();
+                            return;
+                        }
+                    }
                     session.flush_instructions(ctx);
                 }),
         );

@@ -23,10 +23,10 @@ use tokio::sync::Semaphore;
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    ClusterView, GetLeaseExpiry, GetReplicaStats, Instruction, ListCandidates, ListDeadNodes,
+    ClusterView, GetLeaseExpiry, GetReplicaReport, Instruction, ListCandidates, ListDeadNodes,
     NodeEvent, RegisteredNode, SeedNodes, SendInstruction, Subscribe, NODE_PREFIX,
 };
-use crate::catalog::model::{Peer, RegionRoute};
+use crate::catalog::model::{table_of_region, Peer, RegionRoute};
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
 use crate::metrics::Metrics;
@@ -173,7 +173,9 @@ impl Scheduler {
                 ProcedureState::Done => {
                     scheduler.retries.remove(&node_id);
                 }
-                ProcedureState::Failed => {
+                // Interrupted (it could not record its progress) counts as a failed attempt:
+                // no restart on every tick while the store refuses.
+                ProcedureState::Failed | ProcedureState::Running => {
                     let retry = scheduler.retries.entry(node_id).or_insert(Retry {
                         attempts: 0,
                         not_before: Instant::now(),
@@ -186,7 +188,6 @@ impl Scheduler {
                         "failover incomplete; it is planned again after a backoff"
                     );
                 }
-                ProcedureState::Running => {}
             }
         }));
         self.failing_over.insert(node_id, task);
@@ -278,13 +279,22 @@ impl StreamHandler<LeadershipState> for Scheduler {
         let maintenance = self.maintenance.clone();
         let view = self.cluster_view.clone();
         let grace = self.failover.region_lease;
+        let tables = self.tables.clone();
         let load = async move {
             // Nodes the routes may name that have not reached this leader (yet): watched from
-            // now on, so that one that died before this term began dies here too.
-            match load_registered_nodes(procedures.store().as_ref()).await {
-                Ok(nodes) => view.do_send(SeedNodes { nodes, grace }),
-                Err(e) => tracing::error!("cannot read the registered nodes: {e}"),
+            // now on, so that one that died before this term began dies here too. The routes
+            // name them too (a registration is written best effort), so both count.
+            let mut nodes = match load_registered_nodes(procedures.store().as_ref()).await {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    tracing::error!("cannot read the registered nodes: {e}");
+                    Vec::new()
+                }
+            };
+            if let Some(tables) = tables {
+                nodes.extend(nodes_named_by_routes(&tables));
             }
+            view.do_send(SeedNodes { nodes, grace });
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all
                     .into_iter()
@@ -295,11 +305,9 @@ impl StreamHandler<LeadershipState> for Scheduler {
                     Vec::new()
                 }
             };
-            if let Some(store) = procedures_store(&procedures) {
-                match load_maintenance(store.as_ref()).await {
-                    Ok(on) => maintenance.store(on, Ordering::Relaxed),
-                    Err(e) => tracing::error!("cannot read the maintenance flag: {e}"),
-                }
+            match load_maintenance(procedures.store().as_ref()).await {
+                Ok(on) => maintenance.store(on, Ordering::Relaxed),
+                Err(e) => tracing::error!("cannot read the maintenance flag: {e}"),
             }
             running
         };
@@ -325,10 +333,6 @@ impl StreamHandler<LeadershipState> for Scheduler {
     }
 }
 
-fn procedures_store(procedures: &ProcedureStore) -> Option<Arc<dyn crate::store::KvBackend>> {
-    Some(procedures.store())
-}
-
 impl Handler<AttachTables> for Scheduler {
     type Result = ();
 
@@ -341,6 +345,10 @@ impl Handler<NodeEvent> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, event: NodeEvent, ctx: &mut Self::Context) {
+        if let NodeEvent::Recovered { node_id } = event {
+            // Its next death starts afresh.
+            self.retries.remove(&node_id);
+        }
         if let NodeEvent::Dead { node_id, .. } = event {
             if self.maintenance.load(Ordering::Relaxed) {
                 tracing::warn!(
@@ -384,6 +392,26 @@ async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) -> Pro
         .region_failover_seconds
         .observe(started.elapsed().as_secs_f64());
     state
+}
+
+/// Every node the routes name (as leader or follower), with the address they give.
+fn nodes_named_by_routes(tables: &TableManager) -> Vec<RegisteredNode> {
+    let mut named: HashMap<u64, String> = HashMap::new();
+    for entry in tables.tables() {
+        for region in &entry.route.regions {
+            for peer in std::iter::once(&region.leader).chain(&region.followers) {
+                named.entry(peer.id).or_insert_with(|| peer.addr.clone());
+            }
+        }
+    }
+    named
+        .into_iter()
+        .map(|(id, addr)| RegisteredNode {
+            id,
+            addr,
+            instance_id: String::new(),
+        })
+        .collect()
 }
 
 /// Every registered datanode (`__meta/node/*`), read in pages; unreadable records are
@@ -505,16 +533,17 @@ async fn move_regions_of_dead_node(
     // Which followers the dead leader last reported in sync.
     let replicas = f
         .cluster_view
-        .send(GetReplicaStats { node_id: dead })
+        .send(GetReplicaReport { node_id: dead })
         .await
-        .unwrap_or_default();
+        .ok()
+        .flatten();
     let tables_of: HashMap<u64, Arc<crate::catalog::TableEntry>> = regions
         .iter()
         .map(|(entry, region)| (region.region_id, entry.clone()))
         .collect();
     let routes: Vec<RegionRoute> = regions.into_iter().map(|(_, region)| region).collect();
     let mut failures = 0;
-    for (planned, region) in plan_region_moves(&routes, &candidates, &replicas)
+    for (planned, region) in plan_region_moves(&routes, &candidates, replicas.as_deref())
         .into_iter()
         .zip(&routes)
     {
@@ -609,11 +638,30 @@ async fn move_regions_of_dead_node(
                 ));
             }
             Err(e) => {
-                // The target took the region but the route does not say so: it must not go
-                // on leading it (a second writer once the region moves elsewhere).
-                undo(&f);
-                failures += 1;
-                procedure.step(format!("region {region_id}: cannot move the route: {e}"));
+                let landed = f
+                    .tables
+                    .entry_by_id(table_of_region(region_id))
+                    .is_some_and(|t| {
+                        t.route
+                            .regions
+                            .iter()
+                            .any(|r| r.region_id == region_id && r.leader.id == target.id)
+                    });
+                if landed {
+                    // The write landed although its answer was lost (the manager re-read
+                    // the stored route): the move is done.
+                    f.tables.ownership().end_move(region_id);
+                    procedure.step(format!(
+                        "region {region_id} now led by node {} (the route write's answer was lost: {e})",
+                        target.id
+                    ));
+                } else {
+                    // The target took the region but the route does not say so: it must
+                    // not go on leading it (a second writer once the region moves elsewhere).
+                    undo(&f);
+                    failures += 1;
+                    procedure.step(format!("region {region_id}: cannot move the route: {e}"));
+                }
             }
         }
         save(&procedure).await;

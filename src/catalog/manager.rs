@@ -808,12 +808,17 @@ impl TableManager {
         let new = serde_json::to_vec(&route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
         // Under the table's lock, the cached route is the stored one unless something outside
         // this leader changed the KV: then refuse rather than overwrite it.
-        let swapped = self
-            .store
-            .compare_and_put(key, Some(old), new)
-            .await?
-            .success;
+        let swapped = match self.store.compare_and_put(key, Some(old), new).await {
+            Ok(response) => response.success,
+            Err(e) => {
+                // The write may have landed: the cache must follow the store, or every later
+                // move compares against a route that is no longer there.
+                self.refresh_route(&entry).await;
+                return Err(e.into());
+            }
+        };
         if !swapped {
+            self.refresh_route(&entry).await;
             return Err(DdlError::NotConfirmed(format!(
                 "the stored route of {} is not the one this leader holds; not moving region {region_id}",
                 entry.info.name
@@ -827,6 +832,41 @@ impl TableManager {
         self.ownership.add_route(&updated.route);
         self.cache.write().put_table(updated.clone());
         Ok(updated)
+    }
+
+    /// Re-reads the stored route of `entry`'s table into the cache and the ownership (after a
+    /// route write whose outcome is unknown or that found another route stored). Best effort:
+    /// if the store cannot be read, the cache stays and the next attempt refreshes again.
+    async fn refresh_route(&self, entry: &TableEntry) {
+        let stored = match self
+            .store
+            .batch_get(vec![keys::table_route(entry.info.id)])
+            .await
+        {
+            Ok(kvs) => kvs.into_iter().next(),
+            Err(e) => {
+                tracing::warn!(table = %entry.info.name, "cannot re-read a route: {e}");
+                return;
+            }
+        };
+        let Some(route) =
+            stored.and_then(|kv| serde_json::from_slice::<TableRoute>(&kv.value).ok())
+        else {
+            return;
+        };
+        let mut cache = self.cache.write();
+        let Some(current) = cache.tables.get(&entry.info.name).cloned() else {
+            return;
+        };
+        if current.info.id != entry.info.id || current.route == route {
+            return;
+        }
+        self.ownership.remove_route(&current.route);
+        self.ownership.add_route(&route);
+        cache.put_table(Arc::new(TableEntry {
+            info: current.info.clone(),
+            route,
+        }));
     }
 
     /// The current entry of a table by id (after concurrent moves).

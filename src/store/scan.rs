@@ -54,18 +54,33 @@ impl<'a> PrefixScan<'a> {
         if self.done {
             return Ok(None);
         }
-        let page = self
-            .store
-            .range(RangeRequest {
-                range: KeyRange {
-                    key: self.next_key.clone(),
-                    range_end: self.end.clone(),
-                },
-                limit: self.limit,
-                keys_only: false,
-                revision: self.revision,
-            })
-            .await?;
+        let page = loop {
+            let read = self
+                .store
+                .range(RangeRequest {
+                    range: KeyRange {
+                        key: self.next_key.clone(),
+                        range_end: self.end.clone(),
+                    },
+                    limit: self.limit,
+                    keys_only: false,
+                    revision: self.revision,
+                })
+                .await;
+            match read {
+                Ok(page) => break page,
+                // The pairs grew wider than the last page's: the response was over what the
+                // client decodes. Fewer at a time (never fewer than one).
+                Err(e) if self.limit > 1 && is_too_large(&e) => {
+                    self.limit /= 2;
+                    tracing::debug!(
+                        limit = self.limit,
+                        "a page was too large; asking for fewer pairs"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if self.revision == 0 {
             self.revision = page.revision;
         }
@@ -94,12 +109,21 @@ impl<'a> PrefixScan<'a> {
 }
 
 /// How many pairs the next page asks for: as many of the largest pair of `page` as fit the
-/// budget (at least one, so a scan always progresses).
+/// budget (at least one, so a scan always progresses), growing at most twofold a page so that
+/// a run of small pairs does not make the page after it huge when wide ones follow.
 fn next_limit(page: &[KeyValue], current: u64) -> u64 {
     match page.iter().map(|kv| kv.key.len() + kv.value.len()).max() {
-        Some(largest) => ((PAGE_BYTES / largest.max(1)) as u64).clamp(1, MAX_PAGE_PAIRS),
+        Some(largest) => ((PAGE_BYTES / largest.max(1)) as u64)
+            .min(current.saturating_mul(2))
+            .clamp(1, MAX_PAGE_PAIRS),
         None => current,
     }
+}
+
+/// Whether a read failed because its response was larger than the client decodes (tonic's
+/// "decoded message length too large", which the etcd backend reports as a refused request).
+fn is_too_large(error: &super::StoreError) -> bool {
+    error.to_string().contains("too large")
 }
 
 #[cfg(test)]
@@ -115,9 +139,10 @@ mod tests {
     #[test]
     fn the_page_size_follows_the_largest_pair() {
         // 8 KiB tables: 2 MiB holds 255 of them (key bytes included).
-        assert_eq!(next_limit(&pairs(3, 8 * 1024), 64), 255);
-        // Tiny pairs: capped.
-        assert_eq!(next_limit(&pairs(3, 10), 64), MAX_PAGE_PAIRS);
+        assert_eq!(next_limit(&pairs(3, 8 * 1024), 512), 255);
+        // Tiny pairs: twice the last page at most, and capped.
+        assert_eq!(next_limit(&pairs(3, 10), 64), 128);
+        assert_eq!(next_limit(&pairs(3, 10), 8_000), MAX_PAGE_PAIRS);
         // A pair larger than the budget: one at a time, never zero.
         assert_eq!(next_limit(&pairs(1, 3 * 1024 * 1024), 64), 1);
         // An empty page keeps the limit.
