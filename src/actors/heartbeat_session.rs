@@ -45,8 +45,8 @@ pub struct CloseSession {
 
 /// The most instructions one response carries.
 pub const INSTRUCTIONS_PER_RESPONSE: usize = 256;
-/// Room kept on a stream for acknowledgements when instructions are written to it.
-const ACK_ROOM: usize = 8;
+/// Acknowledgements that may wait for room on a stream before the node counts as not reading.
+const MAX_WAITING_ACKS: usize = 64;
 /// The most instructions queued for one node before its stream is closed.
 const MAX_QUEUED_INSTRUCTIONS: usize = 100_000;
 
@@ -86,7 +86,9 @@ pub struct HeartbeatSession {
     asked_to_open: HashSet<u64>,
     /// Instructions waiting for room on the stream (bounded by [`MAX_QUEUED_INSTRUCTIONS`]).
     queued: VecDeque<pb::Instruction>,
-    /// A task is waiting for room to write the queued instructions.
+    /// Acknowledgements that found the stream full, in order (bounded by [`MAX_WAITING_ACKS`]).
+    waiting_acks: VecDeque<pb::HeartbeatResponse>,
+    /// A task is waiting for room to write what waits.
     flushing: bool,
     tables: Arc<TableManager>,
     instruction_timeout: Duration,
@@ -120,6 +122,7 @@ impl HeartbeatSession {
                 asked_to_close: HashSet::new(),
                 asked_to_open: HashSet::new(),
                 queued: VecDeque::new(),
+                waiting_acks: VecDeque::new(),
                 flushing: false,
                 tables: context.tables,
                 instruction_timeout: context.instruction_timeout,
@@ -137,15 +140,29 @@ impl HeartbeatSession {
 
     /// Queues a message for the node; a node that does not read its stream is cut off rather
     /// than allowed to grow our memory.
-    fn send(&self, message: Result<pb::HeartbeatResponse, Status>, ctx: &mut Context<Self>) {
-        match self.outbound.try_send(message) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(session = self.session_id, node = ?self.node_id, "node does not read its heartbeat stream; closing it");
-                ctx.stop();
+    /// Writes an acknowledgement: at once if the stream has room and nothing waits before
+    /// it, else after the acknowledgements already waiting (bounded: a node that stops reading
+    /// its stream is cut off).
+    fn send_ack(&mut self, response: pb::HeartbeatResponse, ctx: &mut Context<Self>) {
+        if self.waiting_acks.is_empty() {
+            match self.outbound.try_send(Ok(response)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(Ok(response))) => {
+                    self.waiting_acks.push_back(response)
+                }
+                Err(_) => {
+                    ctx.stop();
+                    return;
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        } else if self.waiting_acks.len() >= MAX_WAITING_ACKS {
+            tracing::warn!(session = self.session_id, node = ?self.node_id, "node does not read its heartbeat stream; closing it");
+            ctx.stop();
+            return;
+        } else {
+            self.waiting_acks.push_back(response);
         }
+        self.flush(ctx);
     }
 
     fn refuse(&self, reason: String, ctx: &mut Context<Self>) {
@@ -243,7 +260,7 @@ impl HeartbeatSession {
             heartbeat_interval_millis: self.heartbeat_interval_millis,
             region_lease,
         };
-        self.send(Ok(response), ctx);
+        self.send_ack(response, ctx);
         self.metrics.heartbeats.with_label_values(&["ok"]).inc();
         self.metrics
             .heartbeat_handle_seconds
@@ -338,58 +355,50 @@ impl Handler<DeliverInstruction> for HeartbeatSession {
             return;
         }
         self.queued.push_back(msg.instruction);
-        self.flush_instructions(ctx);
+        self.flush(ctx);
     }
 }
 
 impl HeartbeatSession {
-    /// Writes queued instructions to the stream, up to [`INSTRUCTIONS_PER_RESPONSE`] in one
-    /// response, as the stream takes them: a burst (a 1,024-region create, a node's failover)
-    /// waits for room instead of overflowing the outbound channel and cutting the stream, and
-    /// travels in a few responses instead of one each. Instructions go in responses of their
-    /// own: acknowledgements stay one per request, in order (the datanode's contract); they may
-    /// overtake queued instructions, which nothing depends on.
-    fn flush_instructions(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.queued.is_empty() {
+    /// Writes what waits for room on the stream, one response per free slot: acknowledgements
+    /// that found the stream full first (in order), then queued instructions, up to
+    /// [`INSTRUCTIONS_PER_RESPONSE`] in one response. A burst (a 1,024-region create, a
+    /// node's failover) waits for room instead of overflowing the channel and cutting the
+    /// stream, and travels in a few responses instead of one each. Instructions go in
+    /// responses of their own: acknowledgements stay one per request, in order (the
+    /// datanode's contract); they may overtake queued instructions, which nothing depends on.
+    /// One slot at a time: a waiter for several slots would be handed every freed slot first
+    /// and starve the acknowledgements.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || (self.waiting_acks.is_empty() && self.queued.is_empty()) {
             return;
         }
         self.flushing = true;
         let outbound = self.outbound.clone();
-        // Wait until the stream has room for a batch and still `ACK_ROOM` acknowledgements
-        // beside it: a burst must not fill the channel and make the next acknowledgement (a
-        // `try_send`, which cuts a node that does not read) fail.
         ctx.spawn(
-            async move { outbound.reserve_many(ACK_ROOM + 1).await.is_ok() }
+            async move { outbound.reserve_owned().await.ok() }
                 .into_actor(self)
-                .map(|open, session, ctx| {
+                .map(|permit, session, ctx| {
                     session.flushing = false;
-                    if !open {
+                    let Some(permit) = permit else {
                         // The stream is gone.
                         ctx.stop();
                         return;
-                    }
-                    let take = session.queued.len().min(INSTRUCTIONS_PER_RESPONSE);
-                    let instructions: Vec<pb::Instruction> = session.queued.drain(..take).collect();
-                    let response = pb::HeartbeatResponse {
-                        header: session.header(),
-                        instructions,
-                        heartbeat_interval_millis: session.heartbeat_interval_millis,
-                        region_lease: None,
                     };
-                    match session.outbound.try_send(Ok(response)) {
-                        Ok(()) => {}
-                        // Acknowledgements took the room meanwhile: put the batch back.
-                        Err(mpsc::error::TrySendError::Full(Ok(response))) => {
-                            for instruction in response.instructions.into_iter().rev() {
-                                session.queued.push_front(instruction);
+                    let response = match session.waiting_acks.pop_front() {
+                        Some(ack) => ack,
+                        None => {
+                            let take = session.queued.len().min(INSTRUCTIONS_PER_RESPONSE);
+                            pb::HeartbeatResponse {
+                                header: session.header(),
+                                instructions: session.queued.drain(..take).collect(),
+                                heartbeat_interval_millis: session.heartbeat_interval_millis,
+                                region_lease: None,
                             }
                         }
-                        Err(_) => {
-                            ctx.stop();
-                            return;
-                        }
-                    }
-                    session.flush_instructions(ctx);
+                    };
+                    permit.send(Ok(response));
+                    session.flush(ctx);
                 }),
         );
     }

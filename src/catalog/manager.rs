@@ -577,11 +577,16 @@ impl TableManager {
             return Ok(());
         }
         self.close_regions_in_background(route);
+        // The message travels in a gRPC header: name a few failures, count the rest.
+        const NAMED: usize = 5;
+        let mut reasons = failures[..failures.len().min(NAMED)].join("; ");
+        if failures.len() > NAMED {
+            reasons.push_str(&format!("; and {} more", failures.len() - NAMED));
+        }
         Err(DdlError::NotConfirmed(format!(
-            "table {name} was not created ({} of {} region copies failed; opened ones are being closed): {}",
+            "table {name} was not created ({} of {} region copies failed; opened ones are being closed): {reasons}",
             failures.len(),
             copies.len(),
-            failures.join("; ")
         )))
     }
 
