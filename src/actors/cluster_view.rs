@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
@@ -23,7 +23,8 @@ use crate::selector::Candidate;
 use crate::stats::{
     Heartbeat, InstructionOutcome, NodeStats, RegionRole, RegionStats, ReplicaStats,
 };
-use crate::store::{KeyValue, KvBackend};
+use crate::store::scan::PrefixScan;
+use crate::store::{KeyValue, KvBackend, StoreResult};
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -91,14 +92,6 @@ pub struct GetNodeHistory {
 pub struct GetLeaseExpiry {
     pub node_id: u64,
     pub region_lease: Duration,
-}
-
-/// The replica states a node reported last (for the regions it leads): which followers are in
-/// sync. Empty for an unknown node or one that does not report them.
-#[derive(Message)]
-#[rtype(result = "Vec<ReplicaStats>")]
-pub struct GetReplicaStats {
-    pub node_id: u64,
 }
 
 /// What the node's last full report this term said of its followers: `None` if it sent none
@@ -339,6 +332,25 @@ struct NodeEntry {
     last_request_at: Option<Instant>,
 }
 
+impl NodeEntry {
+    /// A node just heard of (or seeded), alive, with no session, stats or regions yet.
+    fn new(addr: String, instance_id: String, detector: PhiAccrualDetector) -> Self {
+        Self {
+            addr,
+            instance_id,
+            status: NodeStatus::Alive,
+            detector,
+            session: None,
+            latest: None,
+            history: VecDeque::new(),
+            last_heartbeat_unix_ms: 0,
+            regions: Vec::new(),
+            replicas: Vec::new(),
+            last_request_at: None,
+        }
+    }
+}
+
 struct RegionEntry {
     history: VecDeque<RegionSample>,
 }
@@ -375,6 +387,35 @@ pub struct ClusterView {
 
 /// Where registered datanodes are persisted.
 pub const NODE_PREFIX: &str = "__meta/node/";
+
+/// A datanode's registration as persisted under [`node_key`].
+#[derive(Serialize, Deserialize)]
+struct Registration {
+    id: u64,
+    addr: String,
+    #[serde(default)]
+    instance_id: String,
+    #[serde(default)]
+    registered_at_unix_ms: u64,
+}
+
+/// Every registered datanode, read in pages; unreadable records are skipped (their nodes
+/// register again when they connect).
+pub async fn load_registered_nodes(store: &dyn KvBackend) -> StoreResult<Vec<RegisteredNode>> {
+    let mut scan = PrefixScan::new(store, NODE_PREFIX.as_bytes());
+    let mut nodes = Vec::new();
+    while let Some(page) = scan.next_page().await? {
+        nodes.extend(page.iter().filter_map(|kv| {
+            let registration: Registration = serde_json::from_slice(&kv.value).ok()?;
+            Some(RegisteredNode {
+                id: registration.id,
+                addr: registration.addr,
+                instance_id: registration.instance_id,
+            })
+        }));
+    }
+    Ok(nodes)
+}
 
 /// The KV key under which a registered datanode is persisted.
 pub fn node_key(node_id: u64) -> Vec<u8> {
@@ -473,13 +514,14 @@ impl ClusterView {
         instance_id: &str,
         ctx: &mut Context<Self>,
     ) {
-        let value = serde_json::json!({
-            "id": node_id,
-            "addr": addr,
-            "instance_id": instance_id,
-            "registered_at_unix_ms": unix_ms(),
+        let value = serde_json::to_vec(&Registration {
+            id: node_id,
+            addr: addr.to_owned(),
+            instance_id: instance_id.to_owned(),
+            registered_at_unix_ms: unix_ms(),
         })
-        .to_string();
+        // A struct of numbers and strings always serializes.
+        .unwrap_or_default();
         let store = self.store.clone();
         ctx.spawn(
             async move {
@@ -598,22 +640,9 @@ impl Handler<SessionOpened> for ClusterView {
                     &self.config.failure_detector,
                     self.config.heartbeat_interval,
                 );
-                self.nodes.insert(
-                    node_id,
-                    NodeEntry {
-                        addr: addr.clone(),
-                        instance_id: instance_id.clone(),
-                        status: NodeStatus::Alive,
-                        detector,
-                        session: Some(session),
-                        latest: None,
-                        history: VecDeque::new(),
-                        last_heartbeat_unix_ms: 0,
-                        regions: Vec::new(),
-                        replicas: Vec::new(),
-                        last_request_at: None,
-                    },
-                );
+                let mut entry = NodeEntry::new(addr.clone(), instance_id.clone(), detector);
+                entry.session = Some(session);
+                self.nodes.insert(node_id, entry);
                 true
             }
         };
@@ -880,19 +909,6 @@ impl Handler<ListCandidates> for ClusterView {
     }
 }
 
-impl Handler<GetReplicaStats> for ClusterView {
-    type Result = MessageResult<GetReplicaStats>;
-
-    fn handle(&mut self, msg: GetReplicaStats, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.nodes
-                .get(&msg.node_id)
-                .map(|n| n.replicas.clone())
-                .unwrap_or_default(),
-        )
-    }
-}
-
 impl Handler<GetReplicaReport> for ClusterView {
     type Result = MessageResult<GetReplicaReport>;
 
@@ -983,24 +999,11 @@ impl Handler<SeedNodes> for ClusterView {
             );
             // A heartbeat at the end of the grace: phi stays 0 until then and grows after.
             detector.heartbeat(silent_from);
-            self.nodes.insert(
-                node.id,
-                NodeEntry {
-                    addr: node.addr,
-                    instance_id: node.instance_id,
-                    status: NodeStatus::Alive,
-                    detector,
-                    session: None,
-                    latest: None,
-                    history: VecDeque::new(),
-                    last_heartbeat_unix_ms: 0,
-                    regions: Vec::new(),
-                    replicas: Vec::new(),
-                    // Leases an earlier leader granted it began before this term did, so
-                    // they end within one lease of now (and this leader granted none).
-                    last_request_at: Some(now),
-                },
-            );
+            let mut entry = NodeEntry::new(node.addr, node.instance_id, detector);
+            // Leases an earlier leader granted it began before this term did, so they end
+            // within one lease of now (and this leader granted none).
+            entry.last_request_at = Some(now);
+            self.nodes.insert(node.id, entry);
             seeded += 1;
         }
         if seeded > 0 {

@@ -23,8 +23,9 @@ use tokio::sync::Semaphore;
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    ClusterView, GetLeaseExpiry, GetReplicaReport, Instruction, ListCandidates, ListDeadNodes,
-    NodeEvent, RegisteredNode, SeedNodes, SendInstruction, Subscribe, NODE_PREFIX,
+    load_registered_nodes, ClusterView, GetLeaseExpiry, GetReplicaReport, Instruction,
+    ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode, SeedNodes, SendInstruction,
+    Subscribe,
 };
 use crate::catalog::model::{table_of_region, Peer, RegionRoute};
 use crate::catalog::TableManager;
@@ -36,7 +37,6 @@ use crate::planner::{
 use crate::procedure::{load_maintenance, Procedure, ProcedureState, ProcedureStore};
 use crate::selector::{Placement, Selector, SelectorKind};
 use crate::stats::RegionRole;
-use crate::store::scan::PrefixScan;
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -414,31 +414,6 @@ fn nodes_named_by_routes(tables: &TableManager) -> Vec<RegisteredNode> {
         .collect()
 }
 
-/// Every registered datanode (`__meta/node/*`), read in pages; unreadable records are
-/// skipped (their nodes register again when they connect).
-async fn load_registered_nodes(
-    store: &dyn crate::store::KvBackend,
-) -> crate::store::StoreResult<Vec<RegisteredNode>> {
-    let mut scan = PrefixScan::new(store, NODE_PREFIX.as_bytes());
-    let mut nodes = Vec::new();
-    while let Some(page) = scan.next_page().await? {
-        for kv in page {
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
-                continue;
-            };
-            let (Some(id), Some(addr)) = (value["id"].as_u64(), value["addr"].as_str()) else {
-                continue;
-            };
-            nodes.push(RegisteredNode {
-                id,
-                addr: addr.to_owned(),
-                instance_id: value["instance_id"].as_str().unwrap_or_default().to_owned(),
-            });
-        }
-    }
-    Ok(nodes)
-}
-
 async fn move_regions_of_dead_node(
     mut procedure: Procedure,
     resumed: bool,
@@ -537,15 +512,11 @@ async fn move_regions_of_dead_node(
         .await
         .ok()
         .flatten();
-    let tables_of: HashMap<u64, Arc<crate::catalog::TableEntry>> = regions
-        .iter()
-        .map(|(entry, region)| (region.region_id, entry.clone()))
-        .collect();
-    let routes: Vec<RegionRoute> = regions.into_iter().map(|(_, region)| region).collect();
+    let routes: Vec<RegionRoute> = regions.iter().map(|(_, region)| region.clone()).collect();
     let mut failures = 0;
-    for (planned, region) in plan_region_moves(&routes, &candidates, replicas.as_deref())
+    for (planned, (entry, region)) in plan_region_moves(&routes, &candidates, replicas.as_deref())
         .into_iter()
-        .zip(&routes)
+        .zip(&regions)
     {
         let region_id = region.region_id;
         let (target, instruction, undo) = match planned {
@@ -566,7 +537,7 @@ async fn move_regions_of_dead_node(
                 to,
                 Instruction::OpenRegion {
                     region_id,
-                    table: (&tables_of[&region_id].info.name).into(),
+                    table: (&entry.info.name).into(),
                     role: RegionRole::Leader,
                     lease_millis: f.config.region_lease.as_millis() as u64,
                 },

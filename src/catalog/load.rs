@@ -57,9 +57,7 @@ async fn load_by_id<T: DeserializeOwned + Send + 'static>(
     let mut scan = PrefixScan::at_revision(store, prefix.as_bytes(), revision);
     while let Some(page) = scan.next_page().await? {
         for (key, decoded) in decode_page::<T>(page).await? {
-            let key_id = std::str::from_utf8(&key[prefix.len()..])
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
+            let key_id = keys::parse_id(&key[prefix.len()..]);
             match (decoded, key_id) {
                 (Ok(value), Some(id)) if id_of(&value) == id => {
                     out.insert(id, value);
@@ -143,10 +141,7 @@ pub(super) async fn load_catalog(store: &dyn KvBackend) -> Result<LoadedCatalog,
     .await?;
 
     for kv in names {
-        let Some(id) = std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Some(id) = keys::parse_id(&kv.value) else {
             quarantined.push(QuarantinedRecord {
                 key: lossy(&kv.key),
                 reason: "the value is not a table id".into(),

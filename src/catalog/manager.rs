@@ -69,6 +69,11 @@ pub mod keys {
     pub fn table_route(id: u64) -> Vec<u8> {
         format!("{TABLE_ROUTE_PREFIX}{id}").into_bytes()
     }
+    /// A table id written as decimal text (the value of a table name, the id sequence, the
+    /// tail of a table or route key).
+    pub fn parse_id(bytes: &[u8]) -> Option<u64> {
+        std::str::from_utf8(bytes).ok()?.parse().ok()
+    }
 }
 
 /// Errors of DDL and route lookups; mapped to gRPC statuses in `src/grpc/mod.rs`.
@@ -373,10 +378,9 @@ impl TableManager {
                     .into_iter()
                     .next();
                 let start = match &current {
-                    Some(kv) => std::str::from_utf8(&kv.value)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| corrupt(&kv.key, "not a number"))?,
+                    Some(kv) => {
+                        keys::parse_id(&kv.value).ok_or_else(|| corrupt(&kv.key, "not a number"))?
+                    }
                     None => FIRST_TABLE_ID,
                 };
                 let end = start + ID_BATCH;
@@ -672,10 +676,8 @@ impl TableManager {
             .into_iter()
             .next()
             .ok_or_else(|| DdlError::NotFound(format!("table {name} does not exist")))?;
-        let id: u64 = std::str::from_utf8(&id_kv.value)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt(&id_kv.key, "not a table id"))?;
+        let id =
+            keys::parse_id(&id_kv.value).ok_or_else(|| corrupt(&id_kv.key, "not a table id"))?;
         let kvs = self
             .store
             .batch_get(vec![keys::table(id), keys::table_route(id)])

@@ -420,7 +420,7 @@ async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
 /// node without a copy instead; followers it did not report on are promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_is_not_promoted() {
-    use metasrv::actors::cluster_view::GetReplicaStats;
+    use metasrv::actors::cluster_view::GetReplicaReport;
     let (_fixture, cluster, table, route) = cluster_with_table(config(), 3, "lagging", 6, 2).await;
     let victim = 2u64;
     let led: Vec<_> = route
@@ -442,7 +442,10 @@ async fn a_lagging_follower_is_not_promoted() {
         || {
             let view = view.clone();
             async move {
-                let stats = view.send(GetReplicaStats { node_id: victim }).await.ok()?;
+                let stats = view
+                    .send(GetReplicaReport { node_id: victim })
+                    .await
+                    .ok()??;
                 stats
                     .iter()
                     .any(|r| r.region_id == lagging_region && !r.in_sync)
