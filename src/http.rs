@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -20,6 +21,8 @@ const HEALTH_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct HttpState {
+    /// Starts migrations, leader transfers and drains.
+    pub scheduler: actix::Addr<crate::actors::scheduler::Scheduler>,
     /// Maintenance mode (shared with the Scheduler).
     pub maintenance: Arc<std::sync::atomic::AtomicBool>,
     pub store: Arc<dyn KvBackend>,
@@ -40,6 +43,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/leader", get(leader))
         .route("/v1/procedures", get(procedures))
+        .route("/v1/procedures/{id}", get(procedure))
+        .route("/v1/regions/{region_id}/migrate", post(migrate_region))
+        .route(
+            "/v1/regions/{region_id}/transfer-leader",
+            post(transfer_leader),
+        )
+        .route("/v1/nodes/{node_id}/drain", post(drain_node))
         .route("/v1/maintenance", get(maintenance).put(set_maintenance))
         .route("/v1/members", get(members))
         .with_state(state)
@@ -220,4 +230,112 @@ async fn set_maintenance(
         )
             .into_response(),
     }
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// The JSON error for a refused operation (a gRPC status from the admin layer).
+fn status_response(status: tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let leader = crate::election::redirect_target(&status);
+    (
+        code,
+        Json(json!({ "error": status.message(), "leader": leader })),
+    )
+        .into_response()
+}
+
+/// One procedure: this leader's live progress if it runs it, else the record.
+async fn procedure(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    let procedures = crate::procedure::ProcedureStore::new(state.store.clone());
+    match crate::grpc::admin::find_procedure(&state.scheduler, &procedures, &id).await {
+        Ok(Some(procedure)) => Json(json!({ "procedure": procedure })).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no procedure {id:?}")),
+        Err(status) => status_response(status),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct OperationQuery {
+    /// The target node (migrations and transfers).
+    to: Option<u64>,
+    /// Answer once the procedure has finished.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Starts an operation; answers 202 with the procedure (200 with the finished one if `wait`).
+async fn start(
+    state: &HttpState,
+    request: crate::actors::scheduler::OperationRequest,
+    wait: bool,
+) -> Response {
+    if let Err(status) = state.leadership.require_leader() {
+        return status_response(status);
+    }
+    let progress = match crate::grpc::admin::start_operation(&state.scheduler, request).await {
+        Ok(progress) => progress,
+        Err(e) => return status_response(crate::grpc::admin::operation_status(e)),
+    };
+    if !wait {
+        let procedure = progress.borrow().clone();
+        return (
+            StatusCode::ACCEPTED,
+            Json(json!({ "procedure": procedure })),
+        )
+            .into_response();
+    }
+    match crate::grpc::admin::wait_until_finished(progress).await {
+        Ok(procedure) => Json(json!({ "procedure": procedure })).into_response(),
+        Err(status) => status_response(status),
+    }
+}
+
+/// `POST /v1/regions/{region_id}/migrate?to=N[&wait=true]`
+async fn migrate_region(
+    State(state): State<HttpState>,
+    Path(region_id): Path<u64>,
+    Query(query): Query<OperationQuery>,
+) -> Response {
+    let Some(to) = query.to else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the target node is missing: ?to=<node id>",
+        );
+    };
+    let request = crate::actors::scheduler::OperationRequest::MigrateRegion { region_id, to };
+    start(&state, request, query.wait).await
+}
+
+/// `POST /v1/regions/{region_id}/transfer-leader?to=N[&wait=true]`
+async fn transfer_leader(
+    State(state): State<HttpState>,
+    Path(region_id): Path<u64>,
+    Query(query): Query<OperationQuery>,
+) -> Response {
+    let Some(to) = query.to else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the target node is missing: ?to=<node id>",
+        );
+    };
+    let request = crate::actors::scheduler::OperationRequest::TransferLeader { region_id, to };
+    start(&state, request, query.wait).await
+}
+
+/// `POST /v1/nodes/{node_id}/drain[?wait=true]`
+async fn drain_node(
+    State(state): State<HttpState>,
+    Path(node_id): Path<u64>,
+    Query(query): Query<OperationQuery>,
+) -> Response {
+    let request = crate::actors::scheduler::OperationRequest::DrainNode { node_id };
+    start(&state, request, query.wait).await
 }

@@ -10,6 +10,7 @@ pub mod failure_detector;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod operations;
 pub mod planner;
 pub mod procedure;
 pub mod proto;

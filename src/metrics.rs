@@ -27,6 +27,9 @@ pub struct Metrics {
     pub region_failovers: IntCounterVec,
     /// Time from the start of a failover (node declared dead) to its end.
     pub region_failover_seconds: Histogram,
+    /// Region migrations (manual, transfers and drains) by outcome (`cooperative`,
+    /// `lease_wait`, `already_there`, `failed`).
+    pub region_migrations: IntCounterVec,
     /// 1 while this member is the serving leader (set when scraped).
     pub is_leader: IntGauge,
     /// The leadership term this member last won (set when scraped).
@@ -123,6 +126,17 @@ impl Metrics {
             )
             .expect("static metric definition is valid"),
         );
+        let region_migrations = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "metasrv_region_migrations_total",
+                    "Region migrations and leader transfers, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("static metric definition is valid"),
+        );
         let region_failover_seconds = register(
             &registry,
             Histogram::with_opts(
@@ -165,6 +179,7 @@ impl Metrics {
             quarantined_records,
             region_failovers,
             region_failover_seconds,
+            region_migrations,
             is_leader,
             leader_term,
             maintenance,

@@ -165,6 +165,107 @@ pub fn plan_region_moves(
     moves
 }
 
+/// How one region copy leaves a node being drained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainMove {
+    /// The drained node leads the region: migrate it to `to` (a node that holds no copy, so
+    /// the region keeps its number of copies; a follower when every live node holds one).
+    Migrate { region_id: u64, to: Peer },
+    /// The drained node follows the region: a copy opens on `to`, the route names it instead,
+    /// the drained copy closes.
+    MoveFollower { region_id: u64, to: Peer },
+    /// The drained node follows the region and every other live node holds a copy already:
+    /// the drained copy closes and leaves the route.
+    DropFollower { region_id: u64 },
+    /// No live node can take it now.
+    Stuck { region_id: u64, reason: String },
+}
+
+impl DrainMove {
+    pub fn region_id(&self) -> u64 {
+        match self {
+            DrainMove::Migrate { region_id, .. }
+            | DrainMove::MoveFollower { region_id, .. }
+            | DrainMove::DropFollower { region_id }
+            | DrainMove::Stuck { region_id, .. } => *region_id,
+        }
+    }
+}
+
+/// Where each copy `node_id` holds of `regions` goes when the node is drained: to the live node
+/// with the fewest regions that holds no copy of the region (counts grow with each move, so the
+/// copies spread). Ties go to the lower node id. O(regions × (copies + log nodes)).
+pub fn plan_drain(
+    node_id: u64,
+    regions: &[RegionRoute],
+    candidates: &[Candidate],
+) -> Vec<DrainMove> {
+    let peers: HashMap<u64, &Peer> = candidates
+        .iter()
+        .filter(|c| c.peer.id != node_id)
+        .map(|c| (c.peer.id, &c.peer))
+        .collect();
+    let mut by_load: std::collections::BTreeSet<(u64, u64)> = candidates
+        .iter()
+        .filter(|c| c.peer.id != node_id)
+        .map(|c| (c.regions, c.peer.id))
+        .collect();
+    let mut moves = Vec::with_capacity(regions.len());
+    for region in regions {
+        let holders: HashSet<u64> = std::iter::once(region.leader.id)
+            .chain(region.followers.iter().map(|f| f.id))
+            .collect();
+        let leads = region.leader.id == node_id;
+        if !leads && !region.followers.iter().any(|f| f.id == node_id) {
+            continue;
+        }
+        // At most `copies` entries are skipped before a node without a copy turns up.
+        let free = by_load
+            .iter()
+            .find(|(_, id)| !holders.contains(id))
+            .copied();
+        if let Some((count, id)) = free {
+            by_load.remove(&(count, id));
+            by_load.insert((count + 1, id));
+            let to = peers[&id].clone();
+            moves.push(if leads {
+                DrainMove::Migrate {
+                    region_id: region.region_id,
+                    to,
+                }
+            } else {
+                DrainMove::MoveFollower {
+                    region_id: region.region_id,
+                    to,
+                }
+            });
+            continue;
+        }
+        if !leads {
+            moves.push(DrainMove::DropFollower {
+                region_id: region.region_id,
+            });
+            continue;
+        }
+        let follower = region
+            .followers
+            .iter()
+            .filter(|f| peers.contains_key(&f.id))
+            .min_by_key(|f| f.id);
+        moves.push(match follower {
+            Some(follower) => DrainMove::Migrate {
+                region_id: region.region_id,
+                to: follower.clone(),
+            },
+            None => DrainMove::Stuck {
+                region_id: region.region_id,
+                reason: "no other live node to move it to".into(),
+            },
+        });
+    }
+    moves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +473,81 @@ mod tests {
                 region_id: 10,
                 to: peer(2)
             }]
+        );
+    }
+
+    #[test]
+    fn a_drain_spreads_leaders_and_followers_over_nodes_without_a_copy() {
+        let regions = vec![
+            region(1, 9, &[]),
+            region(2, 9, &[2]),
+            region(3, 2, &[9]),
+            region(4, 1, &[]), // not on the drained node: left alone
+            region(5, 9, &[]),
+        ];
+        let candidates = vec![
+            candidate(9, 0),
+            candidate(1, 5),
+            candidate(2, 0),
+            candidate(3, 1),
+        ];
+        assert_eq!(
+            plan_drain(9, &regions, &candidates),
+            vec![
+                DrainMove::Migrate {
+                    region_id: 1,
+                    to: peer(2)
+                },
+                // Node 2 follows region 2 already: the next least loaded without a copy.
+                DrainMove::Migrate {
+                    region_id: 2,
+                    to: peer(3)
+                },
+                // Node 2 leads region 3: its follower copy goes to node 3.
+                DrainMove::MoveFollower {
+                    region_id: 3,
+                    to: peer(3)
+                },
+                // Node 2 has 1 region now, node 3 has 3.
+                DrainMove::Migrate {
+                    region_id: 5,
+                    to: peer(2)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drain_with_no_free_node_hands_leaders_to_followers_and_drops_follower_copies() {
+        let regions = vec![region(1, 9, &[2]), region(2, 2, &[9]), region(3, 9, &[])];
+        let candidates = vec![candidate(9, 0), candidate(2, 0)];
+        assert_eq!(
+            plan_drain(9, &regions, &candidates),
+            vec![
+                DrainMove::Migrate {
+                    region_id: 1,
+                    to: peer(2)
+                },
+                DrainMove::DropFollower { region_id: 2 },
+                DrainMove::Migrate {
+                    region_id: 3,
+                    to: peer(2)
+                },
+            ]
+        );
+        assert_eq!(
+            plan_drain(9, &regions, &[candidate(9, 0)]),
+            vec![
+                DrainMove::Stuck {
+                    region_id: 1,
+                    reason: "no other live node to move it to".into()
+                },
+                DrainMove::DropFollower { region_id: 2 },
+                DrainMove::Stuck {
+                    region_id: 3,
+                    reason: "no other live node to move it to".into()
+                },
+            ]
         );
     }
 }

@@ -24,6 +24,7 @@ use crate::catalog::{DdlError, TableManager};
 use crate::config::{Backend, Config};
 use crate::election::user::{EtcdUserElection, LocalElection, UserElection};
 use crate::election::{Leadership, MemberInfo};
+use crate::grpc::admin::{AdminServer, AdminService};
 use crate::grpc::election::{ElectionServer, ElectionService};
 use crate::grpc::heartbeat::{HeartbeatServer, HeartbeatService};
 use crate::grpc::router::{RouterServer, RouterService};
@@ -286,6 +287,14 @@ impl Metasrv {
             metrics.clone(),
         ))
         .max_decoding_message_size(decode_limit);
+        let admin_service = AdminServer::new(AdminService::new(
+            scheduler.clone(),
+            ProcedureStore::new(store.clone()),
+            leadership.clone(),
+            limits.clone(),
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(decode_limit);
         let store_service = StoreServer::new(StoreService::new(
             store.clone(),
             leadership.clone(),
@@ -307,6 +316,9 @@ impl Metasrv {
         health_reporter
             .set_serving::<ElectionServer<ElectionService>>()
             .await;
+        health_reporter
+            .set_serving::<AdminServer<AdminService>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -322,11 +334,13 @@ impl Metasrv {
                 .add_service(heartbeat_service)
                 .add_service(router_service)
                 .add_service(election_service)
+                .add_service(admin_service)
                 .serve_with_incoming_shutdown(nodelay_incoming(listeners.grpc), async move {
                     grpc_token.cancelled().await
                 }),
         );
         let http_state = HttpState {
+            scheduler: scheduler.clone(),
             maintenance,
             store,
             leadership: leadership.clone(),

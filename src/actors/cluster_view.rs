@@ -76,6 +76,14 @@ pub struct ListNodes;
 #[rtype(result = "Vec<Candidate>")]
 pub struct ListCandidates;
 
+/// Marks a node as being drained (or no longer): it is no candidate for new regions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDraining {
+    pub node_id: u64,
+    pub draining: bool,
+}
+
 /// The stats history of one node, oldest first (empty for an unknown node).
 #[derive(Message)]
 #[rtype(result = "Vec<NodeSample>")]
@@ -198,6 +206,15 @@ pub enum Instruction {
     InvalidateRouteCache {
         table_ids: Vec<u64>,
     },
+    /// The leader of a region stops writing it and stays a follower (a migration's first half).
+    DowngradeRegion {
+        region_id: u64,
+    },
+    /// A follower becomes the leader with a first lease (a migration's second half).
+    UpgradeRegion {
+        region_id: u64,
+        lease_millis: u64,
+    },
 }
 
 impl Instruction {
@@ -208,6 +225,8 @@ impl Instruction {
             Self::PromoteToLeader { .. } => "promote_to_leader",
             Self::DemoteToFollower { .. } => "demote_to_follower",
             Self::InvalidateRouteCache { .. } => "invalidate_route_cache",
+            Self::DowngradeRegion { .. } => "downgrade_region",
+            Self::UpgradeRegion { .. } => "upgrade_region",
         }
     }
 
@@ -238,6 +257,16 @@ impl Instruction {
             Self::InvalidateRouteCache { table_ids } => {
                 Kind::InvalidateRouteCache(pb::InvalidateRouteCache { table_ids })
             }
+            Self::DowngradeRegion { region_id } => {
+                Kind::DowngradeRegion(pb::DowngradeRegion { region_id })
+            }
+            Self::UpgradeRegion {
+                region_id,
+                lease_millis,
+            } => Kind::UpgradeRegion(pb::UpgradeRegion {
+                region_id,
+                lease_millis,
+            }),
         };
         pb::Instruction {
             id,
@@ -383,6 +412,9 @@ pub struct ClusterView {
     next_instruction_id: u64,
     /// The high 32 bits of this term's instruction ids (see [`ResetView`]).
     id_epoch: u64,
+    /// Nodes being drained: never candidates for new regions (set by the drain procedure,
+    /// again by a new leader when it resumes the drain).
+    draining: std::collections::HashSet<u64>,
 }
 
 /// Where registered datanodes are persisted.
@@ -455,6 +487,7 @@ impl ClusterView {
             pending: HashMap::new(),
             next_instruction_id: 1,
             id_epoch: 0,
+            draining: std::collections::HashSet::new(),
         }
     }
 
@@ -817,12 +850,13 @@ impl Handler<SendInstruction> for ClusterView {
             id,
             PendingInstruction {
                 node_id,
+                // Both start a first write lease on the node, counted from its receipt.
                 opens_leader: matches!(
                     instruction,
                     Instruction::OpenRegion {
                         role: RegionRole::Leader,
                         ..
-                    }
+                    } | Instruction::UpgradeRegion { .. }
                 ),
                 session_id: session.session_id,
                 kind,
@@ -894,7 +928,11 @@ impl Handler<ListCandidates> for ClusterView {
         MessageResult(
             self.nodes
                 .iter()
-                .filter(|(_, n)| n.status == NodeStatus::Alive && n.session.is_some())
+                .filter(|(id, n)| {
+                    n.status == NodeStatus::Alive
+                        && n.session.is_some()
+                        && !self.draining.contains(id)
+                })
                 .map(|(&id, n)| Candidate {
                     peer: Peer {
                         id,
@@ -906,6 +944,18 @@ impl Handler<ListCandidates> for ClusterView {
                 })
                 .collect(),
         )
+    }
+}
+
+impl Handler<SetDraining> for ClusterView {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetDraining, _ctx: &mut Self::Context) {
+        if msg.draining {
+            self.draining.insert(msg.node_id);
+        } else {
+            self.draining.remove(&msg.node_id);
+        }
     }
 }
 
@@ -976,6 +1026,7 @@ impl Handler<ResetView> for ClusterView {
         }
         self.nodes.clear();
         self.regions.clear();
+        self.draining.clear();
         // Dropping the pending replies tells their callers the mailbox closed.
         self.pending.clear();
         self.update_status_gauges();

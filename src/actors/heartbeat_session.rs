@@ -84,6 +84,8 @@ pub struct HeartbeatSession {
     asked_to_close: HashSet<u64>,
     /// Routed regions this session asked the node to open again (it did not report them).
     asked_to_open: HashSet<u64>,
+    /// Regions this node was asked to demote on this stream (see `demote_wrong_leaders`).
+    asked_to_demote: HashSet<u64>,
     /// Instructions waiting for room on the stream (bounded by [`MAX_QUEUED_INSTRUCTIONS`]).
     queued: VecDeque<pb::Instruction>,
     /// Acknowledgements that found the stream full, in order (bounded by [`MAX_WAITING_ACKS`]).
@@ -96,6 +98,35 @@ pub struct HeartbeatSession {
 }
 
 impl HeartbeatSession {
+    /// Role reconciliation: a node that reports leading a region the routes make it follow,
+    /// while no operation holds the region (a failover or migration upgrades its target before
+    /// the route names it), is told to demote, once per stream while it goes on reporting so.
+    /// Demoting never makes two writers; the routed leader keeps its lease.
+    fn demote_wrong_leaders(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
+        let wrong = self.ownership.wrongly_leading(node_id, reported);
+        self.asked_to_demote.retain(|id| wrong.contains(id));
+        for region_id in wrong {
+            // The lock first: an operation that moved the route updated the ownership before
+            // it let the region go, so a follower role read after an unlocked region is current.
+            if self.tables.is_locked(region_id)
+                || self.ownership.role(node_id, region_id) != Some(stats::RegionRole::Follower)
+                || !self.asked_to_demote.insert(region_id)
+            {
+                continue;
+            }
+            tracing::warn!(
+                node_id,
+                region_id,
+                "the node leads a region the routes make it follow: demoting it"
+            );
+            self.cluster_view.do_send(SendInstruction {
+                node_id,
+                instruction: Instruction::DemoteToFollower { region_id },
+                timeout: self.instruction_timeout,
+            });
+        }
+    }
+
     /// Starts a session on `arbiter` reading `inbound` and writing to `outbound`.
     pub fn start_on<S>(
         arbiter: &actix::ArbiterHandle,
@@ -121,6 +152,7 @@ impl HeartbeatSession {
                 node_id: None,
                 asked_to_close: HashSet::new(),
                 asked_to_open: HashSet::new(),
+                asked_to_demote: HashSet::new(),
                 queued: VecDeque::new(),
                 waiting_acks: VecDeque::new(),
                 flushing: false,
@@ -223,6 +255,7 @@ impl HeartbeatSession {
         // results-only request leaves the lease as it was.
         if let Some(report) = &heartbeat.report {
             self.reopen_missing_regions(heartbeat.node_id, &report.regions);
+            self.demote_wrong_leaders(heartbeat.node_id, &report.regions);
             // Regions the routes now give to others (it was failed over while away): close.
             for region_id in self.ownership.stale(heartbeat.node_id, &report.regions) {
                 if self.asked_to_close.insert(region_id) {

@@ -12,31 +12,38 @@
 //! leases have surely lapsed, then promotes a live follower or opens the region on a live node
 //! (`planner::plan_region_moves`), and moves the route (version + 1) through the
 //! `TableManager`.
+//!
+//! It also starts the operations an operator asks for (`StartOperation`: migrate a region,
+//! transfer its leadership, drain a node; see `crate::operations`), at most one per region,
+//! and resumes those a previous leader left running.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    load_registered_nodes, ClusterView, GetLeaseExpiry, GetReplicaReport, Instruction,
-    ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode, SeedNodes, SendInstruction,
-    Subscribe,
+    load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
+    SeedNodes, Subscribe,
 };
-use crate::catalog::model::{table_of_region, Peer, RegionRoute};
+use crate::catalog::model::table_of_region;
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
 use crate::metrics::Metrics;
-use crate::planner::{
-    plan_failovers, plan_region_moves, retry_delay, FailoverSnapshot, Operator, RegionMove,
+use crate::operations::drain::run_drain;
+use crate::operations::failover::fail_over_node;
+use crate::operations::migration::run_migration;
+use crate::operations::OperationContext;
+use crate::planner::{plan_failovers, retry_delay, FailoverSnapshot, Operator};
+use crate::procedure::{
+    load_maintenance, Procedure, ProcedureState, ProcedureStore, DRAIN_NODE, MIGRATE_REGION,
+    REGION_FAILOVER, TRANSFER_LEADER,
 };
-use crate::procedure::{load_maintenance, Procedure, ProcedureState, ProcedureStore};
 use crate::selector::{Placement, Selector, SelectorKind};
-use crate::stats::RegionRole;
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -57,6 +64,47 @@ pub struct AllocateRegions {
 #[rtype(result = "()")]
 pub struct AttachTables {
     pub tables: Arc<TableManager>,
+}
+
+/// An operation an operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperationRequest {
+    /// Move the region's leadership and copy to `to` (which opens it first).
+    MigrateRegion { region_id: u64, to: u64 },
+    /// Hand the region's leadership to its follower `to`.
+    TransferLeader { region_id: u64, to: u64 },
+    /// Move every region copy off `node_id`.
+    DrainNode { node_id: u64 },
+}
+
+/// Starts an operation as a procedure; answers with its progress (the procedure as it is
+/// recorded, updated as it goes; the sender is dropped if this member stops leading).
+#[derive(Message)]
+#[rtype(result = "Result<watch::Receiver<Procedure>, OperationError>")]
+pub struct StartOperation {
+    pub request: OperationRequest,
+}
+
+/// The progress of a procedure running on this member, if it is one.
+#[derive(Message)]
+#[rtype(result = "Option<watch::Receiver<Procedure>>")]
+pub struct WatchProcedure {
+    pub id: String,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error("not the serving leader (or it is still starting its term)")]
+    NotLeader,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Tuning of region failover.
@@ -103,15 +151,25 @@ pub struct Scheduler {
     /// The term's start-up work (resuming procedures, seeding nodes) is done: the reconciler
     /// may plan (before, it could start a failover beside one about to be resumed).
     ready: bool,
-    /// Failed failovers: attempts so far and when the next may start.
+    /// Failed failovers: attempts so far, when the next may start, and the procedure record
+    /// the next attempt goes on with (one record per failover, not one per attempt).
     retries: HashMap<u64, Retry>,
+    /// Operations asked for by operators (migrations, transfers, drains) running now, by
+    /// procedure id.
+    operations: HashMap<String, RunningOperation>,
     metrics: Arc<Metrics>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Retry {
     attempts: u32,
     not_before: Instant,
+    procedure: Procedure,
+}
+
+struct RunningOperation {
+    task: SpawnHandle,
+    progress: watch::Receiver<Procedure>,
 }
 
 impl Scheduler {
@@ -138,38 +196,79 @@ impl Scheduler {
             serving_term: 0,
             ready: false,
             retries: HashMap::new(),
+            operations: HashMap::new(),
             metrics,
         }
     }
 
+    fn operation_context(&self) -> Option<OperationContext> {
+        Some(OperationContext {
+            metrics: self.metrics.clone(),
+            tables: self.tables.clone()?,
+            cluster_view: self.cluster_view.clone(),
+            procedures: self.procedures.clone(),
+            permits: self.permits.clone(),
+            config: self.failover.clone(),
+        })
+    }
+
+    /// Runs (or resumes) an operator's procedure: a migration, a transfer or a drain.
+    fn run_operation(
+        &mut self,
+        procedure: Procedure,
+        resumed: bool,
+        ctx: &mut Context<Self>,
+    ) -> Option<watch::Receiver<Procedure>> {
+        let operation = self.operation_context()?;
+        let id = procedure.id.clone();
+        let (progress, watcher) = watch::channel(procedure.clone());
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Procedure>>> =
+            if procedure.kind == DRAIN_NODE {
+                Box::pin(run_drain(operation, procedure, resumed, progress))
+            } else {
+                Box::pin(run_migration(operation, procedure, resumed, progress))
+            };
+        let done_id = id.clone();
+        let task = ctx.spawn(fut.into_actor(self).map(move |_, scheduler, _| {
+            scheduler.operations.remove(&done_id);
+        }));
+        self.operations.insert(
+            id,
+            RunningOperation {
+                task,
+                progress: watcher.clone(),
+            },
+        );
+        Some(watcher)
+    }
+
+    /// The running operation that holds `region_id` or drains `node_id`, if any.
+    fn operation_on(&self, region_id: Option<u64>, node_id: Option<u64>) -> Option<String> {
+        self.operations.iter().find_map(|(id, op)| {
+            let p = op.progress.borrow();
+            let same_region = region_id.is_some_and(|r| p.region_id == r && p.kind != DRAIN_NODE);
+            let same_drain = node_id.is_some_and(|n| p.kind == DRAIN_NODE && p.node_id == n);
+            (same_region || same_drain).then(|| id.clone())
+        })
+    }
+
     /// Runs (or resumes) the failover `procedure` unless one already runs for its node.
     fn run_failover(&mut self, procedure: Procedure, resumed: bool, ctx: &mut Context<Self>) {
-        let Some(tables) = self.tables.clone() else {
+        let Some(operation) = self.operation_context() else {
             return;
         };
         let node_id = procedure.node_id;
         if self.failing_over.contains_key(&node_id) {
             return;
         }
-        let fut = fail_over_node(
-            procedure,
-            resumed,
-            Failover {
-                metrics: self.metrics.clone(),
-                tables,
-                cluster_view: self.cluster_view.clone(),
-                procedures: self.procedures.clone(),
-                permits: self.permits.clone(),
-                config: self.failover.clone(),
-            },
-        );
+        let fut = fail_over_node(procedure, resumed, operation);
         let term = self.serving_term;
-        let task = ctx.spawn(fut.into_actor(self).map(move |state, scheduler, _| {
+        let task = ctx.spawn(fut.into_actor(self).map(move |procedure, scheduler, _| {
             scheduler.failing_over.remove(&node_id);
             if scheduler.serving_term != term {
                 return;
             }
-            match state {
+            match procedure.state {
                 ProcedureState::Done => {
                     scheduler.retries.remove(&node_id);
                 }
@@ -179,9 +278,11 @@ impl Scheduler {
                     let retry = scheduler.retries.entry(node_id).or_insert(Retry {
                         attempts: 0,
                         not_before: Instant::now(),
+                        procedure: procedure.clone(),
                     });
                     retry.attempts += 1;
                     retry.not_before = Instant::now() + retry_delay(retry.attempts);
+                    retry.procedure = procedure;
                     tracing::warn!(
                         node_id,
                         attempts = retry.attempts,
@@ -227,7 +328,18 @@ impl Scheduler {
             for operator in plan_failovers(&snapshot) {
                 match operator {
                     Operator::FailOverNode { node_id } => {
-                        scheduler.run_failover(Procedure::region_failover(node_id), false, ctx)
+                        // A retry goes on in the record of the failed attempt.
+                        let procedure = match scheduler.retries.get(&node_id) {
+                            Some(retry) => {
+                                let mut procedure = retry.procedure.clone();
+                                procedure.state = ProcedureState::Running;
+                                procedure.attempts = retry.attempts + 1;
+                                procedure.step(format!("attempt {}", procedure.attempts));
+                                procedure
+                            }
+                            None => Procedure::region_failover(node_id),
+                        };
+                        scheduler.run_failover(procedure, false, ctx)
                     }
                 }
             }
@@ -267,6 +379,10 @@ impl StreamHandler<LeadershipState> for Scheduler {
                 );
                 ctx.cancel_future(task);
             }
+            for (id, operation) in self.operations.drain() {
+                tracing::info!(procedure = %id, "leadership changed: abandoning an operation in progress");
+                ctx.cancel_future(operation.task);
+            }
             self.serving_term = 0;
             self.ready = false;
             self.retries.clear();
@@ -298,7 +414,7 @@ impl StreamHandler<LeadershipState> for Scheduler {
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all
                     .into_iter()
-                    .filter(|p| p.state == ProcedureState::Running && p.kind == "region_failover")
+                    .filter(|p| p.state == ProcedureState::Running)
                     .collect(),
                 Err(e) => {
                     tracing::error!("cannot read procedures to resume: {e}");
@@ -317,11 +433,22 @@ impl StreamHandler<LeadershipState> for Scheduler {
                 return;
             }
             for procedure in running {
-                if scheduler.failing_over.contains_key(&procedure.node_id) {
-                    continue;
+                match procedure.kind.as_str() {
+                    REGION_FAILOVER => {
+                        if scheduler.failing_over.contains_key(&procedure.node_id) {
+                            continue;
+                        }
+                        tracing::info!(procedure = %procedure.id, node_id = procedure.node_id, "resuming a failover left by the previous leader");
+                        scheduler.run_failover(procedure, true, ctx);
+                    }
+                    MIGRATE_REGION | TRANSFER_LEADER | DRAIN_NODE => {
+                        tracing::info!(procedure = %procedure.id, kind = %procedure.kind, "resuming an operation left by the previous leader");
+                        scheduler.run_operation(procedure, true, ctx);
+                    }
+                    other => {
+                        tracing::warn!(procedure = %procedure.id, kind = other, "unknown procedure kind left running; ignored");
+                    }
                 }
-                tracing::info!(procedure = %procedure.id, node_id = procedure.node_id, "resuming a failover left by the previous leader");
-                scheduler.run_failover(procedure, true, ctx);
             }
             scheduler.ready = true;
             scheduler.reconcile(ctx);
@@ -361,39 +488,6 @@ impl Handler<NodeEvent> for Scheduler {
     }
 }
 
-/// What a failover needs.
-struct Failover {
-    metrics: Arc<Metrics>,
-    tables: Arc<TableManager>,
-    cluster_view: Addr<ClusterView>,
-    procedures: ProcedureStore,
-    permits: Arc<Semaphore>,
-    config: FailoverConfig,
-}
-
-/// Moves every region the procedure's node leads to a live node, never letting two nodes serve
-/// a region at once: nothing is instructed before the dead node's last lease has lapsed. Each
-/// step is recorded in the procedure; a resumed procedure redoes only what is left.
-async fn fail_over_node(procedure: Procedure, resumed: bool, f: Failover) -> ProcedureState {
-    let dead = procedure.node_id;
-    let tables = f.tables.clone();
-    let metrics = f.metrics.clone();
-    let started = Instant::now();
-    let state = move_regions_of_dead_node(procedure, resumed, f).await;
-    let outcome = match state {
-        ProcedureState::Done => "done",
-        ProcedureState::Failed => "failed",
-        // It could not record its progress: this member no longer leads.
-        ProcedureState::Running => "interrupted",
-    };
-    tables.ownership().unfence(dead);
-    metrics.region_failovers.with_label_values(&[outcome]).inc();
-    metrics
-        .region_failover_seconds
-        .observe(started.elapsed().as_secs_f64());
-    state
-}
-
 /// Every node the routes name (as leader or follower), with the address they give.
 fn nodes_named_by_routes(tables: &TableManager) -> Vec<RegisteredNode> {
     let mut named: HashMap<u64, String> = HashMap::new();
@@ -412,242 +506,6 @@ fn nodes_named_by_routes(tables: &TableManager) -> Vec<RegisteredNode> {
             instance_id: String::new(),
         })
         .collect()
-}
-
-async fn move_regions_of_dead_node(
-    mut procedure: Procedure,
-    resumed: bool,
-    f: Failover,
-) -> ProcedureState {
-    let dead = procedure.node_id;
-    let save = |procedure: &Procedure| {
-        let procedures = f.procedures.clone();
-        let procedure = procedure.clone();
-        async move {
-            if let Err(e) = procedures.save(&procedure).await {
-                tracing::error!(procedure = %procedure.id, "cannot record the procedure: {e}");
-                return false;
-            }
-            true
-        }
-    };
-    if resumed {
-        procedure.step("resumed by a new leader");
-    } else {
-        procedure.step(format!("node {dead} declared dead"));
-    }
-    // Recorded before anything moves, so that a new leader finds it; a member that cannot
-    // write it is no longer the leader and must not go on.
-    if !save(&procedure).await {
-        return procedure.state;
-    }
-    // From here on the node gets no lease on the regions it leads, even if it comes back while
-    // we wait: so the last lease this leader granted it bounds every lease that matters. If this
-    // leader never granted it one, a previous leader may have: those end within one lease of
-    // our election, so within one lease from now (or from the node's last request to us).
-    let mut expiry = match f.tables.ownership().fence(dead) {
-        Some(last_grant) => last_grant + f.config.region_lease,
-        None => f
-            .cluster_view
-            .send(GetLeaseExpiry {
-                node_id: dead,
-                region_lease: f.config.region_lease,
-            })
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Instant::now() + f.config.region_lease),
-    };
-    loop {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(
-            expiry + f.config.safety_margin,
-        ))
-        .await;
-        // Fenced, the node gets no new leader lease from heartbeats; but an OpenRegion it
-        // confirmed meanwhile (a create or a reopen in flight when it was fenced) began one.
-        match f.tables.ownership().last_grant(dead) {
-            Some(last) if last + f.config.region_lease > expiry => {
-                expiry = last + f.config.region_lease;
-            }
-            _ => break,
-        }
-    }
-    procedure.step("the dead node's region leases have lapsed");
-
-    let mut candidates = match f.cluster_view.send(ListCandidates).await {
-        Ok(candidates) => candidates,
-        Err(e) => {
-            procedure.finish(
-                ProcedureState::Failed,
-                format!("cluster view unavailable: {e}"),
-            );
-            save(&procedure).await;
-            return procedure.state;
-        }
-    };
-    if resumed && candidates.iter().any(|c| c.peer.id == dead) {
-        procedure.finish(
-            ProcedureState::Done,
-            format!("node {dead} is alive again; nothing moved"),
-        );
-        save(&procedure).await;
-        return procedure.state;
-    }
-    candidates.retain(|c| c.peer.id != dead);
-    let regions = f.tables.regions_led_by(dead);
-    tracing::warn!(
-        node_id = dead,
-        regions = regions.len(),
-        "failing over the regions of a dead node"
-    );
-    if candidates.is_empty() && !regions.is_empty() {
-        procedure.finish(ProcedureState::Failed, "no live datanode to fail over to");
-        save(&procedure).await;
-        return procedure.state;
-    }
-    // Which followers the dead leader last reported in sync.
-    let replicas = f
-        .cluster_view
-        .send(GetReplicaReport { node_id: dead })
-        .await
-        .ok()
-        .flatten();
-    let routes: Vec<RegionRoute> = regions.iter().map(|(_, region)| region.clone()).collect();
-    let mut failures = 0;
-    for (planned, (entry, region)) in plan_region_moves(&routes, &candidates, replicas.as_deref())
-        .into_iter()
-        .zip(&regions)
-    {
-        let region_id = region.region_id;
-        let (target, instruction, undo) = match planned {
-            RegionMove::Stuck { reason, .. } => {
-                failures += 1;
-                procedure.step(format!("region {region_id}: {reason}"));
-                continue;
-            }
-            // If the target does not confirm, it may still carry the instruction out (late):
-            // the undo, sent on the same ordered stream, keeps it from leading the region
-            // beside whatever moves it next.
-            RegionMove::Promote { to, .. } => (
-                to,
-                Instruction::PromoteToLeader { region_id },
-                Instruction::DemoteToFollower { region_id },
-            ),
-            RegionMove::Reopen { to, .. } => (
-                to,
-                Instruction::OpenRegion {
-                    region_id,
-                    table: (&entry.info.name).into(),
-                    role: RegionRole::Leader,
-                    lease_millis: f.config.region_lease.as_millis() as u64,
-                },
-                Instruction::CloseRegion { region_id },
-            ),
-        };
-        let _permit = f.permits.acquire().await;
-        // The region is ours until moved: a DropTable of its table waits, and another
-        // procedure cannot move it at the same time.
-        let Some(_lock) = f.tables.lock_regions(&[region_id]) else {
-            failures += 1;
-            procedure.step(format!("region {region_id}: another procedure holds it"));
-            continue;
-        };
-        // Until the route names the target, its reports of the region are not "stale".
-        f.tables.ownership().begin_move(region_id, target.id);
-        let outcome = f
-            .cluster_view
-            .send(SendInstruction {
-                node_id: target.id,
-                instruction,
-                timeout: f.config.instruction_timeout,
-            })
-            .await;
-        let undo = |f: &Failover| {
-            f.cluster_view.do_send(SendInstruction {
-                node_id: target.id,
-                instruction: undo.clone(),
-                timeout: f.config.instruction_timeout,
-            });
-            f.tables.ownership().end_move(region_id);
-        };
-        match outcome {
-            Ok(Ok(result)) if result.success => {}
-            other => {
-                undo(&f);
-                failures += 1;
-                procedure.step(format!(
-                    "region {region_id}: node {} did not take it: {other:?}",
-                    target.id
-                ));
-                save(&procedure).await;
-                continue;
-            }
-        }
-        let followers: Vec<Peer> = region
-            .followers
-            .iter()
-            .filter(|fo| fo.id != target.id && fo.id != dead)
-            .cloned()
-            .collect();
-        let moved = f
-            .tables
-            .move_region_leader(region_id, dead, target.clone(), followers)
-            .await;
-        match moved {
-            Ok(updated) => {
-                f.tables.ownership().end_move(region_id);
-                tracing::info!(
-                    region = region_id,
-                    from = dead,
-                    to = target.id,
-                    version = updated.route.version,
-                    "region failed over"
-                );
-                procedure.step(format!(
-                    "region {region_id} now led by node {} (route version {})",
-                    target.id, updated.route.version
-                ));
-            }
-            Err(e) => {
-                let landed = f
-                    .tables
-                    .entry_by_id(table_of_region(region_id))
-                    .is_some_and(|t| {
-                        t.route
-                            .regions
-                            .iter()
-                            .any(|r| r.region_id == region_id && r.leader.id == target.id)
-                    });
-                if landed {
-                    // The write landed although its answer was lost (the manager re-read
-                    // the stored route): the move is done.
-                    f.tables.ownership().end_move(region_id);
-                    procedure.step(format!(
-                        "region {region_id} now led by node {} (the route write's answer was lost: {e})",
-                        target.id
-                    ));
-                } else {
-                    // The target took the region but the route does not say so: it must
-                    // not go on leading it (a second writer once the region moves elsewhere).
-                    undo(&f);
-                    failures += 1;
-                    procedure.step(format!("region {region_id}: cannot move the route: {e}"));
-                }
-            }
-        }
-        save(&procedure).await;
-    }
-    if failures == 0 {
-        procedure.finish(ProcedureState::Done, "every region moved");
-    } else {
-        procedure.finish(
-            ProcedureState::Failed,
-            format!("{failures} regions were not moved"),
-        );
-    }
-    save(&procedure).await;
-    let _ = f.procedures.prune().await;
-    procedure.state
 }
 
 impl Handler<AllocateRegions> for Scheduler {
@@ -676,5 +534,117 @@ impl Handler<AllocateRegions> for Scheduler {
                         .map_err(SchedulerError::NoCapacity)
                 }),
         )
+    }
+}
+
+impl Handler<WatchProcedure> for Scheduler {
+    type Result = Option<watch::Receiver<Procedure>>;
+
+    fn handle(&mut self, msg: WatchProcedure, _ctx: &mut Self::Context) -> Self::Result {
+        self.operations.get(&msg.id).map(|op| op.progress.clone())
+    }
+}
+
+impl Handler<StartOperation> for Scheduler {
+    type Result = ResponseActFuture<Self, Result<watch::Receiver<Procedure>, OperationError>>;
+
+    fn handle(&mut self, msg: StartOperation, _ctx: &mut Self::Context) -> Self::Result {
+        let checked = self.check_operation(&msg.request);
+        let candidates = self.cluster_view.send(ListCandidates);
+        let term = self.serving_term;
+        Box::pin(async move { (checked, candidates.await) }.into_actor(self).map(
+            move |(checked, candidates), scheduler, ctx| {
+                let procedure = checked?;
+                if scheduler.serving_term != term {
+                    return Err(OperationError::NotLeader);
+                }
+                let candidates = candidates
+                    .map_err(|e| OperationError::Unavailable(format!("cluster view: {e}")))?;
+                if procedure.kind != DRAIN_NODE
+                    && !candidates
+                        .iter()
+                        .any(|c| c.peer.id == procedure.target_node)
+                {
+                    return Err(OperationError::FailedPrecondition(format!(
+                        "node {} is not a live datanode that can take regions (dead, unknown, or being drained)",
+                        procedure.target_node
+                    )));
+                }
+                tracing::info!(procedure = %procedure.id, kind = %procedure.kind, node = procedure.node_id, region = procedure.region_id, target = procedure.target_node, "operation started");
+                scheduler
+                    .run_operation(procedure, false, ctx)
+                    .ok_or(OperationError::Unavailable("the catalog is not attached yet".into()))
+            },
+        ))
+    }
+}
+
+impl Scheduler {
+    /// The procedure `request` starts, if this leader may start it now: the checks that need
+    /// no other actor (the region's route, the region or node not busy).
+    fn check_operation(&self, request: &OperationRequest) -> Result<Procedure, OperationError> {
+        if !self.ready || !self.leadership.is_serving_leader() {
+            return Err(OperationError::NotLeader);
+        }
+        let tables = self
+            .tables
+            .as_ref()
+            .ok_or_else(|| OperationError::Unavailable("the catalog is not attached yet".into()))?;
+        let (region_id, to, transfer) = match *request {
+            OperationRequest::DrainNode { node_id } => {
+                if node_id == 0 {
+                    return Err(OperationError::InvalidArgument(
+                        "node_id must not be 0".into(),
+                    ));
+                }
+                if let Some(id) = self.operation_on(None, Some(node_id)) {
+                    return Err(OperationError::FailedPrecondition(format!(
+                        "node {node_id} is being drained already (procedure {id})"
+                    )));
+                }
+                return Ok(Procedure::drain(node_id));
+            }
+            OperationRequest::MigrateRegion { region_id, to } => (region_id, to, false),
+            OperationRequest::TransferLeader { region_id, to } => (region_id, to, true),
+        };
+        let region = tables
+            .entry_by_id(table_of_region(region_id))
+            .and_then(|t| {
+                t.route
+                    .regions
+                    .iter()
+                    .find(|r| r.region_id == region_id)
+                    .cloned()
+            })
+            .ok_or_else(|| {
+                OperationError::NotFound(format!("no table routes region {region_id}"))
+            })?;
+        if region.leader.id == to {
+            return Err(OperationError::FailedPrecondition(format!(
+                "node {to} leads region {region_id} already"
+            )));
+        }
+        if transfer && !region.followers.iter().any(|f| f.id == to) {
+            return Err(OperationError::FailedPrecondition(format!(
+                "node {to} is not a follower of region {region_id} (its followers: {:?}); migrate the region instead",
+                region.followers.iter().map(|f| f.id).collect::<Vec<_>>()
+            )));
+        }
+        if let Some(id) = self.operation_on(Some(region_id), None) {
+            return Err(OperationError::FailedPrecondition(format!(
+                "region {region_id} is busy with procedure {id}"
+            )));
+        }
+        if tables.is_locked(region_id) {
+            return Err(OperationError::FailedPrecondition(format!(
+                "region {region_id} is busy with another operation (a failover, a drain or a DDL)"
+            )));
+        }
+        Ok(Procedure::region_migration(
+            region_id,
+            region.leader.id,
+            to,
+            transfer,
+        ))
     }
 }

@@ -224,6 +224,11 @@ impl TableManager {
         }
     }
 
+    /// Whether a procedure holds `region_id` now.
+    pub fn is_locked(&self, region_id: u64) -> bool {
+        self.locked_regions.lock().contains(&region_id)
+    }
+
     /// Locks `regions` for a procedure; `None` if another procedure holds any of them.
     pub fn lock_regions(&self, regions: &[u64]) -> Option<RegionLocks<'_>> {
         let mut locked = self.locked_regions.lock();
@@ -771,6 +776,25 @@ impl TableManager {
                     .regions
                     .iter()
                     .filter(|r| r.leader.id == node_id)
+                    .map(move |r| (entry.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// The regions `node_id` holds a copy of (as leader or follower), with their tables.
+    pub fn regions_on(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
+        let cache = self.cache.read();
+        cache
+            .tables
+            .values()
+            .flat_map(|entry| {
+                entry
+                    .route
+                    .regions
+                    .iter()
+                    .filter(|r| {
+                        r.leader.id == node_id || r.followers.iter().any(|f| f.id == node_id)
+                    })
                     .map(move |r| (entry.clone(), r.clone()))
             })
             .collect()

@@ -30,6 +30,9 @@ struct Grants {
     last_grant: HashMap<u64, Instant>,
     /// Nodes being failed over: they get no leader lease on any region.
     fenced: HashSet<u64>,
+    /// Regions being migrated, with their routed leader: it gets no write lease on them
+    /// (only a follower lease, for reads) until the migration ends.
+    fenced_regions: HashMap<u64, u64>,
 }
 
 /// The regions a heartbeat's lease covers.
@@ -150,6 +153,24 @@ impl RegionOwnership {
             .collect()
     }
 
+    /// Regions `node_id` reports leading that the routes give it as a follower (a promotion
+    /// or upgrade whose route move failed and whose undo was lost, a transfer from a node that
+    /// was away): it must not write them.
+    pub fn wrongly_leading(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        let by_node = self.by_node.read();
+        let Some(owned) = by_node.get(&node_id) else {
+            return Vec::new();
+        };
+        reported
+            .iter()
+            .filter(|r| {
+                r.role == RegionRole::Leader
+                    && owned.get(&r.region_id) == Some(&RegionRole::Follower)
+            })
+            .map(|r| r.region_id)
+            .collect()
+    }
+
     /// Regions the routes give `node_id` that it does not report (it restarted and lost them,
     /// say), with the role the routes give; while the node is fenced by its failover, only its
     /// follower regions: metasrv asks the node to open them again.
@@ -190,11 +211,15 @@ impl RegionOwnership {
         let fenced = grants.fenced.contains(&node_id);
         for region in reported {
             match owned.get(&region.region_id) {
-                Some(RegionRole::Leader) if !fenced => {
-                    grant.leader_region_ids.push(region.region_id)
+                Some(RegionRole::Leader) if fenced => {}
+                Some(RegionRole::Leader)
+                    if grants.fenced_regions.get(&region.region_id) == Some(&node_id) =>
+                {
+                    grant.follower_region_ids.push(region.region_id)
                 }
+                Some(RegionRole::Leader) => grant.leader_region_ids.push(region.region_id),
                 Some(RegionRole::Follower) => grant.follower_region_ids.push(region.region_id),
-                _ => {}
+                None => {}
             }
         }
         // Only write leases matter to a failover (it moves the regions a node leads); a
@@ -225,6 +250,20 @@ impl RegionOwnership {
     /// it one: every lease it holds from this leader ends by then plus one lease length.
     pub fn last_grant(&self, node_id: u64) -> Option<Instant> {
         self.grants.lock().last_grant.get(&node_id).copied()
+    }
+
+    /// Stops granting `node_id` a write lease on `region_id` (a migration takes the region from
+    /// it; it keeps a follower lease) and returns the instant from which its last write lease
+    /// on the region may count: that lease ends by then plus one lease length.
+    pub fn fence_region(&self, region_id: u64, node_id: u64) -> Option<Instant> {
+        let mut grants = self.grants.lock();
+        grants.fenced_regions.insert(region_id, node_id);
+        grants.last_grant.get(&node_id).copied()
+    }
+
+    /// Lifts the fence of [`Self::fence_region`] (the migration ended either way).
+    pub fn unfence_region(&self, region_id: u64) {
+        self.grants.lock().fenced_regions.remove(&region_id);
     }
 
     /// Lifts the fence of `node_id` (its failover ended).
@@ -347,6 +386,35 @@ mod tests {
             ownership.missing(1, &reported(&[])),
             vec![(3, RegionRole::Follower)],
             "regions being failed over are not reopened on the node"
+        );
+    }
+
+    #[test]
+    fn a_region_being_migrated_gets_only_a_follower_lease_on_its_leader() {
+        let ownership = RegionOwnership::default();
+        ownership.add_route(&route(1, &[(1, &[2]), (1, &[2])]));
+        let early = Instant::now();
+        assert_eq!(
+            ownership
+                .grant(1, &reported(&[1, 2]), early)
+                .leader_region_ids,
+            vec![1, 2]
+        );
+        assert_eq!(ownership.fence_region(2, 1), Some(early));
+        let grant = ownership.grant(1, &reported(&[1, 2]), early);
+        assert_eq!(
+            grant.leader_region_ids,
+            vec![1],
+            "region 1 is not migrating"
+        );
+        assert_eq!(grant.follower_region_ids, vec![2], "reads go on");
+        // The follower of the region is not affected by the leader's fence.
+        let follower = ownership.grant(2, &reported(&[2]), early);
+        assert_eq!(follower.follower_region_ids, vec![2]);
+        ownership.unfence_region(2);
+        assert_eq!(
+            ownership.grant(1, &reported(&[2]), early).leader_region_ids,
+            vec![2]
         );
     }
 

@@ -2,6 +2,7 @@
 //! protobuf to domain types, call the domain layer, and map its typed errors to `tonic::Status`
 //! here, in one place.
 
+pub mod admin;
 pub mod election;
 pub mod heartbeat;
 pub mod router;

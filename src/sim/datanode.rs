@@ -115,8 +115,12 @@ struct Shared {
     responses: u64,
     rows: BTreeMap<u64, u64>,
     accepted: Vec<AcceptedWrite>,
-    /// Until when each region's lease lasts (this node's monotonic clock).
+    /// Until when each region's lease lasts (this node's monotonic clock): reads.
     leases: HashMap<u64, Instant>,
+    /// Until when the node may write each region: only leader grants, a leader OpenRegion and
+    /// an UpgradeRegion extend it (a follower grant does not, whatever role the node thinks
+    /// it has).
+    write_leases: HashMap<u64, Instant>,
     /// See [`WriteLog::write_horizon`] and [`WriteLog::leading_since`].
     write_horizon: HashMap<u64, Instant>,
     leading_since: HashMap<u64, Instant>,
@@ -125,6 +129,9 @@ struct Shared {
     died_at: Option<Instant>,
     /// Replica states to report (as the leader of their regions).
     replica_stats: Vec<pb::ReplicaStat>,
+    /// Instructions are received but neither carried out nor answered (see
+    /// [`SimDatanode::ignore_instructions`]).
+    ignoring_instructions: bool,
     /// Killed: the data plane answers nothing useful any more (connections that outlive the
     /// server task get UNAVAILABLE, as from a process that is gone).
     dead: bool,
@@ -132,11 +139,15 @@ struct Shared {
 
 impl Shared {
     /// Extends (never shortens) the lease of `region_id` to `until`.
-    fn extend_lease(&mut self, region_id: u64, until: Instant) {
+    fn extend_lease(&mut self, region_id: u64, until: Instant, write: bool) {
         let lease = self.leases.entry(region_id).or_insert(until);
         *lease = (*lease).max(until);
-        let lease = *lease;
-        self.note_write_horizon(region_id, lease);
+        if write {
+            let lease = self.write_leases.entry(region_id).or_insert(until);
+            *lease = (*lease).max(until);
+            let lease = *lease;
+            self.note_write_horizon(region_id, lease);
+        }
     }
 
     fn note_write_horizon(&mut self, region_id: u64, until: Instant) {
@@ -153,13 +164,30 @@ impl Shared {
         let now = Instant::now();
         self.leading_since.insert(region_id, now);
         self.periods.push((region_id, now, now));
-        if let Some(lease) = self.leases.get(&region_id).copied() {
+        if let Some(lease) = self.write_leases.get(&region_id).copied() {
             self.note_write_horizon(region_id, lease);
+        }
+    }
+
+    /// The node stopped writing `region_id` now (a downgrade): its leader period and write
+    /// horizon end here, whatever lease it still holds (that lease now only serves reads).
+    fn stopped_leading(&mut self, region_id: u64) {
+        let now = Instant::now();
+        self.write_leases.remove(&region_id);
+        self.write_horizon.insert(region_id, now);
+        if let Some(period) = self.periods.iter_mut().rev().find(|p| p.0 == region_id) {
+            period.2 = period.2.min(now);
         }
     }
 
     fn leased(&self, region_id: u64) -> bool {
         self.leases
+            .get(&region_id)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn write_leased(&self, region_id: u64) -> bool {
+        self.write_leases
             .get(&region_id)
             .is_some_and(|until| *until > Instant::now())
     }
@@ -195,7 +223,7 @@ impl sim_pb::datanode_server::Datanode for DataPlane {
         if shared.dead {
             return Err(tonic::Status::unavailable("the datanode is down"));
         }
-        if shared.regions.contains_key(&req.region_id) && !shared.leased(req.region_id) {
+        if shared.regions.contains_key(&req.region_id) && !shared.write_leased(req.region_id) {
             return Err(invalid_route(format!(
                 "node {} has no lease for region {}",
                 self.node_id, req.region_id
@@ -457,6 +485,12 @@ impl SimDatanode {
         ));
     }
 
+    /// From now on the node receives instructions but neither carries them out nor answers
+    /// (a hung process whose heartbeat thread still runs), or again obeys them.
+    pub fn ignore_instructions(&self, ignore: bool) {
+        self.shared.lock().ignoring_instructions = ignore;
+    }
+
     /// Stops the node abruptly (its stream is cut, its data plane stops).
     pub fn kill(self) {
         drop(self);
@@ -673,12 +707,16 @@ fn apply(instruction: &pb::Instruction, shared: &mut Shared) -> pb::InstructionR
             }
             // The first lease counts from receipt (see the contract in heartbeat.proto).
             let until = Instant::now() + Duration::from_millis(open.lease_millis);
-            shared.extend_lease(open.region_id, until);
+            shared.extend_lease(open.region_id, until, role == RegionRole::Leader);
             Ok(())
         }
         Some(Kind::CloseRegion(close)) => {
+            if shared.regions.get(&close.region_id) == Some(&RegionRole::Leader) {
+                shared.stopped_leading(close.region_id);
+            }
             shared.regions.remove(&close.region_id);
             shared.leases.remove(&close.region_id);
+            shared.write_leases.remove(&close.region_id);
             Ok(())
         }
         Some(Kind::PromoteToLeader(p)) => match shared.regions.get_mut(&p.region_id) {
@@ -691,10 +729,34 @@ fn apply(instruction: &pb::Instruction, shared: &mut Shared) -> pb::InstructionR
         },
         Some(Kind::DemoteToFollower(d)) => match shared.regions.get_mut(&d.region_id) {
             Some(role) => {
+                let was_leader = *role == RegionRole::Leader;
                 *role = RegionRole::Follower;
+                if was_leader {
+                    shared.stopped_leading(d.region_id);
+                }
                 Ok(())
             }
             None => Err(format!("region {} is not open here", d.region_id)),
+        },
+        Some(Kind::DowngradeRegion(d)) => {
+            if shared.regions.get(&d.region_id) == Some(&RegionRole::Leader) {
+                shared.regions.insert(d.region_id, RegionRole::Follower);
+                shared.stopped_leading(d.region_id);
+            }
+            Ok(())
+        }
+        Some(Kind::UpgradeRegion(u)) => match shared.regions.get_mut(&u.region_id) {
+            Some(role) => {
+                let was_leader = *role == RegionRole::Leader;
+                *role = RegionRole::Leader;
+                if !was_leader {
+                    shared.became_leader(u.region_id);
+                }
+                let until = Instant::now() + Duration::from_millis(u.lease_millis);
+                shared.extend_lease(u.region_id, until, true);
+                Ok(())
+            }
+            None => Err(format!("region {} is not open here", u.region_id)),
         },
         Some(Kind::InvalidateRouteCache(_)) => Ok(()),
         None => Err("instruction has no kind".into()),
@@ -768,16 +830,20 @@ async fn run(
                         // the request was sent.
                         let until = sent_at + Duration::from_millis(lease.duration_millis);
                         let mut shared = shared.lock();
-                        for id in lease.leader_region_ids.iter().chain(&lease.follower_region_ids) {
-                            shared.extend_lease(*id, until);
+                        for id in &lease.leader_region_ids {
+                            shared.extend_lease(*id, until, true);
+                        }
+                        for id in &lease.follower_region_ids {
+                            shared.extend_lease(*id, until, false);
                         }
                     }
                     if response.instructions.is_empty() {
                         continue;
                     }
                     let mut results = Vec::new();
+                    let obey = config.obey_instructions && !shared.lock().ignoring_instructions;
                     for instruction in response.instructions {
-                        if config.obey_instructions {
+                        if obey {
                             results.push(apply(&instruction, &mut shared.lock()));
                         }
                         record(SimEvent::Instruction(instruction));

@@ -10,6 +10,7 @@ mod harness;
 mod heartbeat;
 mod large_catalog;
 mod lease;
+mod migration;
 mod process;
 mod reconciler;
 mod router;

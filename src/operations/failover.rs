@@ -1,0 +1,273 @@
+//! The failover of a dead node: every region it leads moves to a live node (a live, in-sync
+//! follower is upgraded, or the region reopens from the shared storage), never while the dead
+//! node's write leases may still run. Where each region goes comes from
+//! `planner::plan_region_moves`.
+
+use std::time::Instant;
+
+use super::OperationContext;
+use crate::actors::cluster_view::{
+    GetLeaseExpiry, GetReplicaReport, Instruction, ListCandidates, SendInstruction,
+};
+use crate::catalog::model::{table_of_region, Peer, RegionRoute};
+use crate::planner::{plan_region_moves, RegionMove};
+use crate::procedure::{Procedure, ProcedureState};
+use crate::stats::RegionRole;
+
+/// Moves every region the procedure's node leads to a live node, never letting two nodes serve
+/// a region at once: nothing is instructed before the dead node's last lease has lapsed. Each
+/// step is recorded in the procedure; a resumed procedure redoes only what is left.
+pub async fn fail_over_node(procedure: Procedure, resumed: bool, f: OperationContext) -> Procedure {
+    let dead = procedure.node_id;
+    let tables = f.tables.clone();
+    let metrics = f.metrics.clone();
+    let started = Instant::now();
+    let procedure = move_regions_of_dead_node(procedure, resumed, f).await;
+    let outcome = match procedure.state {
+        ProcedureState::Done => "done",
+        ProcedureState::Failed => "failed",
+        // It could not record its progress: this member no longer leads.
+        ProcedureState::Running => "interrupted",
+    };
+    tables.ownership().unfence(dead);
+    metrics.region_failovers.with_label_values(&[outcome]).inc();
+    metrics
+        .region_failover_seconds
+        .observe(started.elapsed().as_secs_f64());
+    procedure
+}
+
+async fn move_regions_of_dead_node(
+    mut procedure: Procedure,
+    resumed: bool,
+    f: OperationContext,
+) -> Procedure {
+    let dead = procedure.node_id;
+    let save = |procedure: &Procedure| {
+        let f = f.clone();
+        let procedure = procedure.clone();
+        async move { f.save(&procedure, None).await }
+    };
+    if resumed {
+        procedure.step("resumed by a new leader");
+    } else {
+        procedure.step(format!("node {dead} declared dead"));
+    }
+    // Recorded before anything moves, so that a new leader finds it; a member that cannot
+    // write it is no longer the leader and must not go on.
+    if !save(&procedure).await {
+        return procedure;
+    }
+    // From here on the node gets no lease on the regions it leads, even if it comes back while
+    // we wait: so the last lease this leader granted it bounds every lease that matters. If this
+    // leader never granted it one, a previous leader may have: those end within one lease of
+    // our election, so within one lease from now (or from the node's last request to us).
+    let mut expiry = match f.tables.ownership().fence(dead) {
+        Some(last_grant) => last_grant + f.config.region_lease,
+        None => f
+            .cluster_view
+            .send(GetLeaseExpiry {
+                node_id: dead,
+                region_lease: f.config.region_lease,
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Instant::now() + f.config.region_lease),
+    };
+    loop {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            expiry + f.config.safety_margin,
+        ))
+        .await;
+        // Fenced, the node gets no new leader lease from heartbeats; but an OpenRegion it
+        // confirmed meanwhile (a create or a reopen in flight when it was fenced) began one.
+        match f.tables.ownership().last_grant(dead) {
+            Some(last) if last + f.config.region_lease > expiry => {
+                expiry = last + f.config.region_lease;
+            }
+            _ => break,
+        }
+    }
+    procedure.step("the dead node's region leases have lapsed");
+
+    let mut candidates = match f.cluster_view.send(ListCandidates).await {
+        Ok(candidates) => candidates,
+        Err(e) => {
+            procedure.finish(
+                ProcedureState::Failed,
+                format!("cluster view unavailable: {e}"),
+            );
+            save(&procedure).await;
+            return procedure;
+        }
+    };
+    if resumed && candidates.iter().any(|c| c.peer.id == dead) {
+        procedure.finish(
+            ProcedureState::Done,
+            format!("node {dead} is alive again; nothing moved"),
+        );
+        save(&procedure).await;
+        return procedure;
+    }
+    candidates.retain(|c| c.peer.id != dead);
+    let regions = f.tables.regions_led_by(dead);
+    tracing::warn!(
+        node_id = dead,
+        regions = regions.len(),
+        "failing over the regions of a dead node"
+    );
+    if candidates.is_empty() && !regions.is_empty() {
+        procedure.finish(ProcedureState::Failed, "no live datanode to fail over to");
+        save(&procedure).await;
+        return procedure;
+    }
+    // Which followers the dead leader last reported in sync.
+    let replicas = f
+        .cluster_view
+        .send(GetReplicaReport { node_id: dead })
+        .await
+        .ok()
+        .flatten();
+    let routes: Vec<RegionRoute> = regions.iter().map(|(_, region)| region.clone()).collect();
+    let mut failures = 0;
+    for (planned, (entry, region)) in plan_region_moves(&routes, &candidates, replicas.as_deref())
+        .into_iter()
+        .zip(&regions)
+    {
+        let region_id = region.region_id;
+        let (target, instruction, undo) = match planned {
+            RegionMove::Stuck { reason, .. } => {
+                failures += 1;
+                procedure.step(format!("region {region_id}: {reason}"));
+                continue;
+            }
+            // If the target does not confirm, it may still carry the instruction out (late):
+            // the undo, sent on the same ordered stream, keeps it from leading the region
+            // beside whatever moves it next.
+            RegionMove::Promote { to, .. } => (
+                to,
+                // An upgrade carries a first write lease (a promotion would leave the follower
+                // unable to write until its next heartbeat).
+                Instruction::UpgradeRegion {
+                    region_id,
+                    lease_millis: f.config.region_lease.as_millis() as u64,
+                },
+                Instruction::DemoteToFollower { region_id },
+            ),
+            RegionMove::Reopen { to, .. } => (
+                to,
+                Instruction::OpenRegion {
+                    region_id,
+                    table: (&entry.info.name).into(),
+                    role: RegionRole::Leader,
+                    lease_millis: f.config.region_lease.as_millis() as u64,
+                },
+                Instruction::CloseRegion { region_id },
+            ),
+        };
+        let _permit = f.permits.acquire().await;
+        // The region is ours until moved: a DropTable of its table waits, and another
+        // procedure cannot move it at the same time.
+        let Some(_lock) = f.tables.lock_regions(&[region_id]) else {
+            failures += 1;
+            procedure.step(format!("region {region_id}: another procedure holds it"));
+            continue;
+        };
+        // Until the route names the target, its reports of the region are not "stale".
+        f.tables.ownership().begin_move(region_id, target.id);
+        let outcome = f
+            .cluster_view
+            .send(SendInstruction {
+                node_id: target.id,
+                instruction,
+                timeout: f.config.instruction_timeout,
+            })
+            .await;
+        let undo = |f: &OperationContext| {
+            f.cluster_view.do_send(SendInstruction {
+                node_id: target.id,
+                instruction: undo.clone(),
+                timeout: f.config.instruction_timeout,
+            });
+            f.tables.ownership().end_move(region_id);
+        };
+        match outcome {
+            Ok(Ok(result)) if result.success => {}
+            other => {
+                undo(&f);
+                failures += 1;
+                procedure.step(format!(
+                    "region {region_id}: node {} did not take it: {other:?}",
+                    target.id
+                ));
+                save(&procedure).await;
+                continue;
+            }
+        }
+        let followers: Vec<Peer> = region
+            .followers
+            .iter()
+            .filter(|fo| fo.id != target.id && fo.id != dead)
+            .cloned()
+            .collect();
+        let moved = f
+            .tables
+            .move_region_leader(region_id, dead, target.clone(), followers)
+            .await;
+        match moved {
+            Ok(updated) => {
+                f.tables.ownership().end_move(region_id);
+                tracing::info!(
+                    region = region_id,
+                    from = dead,
+                    to = target.id,
+                    version = updated.route.version,
+                    "region failed over"
+                );
+                procedure.step(format!(
+                    "region {region_id} now led by node {} (route version {})",
+                    target.id, updated.route.version
+                ));
+            }
+            Err(e) => {
+                let landed = f
+                    .tables
+                    .entry_by_id(table_of_region(region_id))
+                    .is_some_and(|t| {
+                        t.route
+                            .regions
+                            .iter()
+                            .any(|r| r.region_id == region_id && r.leader.id == target.id)
+                    });
+                if landed {
+                    // The write landed although its answer was lost (the manager re-read
+                    // the stored route): the move is done.
+                    f.tables.ownership().end_move(region_id);
+                    procedure.step(format!(
+                        "region {region_id} now led by node {} (the route write's answer was lost: {e})",
+                        target.id
+                    ));
+                } else {
+                    // The target took the region but the route does not say so: it must
+                    // not go on leading it (a second writer once the region moves elsewhere).
+                    undo(&f);
+                    failures += 1;
+                    procedure.step(format!("region {region_id}: cannot move the route: {e}"));
+                }
+            }
+        }
+        save(&procedure).await;
+    }
+    if failures == 0 {
+        procedure.finish(ProcedureState::Done, "every region moved");
+    } else {
+        procedure.finish(
+            ProcedureState::Failed,
+            format!("{failures} regions were not moved"),
+        );
+    }
+    save(&procedure).await;
+    let _ = f.procedures.prune().await;
+    procedure
+}

@@ -1,0 +1,330 @@
+//! Region migration, the one way a live region moves (manual migrations, leader transfers and
+//! drains all use it):
+//!
+//! 1. the target opens the region as a follower (unless it follows it already);
+//! 2. the leader's write lease on the region is fenced (its heartbeats renew only a follower
+//!    lease from now on) and it is asked to downgrade: it stops writing and answers. A leader
+//!    that does not answer costs one lease: the migration waits until its last write lease has
+//!    surely lapsed;
+//! 3. the target is upgraded, with a first write lease;
+//! 4. the route moves (version + 1): the target leads, the old leader follows (a transfer) or
+//!    leaves the route (a migration);
+//! 5. the old copy is closed (a migration).
+//!
+//! With a cooperating leader the region cannot be written from the downgrade to the upgrade:
+//! two round trips on the heartbeat streams, then a route write. A failure undoes what was done
+//! (the old leader upgraded again if it had downgraded, the target's copy demoted or closed), so
+//! the region is left led by exactly one node. Every step is idempotent: a migration a new
+//! leader resumes starts again from step 1.
+
+use std::time::Instant;
+
+use super::OperationContext;
+use crate::actors::cluster_view::Instruction;
+use crate::catalog::model::{table_of_region, Peer, RegionRoute};
+use crate::procedure::{Procedure, ProcedureState};
+use crate::stats::RegionRole;
+
+/// One region to move.
+#[derive(Clone, Debug)]
+pub struct Migration {
+    pub region_id: u64,
+    /// The node that leads the region when the migration starts.
+    pub from: u64,
+    pub to: Peer,
+    /// A leader transfer: the old leader stays a follower. Otherwise its copy is closed.
+    pub keep_old_copy: bool,
+}
+
+/// What a finished migration did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migrated {
+    /// The route names the target as leader (version + 1).
+    Moved {
+        /// Whether the old leader answered the downgrade (no lease wait was needed).
+        cooperative: bool,
+    },
+    /// The route named the target as leader already (a resumed migration that had landed).
+    AlreadyThere,
+}
+
+/// The region's current route and table name, if its table is still there.
+fn current_region(ctx: &OperationContext, region_id: u64) -> Option<(RegionRoute, String)> {
+    let entry = ctx.tables.entry_by_id(table_of_region(region_id))?;
+    let region = entry
+        .route
+        .regions
+        .iter()
+        .find(|r| r.region_id == region_id)?
+        .clone();
+    Some((region, entry.info.name.to_string()))
+}
+
+/// Carries out `migration`, writing what it does to `steps`. The caller holds the region's
+/// operation lock (`TableManager::lock_regions`). On `Err` the region is led as before (what
+/// was done is undone), with the reason.
+pub async fn migrate_region(
+    ctx: &OperationContext,
+    migration: &Migration,
+    steps: &mut Vec<String>,
+) -> Result<Migrated, String> {
+    let Migration {
+        region_id,
+        from,
+        ref to,
+        keep_old_copy,
+    } = *migration;
+    let Some((region, _table)) = current_region(ctx, region_id) else {
+        return Err(format!(
+            "region {region_id} is not routed (its table was dropped?)"
+        ));
+    };
+    if region.leader.id == to.id {
+        if !keep_old_copy && from != to.id {
+            ctx.instruct_in_background(from, Instruction::CloseRegion { region_id });
+        }
+        return Ok(Migrated::AlreadyThere);
+    }
+    if region.leader.id != from {
+        return Err(format!(
+            "region {region_id} is led by node {}, not {from}",
+            region.leader.id
+        ));
+    }
+    let entry = ctx
+        .tables
+        .entry_by_id(table_of_region(region_id))
+        .ok_or_else(|| format!("the table of region {region_id} was dropped"))?;
+    let lease_millis = ctx.config.region_lease.as_millis() as u64;
+    let was_follower = region.followers.iter().any(|f| f.id == to.id);
+    let ownership = ctx.tables.ownership().clone();
+
+    // 1. The target holds a copy, as a follower. Until the route names it, its reports of the
+    // region are not "stale".
+    ownership.begin_move(region_id, to.id);
+    if !was_follower {
+        let opened = ctx
+            .instruct(
+                to.id,
+                Instruction::OpenRegion {
+                    region_id,
+                    table: (&entry.info.name).into(),
+                    role: RegionRole::Follower,
+                    lease_millis,
+                },
+            )
+            .await;
+        if let Err(e) = opened {
+            ctx.instruct_in_background(to.id, Instruction::CloseRegion { region_id });
+            ownership.end_move(region_id);
+            return Err(format!("the target could not open region {region_id}: {e}"));
+        }
+        steps.push(format!(
+            "region {region_id}: opened on node {} as a follower",
+            to.id
+        ));
+    }
+
+    // 2. The leader stops writing: fenced first, so that no heartbeat renews its write lease
+    // while it is asked.
+    let last_grant = ownership.fence_region(region_id, from);
+    let downgraded_at = Instant::now();
+    let cooperative = match ctx
+        .instruct(from, Instruction::DowngradeRegion { region_id })
+        .await
+    {
+        Ok(()) => {
+            steps.push(format!(
+                "region {region_id}: node {from} downgraded in {} ms",
+                downgraded_at.elapsed().as_millis()
+            ));
+            true
+        }
+        Err(e) => {
+            // It may still be writing on the lease it holds: wait until that has lapsed.
+            // Heartbeats since the fence renewed no write lease on this region, so the last
+            // grant before it bounds every write lease that matters.
+            let until = ctx.lease_end(from, last_grant).await;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            steps.push(format!(
+                "region {region_id}: node {from} did not downgrade ({e}); its write lease lapsed after {} ms",
+                downgraded_at.elapsed().as_millis()
+            ));
+            false
+        }
+    };
+    let undo_target = |ctx: &OperationContext| {
+        let undo = if was_follower {
+            Instruction::DemoteToFollower { region_id }
+        } else {
+            Instruction::CloseRegion { region_id }
+        };
+        ctx.instruct_in_background(to.id, undo);
+    };
+    let restore_leader = |ctx: &OperationContext| {
+        ownership.unfence_region(region_id);
+        ownership.end_move(region_id);
+        if cooperative {
+            // The old leader takes the region back where it left it.
+            ctx.instruct_in_background(
+                from,
+                Instruction::UpgradeRegion {
+                    region_id,
+                    lease_millis,
+                },
+            );
+        }
+    };
+
+    // 3. The target leads, with a first lease.
+    if let Err(e) = ctx
+        .instruct(
+            to.id,
+            Instruction::UpgradeRegion {
+                region_id,
+                lease_millis,
+            },
+        )
+        .await
+    {
+        // The undo goes on the same ordered stream: a late upgrade is demoted right after.
+        undo_target(ctx);
+        restore_leader(ctx);
+        return Err(format!("the target could not lead region {region_id}: {e}"));
+    }
+
+    // 4. The route names the target.
+    let mut followers: Vec<Peer> = region
+        .followers
+        .iter()
+        .filter(|f| f.id != to.id && f.id != from)
+        .cloned()
+        .collect();
+    if keep_old_copy {
+        followers.push(region.leader.clone());
+    }
+    let moved = ctx
+        .tables
+        .move_region_leader(region_id, from, to.clone(), followers)
+        .await;
+    let version = match moved {
+        Ok(updated) => updated.route.version,
+        Err(e) => {
+            let landed = current_region(ctx, region_id).filter(|(r, _)| r.leader.id == to.id);
+            match landed {
+                // The write landed although its answer was lost.
+                Some(_) => entry.route.version + 1,
+                None => {
+                    undo_target(ctx);
+                    restore_leader(ctx);
+                    return Err(format!("cannot move the route of region {region_id}: {e}"));
+                }
+            }
+        }
+    };
+    ownership.unfence_region(region_id);
+    ownership.end_move(region_id);
+    steps.push(format!(
+        "region {region_id}: led by node {} (route version {version}), {} ms after the downgrade",
+        to.id,
+        downgraded_at.elapsed().as_millis()
+    ));
+
+    // 5. The old copy goes (a node that misses this closes it as stale on its next heartbeat).
+    if !keep_old_copy {
+        ctx.instruct_in_background(from, Instruction::CloseRegion { region_id });
+    }
+    Ok(Migrated::Moved { cooperative })
+}
+
+/// Runs a migration or leader transfer procedure to its end: records it, takes the region's
+/// operation lock, migrates, and records the outcome. A resumed procedure starts over (its
+/// steps are idempotent). Returns the finished procedure (still `Running` if this member could
+/// not record it: it no longer leads).
+pub async fn run_migration(
+    ctx: OperationContext,
+    mut procedure: Procedure,
+    resumed: bool,
+    progress: tokio::sync::watch::Sender<Procedure>,
+) -> Procedure {
+    let region_id = procedure.region_id;
+    let started = Instant::now();
+    if resumed {
+        procedure.step("resumed by a new leader: starting over");
+    }
+    if !ctx.save(&procedure, Some(&progress)).await {
+        return procedure;
+    }
+    let Some((region, _)) = current_region(&ctx, region_id) else {
+        procedure.finish(
+            ProcedureState::Failed,
+            format!("region {region_id} is not routed"),
+        );
+        ctx.save(&procedure, Some(&progress)).await;
+        return procedure;
+    };
+    let Some(to) = ctx
+        .cluster_view
+        .send(crate::actors::cluster_view::ListCandidates)
+        .await
+        .ok()
+        .and_then(|c| c.into_iter().find(|c| c.peer.id == procedure.target_node))
+        .map(|c| c.peer)
+    else {
+        procedure.finish(
+            ProcedureState::Failed,
+            format!("node {} is not a live datanode", procedure.target_node),
+        );
+        ctx.save(&procedure, Some(&progress)).await;
+        return procedure;
+    };
+    let migration = Migration {
+        region_id,
+        // A resumed migration that has not moved the route finds the same leader; one that
+        // has finds the target (done).
+        from: if region.leader.id == to.id {
+            procedure.node_id
+        } else {
+            region.leader.id
+        },
+        to,
+        keep_old_copy: procedure.kind == crate::procedure::TRANSFER_LEADER,
+    };
+    let outcome = {
+        let Some(_lock) = ctx.tables.lock_regions(&[region_id]) else {
+            procedure.finish(
+                ProcedureState::Failed,
+                format!("region {region_id} is busy with another operation"),
+            );
+            ctx.save(&procedure, Some(&progress)).await;
+            return procedure;
+        };
+        let _permit = ctx.permits.acquire().await;
+        let mut steps = Vec::new();
+        let outcome = migrate_region(&ctx, &migration, &mut steps).await;
+        for step in steps {
+            procedure.step(step);
+        }
+        outcome
+    };
+    let label = match &outcome {
+        Ok(Migrated::Moved { cooperative: true }) => "cooperative",
+        Ok(Migrated::Moved { cooperative: false }) => "lease_wait",
+        Ok(Migrated::AlreadyThere) => "already_there",
+        Err(_) => "failed",
+    };
+    ctx.metrics
+        .region_migrations
+        .with_label_values(&[label])
+        .inc();
+    match outcome {
+        Ok(_) => procedure.finish(
+            ProcedureState::Done,
+            format!("done in {} ms", started.elapsed().as_millis()),
+        ),
+        Err(reason) => procedure.finish(ProcedureState::Failed, reason),
+    }
+    ctx.save(&procedure, Some(&progress)).await;
+    let _ = ctx.procedures.prune().await;
+    procedure
+}

@@ -1,0 +1,109 @@
+//! The leader's multi-step operations on regions, each run as a persisted procedure
+//! (`crate::procedure`): the failover of a dead node ([`failover`]), the migration of a region
+//! and the transfer of its leadership ([`migration`]), and the drain of a node ([`drain`]).
+//! They decide nothing of their own: where regions go comes from `crate::planner`; they carry
+//! it out step by step (instructions on the heartbeat streams, route moves through the
+//! `TableManager`), record their steps, and undo an executed step when a later one fails. The
+//! Scheduler starts them, bounds them to the term they began in, and retries them.
+
+pub mod drain;
+pub mod failover;
+pub mod migration;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use tokio::sync::{watch, Semaphore};
+
+use crate::actors::cluster_view::{ClusterView, GetLeaseExpiry, Instruction, SendInstruction};
+use crate::actors::scheduler::FailoverConfig;
+use crate::catalog::TableManager;
+use crate::metrics::Metrics;
+use crate::procedure::{Procedure, ProcedureStore};
+
+/// What every operation needs.
+#[derive(Clone)]
+pub struct OperationContext {
+    pub metrics: Arc<Metrics>,
+    pub tables: Arc<TableManager>,
+    pub cluster_view: Addr<ClusterView>,
+    pub procedures: ProcedureStore,
+    /// Bounds the regions moved at once, across every operation.
+    pub permits: Arc<Semaphore>,
+    pub config: FailoverConfig,
+}
+
+impl OperationContext {
+    /// Sends `instruction` to `node_id` and waits for its result: `Err` with the reason when the
+    /// node did not carry it out (refused, not connected, no answer in time).
+    pub async fn instruct(&self, node_id: u64, instruction: Instruction) -> Result<(), String> {
+        let kind = instruction.kind();
+        match self
+            .cluster_view
+            .send(SendInstruction {
+                node_id,
+                instruction,
+                timeout: self.config.instruction_timeout,
+            })
+            .await
+        {
+            Ok(Ok(result)) if result.success => Ok(()),
+            Ok(Ok(result)) => Err(format!(
+                "node {node_id} refused {kind}: {}",
+                result.error.unwrap_or_default()
+            )),
+            Ok(Err(e)) => Err(format!("{kind}: {e}")),
+            Err(e) => Err(format!("{kind}: the cluster view is unavailable: {e}")),
+        }
+    }
+
+    /// Sends `instruction` without waiting for its result (an undo or a clean-up whose failure
+    /// leaves nothing unsafe: the session closes stale regions anyway).
+    pub fn instruct_in_background(&self, node_id: u64, instruction: Instruction) {
+        self.cluster_view.do_send(SendInstruction {
+            node_id,
+            instruction,
+            timeout: self.config.instruction_timeout,
+        });
+    }
+
+    /// When every write lease of `node_id` counting from `last_grant` (or, if this leader
+    /// never granted it one, from a previous leader) has surely ended, by this member's clock.
+    pub async fn lease_end(&self, node_id: u64, last_grant: Option<Instant>) -> Instant {
+        let lease = self.config.region_lease;
+        let end = match last_grant {
+            Some(last) => last + lease,
+            // A previous leader's leases end within one lease of our election, so within one
+            // lease of now or of the node's last request to us.
+            None => self
+                .cluster_view
+                .send(GetLeaseExpiry {
+                    node_id,
+                    region_lease: lease,
+                })
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Instant::now() + lease),
+        };
+        end + self.config.safety_margin
+    }
+
+    /// Records `procedure` (and publishes it to `progress`, if given); false if it could not be
+    /// written, which means this member no longer leads: the operation must stop.
+    pub async fn save(
+        &self,
+        procedure: &Procedure,
+        progress: Option<&watch::Sender<Procedure>>,
+    ) -> bool {
+        if let Some(progress) = progress {
+            progress.send_replace(procedure.clone());
+        }
+        if let Err(e) = self.procedures.save(procedure).await {
+            tracing::error!(procedure = %procedure.id, "cannot record the procedure: {e}");
+            return false;
+        }
+        true
+    }
+}

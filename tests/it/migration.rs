@@ -1,0 +1,531 @@
+//! Region migration and the operations built on it (Admin gRPC and HTTP): a migration under
+//! continuous writes pauses them for a few round trips, not a lease; a leader transfer keeps the
+//! old leader as a follower; a silent old leader costs one lease wait; a target that never
+//! answers leaves the region with its leader; a drain moves 100 region copies off a node with
+//! progress; bad requests get reasons. After each, every region is led by exactly its routed
+//! leader among the live nodes and no two nodes ever led a region with overlapping leases.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metasrv::catalog::model::TableName;
+use metasrv::client::{header, CachedRoute};
+use metasrv::proto::v1 as pb;
+use metasrv::proto::v1::admin_client::AdminClient;
+use metasrv::sim::{SimDatanode, SimFrontend, WriteLog};
+use metasrv::stats::RegionRole;
+use metasrv::Config;
+use tonic::Code;
+
+use crate::chaos::assert_no_overlapping_leaders;
+use crate::failover::{cluster_with_table, config};
+use crate::harness::{http_get, http_request, wait_for};
+use crate::router::{rows, Cluster, CLUSTER};
+
+fn logs_of(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
+    nodes
+        .iter()
+        .map(|n| (format!("node {}", n.node_id()), n.write_log()))
+        .collect()
+}
+
+async fn admin(cluster: &Cluster) -> AdminClient<tonic::transport::Channel> {
+    AdminClient::new(cluster.server.channel().await)
+}
+
+/// A region of `route` led by `leader`, and a node of `nodes` that holds no copy of it.
+fn region_and_free_node(route: &CachedRoute, nodes: &[u64]) -> (u64, u64, u64) {
+    for region in &route.route.regions {
+        let holders: Vec<u64> = std::iter::once(region.leader.id)
+            .chain(region.followers.iter().map(|f| f.id))
+            .collect();
+        if let Some(free) = nodes.iter().find(|n| !holders.contains(n)) {
+            return (region.region_id, region.leader.id, *free);
+        }
+    }
+    panic!("every node holds a copy of every region: {route:?}");
+}
+
+/// Writes to every region of `table` until `stop`, as fast as the frontend answers; returns the
+/// longest time between two successful writes and how many succeeded.
+fn spawn_writer(
+    frontend: Arc<SimFrontend>,
+    table: TableName,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Duration, u64)> {
+    tokio::spawn(async move {
+        let mut last_ok = Instant::now();
+        let mut longest = Duration::ZERO;
+        let mut ok = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if frontend.insert(rows(&table, 8)).await.is_ok() {
+                longest = longest.max(last_ok.elapsed());
+                last_ok = Instant::now();
+                ok += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        (longest, ok)
+    })
+}
+
+/// Waits until `region_id` is routed to `leader` and led by it alone among `nodes`.
+async fn assert_led_only_by(
+    cluster: &Cluster,
+    table: &TableName,
+    region_id: u64,
+    leader: u64,
+    nodes: &[&SimDatanode],
+) -> Arc<CachedRoute> {
+    let meta = cluster.meta.clone();
+    let route = wait_for(
+        &format!("region {region_id} routed to node {leader}"),
+        Duration::from_secs(10),
+        || {
+            let meta = meta.clone();
+            let table = table.clone();
+            async move {
+                meta.invalidate(&table);
+                let route = meta.route(&table).await.ok()?;
+                route
+                    .route
+                    .regions
+                    .iter()
+                    .any(|r| r.region_id == region_id && r.leader.id == leader)
+                    .then_some(route)
+            }
+        },
+    )
+    .await;
+    wait_for(
+        &format!("region {region_id} led by node {leader} alone"),
+        Duration::from_secs(10),
+        || {
+            let leaders: Vec<u64> = nodes
+                .iter()
+                .filter(|n| n.regions().get(&region_id) == Some(&RegionRole::Leader))
+                .map(|n| n.node_id())
+                .collect();
+            async move { (leaders == vec![leader]).then_some(()) }
+        },
+    )
+    .await;
+    route
+}
+
+fn procedure_of(response: tonic::Response<pb::OperationResponse>) -> pb::ProcedureInfo {
+    response
+        .into_inner()
+        .procedure
+        .expect("the response carries the procedure")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_under_writes_pauses_them_for_round_trips_not_a_lease() {
+    let (_fixture, cluster, table, route) = cluster_with_table(config(), 3, "migrated", 4, 1).await;
+    let (region_id, from, to) = region_and_free_node(&route, &[1, 2, 3]);
+    let logs = logs_of(&cluster.nodes);
+    let frontend = Arc::new(SimFrontend::new(cluster.meta.clone()));
+    frontend
+        .insert(rows(&table, 8))
+        .await
+        .expect("writes before");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(frontend.clone(), table.clone(), stop.clone());
+    // Writes flow before the migration starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let procedure = procedure_of(
+        admin(&cluster)
+            .await
+            .migrate_region(pb::MigrateRegionRequest {
+                header: header(CLUSTER, 0),
+                region_id,
+                to_node: to,
+                wait: true,
+            })
+            .await
+            .expect("migration accepted"),
+    );
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (longest_pause, writes) = writer.await.expect("writer");
+
+    assert_eq!(procedure.state, "done", "{procedure:?}");
+    assert_eq!(procedure.kind, "migrate_region");
+    assert_eq!((procedure.node_id, procedure.target_node), (from, to));
+    assert!(
+        procedure.steps.iter().any(|s| s.contains("downgraded")),
+        "the old leader cooperated: {:?}",
+        procedure.steps
+    );
+    let nodes: Vec<&SimDatanode> = cluster.nodes.iter().collect();
+    let route = assert_led_only_by(&cluster, &table, region_id, to, &nodes).await;
+    let moved = route
+        .route
+        .regions
+        .iter()
+        .find(|r| r.region_id == region_id)
+        .expect("routed");
+    assert!(moved.followers.is_empty(), "one copy, moved: {moved:?}");
+    let old = &cluster.nodes[(from - 1) as usize];
+    wait_for("the old copy closed", Duration::from_secs(5), || {
+        let closed = !old.regions().contains_key(&region_id);
+        async move { closed.then_some(()) }
+    })
+    .await;
+    // A lease is 600 ms here (plus a 200 ms margin): a cooperative migration must not wait it.
+    assert!(
+        longest_pause < Duration::from_millis(400),
+        "writes paused {longest_pause:?} (migration took {took:?}, {writes} writes)"
+    );
+    assert!(writes > 20, "the writer kept writing: {writes}");
+    let (_, metrics) = http_get(cluster.server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("metasrv_region_migrations_total{outcome=\"cooperative\"} 1"),
+        "{metrics}"
+    );
+    let (code, listed) = http_get(cluster.server.http_addr, "/v1/procedures").await;
+    assert_eq!(code, 200);
+    assert!(listed.contains(&procedure.id), "{listed}");
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_transfer_keeps_the_old_leader_as_a_follower() {
+    let (_fixture, cluster, table, route) =
+        cluster_with_table(config(), 3, "transferred", 4, 2).await;
+    let region = route.route.regions[0].clone();
+    let (from, to) = (region.leader.id, region.followers[0].id);
+    let logs = logs_of(&cluster.nodes);
+    let procedure = procedure_of(
+        admin(&cluster)
+            .await
+            .transfer_leader(pb::TransferLeaderRequest {
+                header: header(CLUSTER, 0),
+                region_id: region.region_id,
+                to_node: to,
+                wait: true,
+            })
+            .await
+            .expect("transfer accepted"),
+    );
+    assert_eq!(procedure.state, "done", "{procedure:?}");
+    assert_eq!(procedure.kind, "transfer_leader");
+    let nodes: Vec<&SimDatanode> = cluster.nodes.iter().collect();
+    let route = assert_led_only_by(&cluster, &table, region.region_id, to, &nodes).await;
+    let moved = route
+        .route
+        .regions
+        .iter()
+        .find(|r| r.region_id == region.region_id)
+        .expect("routed");
+    assert_eq!(
+        moved.followers.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![from],
+        "the old leader follows: {moved:?}"
+    );
+    assert_eq!(
+        cluster.nodes[(from - 1) as usize]
+            .regions()
+            .get(&region.region_id),
+        Some(&RegionRole::Follower)
+    );
+    wait_for(
+        "writes after the transfer",
+        Duration::from_secs(5),
+        || async { cluster.frontend.insert(rows(&table, 50)).await.ok() },
+    )
+    .await;
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+/// A leader that cannot be asked (its stream is cut, its data plane still serves on its lease)
+/// costs one lease: the target leads only once that lease has surely lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_leader_costs_one_lease_wait_and_never_a_second_writer() {
+    let config = Config {
+        instruction_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let (_fixture, cluster, table, route) = cluster_with_table(config, 3, "silent", 4, 1).await;
+    let (region_id, from, to) = region_and_free_node(&route, &[1, 2, 3]);
+    let logs = logs_of(&cluster.nodes);
+    cluster.nodes[(from - 1) as usize].stop_heartbeats();
+    let started = Instant::now();
+    let procedure = procedure_of(
+        admin(&cluster)
+            .await
+            .migrate_region(pb::MigrateRegionRequest {
+                header: header(CLUSTER, 0),
+                region_id,
+                to_node: to,
+                wait: true,
+            })
+            .await
+            .expect("migration accepted"),
+    );
+    let took = started.elapsed();
+    assert_eq!(procedure.state, "done", "{procedure:?}");
+    assert!(
+        procedure
+            .steps
+            .iter()
+            .any(|s| s.contains("did not downgrade")),
+        "{:?}",
+        procedure.steps
+    );
+    // The lease (600 ms) plus the margin (200 ms) counted from the last grant.
+    assert!(took >= Duration::from_millis(500), "took {took:?}");
+    let live: Vec<&SimDatanode> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.node_id() != from)
+        .collect();
+    assert_led_only_by(&cluster, &table, region_id, to, &live).await;
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+/// A target that receives instructions but never answers: the migration gives up, the old
+/// leader takes its region back, and writes go on there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_never_answers_leaves_the_region_with_its_leader() {
+    let config = Config {
+        instruction_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let (_fixture, cluster, table, route) = cluster_with_table(config, 3, "hung", 4, 1).await;
+    let (region_id, from, to) = region_and_free_node(&route, &[1, 2, 3]);
+    let logs = logs_of(&cluster.nodes);
+    cluster.nodes[(to - 1) as usize].ignore_instructions(true);
+    let procedure = procedure_of(
+        admin(&cluster)
+            .await
+            .migrate_region(pb::MigrateRegionRequest {
+                header: header(CLUSTER, 0),
+                region_id,
+                to_node: to,
+                wait: true,
+            })
+            .await
+            .expect("migration accepted"),
+    );
+    assert_eq!(procedure.state, "failed", "{procedure:?}");
+    assert!(
+        procedure
+            .steps
+            .last()
+            .is_some_and(|s| s.contains("could not open")),
+        "{:?}",
+        procedure.steps
+    );
+    cluster.nodes[(to - 1) as usize].ignore_instructions(false);
+    let nodes: Vec<&SimDatanode> = cluster.nodes.iter().collect();
+    assert_led_only_by(&cluster, &table, region_id, from, &nodes).await;
+    wait_for(
+        "writes after the failed migration",
+        Duration::from_secs(5),
+        || async { cluster.frontend.insert(rows(&table, 50)).await.ok() },
+    )
+    .await;
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+/// A node holding 100 region copies (leaders and followers) is drained over HTTP while writes
+/// go on: its progress is visible, then no route names it, it holds nothing, every region
+/// keeps its two copies and one leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_a_hundred_region_copies_off_a_node_with_progress() {
+    let config = Config {
+        max_regions_per_table: 1024,
+        ..config()
+    };
+    let (_fixture, cluster, table, route) = cluster_with_table(config, 4, "drained", 200, 2).await;
+    let drained = 1;
+    let on_drained = route
+        .route
+        .regions
+        .iter()
+        .filter(|r| r.leader.id == drained || r.followers.iter().any(|f| f.id == drained))
+        .count();
+    assert_eq!(
+        on_drained, 100,
+        "the placement spreads 400 copies over 4 nodes"
+    );
+    let logs = logs_of(&cluster.nodes);
+    let frontend = Arc::new(SimFrontend::new(cluster.meta.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(frontend, table.clone(), stop.clone());
+
+    let http = cluster.server.http_addr;
+    let (code, body) = http_request(http, "POST", &format!("/v1/nodes/{drained}/drain")).await;
+    assert_eq!(code, 202, "{body}");
+    let started: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let id = started["procedure"]["id"]
+        .as_str()
+        .expect("procedure id")
+        .to_string();
+    let seen_moved = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let finished = wait_for("the drain to finish", Duration::from_secs(60), || {
+        let path = format!("/v1/procedures/{id}");
+        let seen = seen_moved.clone();
+        async move {
+            let (code, body) = http_get(http, &path).await;
+            assert_eq!(code, 200, "{body}");
+            let procedure: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let procedure = procedure["procedure"].clone();
+            seen.lock()
+                .push(procedure["progress"]["moved"].as_u64().unwrap_or(0));
+            (procedure["state"] != "running").then_some(procedure)
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (_, writes) = writer.await.expect("writer");
+    assert_eq!(finished["state"], "done", "{finished}");
+    assert_eq!(finished["progress"]["total"], 100, "{finished}");
+    assert_eq!(finished["progress"]["moved"], 100, "{finished}");
+    let seen_moved = seen_moved.lock().clone();
+    assert!(
+        seen_moved.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {seen_moved:?}"
+    );
+    assert!(writes > 0, "writes went on during the drain");
+
+    cluster.meta.invalidate(&table);
+    let route = cluster.meta.route(&table).await.expect("route");
+    for region in &route.route.regions {
+        let holders: Vec<u64> = std::iter::once(region.leader.id)
+            .chain(region.followers.iter().map(|f| f.id))
+            .collect();
+        assert!(!holders.contains(&drained), "{region:?}");
+        assert_eq!(holders.len(), 2, "two copies kept: {region:?}");
+    }
+    let node = &cluster.nodes[0];
+    wait_for(
+        "the drained node to hold nothing",
+        Duration::from_secs(10),
+        || {
+            let empty = node.regions().is_empty();
+            async move { empty.then_some(()) }
+        },
+    )
+    .await;
+    wait_for(
+        "every region led by its routed leader alone",
+        Duration::from_secs(10),
+        || {
+            let ok = route.route.regions.iter().all(|r| {
+                let leaders: Vec<u64> = cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.regions().get(&r.region_id) == Some(&RegionRole::Leader))
+                    .map(SimDatanode::node_id)
+                    .collect();
+                leaders == vec![r.leader.id]
+            });
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    cluster
+        .frontend
+        .insert(rows(&table, 400))
+        .await
+        .expect("writes after the drain");
+    assert_no_overlapping_leaders(&logs);
+    cluster.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_operations_refuse_bad_requests_with_reasons() {
+    let (_fixture, cluster, _table, route) = cluster_with_table(config(), 3, "refused", 4, 2).await;
+    let mut admin = admin(&cluster).await;
+    let region = route.route.regions[0].clone();
+    let holders: Vec<u64> = std::iter::once(region.leader.id)
+        .chain(region.followers.iter().map(|f| f.id))
+        .collect();
+    let free = (1..=3).find(|n| !holders.contains(n)).expect("a free node");
+    let migrate = |region_id: u64, to_node: u64| pb::MigrateRegionRequest {
+        header: header(CLUSTER, 0),
+        region_id,
+        to_node,
+        wait: false,
+    };
+
+    let unknown = admin
+        .migrate_region(migrate(999 << 32, 2))
+        .await
+        .expect_err("no such region");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    let to_leader = admin
+        .migrate_region(migrate(region.region_id, region.leader.id))
+        .await
+        .expect_err("to its own leader");
+    assert_eq!(to_leader.code(), Code::FailedPrecondition);
+    assert!(
+        to_leader.message().contains("leads region"),
+        "{to_leader:?}"
+    );
+    let dead = admin
+        .migrate_region(migrate(region.region_id, 42))
+        .await
+        .expect_err("to a node that does not exist");
+    assert_eq!(dead.code(), Code::FailedPrecondition);
+    assert!(dead.message().contains("node 42"), "{dead:?}");
+    let not_follower = admin
+        .transfer_leader(pb::TransferLeaderRequest {
+            header: header(CLUSTER, 0),
+            region_id: region.region_id,
+            to_node: free,
+            wait: false,
+        })
+        .await
+        .expect_err("a transfer to a node without a copy");
+    assert_eq!(not_follower.code(), Code::FailedPrecondition);
+    assert!(
+        not_follower.message().contains("not a follower"),
+        "{not_follower:?}"
+    );
+    // Two operations on one region: the second is refused while the first runs (its target
+    // hangs, so it runs until the instruction timeout).
+    cluster.nodes[(free - 1) as usize].ignore_instructions(true);
+    let first = procedure_of(
+        admin
+            .migrate_region(migrate(region.region_id, free))
+            .await
+            .expect("first migration accepted"),
+    );
+    assert_eq!(first.state, "running");
+    let busy = admin
+        .transfer_leader(pb::TransferLeaderRequest {
+            header: header(CLUSTER, 0),
+            region_id: region.region_id,
+            to_node: region.followers[0].id,
+            wait: false,
+        })
+        .await
+        .expect_err("the region is busy");
+    assert_eq!(busy.code(), Code::FailedPrecondition);
+    assert!(busy.message().contains(&first.id), "{busy:?}");
+    let (code, body) = http_request(
+        cluster.server.http_addr,
+        "POST",
+        &format!("/v1/regions/{}/migrate", region.region_id),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("?to="), "{body}");
+    let (code, body) = http_get(cluster.server.http_addr, "/v1/procedures/nope").await;
+    assert_eq!(code, 404, "{body}");
+    cluster.nodes[(free - 1) as usize].ignore_instructions(false);
+    cluster.server.stop().await;
+}
