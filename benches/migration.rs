@@ -318,14 +318,22 @@ async fn recovery(smoke: bool, kills: usize) {
     let mut one = Vec::new();
     let mut two = Vec::new();
     for round in 0..kills {
-        for victims in [&[1u64][..], &[2, 3][..]] {
-            let table =
-                TableName::new("greptime", "public", &format!("k{round}_{}", victims.len()));
-            bench
+        for count in [1usize, 2] {
+            let table = TableName::new("greptime", "public", &format!("k{round}_{count}"));
+            let (_, route) = bench
                 .meta
                 .create_table(create(&table, 12, 2))
                 .await
                 .expect("create");
+            // The nodes that lead the most regions of the table die.
+            let mut led: HashMap<u64, usize> = HashMap::new();
+            for region in &route.route.regions {
+                *led.entry(region.leader.id).or_default() += 1;
+            }
+            let mut by_count: Vec<(usize, u64)> = led.into_iter().map(|(id, n)| (n, id)).collect();
+            by_count.sort_unstable_by(|a, b| b.cmp(a));
+            let victims: Vec<u64> = by_count.iter().take(count).map(|(_, id)| *id).collect();
+            let victims = &victims[..];
             SimFrontend::new(bench.meta.clone())
                 .insert(rows(&table, 48))
                 .await

@@ -50,6 +50,12 @@ pub struct Config {
     /// How long a datanode has to report the result of an instruction. Default: `10s`.
     #[serde(with = "humantime_serde")]
     pub instruction_timeout: Duration,
+    /// How long a datanode may report a region that no route names (and no create or move in
+    /// progress explains) before it is told to close it: what a refused or failed create
+    /// opened, or a drop the node missed. Must exceed `instruction_timeout` (a create's regions
+    /// are unrouted until it commits). Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub orphan_region_grace: Duration,
     /// Threads that run heartbeat sessions. Default: 0, meaning one per CPU core.
     pub session_threads: usize,
     /// Region placement policy: `least_loaded` or `round_robin`. Default: `least_loaded`.
@@ -115,6 +121,7 @@ impl Default for Config {
             failover_safety_margin: Duration::from_millis(500),
             max_concurrent_failovers: 8,
             instruction_timeout: Duration::from_secs(10),
+            orphan_region_grace: Duration::from_secs(60),
             session_threads: 0,
             selector: crate::selector::SelectorKind::LeastLoaded,
             max_regions_per_table: 1024,
@@ -216,6 +223,9 @@ impl Config {
                 "INSTRUCTION_TIMEOUT" => {
                     self.instruction_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
+                "ORPHAN_REGION_GRACE" => {
+                    self.orphan_region_grace = duration(&value).map_err(|e| bad(&e))?
+                }
                 "SELECTOR" => {
                     self.selector =
                         <crate::selector::SelectorKind as clap::ValueEnum>::from_str(&value, true)
@@ -299,6 +309,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "instruction_timeout must be positive".into(),
             ));
+        }
+        if self.orphan_region_grace <= self.instruction_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "orphan_region_grace ({:?}) must exceed instruction_timeout ({:?}): a create's \
+                 regions are unrouted until it commits",
+                self.orphan_region_grace, self.instruction_timeout
+            )));
         }
         let detector = &self.failure_detector;
         if detector.min_std_deviation.is_zero() {

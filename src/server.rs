@@ -255,6 +255,7 @@ impl Metasrv {
             heartbeat_interval_millis: config.heartbeat_interval.as_millis() as u64,
             region_lease_millis: config.region_lease.as_millis() as u64,
             instruction_timeout: config.instruction_timeout,
+            orphan_region_grace: config.orphan_region_grace,
             ownership,
             tables: tables.clone(),
             cluster_view: cluster_view.clone(),

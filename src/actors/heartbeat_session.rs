@@ -4,7 +4,7 @@
 //! It dies with the stream; a bad request closes the stream with `InvalidArgument` and the
 //! reason, without touching any other session.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,8 @@ pub struct SessionContext {
     pub region_lease_millis: u64,
     /// How long a node has to close a stale region.
     pub instruction_timeout: Duration,
+    /// How long a node may report a region no route names before it is told to close it.
+    pub orphan_region_grace: Duration,
     pub ownership: Arc<RegionOwnership>,
     /// To name the table of a region the node must open again.
     pub tables: Arc<TableManager>,
@@ -84,8 +86,12 @@ pub struct HeartbeatSession {
     asked_to_close: HashSet<u64>,
     /// Routed regions this session asked the node to open again (it did not report them).
     asked_to_open: HashSet<u64>,
-    /// Regions this node was asked to demote on this stream (see `demote_wrong_leaders`).
+    /// Regions this node was asked to demote or upgrade on this stream (`reconcile_roles`).
     asked_to_demote: HashSet<u64>,
+    /// Regions the node reports that no route names, with when this stream first saw each
+    /// (at most the regions of one report, which validation caps).
+    unrouted_since: HashMap<u64, Instant>,
+    orphan_region_grace: Duration,
     /// Instructions waiting for room on the stream (bounded by [`MAX_QUEUED_INSTRUCTIONS`]).
     queued: VecDeque<pb::Instruction>,
     /// Acknowledgements that found the stream full, in order (bounded by [`MAX_WAITING_ACKS`]).
@@ -98,30 +104,92 @@ pub struct HeartbeatSession {
 }
 
 impl HeartbeatSession {
-    /// Role reconciliation: a node that reports leading a region the routes make it follow,
-    /// while no operation holds the region (a failover or migration upgrades its target before
-    /// the route names it), is told to demote, once per stream while it goes on reporting so.
-    /// Demoting never makes two writers; the routed leader keeps its lease.
-    fn demote_wrong_leaders(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
-        let wrong = self.ownership.wrongly_leading(node_id, reported);
-        self.asked_to_demote.retain(|id| wrong.contains(id));
-        for region_id in wrong {
-            // The lock first: an operation that moved the route updated the ownership before
-            // it let the region go, so a follower role read after an unlocked region is current.
-            if self.tables.is_locked(region_id)
-                || self.ownership.role(node_id, region_id) != Some(stats::RegionRole::Follower)
-                || !self.asked_to_demote.insert(region_id)
+    /// Regions the node has reported for longer than the grace while no route named them and
+    /// no move targeted them (what a refused or failed create opened, also on a node that was
+    /// away when it was refused; a drop the node missed): it is told to close them, once.
+    fn close_orphans(&mut self, node_id: u64, reported: &[stats::RegionStats], now: Instant) {
+        let unrouted = self.ownership.unrouted(node_id, reported);
+        if unrouted.is_empty() {
+            self.unrouted_since.clear();
+            return;
+        }
+        let current: HashSet<u64> = unrouted.iter().copied().collect();
+        self.unrouted_since.retain(|id, _| current.contains(id));
+        for region_id in unrouted {
+            let since = *self.unrouted_since.entry(region_id).or_insert(now);
+            if now.saturating_duration_since(since) < self.orphan_region_grace
+                || !self.asked_to_close.insert(region_id)
             {
                 continue;
             }
             tracing::warn!(
                 node_id,
                 region_id,
-                "the node leads a region the routes make it follow: demoting it"
+                "closing an orphan region: no route has named it for {:?}",
+                self.orphan_region_grace
             );
             self.cluster_view.do_send(SendInstruction {
                 node_id,
-                instruction: Instruction::DemoteToFollower { region_id },
+                instruction: Instruction::CloseRegion { region_id },
+                timeout: self.instruction_timeout,
+            });
+        }
+    }
+
+    /// Role reconciliation, both ways, for regions no operation holds (a failover or a
+    /// migration upgrades its target before the route names it, and downgrades the leader
+    /// before the route moves):
+    /// - a node that reports leading a region the routes make it follow is told to demote
+    ///   (demoting never makes two writers);
+    /// - a node that reports following a region the routes make it lead is told to upgrade,
+    ///   but only once this term is two leases old (an earlier term's failed operation may have
+    ///   left another node a write lease; operations of this term take back what they gave
+    ///   before they let the region go) and while the region is not fenced on it.
+    ///
+    /// Each is asked once per stream while the node goes on reporting so.
+    fn reconcile_roles(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
+        let wrong_leaders = self.ownership.wrongly_leading(node_id, reported);
+        let wrong_followers = self.ownership.wrongly_following(node_id, reported);
+        self.asked_to_demote
+            .retain(|id| wrong_leaders.contains(id) || wrong_followers.contains(id));
+        let settled = self
+            .ownership
+            .term_older_than(Duration::from_millis(2 * self.region_lease_millis));
+        let fixes = wrong_leaders
+            .into_iter()
+            .map(|id| (id, stats::RegionRole::Follower))
+            .chain(
+                wrong_followers
+                    .into_iter()
+                    .filter(|_| settled)
+                    .map(|id| (id, stats::RegionRole::Leader)),
+            );
+        for (region_id, routed_role) in fixes {
+            // The lock first: an operation that moved the route updated the ownership before
+            // it let the region go, so a role read after an unlocked region is current.
+            if self.tables.is_locked(region_id)
+                || self.ownership.role(node_id, region_id) != Some(routed_role)
+                || self.ownership.is_fenced(node_id, region_id)
+                || !self.asked_to_demote.insert(region_id)
+            {
+                continue;
+            }
+            let instruction = match routed_role {
+                stats::RegionRole::Follower => Instruction::DemoteToFollower { region_id },
+                stats::RegionRole::Leader => Instruction::UpgradeRegion {
+                    region_id,
+                    lease_millis: self.region_lease_millis,
+                },
+            };
+            tracing::warn!(
+                node_id,
+                region_id,
+                ?routed_role,
+                "the node reports another role than the routes give it: reconciling"
+            );
+            self.cluster_view.do_send(SendInstruction {
+                node_id,
+                instruction,
                 timeout: self.instruction_timeout,
             });
         }
@@ -153,6 +221,8 @@ impl HeartbeatSession {
                 asked_to_close: HashSet::new(),
                 asked_to_open: HashSet::new(),
                 asked_to_demote: HashSet::new(),
+                unrouted_since: HashMap::new(),
+                orphan_region_grace: context.orphan_region_grace,
                 queued: VecDeque::new(),
                 waiting_acks: VecDeque::new(),
                 flushing: false,
@@ -254,8 +324,15 @@ impl HeartbeatSession {
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
         if let Some(report) = &heartbeat.report {
+            // A region asked to close and no longer reported may be asked again if it turns
+            // up stale again later (it moved back and away).
+            if !self.asked_to_close.is_empty() {
+                let reported: HashSet<u64> = report.regions.iter().map(|r| r.region_id).collect();
+                self.asked_to_close.retain(|id| reported.contains(id));
+            }
             self.reopen_missing_regions(heartbeat.node_id, &report.regions);
-            self.demote_wrong_leaders(heartbeat.node_id, &report.regions);
+            self.reconcile_roles(heartbeat.node_id, &report.regions);
+            self.close_orphans(heartbeat.node_id, &report.regions, received_at);
             // Regions the routes now give to others (it was failed over while away): close.
             for region_id in self.ownership.stale(heartbeat.node_id, &report.regions) {
                 if self.asked_to_close.insert(region_id) {
@@ -310,7 +387,8 @@ impl HeartbeatSession {
         self.asked_to_open
             .retain(|id| missing.iter().any(|(missing_id, _)| missing_id == id));
         for (region_id, role) in missing {
-            if !self.asked_to_open.insert(region_id) {
+            // An operation moving the region opens, closes and fences it itself.
+            if self.tables.is_locked(region_id) || !self.asked_to_open.insert(region_id) {
                 continue;
             }
             let Some(entry) = self.tables.entry_by_id(table_of_region(region_id)) else {

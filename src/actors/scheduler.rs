@@ -549,12 +549,17 @@ impl Handler<StartOperation> for Scheduler {
     type Result = ResponseActFuture<Self, Result<watch::Receiver<Procedure>, OperationError>>;
 
     fn handle(&mut self, msg: StartOperation, _ctx: &mut Self::Context) -> Self::Result {
-        let checked = self.check_operation(&msg.request);
+        // Checked now for a quick refusal, and again once the candidates are in: other
+        // messages (a second request for the same region) run meanwhile.
+        if let Err(e) = self.check_operation(&msg.request) {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
         let candidates = self.cluster_view.send(ListCandidates);
         let term = self.serving_term;
-        Box::pin(async move { (checked, candidates.await) }.into_actor(self).map(
-            move |(checked, candidates), scheduler, ctx| {
-                let procedure = checked?;
+        let request = msg.request;
+        Box::pin(candidates.into_actor(self).map(
+            move |candidates, scheduler, ctx| {
+                let procedure = scheduler.check_operation(&request)?;
                 if scheduler.serving_term != term {
                     return Err(OperationError::NotLeader);
                 }
@@ -602,6 +607,16 @@ impl Scheduler {
                         "node {node_id} is being drained already (procedure {id})"
                     )));
                 }
+                if self.failing_over.contains_key(&node_id) {
+                    return Err(OperationError::FailedPrecondition(format!(
+                        "node {node_id} is dead and being failed over"
+                    )));
+                }
+                if tables.regions_on(node_id).is_empty() && !tables.ownership().knows(node_id) {
+                    return Err(OperationError::NotFound(format!(
+                        "no route names node {node_id}"
+                    )));
+                }
                 return Ok(Procedure::drain(node_id));
             }
             OperationRequest::MigrateRegion { region_id, to } => (region_id, to, false),
@@ -628,6 +643,12 @@ impl Scheduler {
             return Err(OperationError::FailedPrecondition(format!(
                 "node {to} is not a follower of region {region_id} (its followers: {:?}); migrate the region instead",
                 region.followers.iter().map(|f| f.id).collect::<Vec<_>>()
+            )));
+        }
+        if self.failing_over.contains_key(&region.leader.id) {
+            return Err(OperationError::FailedPrecondition(format!(
+                "node {}, the leader of region {region_id}, is dead and being failed over",
+                region.leader.id
             )));
         }
         if let Some(id) = self.operation_on(Some(region_id), None) {

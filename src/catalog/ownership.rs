@@ -17,6 +17,9 @@ pub struct RegionOwnership {
     routed: RwLock<std::collections::HashSet<u64>>,
     /// Regions being moved to a node (opened there, route not yet updated): not stale there.
     moving: RwLock<HashMap<u64, u64>>,
+    /// When this term's ownership was built: leases granted by an earlier term (even upgrades
+    /// a failed operation of it left behind) have all lapsed one lease after this.
+    term_started_at: parking_lot::Mutex<Option<Instant>>,
     /// Lease grants and the fences that stop them, under one lock so that a failover knows,
     /// the moment it fences a node, the last lease that node was ever granted (see `fence`).
     grants: parking_lot::Mutex<Grants>,
@@ -57,6 +60,20 @@ impl RegionOwnership {
         // failover of an earlier term may have left some).
         *self.grants.lock() = Grants::default();
         self.moving.write().clear();
+        *self.term_started_at.lock() = Some(Instant::now());
+    }
+
+    /// Whether this term began at least `settle` ago (see `term_started_at`).
+    pub fn term_older_than(&self, settle: std::time::Duration) -> bool {
+        self.term_started_at
+            .lock()
+            .is_some_and(|at| at.elapsed() >= settle)
+    }
+
+    /// Whether `region_id` is fenced on `node_id`, or the whole node is.
+    pub fn is_fenced(&self, node_id: u64, region_id: u64) -> bool {
+        let grants = self.grants.lock();
+        grants.fenced.contains(&node_id) || grants.fenced_regions.get(&region_id) == Some(&node_id)
     }
 
     pub fn add_route(&self, route: &TableRoute) {
@@ -90,6 +107,14 @@ impl RegionOwnership {
             .iter()
             .map(|(&node_id, regions)| (node_id, regions.len() as u64))
             .collect()
+    }
+
+    /// Whether some route names `node_id` (as leader or follower of any region).
+    pub fn knows(&self, node_id: u64) -> bool {
+        self.by_node
+            .read()
+            .get(&node_id)
+            .is_some_and(|regions| !regions.is_empty())
     }
 
     /// Whether some route names `region_id`.
@@ -153,6 +178,35 @@ impl RegionOwnership {
             .collect()
     }
 
+    /// Regions `node_id` reports that no route names and no move in progress sends to it: a
+    /// create in progress, or orphans (a refused or failed create, a drop the node missed).
+    pub fn unrouted(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        let routed = self.routed.read();
+        let moving = self.moving.read();
+        reported
+            .iter()
+            .map(|r| r.region_id)
+            .filter(|id| !routed.contains(id) && moving.get(id) != Some(&node_id))
+            .collect()
+    }
+
+    /// Regions `node_id` reports following that the routes make it lead (a downgrade whose
+    /// migration was rolled back and whose re-upgrade was lost, a late downgrade).
+    pub fn wrongly_following(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        let by_node = self.by_node.read();
+        let Some(owned) = by_node.get(&node_id) else {
+            return Vec::new();
+        };
+        reported
+            .iter()
+            .filter(|r| {
+                r.role == RegionRole::Follower
+                    && owned.get(&r.region_id) == Some(&RegionRole::Leader)
+            })
+            .map(|r| r.region_id)
+            .collect()
+    }
+
     /// Regions `node_id` reports leading that the routes give it as a follower (a promotion
     /// or upgrade whose route move failed and whose undo was lost, a transfer from a node that
     /// was away): it must not write them.
@@ -179,12 +233,14 @@ impl RegionOwnership {
         let Some(owned) = by_node.get(&node_id) else {
             return Vec::new();
         };
-        let fenced = self.grants.lock().fenced.contains(&node_id);
+        let grants = self.grants.lock();
+        let fenced = grants.fenced.contains(&node_id);
         let reported: HashSet<u64> = reported.iter().map(|r| r.region_id).collect();
         let mut missing: Vec<(u64, RegionRole)> = owned
             .iter()
             .filter(|(id, role)| {
-                let moving_away = fenced && **role == RegionRole::Leader;
+                let moving_away = **role == RegionRole::Leader
+                    && (fenced || grants.fenced_regions.get(id) == Some(&node_id));
                 !reported.contains(id) && !moving_away
             })
             .map(|(id, role)| (*id, *role))
@@ -415,6 +471,31 @@ mod tests {
         assert_eq!(
             ownership.grant(1, &reported(&[2]), early).leader_region_ids,
             vec![2]
+        );
+    }
+
+    #[test]
+    fn roles_that_differ_from_the_routes_and_fenced_regions_are_named() {
+        let ownership = RegionOwnership::default();
+        ownership.add_route(&route(1, &[(1, &[2]), (2, &[1])]));
+        let mut report = reported(&[1, 2]);
+        report[0].role = RegionRole::Follower; // routed leader of region 1
+        report[1].role = RegionRole::Leader; // routed follower of region 2
+        assert_eq!(ownership.wrongly_following(1, &report), vec![1]);
+        assert_eq!(ownership.wrongly_leading(1, &report), vec![2]);
+        assert!(ownership.wrongly_following(3, &report).is_empty());
+        // A region being migrated off its leader is not reopened there as leader.
+        ownership.fence_region(1, 1);
+        assert!(ownership.is_fenced(1, 1));
+        assert!(!ownership.is_fenced(2, 1));
+        assert_eq!(
+            ownership.missing(1, &reported(&[])),
+            vec![(2, RegionRole::Follower)]
+        );
+        ownership.unfence_region(1);
+        assert_eq!(
+            ownership.missing(1, &reported(&[])),
+            vec![(1, RegionRole::Leader), (2, RegionRole::Follower)]
         );
     }
 

@@ -66,7 +66,8 @@ pub async fn run_drain(
         let routes: Vec<RegionRoute> = regions.into_iter().map(|(_, r)| r).collect();
         let moves = plan_drain(node_id, &routes, &candidates);
         if pass == 1 {
-            procedure.progress.total = moves.len() as u64;
+            // A resumed drain counts what an earlier leader moved too.
+            procedure.progress.total = procedure.progress.moved + moves.len() as u64;
         }
         procedure.progress.failed = 0;
         procedure.step(format!(
@@ -128,10 +129,11 @@ async fn carry_out(ctx: &OperationContext, node_id: u64, planned: DrainMove) -> 
     if let DrainMove::Stuck { reason, .. } = planned {
         return Err(reason);
     }
+    // The permit first: a region waiting for a permit is not locked against failovers.
+    let _permit = ctx.permits.acquire().await;
     let Some(_lock) = ctx.tables.lock_regions(&[region_id]) else {
         return Err("busy with another operation".into());
     };
-    let _permit = ctx.permits.acquire().await;
     let mut steps = Vec::new();
     match planned {
         DrainMove::Migrate { to, .. } => {

@@ -174,6 +174,23 @@ async fn move_regions_of_dead_node(
             procedure.step(format!("region {region_id}: another procedure holds it"));
             continue;
         };
+        // The plan was made from the routes before this region's turn came: a migration may
+        // have moved it meanwhile (after waiting out the dead node's lease itself).
+        let still_on_dead = f
+            .tables
+            .entry_by_id(table_of_region(region_id))
+            .is_some_and(|t| {
+                t.route
+                    .regions
+                    .iter()
+                    .any(|r| r.region_id == region_id && r.leader.id == dead)
+            });
+        if !still_on_dead {
+            procedure.step(format!(
+                "region {region_id}: moved meanwhile by another operation"
+            ));
+            continue;
+        }
         // Until the route names the target, its reports of the region are not "stale".
         f.tables.ownership().begin_move(region_id, target.id);
         let outcome = f
@@ -184,18 +201,11 @@ async fn move_regions_of_dead_node(
                 timeout: f.config.instruction_timeout,
             })
             .await;
-        let undo = |f: &OperationContext| {
-            f.cluster_view.do_send(SendInstruction {
-                node_id: target.id,
-                instruction: undo.clone(),
-                timeout: f.config.instruction_timeout,
-            });
-            f.tables.ownership().end_move(region_id);
-        };
         match outcome {
             Ok(Ok(result)) if result.success => {}
             other => {
-                undo(&f);
+                f.undo_lead(target.id, undo.clone()).await;
+                f.tables.ownership().end_move(region_id);
                 failures += 1;
                 procedure.step(format!(
                     "region {region_id}: node {} did not take it: {other:?}",
@@ -251,7 +261,8 @@ async fn move_regions_of_dead_node(
                 } else {
                     // The target took the region but the route does not say so: it must
                     // not go on leading it (a second writer once the region moves elsewhere).
-                    undo(&f);
+                    f.undo_lead(target.id, undo.clone()).await;
+                    f.tables.ownership().end_move(region_id);
                     failures += 1;
                     procedure.step(format!("region {region_id}: cannot move the route: {e}"));
                 }

@@ -142,8 +142,10 @@ pub async fn migrate_region(
         }
         Err(e) => {
             // It may still be writing on the lease it holds: wait until that has lapsed.
-            // Heartbeats since the fence renewed no write lease on this region, so the last
-            // grant before it bounds every write lease that matters.
+            // Heartbeats since the fence renewed no write lease on this region, and nothing
+            // opens it as leader there while the region is locked and fenced (a reopen of a
+            // missing region skips both), so the last grant before the fence bounds every
+            // write lease that matters.
             let until = ctx.lease_end(from, last_grant).await;
             tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
             steps.push(format!(
@@ -153,29 +155,6 @@ pub async fn migrate_region(
             false
         }
     };
-    let undo_target = |ctx: &OperationContext| {
-        let undo = if was_follower {
-            Instruction::DemoteToFollower { region_id }
-        } else {
-            Instruction::CloseRegion { region_id }
-        };
-        ctx.instruct_in_background(to.id, undo);
-    };
-    let restore_leader = |ctx: &OperationContext| {
-        ownership.unfence_region(region_id);
-        ownership.end_move(region_id);
-        if cooperative {
-            // The old leader takes the region back where it left it.
-            ctx.instruct_in_background(
-                from,
-                Instruction::UpgradeRegion {
-                    region_id,
-                    lease_millis,
-                },
-            );
-        }
-    };
-
     // 3. The target leads, with a first lease.
     if let Err(e) = ctx
         .instruct(
@@ -187,9 +166,7 @@ pub async fn migrate_region(
         )
         .await
     {
-        // The undo goes on the same ordered stream: a late upgrade is demoted right after.
-        undo_target(ctx);
-        restore_leader(ctx);
+        roll_back(ctx, migration, was_follower).await;
         return Err(format!("the target could not lead region {region_id}: {e}"));
     }
 
@@ -215,8 +192,7 @@ pub async fn migrate_region(
                 // The write landed although its answer was lost.
                 Some(_) => entry.route.version + 1,
                 None => {
-                    undo_target(ctx);
-                    restore_leader(ctx);
+                    roll_back(ctx, migration, was_follower).await;
                     return Err(format!("cannot move the route of region {region_id}: {e}"));
                 }
             }
@@ -237,6 +213,40 @@ pub async fn migrate_region(
     Ok(Migrated::Moved { cooperative })
 }
 
+/// Gives a region back to its leader after a failed step 3 or 4: the target's lead is taken
+/// back first (its demote or close confirmed, or its write lease waited out: an upgrade it
+/// carried out late must not overlap the old leader's), then the old leader is upgraded again
+/// (whether or not it answered the downgrade: a late downgrade would leave the region without
+/// a writer; if this upgrade is lost, role reconciliation upgrades the routed leader later).
+async fn roll_back(ctx: &OperationContext, migration: &Migration, was_follower: bool) {
+    let region_id = migration.region_id;
+    let undo = if was_follower {
+        Instruction::DemoteToFollower { region_id }
+    } else {
+        Instruction::CloseRegion { region_id }
+    };
+    ctx.undo_lead(migration.to.id, undo).await;
+    let ownership = ctx.tables.ownership();
+    ownership.end_move(region_id);
+    ownership.unfence_region(region_id);
+    let restored = ctx
+        .instruct(
+            migration.from,
+            Instruction::UpgradeRegion {
+                region_id,
+                lease_millis: ctx.config.region_lease.as_millis() as u64,
+            },
+        )
+        .await;
+    if let Err(e) = restored {
+        tracing::warn!(
+            region_id,
+            node_id = migration.from,
+            "the old leader did not take its region back: {e}"
+        );
+    }
+}
+
 /// Runs a migration or leader transfer procedure to its end: records it, takes the region's
 /// operation lock, migrates, and records the outcome. A resumed procedure starts over (its
 /// steps are idempotent). Returns the finished procedure (still `Running` if this member could
@@ -255,6 +265,11 @@ pub async fn run_migration(
     if !ctx.save(&procedure, Some(&progress)).await {
         return procedure;
     }
+    if resumed {
+        // The previous leader may have upgraded the target (or left the old leader a lease)
+        // before it died: nothing it granted outlives one lease from now.
+        tokio::time::sleep(ctx.config.region_lease + ctx.config.safety_margin).await;
+    }
     let Some((region, _)) = current_region(&ctx, region_id) else {
         procedure.finish(
             ProcedureState::Failed,
@@ -263,14 +278,13 @@ pub async fn run_migration(
         ctx.save(&procedure, Some(&progress)).await;
         return procedure;
     };
-    let Some(to) = ctx
-        .cluster_view
-        .send(crate::actors::cluster_view::ListCandidates)
-        .await
-        .ok()
-        .and_then(|c| c.into_iter().find(|c| c.peer.id == procedure.target_node))
-        .map(|c| c.peer)
-    else {
+    // A resumed migration's target may not have reconnected to this leader yet.
+    let patience = if resumed {
+        ctx.config.instruction_timeout
+    } else {
+        std::time::Duration::ZERO
+    };
+    let Some(to) = live_peer(&ctx, procedure.target_node, patience).await else {
         procedure.finish(
             ProcedureState::Failed,
             format!("node {} is not a live datanode", procedure.target_node),
@@ -291,6 +305,8 @@ pub async fn run_migration(
         keep_old_copy: procedure.kind == crate::procedure::TRANSFER_LEADER,
     };
     let outcome = {
+        // The permit first: a region waiting for a permit is not locked against failovers.
+        let _permit = ctx.permits.acquire().await;
         let Some(_lock) = ctx.tables.lock_regions(&[region_id]) else {
             procedure.finish(
                 ProcedureState::Failed,
@@ -299,7 +315,6 @@ pub async fn run_migration(
             ctx.save(&procedure, Some(&progress)).await;
             return procedure;
         };
-        let _permit = ctx.permits.acquire().await;
         let mut steps = Vec::new();
         let outcome = migrate_region(&ctx, &migration, &mut steps).await;
         for step in steps {
@@ -327,4 +342,26 @@ pub async fn run_migration(
     ctx.save(&procedure, Some(&progress)).await;
     let _ = ctx.procedures.prune().await;
     procedure
+}
+
+/// `node_id` as a live candidate for regions, waiting up to `patience` for it to become one.
+async fn live_peer(
+    ctx: &OperationContext,
+    node_id: u64,
+    patience: std::time::Duration,
+) -> Option<Peer> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let found = ctx
+            .cluster_view
+            .send(crate::actors::cluster_view::ListCandidates)
+            .await
+            .ok()
+            .and_then(|c| c.into_iter().find(|c| c.peer.id == node_id))
+            .map(|c| c.peer);
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -68,6 +68,23 @@ impl OperationContext {
         });
     }
 
+    /// Takes back a lead `node_id` may have been given (an upgrade or an open as leader that
+    /// failed, or whose route move failed): `undo` (a demote or a close) must be confirmed,
+    /// or else every write lease the node may hold must have lapsed, before the caller lets
+    /// anyone else lead the region. The caller holds the region's lock throughout.
+    pub async fn undo_lead(&self, node_id: u64, undo: Instruction) {
+        if let Err(e) = self.instruct(node_id, undo).await {
+            let until = self
+                .lease_end(node_id, self.tables.ownership().last_grant(node_id))
+                .await;
+            tracing::warn!(
+                node_id,
+                "an undo was not confirmed ({e}): waiting until the node's write lease has lapsed"
+            );
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        }
+    }
+
     /// When every write lease of `node_id` counting from `last_grant` (or, if this leader
     /// never granted it one, from a previous leader) has surely ended, by this member's clock.
     pub async fn lease_end(&self, node_id: u64, last_grant: Option<Instant>) -> Instant {
@@ -97,12 +114,14 @@ impl OperationContext {
         procedure: &Procedure,
         progress: Option<&watch::Sender<Procedure>>,
     ) -> bool {
-        if let Some(progress) = progress {
-            progress.send_replace(procedure.clone());
-        }
         if let Err(e) = self.procedures.save(procedure).await {
             tracing::error!(procedure = %procedure.id, "cannot record the procedure: {e}");
             return false;
+        }
+        // Watchers learn only what is recorded (a next leader would otherwise redo what a
+        // client was told had finished).
+        if let Some(progress) = progress {
+            progress.send_replace(procedure.clone());
         }
         true
     }

@@ -80,14 +80,11 @@ fn logs_of(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
         .collect()
 }
 
-async fn two_datanodes_die_at_once(replicas: u32) {
+/// Kills `killed` of `killed + 3` datanodes at the same moment.
+async fn datanodes_die_at_once(killed: u64, replicas: u32) {
     let (_fixture, store) = crate::store_conformance::embedded();
-    let cluster = Cluster::start(
-        store,
-        config(),
-        &[node(1), node(2), node(3), node(4), node(5)],
-    )
-    .await;
+    let configs: Vec<_> = (1..=killed + 3).map(node).collect();
+    let cluster = Cluster::start(store, config(), &configs).await;
     let table = cpu_table("two_at_once");
     cluster
         .meta
@@ -101,11 +98,9 @@ async fn two_datanodes_die_at_once(replicas: u32) {
         .expect("writes before the fault");
     let mut nodes = cluster.nodes;
     let logs = logs_of(&nodes);
-    // Nodes 2 and 3 die together: with two copies, some regions lose every copy.
-    let third = nodes.remove(2);
-    let second = nodes.remove(1);
-    second.kill();
-    third.kill();
+    // Nodes 2.. die together: with two copies, some regions lose every copy.
+    let victims: Vec<SimDatanode> = nodes.drain(1..=killed as usize).collect();
+    drop(victims);
     assert_healed(
         &cluster.meta,
         &cluster.frontend,
@@ -120,12 +115,78 @@ async fn two_datanodes_die_at_once(replicas: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_datanodes_dying_at_once_strand_no_region_with_one_copy() {
-    two_datanodes_die_at_once(1).await;
+    datanodes_die_at_once(2, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_datanodes_dying_at_once_strand_no_region_with_two_copies() {
-    two_datanodes_die_at_once(2).await;
+    datanodes_die_at_once(2, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datanodes_dying_at_once_strand_no_region_with_one_copy() {
+    datanodes_die_at_once(3, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_datanodes_dying_at_once_strand_no_region_with_two_copies() {
+    datanodes_die_at_once(3, 2).await;
+}
+
+/// A failover whose target dies while a region is being moved to it: the move times out and is
+/// undone, the failover is retried, and every region (the first dead node's and the target's)
+/// ends on the one node left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_whose_target_dies_mid_move_heals_on_the_next_attempt() {
+    let config = metasrv::Config {
+        instruction_timeout: Duration::from_millis(800),
+        ..config()
+    };
+    let (_fixture, cluster, table, _route) =
+        cluster_with_table(config, 3, "target_dies", 8, 1).await;
+    let mut nodes = cluster.nodes;
+    let logs = logs_of(&nodes);
+    // Node 3 hangs (heartbeats go on, instructions get no answer): it stays a candidate.
+    nodes[2].ignore_instructions(true);
+    let instructions_before = nodes[2]
+        .events()
+        .iter()
+        .filter(|e| matches!(e, SimEvent::Instruction(_)))
+        .count();
+    let first = nodes.remove(0);
+    first.kill();
+    // As soon as a move reaches node 3, it dies.
+    nodes[1]
+        .wait_for_event(
+            "a failover instruction",
+            Duration::from_secs(20),
+            |events| {
+                events
+                    .iter()
+                    .filter(|e| matches!(e, SimEvent::Instruction(_)))
+                    .count()
+                    > instructions_before
+            },
+        )
+        .await
+        .expect("the failover picks node 3 for some region");
+    let target = nodes.remove(1);
+    target.kill();
+    assert_healed(
+        &cluster.meta,
+        &cluster.frontend,
+        &table,
+        &nodes,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_no_overlapping_leaders(&logs);
+    let (_, procedures) = http_get(cluster.server.http_addr, "/v1/procedures").await;
+    assert!(
+        procedures.contains("did not take it"),
+        "the interrupted move is recorded: {procedures}"
+    );
+    cluster.server.stop().await;
 }
 
 /// A node that dies during maintenance is left alone while it lasts, and failed over as soon
@@ -289,4 +350,60 @@ async fn a_datanode_dying_just_before_the_leader_is_failed_over_by_the_next() {
         "the new leader failed node 2 over: {procedures}"
     );
     assert_no_overlapping_leaders(&logs);
+}
+
+/// A region a datanode holds that no route names (what a refused create opened while the node
+/// was away, a drop it missed) is closed once the grace has passed; routed regions stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_region_is_closed_after_the_grace() {
+    let config = metasrv::Config {
+        instruction_timeout: Duration::from_millis(500),
+        orphan_region_grace: Duration::from_millis(1500),
+        ..config()
+    };
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let orphan = (777u64 << 32) | 3;
+    let mut holder = node(1);
+    holder.regions = vec![orphan];
+    // Before the node's first report: the grace counts from that report, later.
+    let started = std::time::Instant::now();
+    let cluster = Cluster::start(store, config, &[holder, node(2)]).await;
+    let table = cpu_table("beside_an_orphan");
+    let (_, route) = cluster
+        .meta
+        .create_table(create_request(&table, 4, 1))
+        .await
+        .expect("create");
+    let node = &cluster.nodes[0];
+    assert!(node.regions().contains_key(&orphan));
+    node.wait_for_event("the orphan closed", Duration::from_secs(10), |events| {
+        events.iter().any(|e| {
+            matches!(e, SimEvent::Instruction(i) if matches!(
+                &i.kind,
+                Some(metasrv::proto::v1::instruction::Kind::CloseRegion(c)) if c.region_id == orphan
+            ))
+        })
+    })
+    .await
+    .expect("the orphan is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not before the grace: {:?}",
+        started.elapsed()
+    );
+    assert!(!node.regions().contains_key(&orphan));
+    for region in &route.route.regions {
+        let holder = &cluster.nodes[(region.leader.id - 1) as usize];
+        assert_eq!(
+            holder.regions().get(&region.region_id),
+            Some(&RegionRole::Leader),
+            "routed regions stay open"
+        );
+    }
+    cluster
+        .frontend
+        .insert(rows(&table, 100))
+        .await
+        .expect("the table takes writes");
+    cluster.server.stop().await;
 }

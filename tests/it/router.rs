@@ -649,6 +649,7 @@ async fn crash_mid_create(dir: &std::path::Path, backend_args: &[&str]) {
     let env = [
         ("METASRV_SELECTOR", "round_robin"),
         ("METASRV_INSTRUCTION_TIMEOUT", "60s"),
+        ("METASRV_ORPHAN_REGION_GRACE", "120s"),
     ];
     let mut args = vec!["--cluster-id", "4", "--heartbeat-interval", "100ms"];
     args.extend_from_slice(backend_args);
