@@ -325,14 +325,32 @@ async fn recovery(smoke: bool, kills: usize) {
                 .create_table(create(&table, 12, 2))
                 .await
                 .expect("create");
-            // The nodes that lead the most regions of the table die.
+            // The node that leads the most regions of the table dies, and with it (two kills)
+            // the node holding most of the other copies: some regions lose every copy.
             let mut led: HashMap<u64, usize> = HashMap::new();
+            let mut held: HashMap<u64, usize> = HashMap::new();
             for region in &route.route.regions {
                 *led.entry(region.leader.id).or_default() += 1;
+                for follower in &region.followers {
+                    *held.entry(follower.id).or_default() += 1;
+                }
             }
-            let mut by_count: Vec<(usize, u64)> = led.into_iter().map(|(id, n)| (n, id)).collect();
-            by_count.sort_unstable_by(|a, b| b.cmp(a));
-            let victims: Vec<u64> = by_count.iter().take(count).map(|(_, id)| *id).collect();
+            let first = led
+                .iter()
+                .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id)
+                .expect("a leader");
+            let mut victims = vec![first];
+            if count == 2 {
+                let second = held
+                    .iter()
+                    .chain(led.iter())
+                    .filter(|(id, _)| **id != first)
+                    .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))
+                    .map(|(id, _)| *id)
+                    .expect("another holder");
+                victims.push(second);
+            }
             let victims = &victims[..];
             SimFrontend::new(bench.meta.clone())
                 .insert(rows(&table, 48))
