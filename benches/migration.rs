@@ -22,57 +22,16 @@ use std::time::{Duration, Instant};
 
 use common::{flag, percentile};
 use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
-use metasrv::catalog::model::{TableName, Value};
-use metasrv::catalog::partition::Row;
+use metasrv::catalog::model::TableName;
 use metasrv::client::{header, MetaClient};
 use metasrv::failure_detector::FailureDetectorConfig;
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::admin_client::AdminClient;
+use metasrv::sim::workload::{host_rows, host_table};
 use metasrv::sim::{SimDatanode, SimDatanodeConfig, SimFrontend, WriteLog};
 use metasrv::{Config, Listeners, Metasrv};
 
 const CLUSTER: u64 = 11;
-
-fn create(name: &TableName, partitions: u32, replicas: u32) -> pb::CreateTableRequest {
-    let column = |n: &str, t: pb::ColumnType| pb::ColumnDef {
-        name: n.into(),
-        data_type: t as i32,
-        nullable: false,
-    };
-    pb::CreateTableRequest {
-        header: header(CLUSTER, 0),
-        table_name: Some(name.into()),
-        schema: Some(pb::TableSchema {
-            columns: vec![
-                column("host", pb::ColumnType::String),
-                column("ts", pb::ColumnType::Timestamp),
-            ],
-            time_index: "ts".into(),
-            primary_key: vec!["host".into()],
-            options: Default::default(),
-        }),
-        partition_rule: Some(pb::PartitionRule {
-            rule: Some(pb::partition_rule::Rule::Hash(pb::HashPartitioning {
-                columns: vec!["host".into()],
-                partitions,
-            })),
-        }),
-        if_not_exists: false,
-        replicas,
-    }
-}
-
-fn rows(table: &TableName, count: usize) -> Vec<(TableName, Row)> {
-    (0..count)
-        .map(|i| {
-            let row = Row::from([
-                ("host".to_string(), Value::String(format!("h{i}"))),
-                ("ts".to_string(), Value::Int64(i as i64)),
-            ]);
-            (table.clone(), row)
-        })
-        .collect()
-}
 
 struct Bench {
     metasrv: Metasrv,
@@ -180,7 +139,7 @@ impl Bench {
         let (table, flag) = (table.clone(), stop.clone());
         let task = tokio::spawn(async move {
             while !flag.load(Ordering::Relaxed) {
-                if frontend.insert(rows(&table, 24)).await.is_err() {
+                if frontend.insert(host_rows(&table, 24)).await.is_err() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
@@ -202,7 +161,7 @@ impl Bench {
         let killed_at = Instant::now();
         drop(victims);
         loop {
-            if frontend.insert(rows(table, 48)).await.is_ok() {
+            if frontend.insert(host_rows(table, 48)).await.is_ok() {
                 break;
             }
             assert!(
@@ -251,7 +210,7 @@ async fn migration_pause(smoke: bool, migrations: usize) {
     let table = TableName::new("greptime", "public", "migrated");
     let (_, route) = bench
         .meta
-        .create_table(create(&table, 6, 1))
+        .create_table(host_table(CLUSTER, &table, 6, 1))
         .await
         .expect("create");
     let logs = bench.logs();
@@ -322,7 +281,7 @@ async fn recovery(smoke: bool, kills: usize) {
             let table = TableName::new("greptime", "public", &format!("k{round}_{count}"));
             let (_, route) = bench
                 .meta
-                .create_table(create(&table, 12, 2))
+                .create_table(host_table(CLUSTER, &table, 12, 2))
                 .await
                 .expect("create");
             // The node that leads the most regions of the table dies, and with it (two kills)
@@ -353,7 +312,7 @@ async fn recovery(smoke: bool, kills: usize) {
             }
             let victims = &victims[..];
             SimFrontend::new(bench.meta.clone())
-                .insert(rows(&table, 48))
+                .insert(host_rows(&table, 48))
                 .await
                 .expect("writes before");
             let took = bench.kill_and_recover(&table, victims).await;
@@ -398,7 +357,7 @@ async fn drain(smoke: bool) {
     let table = TableName::new("greptime", "public", "drained");
     let (_, route) = bench
         .meta
-        .create_table(create(&table, 200, 2))
+        .create_table(host_table(CLUSTER, &table, 200, 2))
         .await
         .expect("create");
     let held: HashMap<u64, usize> = route.route.regions.iter().fold(HashMap::new(), |mut m, r| {

@@ -11,56 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
-use metasrv::catalog::model::{TableName, Value};
-use metasrv::catalog::partition::Row;
+use metasrv::catalog::model::TableName;
 use metasrv::client::{header, MetaClient};
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::admin_client::AdminClient;
+use metasrv::sim::workload::{host_rows, host_table};
 use metasrv::sim::{SimDatanode, SimDatanodeConfig, SimFrontend};
 use metasrv::{Config, Listeners, Metasrv};
 
 const CLUSTER: u64 = 0;
-
-fn rows(table: &TableName) -> Vec<(TableName, Row)> {
-    (0..96)
-        .map(|i| {
-            let row = Row::from([
-                ("host".to_string(), Value::String(format!("h{i}"))),
-                ("ts".to_string(), Value::Int64(i)),
-            ]);
-            (table.clone(), row)
-        })
-        .collect()
-}
-
-fn create(table: &TableName) -> pb::CreateTableRequest {
-    let column = |n: &str, t: pb::ColumnType| pb::ColumnDef {
-        name: n.into(),
-        data_type: t as i32,
-        nullable: false,
-    };
-    pb::CreateTableRequest {
-        header: header(CLUSTER, 0),
-        table_name: Some(table.into()),
-        schema: Some(pb::TableSchema {
-            columns: vec![
-                column("host", pb::ColumnType::String),
-                column("ts", pb::ColumnType::Timestamp),
-            ],
-            time_index: "ts".into(),
-            primary_key: vec!["host".into()],
-            options: Default::default(),
-        }),
-        partition_rule: Some(pb::PartitionRule {
-            rule: Some(pb::partition_rule::Rule::Hash(pb::HashPartitioning {
-                columns: vec!["host".into()],
-                partitions: 24,
-            })),
-        }),
-        if_not_exists: false,
-        replicas: 2,
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -94,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let meta = Arc::new(MetaClient::connect(std::slice::from_ref(&addr), CLUSTER, 0).await?);
     let table = TableName::new("greptime", "public", "cpu");
-    let (_, route) = meta.create_table(create(&table)).await?;
+    let (_, route) = meta
+        .create_table(host_table(CLUSTER, &table, 24, 2))
+        .await?;
     println!("table {table}: 24 regions x 2 copies on 4 datanodes");
 
     let start = Instant::now();
@@ -106,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             let (mut ok, mut failed) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                match frontend.insert(rows(&table)).await {
+                match frontend.insert(host_rows(&table, 96)).await {
                     Ok(_) => ok += 1,
                     Err(_) => {
                         failed += 1;

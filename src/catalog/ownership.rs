@@ -193,34 +193,31 @@ impl RegionOwnership {
     /// Regions `node_id` reports following that the routes make it lead (a downgrade whose
     /// migration was rolled back and whose re-upgrade was lost, a late downgrade).
     pub fn wrongly_following(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
-        let by_node = self.by_node.read();
-        let Some(owned) = by_node.get(&node_id) else {
-            return Vec::new();
-        };
-        reported
-            .iter()
-            .filter(|r| {
-                r.role == RegionRole::Follower
-                    && owned.get(&r.region_id) == Some(&RegionRole::Leader)
-            })
-            .map(|r| r.region_id)
-            .collect()
+        self.reported_as(node_id, reported, RegionRole::Follower, RegionRole::Leader)
     }
 
     /// Regions `node_id` reports leading that the routes give it as a follower (a promotion
     /// or upgrade whose route move failed and whose undo was lost, a transfer from a node that
     /// was away): it must not write them.
     pub fn wrongly_leading(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        self.reported_as(node_id, reported, RegionRole::Leader, RegionRole::Follower)
+    }
+
+    /// Regions `node_id` reports in role `reported_role` that the routes give it as `routed`.
+    fn reported_as(
+        &self,
+        node_id: u64,
+        reported: &[RegionStats],
+        reported_role: RegionRole,
+        routed: RegionRole,
+    ) -> Vec<u64> {
         let by_node = self.by_node.read();
         let Some(owned) = by_node.get(&node_id) else {
             return Vec::new();
         };
         reported
             .iter()
-            .filter(|r| {
-                r.role == RegionRole::Leader
-                    && owned.get(&r.region_id) == Some(&RegionRole::Follower)
-            })
+            .filter(|r| r.role == reported_role && owned.get(&r.region_id) == Some(&routed))
             .map(|r| r.region_id)
             .collect()
     }

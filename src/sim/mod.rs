@@ -2,6 +2,7 @@
 
 pub mod datanode;
 pub mod frontend;
+pub mod workload;
 
 pub use datanode::{
     sample_request, AcceptedWrite, MetasrvTarget, Rng, SimDatanode, SimDatanodeConfig, SimEvent,
