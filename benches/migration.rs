@@ -24,12 +24,11 @@ use common::{flag, percentile};
 use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
 use metasrv::catalog::model::TableName;
 use metasrv::client::{header, MetaClient};
-use metasrv::failure_detector::FailureDetectorConfig;
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::admin_client::AdminClient;
 use metasrv::sim::workload::{host_rows, host_table};
 use metasrv::sim::{SimDatanode, SimDatanodeConfig, SimFrontend, WriteLog};
-use metasrv::{Config, Listeners, Metasrv};
+use metasrv::{Listeners, Metasrv};
 
 const CLUSTER: u64 = 11;
 
@@ -45,26 +44,8 @@ struct Bench {
 impl Bench {
     async fn start(smoke: bool, nodes: u64) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = if smoke {
-            Config {
-                heartbeat_interval: Duration::from_millis(100),
-                region_lease: Duration::from_millis(600),
-                failover_safety_margin: Duration::from_millis(200),
-                failure_detector: FailureDetectorConfig {
-                    acceptable_heartbeat_pause: Duration::from_millis(300),
-                    min_std_deviation: Duration::from_millis(20),
-                    ..FailureDetectorConfig::default()
-                },
-                ..Config::default()
-            }
-        } else {
-            Config::default()
-        };
-        config.cluster_id = CLUSTER;
+        let mut config = common::in_process_config(smoke, CLUSTER, dir.path());
         config.max_regions_per_table = 1024;
-        config.store.data_dir = dir.path().join("data");
-        config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
-        config.http_addr = "127.0.0.1:0".parse().expect("addr");
         let interval = config.heartbeat_interval;
         let store = metasrv::open_store(&config).await.expect("store");
         let listeners = Listeners::bind(&config).await.expect("bind");

@@ -13,56 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::{flag, percentile};
 use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
-use metasrv::catalog::model::{TableName, Value};
-use metasrv::catalog::partition::Row;
-use metasrv::client::{header, MetaClient};
-use metasrv::failure_detector::FailureDetectorConfig;
-use metasrv::proto::v1 as pb;
+use metasrv::catalog::model::TableName;
+use metasrv::client::MetaClient;
+use metasrv::sim::workload::{host_rows, host_table};
 use metasrv::sim::{SimDatanode, SimDatanodeConfig, SimFrontend};
-use metasrv::{Config, Listeners, Metasrv};
+use metasrv::{Listeners, Metasrv};
 
 const CLUSTER: u64 = 9;
-
-fn create(name: &TableName) -> pb::CreateTableRequest {
-    let column = |n: &str, t: pb::ColumnType| pb::ColumnDef {
-        name: n.into(),
-        data_type: t as i32,
-        nullable: false,
-    };
-    pb::CreateTableRequest {
-        header: header(CLUSTER, 0),
-        table_name: Some(name.into()),
-        schema: Some(pb::TableSchema {
-            columns: vec![
-                column("host", pb::ColumnType::String),
-                column("ts", pb::ColumnType::Timestamp),
-            ],
-            time_index: "ts".into(),
-            primary_key: vec!["host".into()],
-            options: Default::default(),
-        }),
-        partition_rule: Some(pb::PartitionRule {
-            rule: Some(pb::partition_rule::Rule::Hash(pb::HashPartitioning {
-                columns: vec!["host".into()],
-                partitions: 6,
-            })),
-        }),
-        if_not_exists: false,
-        replicas: 1,
-    }
-}
-
-fn rows(table: &TableName) -> Vec<(TableName, Row)> {
-    (0..60)
-        .map(|i| {
-            let row = Row::from([
-                ("host".to_string(), Value::String(format!("h{i}"))),
-                ("ts".to_string(), Value::Int64(i)),
-            ]);
-            (table.clone(), row)
-        })
-        .collect()
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -77,26 +34,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let dir = tempfile::tempdir().expect("temp dir");
-        // The production defaults (1 s heartbeats); a fast variant for the smoke run.
-        let mut config = if smoke {
-            Config {
-                heartbeat_interval: Duration::from_millis(100),
-                region_lease: Duration::from_millis(600),
-                failover_safety_margin: Duration::from_millis(200),
-                failure_detector: FailureDetectorConfig {
-                    acceptable_heartbeat_pause: Duration::from_millis(300),
-                    min_std_deviation: Duration::from_millis(20),
-                    ..FailureDetectorConfig::default()
-                },
-                ..Config::default()
-            }
-        } else {
-            Config::default()
-        };
-        config.cluster_id = CLUSTER;
-        config.store.data_dir = dir.path().join("data");
-        config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
-        config.http_addr = "127.0.0.1:0".parse().expect("addr");
+        let config = common::in_process_config(smoke, CLUSTER, dir.path());
         let interval = config.heartbeat_interval;
         let store = metasrv::open_store(&config).await.expect("store");
         let listeners = Listeners::bind(&config).await.expect("bind");
@@ -137,8 +75,8 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let table = TableName::new("greptime", "public", &format!("r{round}"));
-            let (_, route) = meta.create_table(create(&table)).await.expect("create");
-            frontend.insert(rows(&table)).await.expect("insert before the kill");
+            let (_, route) = meta.create_table(host_table(CLUSTER, &table, 6, 1)).await.expect("create");
+            frontend.insert(host_rows(&table, 60)).await.expect("insert before the kill");
             let victim_id = route.route.regions[0].leader.id;
             let index = nodes.iter().position(|n| n.node_id() == victim_id).expect("victim");
             let victim = nodes.remove(index);
@@ -147,7 +85,7 @@ fn main() {
             victim.kill();
             // Writes succeed again once every region of the victim is served elsewhere.
             loop {
-                let last_error = match frontend.insert(rows(&table)).await {
+                let last_error = match frontend.insert(host_rows(&table, 60)).await {
                     Ok(_) => break,
                     Err(e) => e.to_string(),
                 };

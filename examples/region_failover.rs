@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Context, Handler};
 use metasrv::actors::cluster_view::{ListNodes, NodeEvent, NodeStatus, Subscribe};
 use metasrv::actors::ActorRuntime;
-use metasrv::catalog::model::{TableName, Value};
-use metasrv::catalog::partition::Row;
-use metasrv::client::{header, MetaClient};
+use metasrv::catalog::model::TableName;
+use metasrv::client::MetaClient;
 use metasrv::procedure::ProcedureStore;
 use metasrv::proto::v1 as pb;
+use metasrv::sim::workload::{host_rows, host_table};
 use metasrv::sim::{SimDatanode, SimDatanodeConfig, SimFrontend};
 use metasrv::{Config, Listeners, Metasrv};
 use tokio::sync::mpsc;
@@ -30,18 +30,6 @@ impl Handler<NodeEvent> for Forward {
     fn handle(&mut self, event: NodeEvent, _ctx: &mut Context<Self>) {
         let _ = self.0.send(event);
     }
-}
-
-fn rows(table: &TableName) -> Vec<(TableName, Row)> {
-    (0..60)
-        .map(|i| {
-            let row = Row::from([
-                ("host".to_string(), Value::String(format!("h{i}"))),
-                ("ts".to_string(), Value::Int64(i)),
-            ]);
-            (table.clone(), row)
-        })
-        .collect()
 }
 
 #[tokio::main]
@@ -86,35 +74,13 @@ async fn main() -> anyhow::Result<()> {
     let meta = Arc::new(MetaClient::connect(std::slice::from_ref(&addr), 0, 0).await?);
     let frontend = SimFrontend::new(meta.clone());
     let table = TableName::new("greptime", "public", "cpu");
-    let column = |n: &str, t: pb::ColumnType| pb::ColumnDef {
-        name: n.into(),
-        data_type: t as i32,
-        nullable: false,
-    };
     let (_, route) = meta
         .create_table(pb::CreateTableRequest {
-            header: header(0, 0),
-            table_name: Some((&table).into()),
-            schema: Some(pb::TableSchema {
-                columns: vec![
-                    column("host", pb::ColumnType::String),
-                    column("ts", pb::ColumnType::Timestamp),
-                ],
-                time_index: "ts".into(),
-                primary_key: vec!["host".into()],
-                options: Default::default(),
-            }),
-            partition_rule: Some(pb::PartitionRule {
-                rule: Some(pb::partition_rule::Rule::Hash(pb::HashPartitioning {
-                    columns: vec!["host".into()],
-                    partitions: 6,
-                })),
-            }),
             if_not_exists: true,
-            replicas: 1,
+            ..host_table(0, &table, 6, 1)
         })
         .await?;
-    frontend.insert(rows(&table)).await?;
+    frontend.insert(host_rows(&table, 60)).await?;
     let victim = route.route.regions[0].leader.id;
     let owned: Vec<u64> = route
         .route
@@ -157,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{} route version {version}", at());
             }
         }
-        if frontend.insert(rows(&table)).await.is_ok() {
+        if frontend.insert(host_rows(&table, 60)).await.is_ok() {
             writable = true;
             println!("{} first successful write to every region", at());
         }

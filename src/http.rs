@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::actors::cluster_view::{ClusterView, ListNodes};
+use crate::actors::scheduler::OperationRequest;
 use crate::metrics::Metrics;
 use crate::store::{KeyRange, KvBackend, RangeRequest};
 
@@ -272,11 +273,7 @@ struct OperationQuery {
 }
 
 /// Starts an operation; answers 202 with the procedure (200 with the finished one if `wait`).
-async fn start(
-    state: &HttpState,
-    request: crate::actors::scheduler::OperationRequest,
-    wait: bool,
-) -> Response {
+async fn start(state: &HttpState, request: OperationRequest, wait: bool) -> Response {
     if let Err(status) = state.leadership.require_leader() {
         return status_response(status);
     }
@@ -304,14 +301,11 @@ async fn migrate_region(
     Path(region_id): Path<u64>,
     Query(query): Query<OperationQuery>,
 ) -> Response {
-    let Some(to) = query.to else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the target node is missing: ?to=<node id>",
-        );
-    };
-    let request = crate::actors::scheduler::OperationRequest::MigrateRegion { region_id, to };
-    start(&state, request, query.wait).await
+    move_region(&state, query, |to| OperationRequest::MigrateRegion {
+        region_id,
+        to,
+    })
+    .await
 }
 
 /// `POST /v1/regions/{region_id}/transfer-leader?to=N[&wait=true]`
@@ -320,14 +314,26 @@ async fn transfer_leader(
     Path(region_id): Path<u64>,
     Query(query): Query<OperationQuery>,
 ) -> Response {
+    move_region(&state, query, |to| OperationRequest::TransferLeader {
+        region_id,
+        to,
+    })
+    .await
+}
+
+/// Starts the region move `request` makes for the query's target node.
+async fn move_region(
+    state: &HttpState,
+    query: OperationQuery,
+    request: impl FnOnce(u64) -> OperationRequest,
+) -> Response {
     let Some(to) = query.to else {
         return error(
             StatusCode::BAD_REQUEST,
             "the target node is missing: ?to=<node id>",
         );
     };
-    let request = crate::actors::scheduler::OperationRequest::TransferLeader { region_id, to };
-    start(&state, request, query.wait).await
+    start(state, request(to), query.wait).await
 }
 
 /// `POST /v1/nodes/{node_id}/drain[?wait=true]`
@@ -336,6 +342,6 @@ async fn drain_node(
     Path(node_id): Path<u64>,
     Query(query): Query<OperationQuery>,
 ) -> Response {
-    let request = crate::actors::scheduler::OperationRequest::DrainNode { node_id };
+    let request = OperationRequest::DrainNode { node_id };
     start(&state, request, query.wait).await
 }

@@ -23,6 +23,38 @@ pub fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
         .and_then(|v| v.parse().ok())
 }
 
+/// An in-process metasrv's configuration on loopback port 0 with its data under `data_dir`:
+/// the production defaults (1 s heartbeats, 3 s leases), or a fast variant for smoke runs.
+pub fn in_process_config(
+    smoke: bool,
+    cluster_id: u64,
+    data_dir: &std::path::Path,
+) -> metasrv::Config {
+    use metasrv::failure_detector::FailureDetectorConfig;
+    use std::time::Duration;
+    let defaults = metasrv::Config::default();
+    let mut config = if smoke {
+        metasrv::Config {
+            heartbeat_interval: Duration::from_millis(100),
+            region_lease: Duration::from_millis(600),
+            failover_safety_margin: Duration::from_millis(200),
+            failure_detector: FailureDetectorConfig {
+                acceptable_heartbeat_pause: Duration::from_millis(300),
+                min_std_deviation: Duration::from_millis(20),
+                ..FailureDetectorConfig::default()
+            },
+            ..defaults
+        }
+    } else {
+        defaults
+    };
+    config.cluster_id = cluster_id;
+    config.store.data_dir = data_dir.join("data");
+    config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+    config.http_addr = "127.0.0.1:0".parse().expect("addr");
+    config
+}
+
 /// The p-th percentile of sorted samples.
 pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {

@@ -148,8 +148,8 @@ impl HeartbeatSession {
     ///
     /// Each is asked once per stream while the node goes on reporting so.
     fn reconcile_roles(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
-        let wrong_leaders = self.ownership.wrongly_leading(node_id, reported);
-        let wrong_followers = self.ownership.wrongly_following(node_id, reported);
+        let mismatches = self.ownership.role_mismatches(node_id, reported);
+        let (wrong_leaders, wrong_followers) = (mismatches.leading, mismatches.following);
         self.asked_to_demote
             .retain(|id| wrong_leaders.contains(id) || wrong_followers.contains(id));
         let settled = self

@@ -30,7 +30,6 @@ use crate::actors::cluster_view::{
     load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
     SeedNodes, Subscribe,
 };
-use crate::catalog::model::table_of_region;
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
 use crate::metrics::Metrics;
@@ -612,7 +611,7 @@ impl Scheduler {
                         "node {node_id} is dead and being failed over"
                     )));
                 }
-                if tables.regions_on(node_id).is_empty() && !tables.ownership().knows(node_id) {
+                if !tables.ownership().knows(node_id) {
                     return Err(OperationError::NotFound(format!(
                         "no route names node {node_id}"
                     )));
@@ -622,18 +621,9 @@ impl Scheduler {
             OperationRequest::MigrateRegion { region_id, to } => (region_id, to, false),
             OperationRequest::TransferLeader { region_id, to } => (region_id, to, true),
         };
-        let region = tables
-            .entry_by_id(table_of_region(region_id))
-            .and_then(|t| {
-                t.route
-                    .regions
-                    .iter()
-                    .find(|r| r.region_id == region_id)
-                    .cloned()
-            })
-            .ok_or_else(|| {
-                OperationError::NotFound(format!("no table routes region {region_id}"))
-            })?;
+        let (_, region) = tables.region_route(region_id).ok_or_else(|| {
+            OperationError::NotFound(format!("no table routes region {region_id}"))
+        })?;
         if region.leader.id == to {
             return Err(OperationError::FailedPrecondition(format!(
                 "node {to} leads region {region_id} already"

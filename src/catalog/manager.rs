@@ -766,6 +766,20 @@ impl TableManager {
 
     /// The regions `node_id` leads, with their tables.
     pub fn regions_led_by(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
+        self.regions_where(|r| r.leader.id == node_id)
+    }
+
+    /// The regions `node_id` holds a copy of (as leader or follower), with their tables.
+    pub fn regions_on(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
+        self.regions_where(|r| {
+            r.leader.id == node_id || r.followers.iter().any(|f| f.id == node_id)
+        })
+    }
+
+    fn regions_where(
+        &self,
+        keep: impl Fn(&RegionRoute) -> bool,
+    ) -> Vec<(Arc<TableEntry>, RegionRoute)> {
         let cache = self.cache.read();
         cache
             .tables
@@ -775,29 +789,22 @@ impl TableManager {
                     .route
                     .regions
                     .iter()
-                    .filter(|r| r.leader.id == node_id)
+                    .filter(|r| keep(r))
                     .map(move |r| (entry.clone(), r.clone()))
             })
             .collect()
     }
 
-    /// The regions `node_id` holds a copy of (as leader or follower), with their tables.
-    pub fn regions_on(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
-        let cache = self.cache.read();
-        cache
-            .tables
-            .values()
-            .flat_map(|entry| {
-                entry
-                    .route
-                    .regions
-                    .iter()
-                    .filter(|r| {
-                        r.leader.id == node_id || r.followers.iter().any(|f| f.id == node_id)
-                    })
-                    .map(move |r| (entry.clone(), r.clone()))
-            })
-            .collect()
+    /// The current route of one region, with its table (`None` if no table routes it).
+    pub fn region_route(&self, region_id: u64) -> Option<(Arc<TableEntry>, RegionRoute)> {
+        let entry = self.entry_by_id(super::model::table_of_region(region_id))?;
+        let region = entry
+            .route
+            .regions
+            .iter()
+            .find(|r| r.region_id == region_id)?
+            .clone();
+        Some((entry, region))
     }
 
     /// Moves the leadership of one region from `from` to `leader` (with `followers`), in the

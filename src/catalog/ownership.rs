@@ -38,6 +38,17 @@ struct Grants {
     fenced_regions: HashMap<u64, u64>,
 }
 
+/// Regions a node reports in another role than the routes give it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleMismatches {
+    /// Reported leading, routed following (a promotion or upgrade whose route move failed and
+    /// whose undo was lost, a transfer from a node that was away): it must not write them.
+    pub leading: Vec<u64>,
+    /// Reported following, routed leading (a downgrade whose migration was rolled back and
+    /// whose re-upgrade was lost, a late downgrade).
+    pub following: Vec<u64>,
+}
+
 /// The regions a heartbeat's lease covers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseGrant {
@@ -190,36 +201,25 @@ impl RegionOwnership {
             .collect()
     }
 
-    /// Regions `node_id` reports following that the routes make it lead (a downgrade whose
-    /// migration was rolled back and whose re-upgrade was lost, a late downgrade).
-    pub fn wrongly_following(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
-        self.reported_as(node_id, reported, RegionRole::Follower, RegionRole::Leader)
-    }
-
-    /// Regions `node_id` reports leading that the routes give it as a follower (a promotion
-    /// or upgrade whose route move failed and whose undo was lost, a transfer from a node that
-    /// was away): it must not write them.
-    pub fn wrongly_leading(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
-        self.reported_as(node_id, reported, RegionRole::Leader, RegionRole::Follower)
-    }
-
-    /// Regions `node_id` reports in role `reported_role` that the routes give it as `routed`.
-    fn reported_as(
-        &self,
-        node_id: u64,
-        reported: &[RegionStats],
-        reported_role: RegionRole,
-        routed: RegionRole,
-    ) -> Vec<u64> {
+    /// Regions `node_id` reports in another role than the routes give it, in one pass.
+    pub fn role_mismatches(&self, node_id: u64, reported: &[RegionStats]) -> RoleMismatches {
+        let mut mismatches = RoleMismatches::default();
         let by_node = self.by_node.read();
         let Some(owned) = by_node.get(&node_id) else {
-            return Vec::new();
+            return mismatches;
         };
-        reported
-            .iter()
-            .filter(|r| r.role == reported_role && owned.get(&r.region_id) == Some(&routed))
-            .map(|r| r.region_id)
-            .collect()
+        for region in reported {
+            match (region.role, owned.get(&region.region_id)) {
+                (RegionRole::Leader, Some(RegionRole::Follower)) => {
+                    mismatches.leading.push(region.region_id)
+                }
+                (RegionRole::Follower, Some(RegionRole::Leader)) => {
+                    mismatches.following.push(region.region_id)
+                }
+                _ => {}
+            }
+        }
+        mismatches
     }
 
     /// Regions the routes give `node_id` that it does not report (it restarted and lost them,
@@ -478,9 +478,13 @@ mod tests {
         let mut report = reported(&[1, 2]);
         report[0].role = RegionRole::Follower; // routed leader of region 1
         report[1].role = RegionRole::Leader; // routed follower of region 2
-        assert_eq!(ownership.wrongly_following(1, &report), vec![1]);
-        assert_eq!(ownership.wrongly_leading(1, &report), vec![2]);
-        assert!(ownership.wrongly_following(3, &report).is_empty());
+        let mismatches = ownership.role_mismatches(1, &report);
+        assert_eq!(mismatches.following, vec![1]);
+        assert_eq!(mismatches.leading, vec![2]);
+        assert_eq!(
+            ownership.role_mismatches(3, &report),
+            RoleMismatches::default()
+        );
         // A region being migrated off its leader is not reopened there as leader.
         ownership.fence_region(1, 1);
         assert!(ownership.is_fenced(1, 1));

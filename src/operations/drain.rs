@@ -12,10 +12,9 @@ use tokio::sync::watch;
 use super::migration::{migrate_region, Migration};
 use super::OperationContext;
 use crate::actors::cluster_view::{Instruction, ListCandidates, SetDraining};
-use crate::catalog::model::{table_of_region, Peer, RegionRoute};
+use crate::catalog::model::{Peer, RegionRoute};
 use crate::planner::{plan_drain, DrainMove};
 use crate::procedure::{Procedure, ProcedureState};
-use crate::stats::RegionRole;
 
 /// Regions moved at once by one drain (the operation permits bound all operations together).
 const DRAIN_PARALLELISM: usize = 32;
@@ -163,40 +162,18 @@ async fn move_follower(
     from: u64,
     to: Option<Peer>,
 ) -> Result<(), String> {
-    let entry = ctx
+    let (entry, region) = ctx
         .tables
-        .entry_by_id(table_of_region(region_id))
-        .ok_or_else(|| format!("the table of region {region_id} was dropped"))?;
-    let region = entry
-        .route
-        .regions
-        .iter()
-        .find(|r| r.region_id == region_id)
-        .cloned()
-        .ok_or_else(|| format!("region {region_id} is not routed"))?;
+        .region_route(region_id)
+        .ok_or_else(|| format!("region {region_id} is not routed (its table was dropped?)"))?;
     if !region.followers.iter().any(|f| f.id == from) {
         // Moved already (a resumed drain).
         return Ok(());
     }
     let ownership = ctx.tables.ownership();
     if let Some(to) = &to {
-        ownership.begin_move(region_id, to.id);
-        let opened = ctx
-            .instruct(
-                to.id,
-                Instruction::OpenRegion {
-                    region_id,
-                    table: (&entry.info.name).into(),
-                    role: RegionRole::Follower,
-                    lease_millis: ctx.config.region_lease.as_millis() as u64,
-                },
-            )
-            .await;
-        if let Err(e) = opened {
-            ctx.instruct_in_background(to.id, Instruction::CloseRegion { region_id });
-            ownership.end_move(region_id);
-            return Err(e);
-        }
+        ctx.open_follower(&entry.info.name, region_id, to.id)
+            .await?;
     }
     let mut followers: Vec<Peer> = region
         .followers
@@ -219,22 +196,12 @@ async fn move_follower(
     }
     if let Err(e) = moved {
         // The write may have landed although its answer was lost.
-        let landed = ctx
-            .tables
-            .entry_by_id(table_of_region(region_id))
-            .and_then(|t| {
-                t.route
-                    .regions
-                    .iter()
-                    .find(|r| r.region_id == region_id)
-                    .cloned()
-            })
-            .is_some_and(|r| {
-                !r.followers.iter().any(|f| f.id == from)
-                    && to
-                        .as_ref()
-                        .is_none_or(|to| r.followers.iter().any(|f| f.id == to.id))
-            });
+        let landed = ctx.tables.region_route(region_id).is_some_and(|(_, r)| {
+            !r.followers.iter().any(|f| f.id == from)
+                && to
+                    .as_ref()
+                    .is_none_or(|to| r.followers.iter().any(|f| f.id == to.id))
+        });
         if !landed {
             if let Some(to) = &to {
                 ctx.instruct_in_background(to.id, Instruction::CloseRegion { region_id });

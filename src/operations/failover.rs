@@ -6,10 +6,8 @@
 use std::time::Instant;
 
 use super::OperationContext;
-use crate::actors::cluster_view::{
-    GetLeaseExpiry, GetReplicaReport, Instruction, ListCandidates, SendInstruction,
-};
-use crate::catalog::model::{table_of_region, Peer, RegionRoute};
+use crate::actors::cluster_view::{GetReplicaReport, Instruction, ListCandidates};
+use crate::catalog::model::{Peer, RegionRoute};
 use crate::planner::{plan_region_moves, RegionMove};
 use crate::procedure::{Procedure, ProcedureState};
 use crate::stats::RegionRole;
@@ -43,11 +41,6 @@ async fn move_regions_of_dead_node(
     f: OperationContext,
 ) -> Procedure {
     let dead = procedure.node_id;
-    let save = |procedure: &Procedure| {
-        let f = f.clone();
-        let procedure = procedure.clone();
-        async move { f.save(&procedure, None).await }
-    };
     if resumed {
         procedure.step("resumed by a new leader");
     } else {
@@ -55,39 +48,24 @@ async fn move_regions_of_dead_node(
     }
     // Recorded before anything moves, so that a new leader finds it; a member that cannot
     // write it is no longer the leader and must not go on.
-    if !save(&procedure).await {
+    if !f.save(&procedure, None).await {
         return procedure;
     }
     // From here on the node gets no lease on the regions it leads, even if it comes back while
     // we wait: so the last lease this leader granted it bounds every lease that matters. If this
     // leader never granted it one, a previous leader may have: those end within one lease of
     // our election, so within one lease from now (or from the node's last request to us).
-    let mut expiry = match f.tables.ownership().fence(dead) {
-        Some(last_grant) => last_grant + f.config.region_lease,
-        None => f
-            .cluster_view
-            .send(GetLeaseExpiry {
-                node_id: dead,
-                region_lease: f.config.region_lease,
-            })
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Instant::now() + f.config.region_lease),
-    };
+    let mut noted = f.tables.ownership().fence(dead);
     loop {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(
-            expiry + f.config.safety_margin,
-        ))
-        .await;
+        let until = f.lease_end(dead, noted).await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
         // Fenced, the node gets no new leader lease from heartbeats; but an OpenRegion it
         // confirmed meanwhile (a create or a reopen in flight when it was fenced) began one.
-        match f.tables.ownership().last_grant(dead) {
-            Some(last) if last + f.config.region_lease > expiry => {
-                expiry = last + f.config.region_lease;
-            }
-            _ => break,
+        let latest = f.tables.ownership().last_grant(dead);
+        if latest <= noted {
+            break;
         }
+        noted = latest;
     }
     procedure.step("the dead node's region leases have lapsed");
 
@@ -98,7 +76,7 @@ async fn move_regions_of_dead_node(
                 ProcedureState::Failed,
                 format!("cluster view unavailable: {e}"),
             );
-            save(&procedure).await;
+            f.save(&procedure, None).await;
             return procedure;
         }
     };
@@ -107,7 +85,7 @@ async fn move_regions_of_dead_node(
             ProcedureState::Done,
             format!("node {dead} is alive again; nothing moved"),
         );
-        save(&procedure).await;
+        f.save(&procedure, None).await;
         return procedure;
     }
     candidates.retain(|c| c.peer.id != dead);
@@ -119,7 +97,7 @@ async fn move_regions_of_dead_node(
     );
     if candidates.is_empty() && !regions.is_empty() {
         procedure.finish(ProcedureState::Failed, "no live datanode to fail over to");
-        save(&procedure).await;
+        f.save(&procedure, None).await;
         return procedure;
     }
     // Which followers the dead leader last reported in sync.
@@ -176,16 +154,12 @@ async fn move_regions_of_dead_node(
         };
         // The plan was made from the routes before this region's turn came: a migration may
         // have moved it meanwhile (after waiting out the dead node's lease itself).
-        let still_on_dead = f
-            .tables
-            .entry_by_id(table_of_region(region_id))
-            .is_some_and(|t| {
-                t.route
-                    .regions
-                    .iter()
-                    .any(|r| r.region_id == region_id && r.leader.id == dead)
-            });
-        if !still_on_dead {
+        let led_by = |node_id: u64| {
+            f.tables
+                .region_route(region_id)
+                .is_some_and(|(_, r)| r.leader.id == node_id)
+        };
+        if !led_by(dead) {
             procedure.step(format!(
                 "region {region_id}: moved meanwhile by another operation"
             ));
@@ -193,27 +167,16 @@ async fn move_regions_of_dead_node(
         }
         // Until the route names the target, its reports of the region are not "stale".
         f.tables.ownership().begin_move(region_id, target.id);
-        let outcome = f
-            .cluster_view
-            .send(SendInstruction {
-                node_id: target.id,
-                instruction,
-                timeout: f.config.instruction_timeout,
-            })
-            .await;
-        match outcome {
-            Ok(Ok(result)) if result.success => {}
-            other => {
-                f.undo_lead(target.id, undo.clone()).await;
-                f.tables.ownership().end_move(region_id);
-                failures += 1;
-                procedure.step(format!(
-                    "region {region_id}: node {} did not take it: {other:?}",
-                    target.id
-                ));
-                save(&procedure).await;
-                continue;
-            }
+        if let Err(e) = f.instruct(target.id, instruction).await {
+            f.undo_lead(target.id, undo.clone()).await;
+            f.tables.ownership().end_move(region_id);
+            failures += 1;
+            procedure.step(format!(
+                "region {region_id}: node {} did not take it: {e}",
+                target.id
+            ));
+            f.save(&procedure, None).await;
+            continue;
         }
         let followers: Vec<Peer> = region
             .followers
@@ -241,16 +204,7 @@ async fn move_regions_of_dead_node(
                 ));
             }
             Err(e) => {
-                let landed = f
-                    .tables
-                    .entry_by_id(table_of_region(region_id))
-                    .is_some_and(|t| {
-                        t.route
-                            .regions
-                            .iter()
-                            .any(|r| r.region_id == region_id && r.leader.id == target.id)
-                    });
-                if landed {
+                if led_by(target.id) {
                     // The write landed although its answer was lost (the manager re-read
                     // the stored route): the move is done.
                     f.tables.ownership().end_move(region_id);
@@ -268,7 +222,7 @@ async fn move_regions_of_dead_node(
                 }
             }
         }
-        save(&procedure).await;
+        f.save(&procedure, None).await;
     }
     if failures == 0 {
         procedure.finish(ProcedureState::Done, "every region moved");
@@ -278,7 +232,7 @@ async fn move_regions_of_dead_node(
             format!("{failures} regions were not moved"),
         );
     }
-    save(&procedure).await;
+    f.save(&procedure, None).await;
     let _ = f.procedures.prune().await;
     procedure
 }

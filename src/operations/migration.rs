@@ -21,9 +21,8 @@ use std::time::Instant;
 
 use super::OperationContext;
 use crate::actors::cluster_view::Instruction;
-use crate::catalog::model::{table_of_region, Peer, RegionRoute};
+use crate::catalog::model::Peer;
 use crate::procedure::{Procedure, ProcedureState};
-use crate::stats::RegionRole;
 
 /// One region to move.
 #[derive(Clone, Debug)]
@@ -48,18 +47,6 @@ pub enum Migrated {
     AlreadyThere,
 }
 
-/// The region's current route and table name, if its table is still there.
-fn current_region(ctx: &OperationContext, region_id: u64) -> Option<(RegionRoute, String)> {
-    let entry = ctx.tables.entry_by_id(table_of_region(region_id))?;
-    let region = entry
-        .route
-        .regions
-        .iter()
-        .find(|r| r.region_id == region_id)?
-        .clone();
-    Some((region, entry.info.name.to_string()))
-}
-
 /// Carries out `migration`, writing what it does to `steps`. The caller holds the region's
 /// operation lock (`TableManager::lock_regions`). On `Err` the region is led as before (what
 /// was done is undone), with the reason.
@@ -74,7 +61,7 @@ pub async fn migrate_region(
         ref to,
         keep_old_copy,
     } = *migration;
-    let Some((region, _table)) = current_region(ctx, region_id) else {
+    let Some((entry, region)) = ctx.tables.region_route(region_id) else {
         return Err(format!(
             "region {region_id} is not routed (its table was dropped?)"
         ));
@@ -91,32 +78,16 @@ pub async fn migrate_region(
             region.leader.id
         ));
     }
-    let entry = ctx
-        .tables
-        .entry_by_id(table_of_region(region_id))
-        .ok_or_else(|| format!("the table of region {region_id} was dropped"))?;
     let lease_millis = ctx.config.region_lease.as_millis() as u64;
     let was_follower = region.followers.iter().any(|f| f.id == to.id);
     let ownership = ctx.tables.ownership().clone();
 
     // 1. The target holds a copy, as a follower. Until the route names it, its reports of the
     // region are not "stale".
-    ownership.begin_move(region_id, to.id);
-    if !was_follower {
-        let opened = ctx
-            .instruct(
-                to.id,
-                Instruction::OpenRegion {
-                    region_id,
-                    table: (&entry.info.name).into(),
-                    role: RegionRole::Follower,
-                    lease_millis,
-                },
-            )
-            .await;
-        if let Err(e) = opened {
-            ctx.instruct_in_background(to.id, Instruction::CloseRegion { region_id });
-            ownership.end_move(region_id);
+    if was_follower {
+        ownership.begin_move(region_id, to.id);
+    } else {
+        if let Err(e) = ctx.open_follower(&entry.info.name, region_id, to.id).await {
             return Err(format!("the target could not open region {region_id}: {e}"));
         }
         steps.push(format!(
@@ -187,7 +158,10 @@ pub async fn migrate_region(
     let version = match moved {
         Ok(updated) => updated.route.version,
         Err(e) => {
-            let landed = current_region(ctx, region_id).filter(|(r, _)| r.leader.id == to.id);
+            let landed = ctx
+                .tables
+                .region_route(region_id)
+                .filter(|(_, r)| r.leader.id == to.id);
             match landed {
                 // The write landed although its answer was lost.
                 Some(_) => entry.route.version + 1,
@@ -270,7 +244,7 @@ pub async fn run_migration(
         // before it died: nothing it granted outlives one lease from now.
         tokio::time::sleep(ctx.config.region_lease + ctx.config.safety_margin).await;
     }
-    let Some((region, _)) = current_region(&ctx, region_id) else {
+    let Some((_, region)) = ctx.tables.region_route(region_id) else {
         procedure.finish(
             ProcedureState::Failed,
             format!("region {region_id} is not routed"),

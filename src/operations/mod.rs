@@ -68,6 +68,35 @@ impl OperationContext {
         });
     }
 
+    /// Opens `region_id` of `table` on `to` as a follower, marked as moving there (so that its
+    /// reports of the region are not "stale" until the route names it). On failure the copy
+    /// is closed again and the mark removed; on success the caller ends the move.
+    pub async fn open_follower(
+        &self,
+        table: &crate::catalog::model::TableName,
+        region_id: u64,
+        to: u64,
+    ) -> Result<(), String> {
+        let ownership = self.tables.ownership();
+        ownership.begin_move(region_id, to);
+        let opened = self
+            .instruct(
+                to,
+                Instruction::OpenRegion {
+                    region_id,
+                    table: table.into(),
+                    role: crate::stats::RegionRole::Follower,
+                    lease_millis: self.config.region_lease.as_millis() as u64,
+                },
+            )
+            .await;
+        if opened.is_err() {
+            self.instruct_in_background(to, Instruction::CloseRegion { region_id });
+            ownership.end_move(region_id);
+        }
+        opened
+    }
+
     /// Takes back a lead `node_id` may have been given (an upgrade or an open as leader that
     /// failed, or whose route move failed): `undo` (a demote or a close) must be confirmed,
     /// or else every write lease the node may hold must have lapsed, before the caller lets

@@ -12,6 +12,55 @@ use metasrv::sim::{MetasrvTarget, SimDatanode, SimFrontend};
 use crate::harness::{http_get, wait_for, EtcdProcess, MetasrvProcess};
 use crate::router::{cpu_table, create_request, node, rows, CLUSTER};
 
+/// Two metasrv members on a fresh etcd (election lease 1 s, environment `env`), three
+/// datanodes streaming to the leader, and a table `name` of 6 regions with one copy each,
+/// created through a client of both members. Fields drop in order: datanodes and the client
+/// first, the etcd last.
+pub struct PairWithTable {
+    pub nodes: Vec<SimDatanode>,
+    pub meta: Arc<MetaClient>,
+    pub members: Vec<MetasrvProcess>,
+    pub leader: usize,
+    pub table: metasrv::catalog::model::TableName,
+    /// Held to the end of the test (a `..` pattern would drop them at once).
+    pub dir: tempfile::TempDir,
+    pub etcd: EtcdProcess,
+}
+
+pub async fn pair_with_table(env: &[(&str, &str)], name: &str) -> PairWithTable {
+    let etcd = EtcdProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let members = start_members_with_env(
+        dir.path(),
+        &etcd.endpoint,
+        2,
+        &["--election-lease-ttl", "1s"],
+        env,
+    );
+    let refs: Vec<&MetasrvProcess> = members.iter().collect();
+    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
+    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
+    let nodes = datanodes_on_leader(&members, leader, 3).await;
+    let meta = Arc::new(
+        MetaClient::connect(&endpoints, CLUSTER, 0)
+            .await
+            .expect("meta"),
+    );
+    let table = cpu_table(name);
+    meta.create_table(create_request(&table, 6, 1))
+        .await
+        .expect("create");
+    PairWithTable {
+        nodes,
+        meta,
+        members,
+        leader,
+        table,
+        dir,
+        etcd,
+    }
+}
+
 /// `n` metasrv processes over the etcd at `endpoints`, member ids 1..=n.
 pub fn start_members(
     dir: &std::path::Path,

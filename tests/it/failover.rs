@@ -335,35 +335,23 @@ async fn maintenance_mode_suspends_failover() {
 /// leader finds the procedure in the KV and finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_finishes_a_failover_cut_by_a_crash() {
-    use crate::election::{datanodes_on_leader, start_members_with_env, wait_for_one_leader};
-    use crate::harness::{EtcdProcess, MetasrvProcess};
-    use metasrv::client::MetaClient;
+    use crate::election::{pair_with_table, wait_for_one_leader, PairWithTable};
 
-    let etcd = EtcdProcess::start();
-    let dir = tempfile::tempdir().expect("temp dir");
     let env = [
         ("METASRV_REGION_LEASE", "2s"),
         ("METASRV_ACCEPTABLE_HEARTBEAT_PAUSE", "300ms"),
         ("METASRV_MIN_STD_DEVIATION", "20ms"),
     ];
-    let mut members = start_members_with_env(
-        dir.path(),
-        &etcd.endpoint,
-        2,
-        &["--election-lease-ttl", "1s"],
-        &env,
-    );
-    let refs: Vec<&MetasrvProcess> = members.iter().collect();
-    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
-    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
-    let mut nodes = datanodes_on_leader(&members, leader, 3).await;
-    let meta = MetaClient::connect(&endpoints, crate::router::CLUSTER, 0)
-        .await
-        .expect("meta");
-    let table = cpu_table("resumed");
-    meta.create_table(create_request(&table, 6, 1))
-        .await
-        .expect("create");
+    // The etcd and the directory first: bindings drop in reverse, so they outlive the rest.
+    let PairWithTable {
+        etcd: _etcd,
+        dir: _dir,
+        mut nodes,
+        meta,
+        mut members,
+        leader,
+        table,
+    } = pair_with_table(&env, "resumed").await;
 
     nodes.remove(1).kill();
     let leader_http = members[leader].http_addr;

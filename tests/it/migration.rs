@@ -13,7 +13,7 @@ use metasrv::catalog::model::TableName;
 use metasrv::client::{header, CachedRoute};
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::admin_client::AdminClient;
-use metasrv::sim::{SimDatanode, SimFrontend, WriteLog};
+use metasrv::sim::{SimDatanode, SimFrontend};
 use metasrv::stats::RegionRole;
 use metasrv::Config;
 use tonic::Code;
@@ -21,14 +21,8 @@ use tonic::Code;
 use crate::chaos::assert_no_overlapping_leaders;
 use crate::failover::{cluster_with_table, config};
 use crate::harness::{http_get, http_request, wait_for};
+use crate::reconciler::{logs_of, wait_led_by_routed_leaders};
 use crate::router::{rows, Cluster, CLUSTER};
-
-fn logs_of(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
-    nodes
-        .iter()
-        .map(|n| (format!("node {}", n.node_id()), n.write_log()))
-        .collect()
-}
 
 async fn admin(cluster: &Cluster) -> AdminClient<tonic::transport::Channel> {
     AdminClient::new(cluster.server.channel().await)
@@ -115,6 +109,22 @@ async fn assert_led_only_by(
     route
 }
 
+/// Migrates `region_id` to `to` through the Admin service and waits for the outcome.
+async fn migrate_and_wait(cluster: &Cluster, region_id: u64, to: u64) -> pb::ProcedureInfo {
+    procedure_of(
+        admin(cluster)
+            .await
+            .migrate_region(pb::MigrateRegionRequest {
+                header: header(CLUSTER, 0),
+                region_id,
+                to_node: to,
+                wait: true,
+            })
+            .await
+            .expect("migration accepted"),
+    )
+}
+
 fn procedure_of(response: tonic::Response<pb::OperationResponse>) -> pb::ProcedureInfo {
     response
         .into_inner()
@@ -138,18 +148,7 @@ async fn a_migration_under_writes_pauses_them_for_round_trips_not_a_lease() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let started = Instant::now();
-    let procedure = procedure_of(
-        admin(&cluster)
-            .await
-            .migrate_region(pb::MigrateRegionRequest {
-                header: header(CLUSTER, 0),
-                region_id,
-                to_node: to,
-                wait: true,
-            })
-            .await
-            .expect("migration accepted"),
-    );
+    let procedure = migrate_and_wait(&cluster, region_id, to).await;
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -259,18 +258,7 @@ async fn a_silent_leader_costs_one_lease_wait_and_never_a_second_writer() {
     let logs = logs_of(&cluster.nodes);
     cluster.nodes[(from - 1) as usize].stop_heartbeats();
     let started = Instant::now();
-    let procedure = procedure_of(
-        admin(&cluster)
-            .await
-            .migrate_region(pb::MigrateRegionRequest {
-                header: header(CLUSTER, 0),
-                region_id,
-                to_node: to,
-                wait: true,
-            })
-            .await
-            .expect("migration accepted"),
-    );
+    let procedure = migrate_and_wait(&cluster, region_id, to).await;
     let took = started.elapsed();
     assert_eq!(procedure.state, "done", "{procedure:?}");
     assert!(
@@ -305,18 +293,7 @@ async fn a_target_that_never_answers_leaves_the_region_with_its_leader() {
     let (region_id, from, to) = region_and_free_node(&route, &[1, 2, 3]);
     let logs = logs_of(&cluster.nodes);
     cluster.nodes[(to - 1) as usize].ignore_instructions(true);
-    let procedure = procedure_of(
-        admin(&cluster)
-            .await
-            .migrate_region(pb::MigrateRegionRequest {
-                header: header(CLUSTER, 0),
-                region_id,
-                to_node: to,
-                wait: true,
-            })
-            .await
-            .expect("migration accepted"),
-    );
+    let procedure = migrate_and_wait(&cluster, region_id, to).await;
     assert_eq!(procedure.state, "failed", "{procedure:?}");
     assert!(
         procedure
@@ -419,23 +396,7 @@ async fn a_drain_moves_a_hundred_region_copies_off_a_node_with_progress() {
         },
     )
     .await;
-    wait_for(
-        "every region led by its routed leader alone",
-        Duration::from_secs(10),
-        || {
-            let ok = route.route.regions.iter().all(|r| {
-                let leaders: Vec<u64> = cluster
-                    .nodes
-                    .iter()
-                    .filter(|n| n.regions().get(&r.region_id) == Some(&RegionRole::Leader))
-                    .map(SimDatanode::node_id)
-                    .collect();
-                leaders == vec![r.leader.id]
-            });
-            async move { ok.then_some(()) }
-        },
-    )
-    .await;
+    wait_led_by_routed_leaders(&route, &cluster.nodes).await;
     cluster
         .frontend
         .insert(rows(&table, 400))

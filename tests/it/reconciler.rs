@@ -49,12 +49,27 @@ async fn assert_healed(
         },
     )
     .await;
+    wait_led_by_routed_leaders(&route, live).await;
+    wait_for(
+        &format!("writes to every region of {table}"),
+        Duration::from_secs(10),
+        || async move { frontend.insert(rows(table, 200)).await.ok() },
+    )
+    .await;
+}
+
+/// Waits (bounded) until each region of `route` is led by exactly its routed leader among
+/// `nodes` (no other of them reports leading it).
+pub async fn wait_led_by_routed_leaders(
+    route: &metasrv::client::CachedRoute,
+    nodes: &[SimDatanode],
+) {
     wait_for(
         "each region to be led by exactly its routed leader among the live nodes",
         Duration::from_secs(10),
         || {
             let ok = route.route.regions.iter().all(|r| {
-                let leaders: Vec<u64> = live
+                let leaders: Vec<u64> = nodes
                     .iter()
                     .filter(|n| n.regions().get(&r.region_id) == Some(&RegionRole::Leader))
                     .map(SimDatanode::node_id)
@@ -65,15 +80,9 @@ async fn assert_healed(
         },
     )
     .await;
-    wait_for(
-        &format!("writes to every region of {table}"),
-        Duration::from_secs(10),
-        || async move { frontend.insert(rows(table, 200)).await.ok() },
-    )
-    .await;
 }
 
-fn logs_of(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
+pub fn logs_of(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
     nodes
         .iter()
         .map(|n| (format!("node {}", n.node_id()), n.write_log()))
@@ -296,38 +305,24 @@ async fn a_1024_region_table_is_created_without_cutting_a_stream() {
 /// the start of its term, declares the silent one dead and fails its regions over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datanode_dying_just_before_the_leader_is_failed_over_by_the_next() {
-    use crate::election::{datanodes_on_leader, start_members_with_env, wait_for_one_leader};
-    use crate::harness::{EtcdProcess, MetasrvProcess};
-    use metasrv::client::MetaClient;
+    use crate::election::{pair_with_table, wait_for_one_leader, PairWithTable};
 
-    let etcd = EtcdProcess::start();
-    let dir = tempfile::tempdir().expect("temp dir");
     // Detection slower than the gap between the two kills: the old leader dies unaware.
     let env = [
         ("METASRV_REGION_LEASE", "2s"),
         ("METASRV_ACCEPTABLE_HEARTBEAT_PAUSE", "2s"),
         ("METASRV_MIN_STD_DEVIATION", "20ms"),
     ];
-    let mut members = start_members_with_env(
-        dir.path(),
-        &etcd.endpoint,
-        2,
-        &["--election-lease-ttl", "1s"],
-        &env,
-    );
-    let refs: Vec<&MetasrvProcess> = members.iter().collect();
-    let leader = wait_for_one_leader(&refs, Duration::from_secs(20)).await;
-    let endpoints: Vec<String> = members.iter().map(|m| m.grpc_addr.to_string()).collect();
-    let mut nodes = datanodes_on_leader(&members, leader, 3).await;
-    let meta = Arc::new(
-        MetaClient::connect(&endpoints, crate::router::CLUSTER, 0)
-            .await
-            .expect("meta"),
-    );
-    let table = cpu_table("orphaned_by_two_deaths");
-    meta.create_table(create_request(&table, 6, 1))
-        .await
-        .expect("create");
+    // The etcd and the directory first: bindings drop in reverse, so they outlive the rest.
+    let PairWithTable {
+        etcd: _etcd,
+        dir: _dir,
+        mut nodes,
+        meta,
+        mut members,
+        leader,
+        table,
+    } = pair_with_table(&env, "orphaned_by_two_deaths").await;
     let logs = logs_of(&nodes);
 
     nodes.remove(1).kill();
