@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::State;
 use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
@@ -295,30 +296,50 @@ async fn start(state: &HttpState, request: OperationRequest, wait: bool) -> Resp
     }
 }
 
+type IdPath = Result<Path<u64>, PathRejection>;
+type OperationParams = Result<Query<OperationQuery>, QueryRejection>;
+
+/// The id in the path and the query of an operation, or why either is bad (a 400).
+fn id_and_query(path: IdPath, query: OperationParams) -> Result<(u64, OperationQuery), String> {
+    let Path(id) = path.map_err(|e| e.body_text())?;
+    let Query(query) = query.map_err(|e| e.body_text())?;
+    Ok((id, query))
+}
+
 /// `POST /v1/regions/{region_id}/migrate?to=N[&wait=true]`
 async fn migrate_region(
     State(state): State<HttpState>,
-    Path(region_id): Path<u64>,
-    Query(query): Query<OperationQuery>,
+    path: IdPath,
+    query: OperationParams,
 ) -> Response {
-    move_region(&state, query, |to| OperationRequest::MigrateRegion {
-        region_id,
-        to,
-    })
-    .await
+    match id_and_query(path, query) {
+        Ok((region_id, query)) => {
+            move_region(&state, query, |to| OperationRequest::MigrateRegion {
+                region_id,
+                to,
+            })
+            .await
+        }
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
 }
 
 /// `POST /v1/regions/{region_id}/transfer-leader?to=N[&wait=true]`
 async fn transfer_leader(
     State(state): State<HttpState>,
-    Path(region_id): Path<u64>,
-    Query(query): Query<OperationQuery>,
+    path: IdPath,
+    query: OperationParams,
 ) -> Response {
-    move_region(&state, query, |to| OperationRequest::TransferLeader {
-        region_id,
-        to,
-    })
-    .await
+    match id_and_query(path, query) {
+        Ok((region_id, query)) => {
+            move_region(&state, query, |to| OperationRequest::TransferLeader {
+                region_id,
+                to,
+            })
+            .await
+        }
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
 }
 
 /// Starts the region move `request` makes for the query's target node.
@@ -339,9 +360,13 @@ async fn move_region(
 /// `POST /v1/nodes/{node_id}/drain[?wait=true]`
 async fn drain_node(
     State(state): State<HttpState>,
-    Path(node_id): Path<u64>,
-    Query(query): Query<OperationQuery>,
+    path: IdPath,
+    query: OperationParams,
 ) -> Response {
-    let request = OperationRequest::DrainNode { node_id };
-    start(&state, request, query.wait).await
+    match id_and_query(path, query) {
+        Ok((node_id, query)) => {
+            start(&state, OperationRequest::DrainNode { node_id }, query.wait).await
+        }
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
 }

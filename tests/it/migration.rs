@@ -485,6 +485,16 @@ async fn admin_operations_refuse_bad_requests_with_reasons() {
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("?to="), "{body}");
+    for path in [
+        "/v1/regions/abc/migrate?to=2",
+        "/v1/nodes/abc/drain",
+        "/v1/regions/1/transfer-leader?to=x",
+    ] {
+        let (code, body) = http_request(cluster.server.http_addr, "POST", path).await;
+        assert_eq!(code, 400, "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+        assert!(error["error"].is_string(), "{path}: {body}");
+    }
     let (code, body) = http_get(cluster.server.http_addr, "/v1/procedures/nope").await;
     assert_eq!(code, 404, "{body}");
     cluster.nodes[(free - 1) as usize].ignore_instructions(false);
