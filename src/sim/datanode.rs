@@ -174,7 +174,10 @@ impl Shared {
     fn stopped_leading(&mut self, region_id: u64) {
         let now = Instant::now();
         self.write_leases.remove(&region_id);
-        self.write_horizon.insert(region_id, now);
+        // The horizon only comes closer: a lease that lapsed before now ended the writes then.
+        if let Some(horizon) = self.write_horizon.get_mut(&region_id) {
+            *horizon = (*horizon).min(now);
+        }
         if let Some(period) = self.periods.iter_mut().rev().find(|p| p.0 == region_id) {
             period.2 = period.2.min(now);
         }
