@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn start(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
     let store = metasrv::open_store(&config)
         .await
         .context("cannot open the metadata store")?;
@@ -156,32 +157,22 @@ async fn start(config: Config) -> anyhow::Result<()> {
         "metasrv ready grpc={grpc_addr} http={http_addr} backend={}",
         store.name()
     );
-    metasrv::run(config, store, listeners, shutdown_signal()).await?;
+    metasrv::run(config, store, listeners, shutdown).await?;
     tracing::info!("metasrv stopped");
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: a signal that arrives once the servers answer (but before the
+/// shutdown future runs) must stop metasrv gracefully, not kill it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("Ctrl-C received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    let sigterm = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = sigterm => tracing::info!("SIGTERM received"),
-    }
+    })
 }
