@@ -39,6 +39,9 @@ pub enum ElectionError {
     NotLeader(String),
     #[error("election backend unavailable: {0}")]
     Unavailable(String),
+    /// A key or lease outside the datanode election namespace (metasrv's own, say).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 pub type ElectionResult<T> = Result<T, ElectionError>;
@@ -62,17 +65,27 @@ pub trait UserElection: Send + Sync + 'static {
 
 // ---- etcd -------------------------------------------------------------------------------------
 
-/// Datanode elections on etcd, under `{store prefix}__election/user/{name}`.
+/// Datanode elections on etcd, under `{store prefix}__election/user/{name}`. Callers reach only
+/// that namespace: a leader key must lie under its election's name, and a lease must have been
+/// granted through this API (marked by a key under `__election/user_lease/` bound to it), so no
+/// caller can resign, proclaim on or keep alive metasrv's own election.
 pub struct EtcdUserElection {
     client: etcd_client::Client,
     prefix: Vec<u8>,
+    lease_prefix: Vec<u8>,
 }
 
 impl EtcdUserElection {
     pub fn new(client: etcd_client::Client, store_prefix: &[u8]) -> Self {
         let mut prefix = store_prefix.to_vec();
         prefix.extend_from_slice(b"__election/user/");
-        Self { client, prefix }
+        let mut lease_prefix = store_prefix.to_vec();
+        lease_prefix.extend_from_slice(b"__election/user_lease/");
+        Self {
+            client,
+            prefix,
+            lease_prefix,
+        }
     }
 
     fn full_name(&self, name: &str) -> Vec<u8> {
@@ -81,12 +94,55 @@ impl EtcdUserElection {
         full
     }
 
-    fn etcd_key(&self, leader: &LeaderKey) -> etcd_client::LeaderKey {
-        etcd_client::LeaderKey::new()
+    fn lease_marker(&self, lease: i64) -> Vec<u8> {
+        let mut key = self.lease_prefix.clone();
+        key.extend_from_slice(format!("{lease:016x}").as_bytes());
+        key
+    }
+
+    /// `Ok` if `lease` was granted through this API and is alive; `LeaseNotFound` if it is gone;
+    /// `PermissionDenied` if it is alive but someone else's (metasrv's election lease, say).
+    async fn check_own_lease(&self, lease: i64) -> ElectionResult<()> {
+        let marker = self
+            .client
+            .kv_client()
+            .get(self.lease_marker(lease), None)
+            .await
+            .map_err(unavailable)?;
+        if !marker.kvs().is_empty() {
+            return Ok(());
+        }
+        let alive = self
+            .client
+            .lease_client()
+            .time_to_live(lease, None)
+            .await
+            .map(|ttl| ttl.ttl() > 0)
+            .unwrap_or(false);
+        if alive {
+            return Err(ElectionError::PermissionDenied(format!(
+                "lease {lease} was not granted through the Election API"
+            )));
+        }
+        Err(ElectionError::LeaseNotFound(lease))
+    }
+
+    /// The etcd form of a caller's leader key, refused unless it lies under its election.
+    fn etcd_key(&self, leader: &LeaderKey) -> ElectionResult<etcd_client::LeaderKey> {
+        let mut under = self.full_name(&leader.name);
+        under.push(b'/');
+        if !leader.key.starts_with(&under) {
+            return Err(ElectionError::PermissionDenied(format!(
+                "leader key {:?} is not a candidacy of election {:?}",
+                String::from_utf8_lossy(&leader.key),
+                leader.name
+            )));
+        }
+        Ok(etcd_client::LeaderKey::new()
             .with_name(self.full_name(&leader.name))
             .with_key(leader.key.clone())
             .with_rev(leader.rev)
-            .with_lease(leader.lease)
+            .with_lease(leader.lease))
     }
 
     fn info(&self, name: &str, kv: &etcd_client::KeyValue) -> LeaderInfo {
@@ -121,16 +177,35 @@ fn unavailable(e: etcd_client::Error) -> ElectionError {
 impl UserElection for EtcdUserElection {
     async fn grant(&self, ttl: Duration) -> ElectionResult<i64> {
         let seconds = ttl.as_secs().max(1) as i64;
-        Ok(self
+        let lease = self
             .client
             .lease_client()
             .grant(seconds, None)
             .await
             .map_err(unavailable)?
-            .id())
+            .id();
+        let marked = self
+            .client
+            .kv_client()
+            .put(
+                self.lease_marker(lease),
+                Vec::new(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        if let Err(e) = marked {
+            let _ = self.client.lease_client().revoke(lease).await;
+            return Err(unavailable(e));
+        }
+        Ok(lease)
     }
 
     async fn keep_alive(&self, lease: i64) -> ElectionResult<Duration> {
+        match self.check_own_lease(lease).await {
+            Ok(()) => {}
+            Err(ElectionError::LeaseNotFound(_)) => return Ok(Duration::ZERO),
+            Err(e) => return Err(e),
+        }
         let (mut keeper, mut stream) = self
             .client
             .lease_client()
@@ -146,6 +221,7 @@ impl UserElection for EtcdUserElection {
     }
 
     async fn campaign(&self, name: &str, value: Vec<u8>, lease: i64) -> ElectionResult<LeaderKey> {
+        self.check_own_lease(lease).await?;
         let mut response = self
             .client
             .election_client()
@@ -167,7 +243,7 @@ impl UserElection for EtcdUserElection {
     }
 
     async fn proclaim(&self, leader: &LeaderKey, value: Vec<u8>) -> ElectionResult<()> {
-        let options = etcd_client::ProclaimOptions::new().with_leader(self.etcd_key(leader));
+        let options = etcd_client::ProclaimOptions::new().with_leader(self.etcd_key(leader)?);
         self.client
             .election_client()
             .proclaim(value, Some(options))
@@ -204,10 +280,11 @@ impl UserElection for EtcdUserElection {
             .observe(self.full_name(name))
             .await
             .map_err(unavailable)?;
-        let (name, prefix) = (name.to_owned(), self.prefix.clone());
+        let name = name.to_owned();
         let this = Self {
             client: self.client.clone(),
-            prefix,
+            prefix: self.prefix.clone(),
+            lease_prefix: self.lease_prefix.clone(),
         };
         Ok(async_stream(move |tx| async move {
             loop {
@@ -229,7 +306,7 @@ impl UserElection for EtcdUserElection {
     }
 
     async fn resign(&self, leader: &LeaderKey) -> ElectionResult<()> {
-        let options = etcd_client::ResignOptions::new().with_leader(self.etcd_key(leader));
+        let options = etcd_client::ResignOptions::new().with_leader(self.etcd_key(leader)?);
         self.client
             .election_client()
             .resign(Some(options))

@@ -47,6 +47,7 @@ impl From<ElectionError> for Status {
             ElectionError::LeaseNotFound(_) => Status::not_found(e.to_string()),
             ElectionError::NotLeader(m) => Status::failed_precondition(m),
             ElectionError::Unavailable(m) => Status::unavailable(m),
+            ElectionError::PermissionDenied(m) => Status::permission_denied(m),
         }
     }
 }

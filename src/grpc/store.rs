@@ -9,7 +9,7 @@ use super::{instrumented, RequestLimits};
 use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1::{self as pb, store_server::Store};
-use crate::store::{KeyRange, KvBackend, RangeRequest};
+use crate::store::{is_internal_key, KeyRange, KvBackend, RangeRequest, INTERNAL_KEY_PREFIX};
 
 pub use crate::proto::v1::store_server::StoreServer;
 
@@ -56,6 +56,29 @@ impl StoreService {
         self.limits.check_header(header)?;
         self.limits.check_size(request.encoded_len())
     }
+}
+
+/// Refuses a write to one of metasrv's own keys: the Store API serves the user key space.
+fn user_key(key: &[u8]) -> Result<(), Status> {
+    if is_internal_key(key) {
+        return Err(internal_key_refused(&format!(
+            "key {:?} is",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
+}
+
+fn user_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Result<(), Status> {
+    keys.into_iter().try_for_each(user_key)
+}
+
+fn internal_key_refused(what: &str) -> Status {
+    Status::permission_denied(format!(
+        "{what} metasrv's own metadata (keys starting with {:?}); the Store API writes and \
+         deletes only user keys",
+        String::from_utf8_lossy(INTERNAL_KEY_PREFIX)
+    ))
 }
 
 fn non_empty_key(key: &[u8]) -> Result<(), Status> {
@@ -106,6 +129,7 @@ impl Store for StoreService {
         instrumented(&self.metrics, SERVICE, "Put", async {
             self.admit_write(&req, req.header.as_ref())?;
             non_empty_key(&req.key)?;
+            user_key(&req.key)?;
             let prev = self
                 .store
                 .put(crate::store::KeyValue::new(req.key, req.value))
@@ -147,6 +171,7 @@ impl Store for StoreService {
         instrumented(&self.metrics, SERVICE, "BatchPut", async {
             self.admit_write(&req, req.header.as_ref())?;
             self.limits.check_batch(req.kvs.len())?;
+            user_keys(req.kvs.iter().map(|kv| kv.key.as_slice()))?;
             let prev = self
                 .store
                 .batch_put(req.kvs.into_iter().map(Into::into).collect())
@@ -171,6 +196,7 @@ impl Store for StoreService {
         instrumented(&self.metrics, SERVICE, "BatchDelete", async {
             self.admit_write(&req, req.header.as_ref())?;
             self.limits.check_batch(req.keys.len())?;
+            user_keys(req.keys.iter().map(Vec::as_slice))?;
             let prev = self.store.batch_delete(req.keys).await?;
             Ok(pb::BatchDeleteResponse {
                 header: self.limits.response_header(),
@@ -192,6 +218,7 @@ impl Store for StoreService {
         instrumented(&self.metrics, SERVICE, "CompareAndPut", async {
             self.admit_write(&req, req.header.as_ref())?;
             non_empty_key(&req.key)?;
+            user_key(&req.key)?;
             // An empty `expect` means "the key must not exist" (see store.proto).
             let expect = (!req.expect.is_empty()).then_some(req.expect);
             let response = self
@@ -214,13 +241,14 @@ impl Store for StoreService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "DeleteRange", async {
             self.admit_write(&req, req.header.as_ref())?;
-            let deleted = self
-                .store
-                .delete_range(KeyRange {
-                    key: req.key,
-                    range_end: req.range_end,
-                })
-                .await?;
+            let range = KeyRange {
+                key: req.key,
+                range_end: req.range_end,
+            };
+            if range.touches_internal_keys() {
+                return Err(internal_key_refused("the range covers"));
+            }
+            let deleted = self.store.delete_range(range).await?;
             Ok(pb::DeleteRangeResponse {
                 header: self.limits.response_header(),
                 deleted: deleted.len() as i64,

@@ -141,6 +141,31 @@ impl KeyRange {
     }
 }
 
+/// Keys that start with this belong to metasrv itself (`__meta/`: catalog, routes, nodes,
+/// procedures; `__election/`: its own and the datanodes' elections). The public Store API may
+/// read them but never write or delete them: one `DeleteRange` over every key would otherwise
+/// erase the durable catalog.
+pub const INTERNAL_KEY_PREFIX: &[u8] = b"__";
+
+/// Whether `key` is one of metasrv's own keys.
+pub fn is_internal_key(key: &[u8]) -> bool {
+    key.starts_with(INTERNAL_KEY_PREFIX)
+}
+
+impl KeyRange {
+    /// Whether the range holds any of metasrv's own keys. An invalid range holds none (the
+    /// backend refuses it with its own reason).
+    pub fn touches_internal_keys(&self) -> bool {
+        let internal_end = prefix_end(INTERNAL_KEY_PREFIX);
+        match self.end() {
+            Ok(RangeEnd::Single) => is_internal_key(&self.key),
+            Ok(RangeEnd::Unbounded) => self.key < internal_end,
+            Ok(RangeEnd::Before(end)) => self.key < internal_end && end > INTERNAL_KEY_PREFIX,
+            Err(_) => false,
+        }
+    }
+}
+
 /// The smallest key greater than every key that starts with `prefix`, as etcd's `WithPrefix`
 /// computes it; `[0]` (unbounded) when no such key exists (an empty or all-0xff prefix).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -325,6 +350,34 @@ pub(crate) fn validate_txn(txn: &Txn) -> StoreResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_keys_are_found_in_every_range_shape() {
+        let touches = |key: &[u8], end: &[u8]| {
+            KeyRange {
+                key: key.to_vec(),
+                range_end: end.to_vec(),
+            }
+            .touches_internal_keys()
+        };
+        assert!(touches(b"__meta/table/1", b""));
+        assert!(!touches(b"_meta", b""));
+        assert!(!touches(b"user/a", b""));
+        // Every key, and every key from below or inside the internal prefix.
+        assert!(touches(b"\0", &[0]));
+        assert!(touches(b"", &[0]));
+        assert!(touches(b"__z", &[0]));
+        assert!(!touches(b"a", &[0]));
+        // Bounded ranges that cross, contain or stop short of it.
+        assert!(touches(b"A", b"a"));
+        assert!(touches(b"__meta/", b"__meta0"));
+        assert!(!touches(b"A", b"__"));
+        assert!(touches(b"A", b"__\0"));
+        assert!(!touches(b"_`", b"z"));
+        assert!(touches(b"__\xff", b"z"));
+        // Invalid ranges are the backend's to refuse.
+        assert!(!touches(b"z", b"a"));
+    }
 
     #[test]
     fn prefix_end_increments_the_last_byte_below_ff() {

@@ -14,4 +14,5 @@ mod migration;
 mod process;
 mod reconciler;
 mod router;
+mod security;
 mod store_conformance;
