@@ -31,8 +31,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// TTL of the etcd lease behind this member's candidacy: a leader that stops renewing it
-    /// (crash, pause, partition) is replaced about this long after. Default: `2s` (a leader
-    /// failover completes in about 2 s).
+    /// (crash, pause, partition) is replaced about this long after. Default: `3s` (long enough
+    /// that an etcd leader change lapses no region lease, see the timing rule).
     #[serde(with = "humantime_serde")]
     pub election_lease_ttl: Duration,
     /// Length of the region leases granted on each heartbeat: a datanode stops serving a region
@@ -116,7 +116,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 4002)),
             advertise_addr: None,
             heartbeat_interval: Duration::from_secs(1),
-            election_lease_ttl: Duration::from_secs(2),
+            election_lease_ttl: Duration::from_secs(3),
             region_lease: Duration::from_secs(3),
             failover_safety_margin: Duration::from_millis(500),
             max_concurrent_failovers: 8,
@@ -276,12 +276,55 @@ impl Config {
                 "ETCD_REQUEST_TIMEOUT" => {
                     self.etcd.request_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
+                "ETCD_ELECTION_TIMEOUT" => {
+                    self.etcd.election_timeout = duration(&value).map_err(|e| bad(&e))?
+                }
                 "ETCD_CONNECT_TIMEOUT" => {
                     self.etcd.connect_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
                 // Read by the logger, not part of Config.
                 "LOG" => {}
                 _ => return Err(bad(&"unknown METASRV_ variable")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The timing rule that ties the heartbeat interval H, the region lease R and the election
+    /// TTL T (README, "The timing rule"):
+    /// 1. `R >= 2H`: a region lease outlives one lost heartbeat.
+    /// 2. On etcd, `R - 2H + T/2 >= 2 x etcd.election_timeout`. A leader whose election lease
+    ///    renewals fail grants nothing from 5/6 T after its last renewal; renewals are T/3 apart,
+    ///    so an etcd outage of E withholds grants for at most E - T/2. A datanode's last lease
+    ///    before that was asked for up to one heartbeat earlier, and its next grant comes up to
+    ///    one heartbeat after, so its lease survives if E - T/2 < R - 2H. An etcd leader change
+    ///    takes up to twice etcd's election timeout.
+    ///
+    /// (Streams are closed only after 2T without a renewal, so such an outage closes none.
+    /// Region failover never depends on these figures: a new leader waits one region lease plus
+    /// the margin after its term starts.)
+    pub fn check_timing_rule(&self) -> Result<(), ConfigError> {
+        let (heartbeat, lease, ttl) = (
+            self.heartbeat_interval,
+            self.region_lease,
+            self.election_lease_ttl,
+        );
+        if lease < heartbeat * 2 {
+            return Err(ConfigError::Invalid(format!(
+                "region_lease ({lease:?}) must be at least two heartbeat_interval ({heartbeat:?}): \
+                 a region lease must outlive one lost heartbeat"
+            )));
+        }
+        if self.store.backend == Backend::Etcd {
+            let ridden_out = lease - heartbeat * 2 + ttl / 2;
+            let leader_change = self.etcd.election_timeout * 2;
+            if ridden_out < leader_change {
+                return Err(ConfigError::Invalid(format!(
+                    "timing rule: region_lease - 2 x heartbeat_interval + election_lease_ttl / 2 \
+                     ({ridden_out:?}) must be at least twice etcd.election_timeout \
+                     ({leader_change:?}), or an etcd leader change lets region leases lapse \
+                     cluster-wide; raise region_lease or election_lease_ttl"
+                )));
             }
         }
         Ok(())
@@ -299,12 +342,7 @@ impl Config {
                 "election_lease_ttl must be at least 1s (etcd leases count whole seconds)".into(),
             ));
         }
-        if self.region_lease < self.heartbeat_interval {
-            return Err(ConfigError::Invalid(format!(
-                "region_lease ({:?}) must be at least one heartbeat_interval ({:?})",
-                self.region_lease, self.heartbeat_interval
-            )));
-        }
+        self.check_timing_rule()?;
         if self.instruction_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "instruction_timeout must be positive".into(),
@@ -357,6 +395,48 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_timing_rule_is_checked() {
+        let defaults = Config::default();
+        defaults.validate().expect("the defaults keep the rule");
+        let etcd = |region_lease: u64, heartbeat: u64, ttl: u64| Config {
+            region_lease: Duration::from_millis(region_lease),
+            heartbeat_interval: Duration::from_millis(heartbeat),
+            election_lease_ttl: Duration::from_millis(ttl),
+            store: StoreConfig {
+                backend: Backend::Etcd,
+                ..StoreConfig::default()
+            },
+            ..Config::default()
+        };
+        etcd(3_000, 1_000, 3_000)
+            .validate()
+            .expect("the defaults on etcd");
+        etcd(3_000, 1_000, 2_000)
+            .validate()
+            .expect("exactly on the bound");
+        let lost_heartbeat = etcd(1_500, 1_000, 3_000)
+            .validate()
+            .expect_err("1.5 heartbeats");
+        assert!(lost_heartbeat
+            .to_string()
+            .contains("two heartbeat_interval"));
+        let hiccup = etcd(3_000, 1_000, 1_000)
+            .validate()
+            .expect_err("a short TTL");
+        assert!(
+            hiccup.to_string().contains("etcd leader change"),
+            "{hiccup}"
+        );
+        // The embedded store has no election lease.
+        Config {
+            election_lease_ttl: Duration::from_secs(5),
+            ..Config::default()
+        }
+        .validate()
+        .expect("no election TTL on the embedded store");
     }
 
     #[test]

@@ -4,10 +4,16 @@
 //! backend the single replica is leader at once.
 //!
 //! Becoming leader: set the fence (the leader key), reload the catalog, reset the ClusterView,
-//! then serve. Losing leadership (lease not renewed in time, another leader observed, resign):
-//! refuse writes first (fence off), stop serving, close every heartbeat stream, then campaign
-//! again with a new lease. Every step is tagged with a campaign generation so that messages from
-//! an abandoned campaign are ignored.
+//! then serve. Losing leadership (etcd says the lease expired, or has not confirmed it for two
+//! TTLs; another leader observed; the fence lost; resign): refuse writes first (fence off), stop
+//! serving, close every heartbeat stream, then campaign again with a new lease. Every step is
+//! tagged with a campaign generation so that messages from an abandoned campaign are ignored.
+//!
+//! Doubt is not loss: while renewals fail but etcd has not said the lease is gone,
+//! [`Leadership`] reports the leader in doubt past the lease's sure end; heartbeats are then
+//! answered without a lease on open streams. The fence (this member's election key) is watched,
+//! so a key deleted or overwritten behind this member's back ends leading within milliseconds,
+//! not at the next write.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +58,21 @@ struct StateLoaded {
     result: Result<(), String>,
 }
 
+/// This member's election key is gone or holds another value: it leads no more.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FenceLost {
+    pub generation: u64,
+    pub reason: String,
+}
+
+/// A write found the fence `leader_key` lost (see [`FencedStore::on_fence_lost`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteFenced {
+    leader_key: Vec<u8>,
+}
+
 /// etcd's election says who leads now.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -93,6 +114,10 @@ pub struct ElectionActor {
     term: u64,
     lease_id: Option<i64>,
     keepalive: Option<tokio::task::JoinHandle<()>>,
+    /// Watches this term's election key (see [`guard_fence`]); aborted on step-down.
+    fence_guard: Option<tokio::task::JoinHandle<()>>,
+    /// This term's leader key (the fence), relative to the store prefix.
+    fence_key: Option<Vec<u8>>,
     /// Where the catalog load runs: not this actor's thread, which keeps the election lease
     /// alive and must never wait behind seconds of loading and decoding.
     background: tokio::runtime::Handle,
@@ -124,6 +149,8 @@ impl ElectionActor {
             term: 0,
             lease_id: None,
             keepalive: None,
+            fence_guard: None,
+            fence_key: None,
             background,
             loading: None,
         }
@@ -150,12 +177,12 @@ impl ElectionActor {
         let fut = async move {
             tokio::time::sleep(delay).await;
             let ttl = etcd.lease_ttl.as_secs().max(1) as i64;
-            let lease = loop {
+            let (lease, granted_at) = loop {
                 let sent_at = Instant::now();
                 match etcd.client.lease_client().grant(ttl, None).await {
                     Ok(lease) => {
                         leadership.begin_lease(lease.id(), lease_valid_until(sent_at, lease.ttl()));
-                        break lease.id();
+                        break (lease.id(), sent_at);
                     }
                     Err(e) => {
                         tracing::warn!("cannot get an election lease from etcd: {e}; retrying");
@@ -165,8 +192,11 @@ impl ElectionActor {
             };
             let keepalive = tokio::spawn(keep_alive(
                 etcd.client.clone(),
-                lease,
-                etcd.lease_ttl,
+                KeptLease {
+                    id: lease,
+                    ttl: etcd.lease_ttl,
+                    granted_at,
+                },
                 generation,
                 me.clone(),
                 leadership,
@@ -225,6 +255,7 @@ impl ElectionActor {
         let was_serving = self.leadership.state().serving;
         // Writes first: from here on nothing this member writes can land.
         self.fenced.set_follower();
+        self.fence_key = None;
         let new_leader = new_leader.filter(|leader| leader.id != self.me.id);
         self.set_state(false, new_leader.clone());
         if was_serving {
@@ -241,6 +272,9 @@ impl ElectionActor {
         }
         if let Some(keepalive) = self.keepalive.take() {
             keepalive.abort();
+        }
+        if let Some(guard) = self.fence_guard.take() {
+            guard.abort();
         }
         if let Some(loading) = self.loading.take() {
             loading.abort();
@@ -287,55 +321,145 @@ fn lease_valid_until(sent_at: Instant, ttl_secs: i64) -> Instant {
     sent_at + ttl - ttl / 6
 }
 
-/// Keeps `lease` alive at a third of its TTL; reports `LeaseLost` once it cannot be sure the
-/// lease still holds (before the TTL runs out, so leadership ends before the key vanishes).
+/// The election lease a [`keep_alive`] task renews.
+struct KeptLease {
+    id: i64,
+    ttl: Duration,
+    /// When the grant request was sent: the lease surely holds until a TTL after it.
+    granted_at: Instant,
+}
+
+/// Keeps the lease alive at a third of its TTL. A failed renewal is retried every
+/// [`DOUBT_RETRY`] (the leader is in doubt once its sure end passes, see [`Leadership`]), and
+/// leading ends (`LeaseLost`) only when etcd answers that the lease is gone, or when etcd has not
+/// confirmed it for two TTLs: past that this member is cut off from etcd, another member may
+/// lead, and its datanodes must go there. So an etcd outage shorter than the TTL (an etcd leader
+/// change) closes no heartbeat stream.
 async fn keep_alive(
     client: Client,
-    lease: i64,
-    ttl: Duration,
+    lease: KeptLease,
     generation: u64,
     actor: Addr<ElectionActor>,
     leadership: Arc<Leadership>,
 ) {
-    let period = ttl / 3;
-    let mut last_renewal = Instant::now();
+    let period = lease.ttl / 3;
+    // A renewal is a round trip of milliseconds; one that hangs (its etcd member is gone) is
+    // given up soon so the next attempt can reach another member.
+    let attempt_timeout = (period / 2).min(Duration::from_millis(500));
+    let give_up_after = lease.ttl * 2;
+    let mut last_renewal_sent = lease.granted_at;
+    let mut next_attempt = tokio::time::Instant::now() + period;
     let mut channel: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     let reason = loop {
-        tokio::time::sleep(period).await;
+        tokio::time::sleep_until(next_attempt).await;
         if channel.is_none() {
-            channel = client.lease_client().keep_alive(lease).await.ok();
+            let mut leases = client.lease_client();
+            let opened = tokio::time::timeout(attempt_timeout, leases.keep_alive(lease.id)).await;
+            channel = opened.ok().and_then(Result::ok);
         }
-        let renewed = match channel.as_mut() {
+        let sent_at = Instant::now();
+        let answer = match channel.as_mut() {
             Some((keeper, stream)) => {
-                let sent_at = Instant::now();
                 let attempt = async {
                     keeper.keep_alive().await?;
                     stream.message().await
                 };
-                match tokio::time::timeout(period, attempt).await {
-                    Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                        leadership.extend_lease(lease, lease_valid_until(sent_at, response.ttl()));
-                        true
-                    }
-                    Ok(Ok(Some(_))) => break "the election lease expired".to_owned(),
-                    _ => {
-                        channel = None;
-                        false
-                    }
-                }
+                tokio::time::timeout(attempt_timeout, attempt).await.ok()
             }
-            None => false,
+            None => None,
         };
-        if renewed {
-            last_renewal = Instant::now();
-        } else if last_renewal.elapsed() + period >= ttl {
-            break format!(
-                "the election lease was not renewed for {:?}",
-                last_renewal.elapsed()
-            );
+        match answer {
+            Some(Ok(Some(response))) if response.ttl() > 0 => {
+                leadership.extend_lease(lease.id, lease_valid_until(sent_at, response.ttl()));
+                last_renewal_sent = sent_at;
+                next_attempt = tokio::time::Instant::from_std(sent_at) + period;
+            }
+            Some(Ok(Some(_))) => break "etcd says the election lease expired".to_owned(),
+            _ => {
+                channel = None;
+                let unconfirmed = last_renewal_sent.elapsed();
+                if unconfirmed >= give_up_after {
+                    break format!(
+                        "etcd has not confirmed the election lease for {unconfirmed:?} (over two \
+                         TTLs): this member is cut off from etcd"
+                    );
+                }
+                tracing::warn!(
+                    ?unconfirmed,
+                    "cannot renew the election lease; retrying (heartbeats get no region lease \
+                     while it is unconfirmed)"
+                );
+                next_attempt = tokio::time::Instant::now() + DOUBT_RETRY;
+            }
         }
     };
     actor.do_send(LeaseLost { generation, reason });
+}
+
+/// How soon a failed renewal is tried again: often, since no region lease is granted once the
+/// lease's sure end passes.
+const DOUBT_RETRY: Duration = Duration::from_millis(100);
+
+/// Watches this member's election key (the fence) for its term: if it is deleted or comes to
+/// hold another value (an operator's `etcdctl del`, a restored backup, a bug elsewhere), this
+/// member leads no more, even though its lease lives on. Leading ends at once in [`Leadership`];
+/// the actor then steps down. A failed watch is re-established from a fresh read, so no change
+/// goes unseen.
+async fn guard_fence(
+    client: Client,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    term: u64,
+    generation: u64,
+    actor: Addr<ElectionActor>,
+    leadership: Arc<Leadership>,
+) {
+    const RETRY: Duration = Duration::from_millis(200);
+    let lost = |kv: Option<&etcd_client::KeyValue>| match kv {
+        None => Some("its election key is gone".to_owned()),
+        Some(kv) if kv.value() != value.as_slice() => {
+            Some("its election key holds another value".to_owned())
+        }
+        Some(_) => None,
+    };
+    let reason = 'guard: loop {
+        let read = match client.kv_client().get(key.clone(), None).await {
+            Ok(read) => read,
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if let Some(reason) = lost(read.kvs().first()) {
+            break reason;
+        }
+        let from = read.header().map(|h| h.revision() + 1).unwrap_or(0);
+        let options = etcd_client::WatchOptions::new().with_start_revision(from);
+        if let Ok(mut stream) = client
+            .watch_client()
+            .watch(key.clone(), Some(options))
+            .await
+        {
+            while let Ok(Some(response)) = stream.message().await {
+                for event in response.events() {
+                    let kv = match event.event_type() {
+                        etcd_client::EventType::Delete => None,
+                        etcd_client::EventType::Put => event.kv(),
+                    };
+                    if let Some(reason) = lost(kv) {
+                        break 'guard reason;
+                    }
+                }
+                if response.canceled() {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    };
+    tracing::error!(term, %reason, "the fence is lost: leading ends now");
+    leadership.depose(term);
+    actor.do_send(FenceLost { generation, reason });
 }
 
 /// Follows etcd's view of the leader and reports each change. The observe stream is restarted
@@ -373,6 +497,13 @@ impl Actor for ElectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let (me, leadership) = (ctx.address(), self.leadership.clone());
+        self.fenced.on_fence_lost(move |fence| {
+            leadership.depose(leadership.state().term);
+            me.do_send(WriteFenced {
+                leader_key: fence.key.clone(),
+            });
+        });
         match self.etcd.clone() {
             None => {
                 // A single replica on the embedded store: always the leader.
@@ -393,6 +524,9 @@ impl Actor for ElectionActor {
         if let Some(keepalive) = self.keepalive.take() {
             keepalive.abort();
         }
+        if let Some(guard) = self.fence_guard.take() {
+            guard.abort();
+        }
     }
 }
 
@@ -409,6 +543,23 @@ impl Handler<Elected> for ElectionActor {
             term = self.term,
             "won the election; loading state"
         );
+        if let Some(etcd) = &self.etcd {
+            let mut full_key = etcd.prefix.clone();
+            full_key.extend_from_slice(&msg.leader_key);
+            let guard = tokio::spawn(guard_fence(
+                etcd.client.clone(),
+                full_key,
+                self.me_json.clone(),
+                self.term,
+                msg.generation,
+                ctx.address(),
+                self.leadership.clone(),
+            ));
+            if let Some(earlier) = self.fence_guard.replace(guard) {
+                earlier.abort();
+            }
+        }
+        self.fence_key = Some(msg.leader_key.clone());
         self.fenced.set_leader(Fence {
             key: msg.leader_key,
             value: self.me_json.clone(),
@@ -459,6 +610,27 @@ impl Handler<LeaseLost> for ElectionActor {
     }
 }
 
+impl Handler<FenceLost> for ElectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FenceLost, ctx: &mut Self::Context) {
+        if msg.generation != self.generation {
+            return;
+        }
+        self.step_down(&format!("the fence is lost: {}", msg.reason), None, ctx);
+    }
+}
+
+impl Handler<WriteFenced> for ElectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WriteFenced, ctx: &mut Self::Context) {
+        if self.fence_key.as_deref() == Some(msg.leader_key.as_slice()) {
+            self.step_down("a write found the fence lost", None, ctx);
+        }
+    }
+}
+
 impl Handler<LeaderObserved> for ElectionActor {
     type Result = ();
 
@@ -491,6 +663,9 @@ impl Handler<Resign> for ElectionActor {
         self.set_state(false, None);
         if let Some(keepalive) = self.keepalive.take() {
             keepalive.abort();
+        }
+        if let Some(guard) = self.fence_guard.take() {
+            guard.abort();
         }
         tracing::info!(member = self.me.id, "resigning");
         let lease = self.lease_id.take();

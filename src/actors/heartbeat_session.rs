@@ -20,7 +20,7 @@ use crate::actors::cluster_view::{
 use crate::catalog::model::table_of_region;
 use crate::catalog::ownership::RegionOwnership;
 use crate::catalog::TableManager;
-use crate::election::Leadership;
+use crate::election::{Leadership, Standing};
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::stats;
@@ -283,15 +283,21 @@ impl HeartbeatSession {
     fn on_request(&mut self, request: pb::HeartbeatRequest, ctx: &mut Context<Self>) {
         let received_at = Instant::now();
         // Checked on every request, not only when the stream opened: an acknowledgement renews
-        // region leases, which only the serving leader may grant. A member that lost (or can no
-        // longer be sure of) its leadership closes the stream with a redirect to the leader it
-        // knows, even before the ElectionActor closes every session.
-        if let Err(redirect) = self.leadership.require_leader() {
-            tracing::info!(session = self.session_id, node = ?self.node_id, "not the leader: closing a heartbeat stream");
-            let _ = self.outbound.try_send(Err(redirect));
-            ctx.stop();
-            return;
-        }
+        // region leases, which only the serving leader may grant. A member that lost its
+        // leadership closes the stream with a redirect to the leader it knows, even before the
+        // ElectionActor closes every session. One that only doubts it (its election lease was
+        // not renewed in time) answers without a lease and keeps the stream: a momentary etcd
+        // hiccup must not make every datanode reconnect.
+        let in_doubt = match self.leadership.standing() {
+            Standing::Leading => false,
+            Standing::InDoubt => true,
+            Standing::NotLeading(redirect) => {
+                tracing::info!(session = self.session_id, node = ?self.node_id, "not the leader: closing a heartbeat stream");
+                let _ = self.outbound.try_send(Err(redirect));
+                ctx.stop();
+                return;
+            }
+        };
         let heartbeat = match stats::validate(request, self.cluster_id) {
             Ok(heartbeat) => heartbeat,
             Err(reason) => return self.refuse(reason, ctx),
@@ -320,6 +326,26 @@ impl HeartbeatSession {
                 );
             }
             Some(_) => {}
+        }
+        if in_doubt {
+            // Stats still count (liveness), but nothing is granted or scheduled.
+            self.cluster_view.do_send(StatsReported {
+                session_id: self.session_id,
+                heartbeat,
+                received_at,
+            });
+            let response = pb::HeartbeatResponse {
+                header: self.header(),
+                instructions: Vec::new(),
+                heartbeat_interval_millis: self.heartbeat_interval_millis,
+                region_lease: None,
+            };
+            self.send_ack(response, ctx);
+            self.metrics
+                .heartbeats
+                .with_label_values(&["in_doubt"])
+                .inc();
+            return;
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.

@@ -53,6 +53,22 @@ pub struct Leadership {
     serving_now: AtomicBool,
     lease_end_nanos: AtomicU64,
     epoch: Instant,
+    /// Set the moment this member learns its election key is gone or another's (the fence is
+    /// lost): leading ends there, before the ElectionActor has stepped down. Cleared by `set`.
+    deposed: AtomicBool,
+}
+
+/// Where this member stands, for a path that must not act on a leadership it cannot be sure of.
+#[derive(Debug)]
+pub enum Standing {
+    /// The serving leader, within its election lease: it may grant region leases.
+    Leading,
+    /// Still the leader as far as it knows, but its election lease has not been renewed in time
+    /// (an etcd hiccup, most likely): it grants nothing until a renewal confirms it, and keeps
+    /// its streams, so a momentary doubt costs no reconnects.
+    InDoubt,
+    /// Not the leader (or deposed): the redirect to answer with.
+    NotLeading(Status),
 }
 
 impl Leadership {
@@ -66,6 +82,7 @@ impl Leadership {
             serving_now: AtomicBool::new(false),
             lease_end_nanos: AtomicU64::new(0),
             epoch: Instant::now(),
+            deposed: AtomicBool::new(false),
         }
     }
 
@@ -79,7 +96,43 @@ impl Leadership {
 
     /// Serving, and within the election lease: the answer every leader-only path checks.
     pub fn is_serving_leader(&self) -> bool {
-        self.serving_now.load(Ordering::Acquire) && self.within_lease()
+        self.serving_now.load(Ordering::Acquire)
+            && !self.deposed.load(Ordering::Acquire)
+            && self.within_lease()
+    }
+
+    /// Ends leading at once in `term` (the fence is lost: this member's election key is gone or
+    /// holds another value), whatever else it believes; the ElectionActor steps down next. A
+    /// report about an earlier term is ignored.
+    pub fn depose(&self, term: u64) {
+        let state = self.state.read();
+        if state.term == term && state.serving {
+            self.deposed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Leading, in doubt, or not leading (with the redirect).
+    pub fn standing(&self) -> Standing {
+        if self.is_serving_leader() {
+            return Standing::Leading;
+        }
+        let state = self.state.read();
+        if state.serving && !self.deposed.load(Ordering::Acquire) {
+            return Standing::InDoubt;
+        }
+        Standing::NotLeading(self.not_leading(&state))
+    }
+
+    fn not_leading(&self, state: &LeadershipState) -> Status {
+        if state.serving {
+            // Deposed, and the ElectionActor has not stepped down yet.
+            return Status::unavailable(format!(
+                "metasrv {} lost its leadership (its election key is gone); ask any member for \
+                 the new leader",
+                self.me.id
+            ));
+        }
+        not_leader(state.leader.as_ref(), &self.me)
     }
 
     fn within_lease(&self) -> bool {
@@ -113,6 +166,11 @@ impl Leadership {
         }
     }
 
+    /// Until when the current election lease surely holds (None: no lease bounds leading).
+    pub fn lease_valid_until(&self) -> Option<Instant> {
+        self.lease.lock().map(|(_, until)| until)
+    }
+
     pub fn leader(&self) -> Option<MemberInfo> {
         self.state.read().leader.clone()
     }
@@ -124,6 +182,7 @@ impl Leadership {
 
     /// Only the ElectionActor calls this.
     pub fn set(&self, state: LeadershipState) {
+        self.deposed.store(false, Ordering::Release);
         self.serving_now.store(state.serving, Ordering::Release);
         *self.state.write() = state.clone();
         self.changes.send_replace(state);
@@ -131,21 +190,15 @@ impl Leadership {
 
     /// `Ok` on the serving leader; otherwise the redirect status.
     pub fn require_leader(&self) -> Result<(), Status> {
-        if self.is_serving_leader() {
-            return Ok(());
-        }
-        let state = self.state.read();
-        if state.serving {
-            if self.within_lease() {
-                return Ok(());
-            }
-            return Err(Status::unavailable(format!(
+        match self.standing() {
+            Standing::Leading => Ok(()),
+            Standing::InDoubt => Err(Status::unavailable(format!(
                 "metasrv {} cannot confirm its leadership (its election lease was not renewed \
                  in time); retry shortly",
                 self.me.id
-            )));
+            ))),
+            Standing::NotLeading(status) => Err(status),
         }
-        Err(not_leader(state.leader.as_ref(), &self.me))
     }
 }
 
@@ -232,6 +285,38 @@ mod tests {
         leadership.extend_lease(7, Instant::now() + Duration::from_secs(60));
         assert!(!leadership.is_serving_leader());
         leadership.extend_lease(8, Instant::now() + Duration::from_secs(60));
+        assert!(leadership.is_serving_leader());
+    }
+
+    #[test]
+    fn a_doubtful_leader_is_in_doubt_and_a_deposed_one_leads_no_more() {
+        let leadership = Leadership::new(member(1));
+        serving(&leadership);
+        leadership.begin_lease(7, Instant::now() - Duration::from_millis(1));
+        assert!(matches!(leadership.standing(), Standing::InDoubt));
+        leadership.extend_lease(7, Instant::now() + Duration::from_secs(60));
+        assert!(matches!(leadership.standing(), Standing::Leading));
+        // A report about another term changes nothing; one about this term deposes at once.
+        leadership.depose(2);
+        assert!(leadership.is_serving_leader());
+        leadership.depose(1);
+        assert!(!leadership.is_serving_leader());
+        match leadership.standing() {
+            Standing::NotLeading(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert!(
+                    status.message().contains("lost its leadership"),
+                    "{status:?}"
+                );
+            }
+            other => panic!("deposed, yet {other:?}"),
+        }
+        // The next term starts clean.
+        leadership.set(LeadershipState {
+            serving: true,
+            leader: Some(leadership.me().clone()),
+            term: 2,
+        });
         assert!(leadership.is_serving_leader());
     }
 

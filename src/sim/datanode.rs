@@ -127,6 +127,8 @@ struct Shared {
     /// See [`WriteLog::leader_periods`]; the last period of a region is its current one.
     periods: Vec<(u64, Instant, Instant)>,
     died_at: Option<Instant>,
+    /// Renewals that found the lease of a region the node holds already lapsed.
+    lease_lapses: u64,
     /// Replica states to report (as the leader of their regions).
     replica_stats: Vec<pb::ReplicaStat>,
     /// Instructions are received but neither carried out nor answered (see
@@ -141,6 +143,10 @@ impl Shared {
     /// Extends (never shortens) the lease of `region_id` to `until`.
     fn extend_lease(&mut self, region_id: u64, until: Instant, write: bool) {
         let lease = self.leases.entry(region_id).or_insert(until);
+        if *lease < Instant::now() && self.regions.contains_key(&region_id) {
+            // The node held the region without a lease for a while: it stopped serving it.
+            self.lease_lapses += 1;
+        }
         *lease = (*lease).max(until);
         if write {
             let lease = self.write_leases.entry(region_id).or_insert(until);
@@ -404,6 +410,12 @@ impl SimDatanode {
             is_learner: false,
             region_id,
         });
+    }
+
+    /// How many times a region this node holds was renewed only after its lease had lapsed
+    /// (it stopped serving it meanwhile). Zero while metasrv keeps every lease alive.
+    pub fn lease_lapses(&self) -> u64 {
+        self.shared.lock().lease_lapses
     }
 
     /// Regions whose lease is valid now.

@@ -47,6 +47,11 @@ pub struct EtcdConfig {
     /// Deadline to connect to etcd. Default: 3s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// etcd's own `--election-timeout` (its default: 1s). An etcd leader change takes up to
+    /// twice this, and the timing rule (see `Config::check_timing_rule`) makes metasrv ride it
+    /// out with no region lease lapsing. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout: Duration,
 }
 
 impl Default for EtcdConfig {
@@ -60,6 +65,7 @@ impl Default for EtcdConfig {
             tls_cert: None,
             tls_key: None,
             tls_domain: None,
+            election_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
         }

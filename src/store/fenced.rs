@@ -33,9 +33,13 @@ enum FenceState {
     Follower,
 }
 
+/// Called when a write finds the current fence lost.
+type FenceLostHook = Box<dyn Fn(&Fence) + Send + Sync>;
+
 pub struct FencedStore {
     inner: Arc<dyn KvBackend>,
     state: RwLock<FenceState>,
+    fence_lost: parking_lot::Mutex<Option<FenceLostHook>>,
 }
 
 impl FencedStore {
@@ -44,6 +48,7 @@ impl FencedStore {
         Self {
             inner,
             state: RwLock::new(FenceState::Unfenced),
+            fence_lost: parking_lot::Mutex::new(None),
         }
     }
 
@@ -52,12 +57,19 @@ impl FencedStore {
         Self {
             inner,
             state: RwLock::new(FenceState::Follower),
+            fence_lost: parking_lot::Mutex::new(None),
         }
     }
 
     /// Writes are allowed while `fence` holds in the store.
     pub fn set_leader(&self, fence: Fence) {
         *self.state.write() = FenceState::Leader(fence);
+    }
+
+    /// `hook` runs whenever a write finds the current fence lost: leadership must end then,
+    /// not when the election next notices.
+    pub fn on_fence_lost(&self, hook: impl Fn(&Fence) + Send + Sync + 'static) {
+        *self.fence_lost.lock() = Some(Box::new(hook));
     }
 
     /// Refuses every write from now on.
@@ -86,22 +98,36 @@ impl FencedStore {
             .inner
             .txn(Txn {
                 compare: vec![Compare::ValueEquals {
-                    key: fence.key,
-                    value: fence.value,
+                    key: fence.key.clone(),
+                    value: fence.value.clone(),
                 }],
                 success: ops,
                 failure: vec![],
             })
             .await?;
         if !response.succeeded {
-            return Err(self.lost());
+            return Err(self.lost(&fence));
         }
         Ok(response.results)
     }
 
-    /// Marks this member a follower after a failed fence and says so.
-    fn lost(&self) -> StoreError {
-        self.set_follower();
+    /// Marks this member a follower after `fence` failed (if it is still the current fence: a
+    /// late failure of an earlier term's write must not fence the next term off), tells the
+    /// election (see [`FencedStore::on_fence_lost`]) and says so.
+    fn lost(&self, fence: &Fence) -> StoreError {
+        let current = {
+            let mut state = self.state.write();
+            let current = matches!(&*state, FenceState::Leader(held) if held == fence);
+            if current {
+                *state = FenceState::Follower;
+            }
+            current
+        };
+        if current {
+            if let Some(hook) = self.fence_lost.lock().as_ref() {
+                hook(fence);
+            }
+        }
         StoreError::Fenced(
             "this metasrv's leader key is gone: it lost leadership and may not write".into(),
         )
@@ -206,7 +232,12 @@ impl KvBackend for FencedStore {
                     value,
                 }],
                 // Tell a lost fence from a failed comparison.
-                failure: vec![TxnOp::Get { key: fence.key }, TxnOp::Get { key }],
+                failure: vec![
+                    TxnOp::Get {
+                        key: fence.key.clone(),
+                    },
+                    TxnOp::Get { key },
+                ],
             })
             .await?;
         let mut results = response.results.into_iter();
@@ -225,7 +256,7 @@ impl KvBackend for FencedStore {
             Some(TxnOpResult::Get { kv: Some(kv) }) if kv.value == fence.value
         );
         if !fence_holds {
-            return Err(self.lost());
+            return Err(self.lost(&fence));
         }
         let prev_kv = match results.next() {
             Some(TxnOpResult::Get { kv }) => kv,
@@ -301,7 +332,7 @@ impl KvBackend for FencedStore {
             Some(TxnOpResult::Get { kv: Some(kv) }) if kv.value == fence.value
         );
         if !fence_holds {
-            return Err(self.lost());
+            return Err(self.lost(&fence));
         }
         // The caller's own comparison failed: its failure branch (reads only) runs now.
         let results = if caller_failure.is_empty() {

@@ -202,6 +202,17 @@ impl EtcdProcess {
     }
 }
 
+impl EtcdProcess {
+    /// Sends `signal` (e.g. "STOP", "CONT") to the etcd process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("can run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+}
+
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -332,6 +343,7 @@ pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub cluster_view: actix::Addr<ClusterView>,
+    pub leadership: Arc<metasrv::election::Leadership>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -347,6 +359,7 @@ impl TestServer {
             .await
             .expect("in-process metasrv starts");
         let cluster_view = metasrv.cluster_view().clone();
+        let leadership_handle = metasrv.leadership().clone();
         // On etcd the member campaigns first; a single member wins at once.
         let mut leadership = metasrv.leadership().subscribe();
         tokio::time::timeout(READY_DEADLINE, leadership.wait_for(|s| s.serving))
@@ -366,6 +379,7 @@ impl TestServer {
             grpc_addr,
             http_addr,
             cluster_view,
+            leadership: leadership_handle,
             shutdown: Some(tx),
             task,
         }
@@ -512,6 +526,28 @@ impl EtcdCluster {
         }
     }
 
+    /// The running member that is etcd's raft leader now, if one answers as such.
+    pub async fn leader_index(&self) -> Option<usize> {
+        for (i, member) in self.members.iter().enumerate() {
+            if member.child.is_none() {
+                continue;
+            }
+            let endpoint = format!("127.0.0.1:{}", member.client_port);
+            let Ok(mut client) = etcd_client::Client::connect([endpoint], None).await else {
+                continue;
+            };
+            let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(2), client.status()).await
+            else {
+                continue;
+            };
+            if status.header().map(|h| h.member_id()) == Some(status.leader()) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// Client endpoints of every member, comma separated.
     pub fn endpoints(&self) -> String {
         self.members
@@ -523,9 +559,23 @@ impl EtcdCluster {
 
     /// Waits until a running member reports the cluster healthy (it has a raft leader).
     pub fn wait_healthy(&self) {
+        self.wait_healthy_where(|_| true)
+    }
+
+    /// Waits until member `i` itself reports healthy (it rejoined and knows the leader).
+    pub fn wait_member_healthy(&self, i: usize) {
+        self.wait_healthy_where(|j| j == i)
+    }
+
+    fn wait_healthy_where(&self, which: impl Fn(usize) -> bool) {
         let started = Instant::now();
         loop {
-            for member in self.members.iter().filter(|m| m.child.is_some()) {
+            for (_, member) in self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(j, m)| m.child.is_some() && which(*j))
+            {
                 let Ok(mut stream) = TcpStream::connect(("127.0.0.1", member.client_port)) else {
                     continue;
                 };

@@ -9,6 +9,7 @@ mod grpc_store;
 mod harness;
 mod heartbeat;
 mod large_catalog;
+mod leadership;
 mod lease;
 mod migration;
 mod process;
