@@ -76,6 +76,9 @@ pub struct Config {
     pub failure_detector: FailureDetectorConfig,
     /// How to reach etcd, when `store.backend = "etcd"`.
     pub etcd: EtcdConfig,
+    /// TLS and authentication of metasrv's own listeners (see `src/security/`). Default: none
+    /// (plaintext, open: a standalone metasrv needs no setup, and says so at startup).
+    pub security: crate::security::SecurityConfig,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -132,6 +135,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             failure_detector: FailureDetectorConfig::default(),
             etcd: EtcdConfig::default(),
+            security: crate::security::SecurityConfig::default(),
         }
     }
 }
@@ -276,6 +280,11 @@ impl Config {
                 "ETCD_REQUEST_TIMEOUT" => {
                     self.etcd.request_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
+                "TLS_CERT" => self.security.tls_cert = optional(&value).map(PathBuf::from),
+                "TLS_KEY" => self.security.tls_key = optional(&value).map(PathBuf::from),
+                "TLS_CLIENT_CA" => {
+                    self.security.tls_client_ca = optional(&value).map(PathBuf::from)
+                }
                 "ETCD_ELECTION_TIMEOUT" => {
                     self.etcd.election_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
@@ -355,6 +364,7 @@ impl Config {
                 self.orphan_region_grace, self.instruction_timeout
             )));
         }
+        self.security.validate().map_err(ConfigError::Invalid)?;
         let detector = &self.failure_detector;
         if detector.min_std_deviation.is_zero() {
             return Err(ConfigError::Invalid(

@@ -36,6 +36,8 @@ pub struct HttpState {
     pub member_id: u64,
     pub member_name: String,
     pub cluster_id: u64,
+    /// Who may call what (open when no identity is configured).
+    pub authenticator: Arc<crate::security::Authenticator>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -54,7 +56,41 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/nodes/{node_id}/drain", post(drain_node))
         .route("/v1/maintenance", get(maintenance).put(set_maintenance))
         .route("/v1/members", get(members))
+        .layer(axum::middleware::from_fn_with_state(
+            state.authenticator.clone(),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// Resolves the caller (client certificate names, bearer token) and refuses, as JSON with a
+/// message, what its roles may not do (`security::authorize_http`).
+async fn authenticate(
+    State(authenticator): State<Arc<crate::security::Authenticator>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !authenticator.enabled() {
+        return next.run(request).await;
+    }
+    let names = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::security::tls::PeerNames>>()
+        .map(|peer| peer.0 .0.clone())
+        .unwrap_or_default();
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let allowed = authenticator
+        .identify(&names, authorization)
+        .and_then(|identity| {
+            crate::security::authorize_http(request.method(), request.uri().path(), &identity)
+        });
+    match allowed {
+        Ok(()) => next.run(request).await,
+        Err(status) => status_response(status),
+    }
 }
 
 /// 200 when the metadata store answers a read in time, 503 with the reason otherwise.
@@ -244,6 +280,8 @@ fn status_response(status: tonic::Status) -> Response {
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
         tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
         tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     let leader = crate::election::redirect_target(&status);

@@ -14,6 +14,7 @@ pub mod operations;
 pub mod planner;
 pub mod procedure;
 pub mod proto;
+pub mod security;
 pub mod selector;
 pub mod server;
 pub mod sim;

@@ -25,7 +25,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs a metasrv. With no arguments: standalone, on the embedded store under ./data.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
+    /// Prints the SHA-256 of a bearer token, as `[[security.tokens]] sha256` stores it.
+    HashToken {
+        /// The token (read from standard input when omitted, so it stays out of shell history).
+        token: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -60,12 +65,21 @@ struct StartArgs {
     /// This replica's name [default: metasrv-{member_id}].
     #[arg(long)]
     member_name: Option<String>,
-    /// TTL of the etcd lease behind this member's candidacy, e.g. 3s [default: 2s].
+    /// TTL of the etcd lease behind this member's candidacy, e.g. 3s [default: 3s].
     #[arg(long, value_parser = humantime::parse_duration)]
     election_lease_ttl: Option<Duration>,
     /// Heartbeat interval asked of datanodes, e.g. 1s or 500ms [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
+    /// PEM certificate chain: with --tls-key, gRPC and HTTP serve TLS only.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that every client certificate must chain to (mutual TLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 impl StartArgs {
@@ -109,6 +123,15 @@ impl StartArgs {
         if let Some(v) = self.heartbeat_interval {
             config.heartbeat_interval = v;
         }
+        if let Some(v) = self.tls_cert {
+            config.security.tls_cert = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            config.security.tls_key = Some(v);
+        }
+        if let Some(v) = self.tls_client_ca {
+            config.security.tls_client_ca = Some(v);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -125,7 +148,23 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     let cli = Cli::parse();
-    let Command::Start(args) = cli.command;
+    let args = match cli.command {
+        Command::Start(args) => *args,
+        Command::HashToken { token } => {
+            let token = match token {
+                Some(token) => token,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("cannot read the token from standard input")?;
+                    line.trim_end_matches(['\n', '\r']).to_owned()
+                }
+            };
+            println!("{}", metasrv::security::hash_token(&token));
+            return Ok(());
+        }
+    };
     let config = args.into_config()?;
 
     // gRPC runs on this multi-threaded runtime; the actors run on their own actix system, which

@@ -33,6 +33,9 @@ use crate::grpc::RequestLimits;
 use crate::http::{router, HttpState};
 use crate::metrics::Metrics;
 use crate::procedure::ProcedureStore;
+use crate::security::layer::AuthLayer;
+use crate::security::tls::{PeerNames, TlsListener};
+use crate::security::Authenticator;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
 use crate::store::fenced::FencedStore;
@@ -57,6 +60,8 @@ pub enum ServerError {
     Actors(#[source] std::io::Error),
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::security::tls::TlsError),
 }
 
 /// The sockets a metasrv serves on, bound by the caller.
@@ -325,10 +330,22 @@ impl Metasrv {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
+        if config.security.authenticates() {
+            tracing::info!("security: {}", config.security.describe());
+        } else {
+            tracing::warn!("security: {}", config.security.describe());
+        }
+        let authenticator = Arc::new(Authenticator::new(&config.security));
+        let mut grpc_server = tonic::transport::Server::builder();
+        if let Some(tls) = crate::security::tls::grpc_tls(&config.security)? {
+            grpc_server = grpc_server.tls_config(tls)?;
+        }
+        let http_tls = crate::security::tls::http_tls(&config.security)?;
         let token = CancellationToken::new();
         let grpc_token = token.clone();
         let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
+            grpc_server
+                .layer(AuthLayer::new(authenticator.clone()))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(store_service)
@@ -351,13 +368,25 @@ impl Metasrv {
             member_id: config.member_id,
             member_name: config.member_name(),
             cluster_id: config.cluster_id,
+            authenticator,
         };
         let http_token = token.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listeners.http, router(http_state))
-                .with_graceful_shutdown(async move { http_token.cancelled().await })
-                .await
-        });
+        let app = router(http_state).into_make_service_with_connect_info::<PeerNames>();
+        let http = match http_tls {
+            Some(acceptor) => {
+                let listener = TlsListener::new(listeners.http, acceptor)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { http_token.cancelled().await })
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listeners.http, app)
+                    .with_graceful_shutdown(async move { http_token.cancelled().await })
+                    .await
+            }),
+        };
         Ok(Self {
             cluster_view,
             election,

@@ -21,6 +21,8 @@ pub enum MetasrvTarget {
     Channel(Channel),
     /// A metasrv cluster: the link asks these members who leads and follows the leader.
     Cluster(Vec<String>),
+    /// A metasrv cluster served over TLS (see [`super::ClientSecurity`]).
+    SecureCluster(Vec<String>, super::ClientSecurity),
 }
 
 /// What happened on the link.
@@ -105,15 +107,18 @@ async fn leader_channel(
     node_id: u64,
     hint: Option<String>,
 ) -> Channel {
-    let endpoints = match target {
+    let plaintext = super::ClientSecurity::default();
+    let (endpoints, security) = match target {
         MetasrvTarget::Channel(channel) => return channel.clone(),
-        MetasrvTarget::Cluster(endpoints) => endpoints,
+        MetasrvTarget::Cluster(endpoints) => (endpoints, &plaintext),
+        MetasrvTarget::SecureCluster(endpoints, security) => (endpoints, security),
     };
     let mut candidates: Vec<String> = hint.into_iter().collect();
     candidates.extend(endpoints.iter().cloned());
     let mut backoff = Duration::from_millis(50);
     loop {
-        match super::find_leader(&candidates, cluster_id, node_id).await {
+        match super::meta_client::find_leader_with(&candidates, cluster_id, node_id, security).await
+        {
             Ok((_, channel)) => return channel,
             Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),
         }

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use crate::catalog::model::{route_from_pb, Peer, TableInfo, TableName, TableRoute};
 use crate::catalog::partition::{region_number_of, Row};
+use crate::client::ClientSecurity;
 use crate::proto::v1 as pb;
 use crate::proto::v1::heartbeat_client::HeartbeatClient;
 use crate::proto::v1::router_client::RouterClient;
@@ -60,9 +61,19 @@ pub async fn find_leader(
     cluster_id: u64,
     member_id: u64,
 ) -> Result<(Peer, Channel), ClientError> {
+    find_leader_with(endpoints, cluster_id, member_id, &ClientSecurity::default()).await
+}
+
+/// [`find_leader`] over TLS when `security` names a CA.
+pub async fn find_leader_with(
+    endpoints: &[String],
+    cluster_id: u64,
+    member_id: u64,
+    security: &ClientSecurity,
+) -> Result<(Peer, Channel), ClientError> {
     let mut reason = String::from("no endpoints given");
     for endpoint in endpoints {
-        let channel = match super::connect(endpoint).await {
+        let channel = match super::connect_with(endpoint, security).await {
             Ok(channel) => channel,
             Err(e) => {
                 reason = format!("{endpoint}: {e}");
@@ -94,7 +105,7 @@ pub async fn find_leader(
         if leader.addr == *endpoint {
             return Ok((leader, channel));
         }
-        match super::connect(&leader.addr).await {
+        match super::connect_with(&leader.addr, security).await {
             Ok(channel) => return Ok((leader, channel)),
             Err(e) => reason = format!("leader {} at {}: {e}", leader.id, leader.addr),
         }
@@ -137,6 +148,7 @@ pub struct MetaClient {
     cluster_id: u64,
     member_id: u64,
     endpoints: Vec<String>,
+    security: ClientSecurity,
     leader: RwLock<Peer>,
     router: RwLock<RouterClient<Channel>>,
     cache: RwLock<HashMap<TableName, Arc<CachedRoute>>>,
@@ -152,10 +164,20 @@ impl MetaClient {
         cluster_id: u64,
         member_id: u64,
     ) -> Result<Self, ClientError> {
+        Self::connect_with(endpoints, cluster_id, member_id, ClientSecurity::default()).await
+    }
+
+    /// [`MetaClient::connect`] to members that serve TLS.
+    pub async fn connect_with(
+        endpoints: &[String],
+        cluster_id: u64,
+        member_id: u64,
+        security: ClientSecurity,
+    ) -> Result<Self, ClientError> {
         let started = std::time::Instant::now();
         let mut backoff = std::time::Duration::from_millis(50);
         let (leader, channel) = loop {
-            match find_leader(endpoints, cluster_id, member_id).await {
+            match find_leader_with(endpoints, cluster_id, member_id, &security).await {
                 Ok(found) => break found,
                 Err(e) if started.elapsed() >= FAILOVER_PATIENCE => return Err(e),
                 Err(e) => {
@@ -168,6 +190,7 @@ impl MetaClient {
         Ok(Self {
             cluster_id,
             member_id,
+            security,
             endpoints: endpoints.to_vec(),
             leader: RwLock::new(leader),
             router: RwLock::new(RouterClient::new(channel)),
@@ -186,7 +209,8 @@ impl MetaClient {
         let mut endpoints = Vec::with_capacity(self.endpoints.len() + 1);
         endpoints.extend(hint);
         endpoints.extend(self.endpoints.iter().cloned());
-        let (leader, channel) = find_leader(&endpoints, self.cluster_id, self.member_id).await?;
+        let (leader, channel) =
+            find_leader_with(&endpoints, self.cluster_id, self.member_id, &self.security).await?;
         tracing::info!(leader = leader.id, addr = %leader.addr, "following the metasrv leader");
         *self.leader.write() = leader;
         *self.router.write() = RouterClient::new(channel);

@@ -9,6 +9,7 @@ use super::{instrumented, RequestLimits};
 use crate::election::Leadership;
 use crate::metrics::Metrics;
 use crate::proto::v1::{self as pb, store_server::Store};
+use crate::security::Identity;
 use crate::store::{is_internal_key, KeyRange, KvBackend, RangeRequest, INTERNAL_KEY_PREFIX};
 
 pub use crate::proto::v1::store_server::StoreServer;
@@ -81,6 +82,19 @@ fn internal_key_refused(what: &str) -> Status {
     ))
 }
 
+/// Metasrv's own keys are for operators to read: refused to other callers once callers
+/// authenticate (with no authentication configured everyone is [`Identity::Open`]).
+fn may_read(identity: Option<&Identity>, touches_internal: bool) -> Result<(), Status> {
+    let allowed = identity.is_none_or(Identity::reads_internal_keys);
+    if touches_internal && !allowed {
+        return Err(Status::permission_denied(format!(
+            "only operators may read metasrv's own metadata (keys starting with {:?})",
+            String::from_utf8_lossy(INTERNAL_KEY_PREFIX)
+        )));
+    }
+    Ok(())
+}
+
 fn non_empty_key(key: &[u8]) -> Result<(), Status> {
     if key.is_empty() {
         return Err(Status::invalid_argument("key is empty"));
@@ -94,9 +108,15 @@ impl Store for StoreService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let identity = request.extensions().get::<Identity>().cloned();
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "Range", async {
             self.admit(&req, req.header.as_ref())?;
+            let range = KeyRange {
+                key: req.key.clone(),
+                range_end: req.range_end.clone(),
+            };
+            may_read(identity.as_ref(), range.touches_internal_keys())?;
             let limit = u64::try_from(req.limit).map_err(|_| {
                 Status::invalid_argument(format!("limit {} is negative", req.limit))
             })?;
@@ -150,9 +170,14 @@ impl Store for StoreService {
         &self,
         request: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let identity = request.extensions().get::<Identity>().cloned();
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "BatchGet", async {
             self.admit(&req, req.header.as_ref())?;
+            may_read(
+                identity.as_ref(),
+                req.keys.iter().any(|key| is_internal_key(key)),
+            )?;
             self.limits.check_batch(req.keys.len())?;
             let kvs = self.store.batch_get(req.keys).await?;
             Ok(pb::BatchGetResponse {
