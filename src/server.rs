@@ -325,10 +325,15 @@ impl Metasrv {
         health_reporter
             .set_serving::<AdminServer<AdminService>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both reflection versions: older grpcurl builds and Python's grpcio-reflection only
+        // speak v1alpha.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
         if config.security.authenticates() {
             tracing::info!("security: {}", config.security.describe());
@@ -348,6 +353,7 @@ impl Metasrv {
                 .layer(AuthLayer::new(authenticator.clone()))
                 .add_service(health_service)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(store_service)
                 .add_service(heartbeat_service)
                 .add_service(router_service)

@@ -270,6 +270,34 @@ async fn health_reflection_and_http_endpoints_work() {
         );
     }
 
+    // The same through v1alpha, which older grpcurl builds and grpcio-reflection speak.
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let response = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("v1alpha reflection stream")
+            .into_inner()
+            .next()
+            .await
+            .expect("one v1alpha reflection response")
+            .expect("v1alpha reflection ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected v1alpha reflection response {response:?}");
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "metasrv.v1.Router"),
+            "{list:?}"
+        );
+    }
+
     // HTTP: /health says serving; /metrics counts the request we make first.
     let mut client = store_client(channel);
     client.put(put("m", "1")).await.expect("put");
