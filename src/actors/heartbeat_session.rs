@@ -329,23 +329,7 @@ impl HeartbeatSession {
         }
         if in_doubt {
             // Stats still count (liveness), but nothing is granted or scheduled.
-            self.cluster_view.do_send(StatsReported {
-                session_id: self.session_id,
-                heartbeat,
-                received_at,
-            });
-            let response = pb::HeartbeatResponse {
-                header: self.header(),
-                instructions: Vec::new(),
-                heartbeat_interval_millis: self.heartbeat_interval_millis,
-                region_lease: None,
-            };
-            self.send_ack(response, ctx);
-            self.metrics
-                .heartbeats
-                .with_label_values(&["in_doubt"])
-                .inc();
-            return;
+            return self.acknowledge(heartbeat, received_at, None, "in_doubt", ctx);
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
@@ -385,6 +369,18 @@ impl HeartbeatSession {
                 duration_millis: self.region_lease_millis,
             }
         });
+        self.acknowledge(heartbeat, received_at, region_lease, "ok", ctx);
+    }
+
+    /// Forwards the stats and answers the request with `region_lease` (None: no grant).
+    fn acknowledge(
+        &mut self,
+        heartbeat: stats::Heartbeat,
+        received_at: Instant,
+        region_lease: Option<pb::RegionLease>,
+        outcome: &str,
+        ctx: &mut Context<Self>,
+    ) {
         self.cluster_view.do_send(StatsReported {
             session_id: self.session_id,
             heartbeat,
@@ -397,7 +393,7 @@ impl HeartbeatSession {
             region_lease,
         };
         self.send_ack(response, ctx);
-        self.metrics.heartbeats.with_label_values(&["ok"]).inc();
+        self.metrics.heartbeats.with_label_values(&[outcome]).inc();
         self.metrics
             .heartbeat_handle_seconds
             .observe(received_at.elapsed().as_secs_f64());
