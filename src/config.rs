@@ -309,7 +309,7 @@ impl Config {
     ///    one heartbeat after, so its lease survives if E - T/2 < R - 2H. An etcd leader change
     ///    takes up to twice etcd's election timeout.
     ///
-    /// (Streams are closed only after 2T without a renewal, so such an outage closes none.
+    /// (Streams are closed only after 4T/3 without a renewal, so such an outage closes none.
     /// Region failover never depends on these figures: a new leader waits one region lease plus
     /// the margin after its term starts.)
     pub fn check_timing_rule(&self) -> Result<(), ConfigError> {

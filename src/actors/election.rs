@@ -4,8 +4,8 @@
 //! backend the single replica is leader at once.
 //!
 //! Becoming leader: set the fence (the leader key), reload the catalog, reset the ClusterView,
-//! then serve. Losing leadership (etcd says the lease expired, or has not confirmed it for two
-//! TTLs; another leader observed; the fence lost; resign): refuse writes first (fence off), stop
+//! then serve. Losing leadership (etcd says the lease expired, or has not confirmed it for 4/3
+//! of its TTL; another leader observed; the fence lost; resign): refuse writes first (fence off), stop
 //! serving, close every heartbeat stream, then campaign again with a new lease. Every step is
 //! tagged with a campaign generation so that messages from an abandoned campaign are ignored.
 //!
@@ -332,9 +332,9 @@ struct KeptLease {
 /// Keeps the lease alive at a third of its TTL. A failed renewal is retried every
 /// [`DOUBT_RETRY`] (the leader is in doubt once its sure end passes, see [`Leadership`]), and
 /// leading ends (`LeaseLost`) only when etcd answers that the lease is gone, or when etcd has not
-/// confirmed it for two TTLs: past that this member is cut off from etcd, another member may
-/// lead, and its datanodes must go there. So an etcd outage shorter than the TTL (an etcd leader
-/// change) closes no heartbeat stream.
+/// confirmed it for 4/3 of its TTL: past that this member is cut off from etcd, another member
+/// may lead, and its datanodes must go there before their region leases lapse. So an etcd
+/// outage shorter than the TTL (an etcd leader change) closes no heartbeat stream.
 async fn keep_alive(
     client: Client,
     lease: KeptLease,
@@ -346,7 +346,9 @@ async fn keep_alive(
     // A renewal is a round trip of milliseconds; one that hangs (its etcd member is gone) is
     // given up soon so the next attempt can reach another member.
     let attempt_timeout = (period / 2).min(Duration::from_millis(500));
-    let give_up_after = lease.ttl * 2;
+    // Past this a new leader may have been elected for a third of a TTL: its datanodes must
+    // get there before their leases lapse, so they are redirected now.
+    let give_up_after = lease.ttl + lease.ttl / 3;
     let mut last_renewal_sent = lease.granted_at;
     let mut next_attempt = tokio::time::Instant::now() + period;
     let mut channel: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
@@ -375,13 +377,19 @@ async fn keep_alive(
                 next_attempt = tokio::time::Instant::from_std(sent_at) + period;
             }
             Some(Ok(Some(_))) => break "etcd says the election lease expired".to_owned(),
+            // etcd-client reports a lease etcd no longer knows as this error.
+            Some(Err(etcd_client::Error::LeaseKeepAliveError(reason)))
+                if reason.contains("lease not found") =>
+            {
+                break format!("etcd says the election lease is gone ({reason})");
+            }
             _ => {
                 channel = None;
                 let unconfirmed = last_renewal_sent.elapsed();
                 if unconfirmed >= give_up_after {
                     break format!(
-                        "etcd has not confirmed the election lease for {unconfirmed:?} (over two \
-                         TTLs): this member is cut off from etcd"
+                        "etcd has not confirmed the election lease for {unconfirmed:?} (over 4/3 \
+                         of its TTL): this member is cut off from etcd"
                     );
                 }
                 tracing::warn!(

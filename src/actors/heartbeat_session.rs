@@ -520,6 +520,11 @@ impl HeartbeatSession {
                     };
                     let response = match session.waiting_acks.pop_front() {
                         Some(ack) => ack,
+                        // Instructions may carry a write lease (OpenRegion as leader,
+                        // UpgradeRegion): only a leader sure of its election sends any. In
+                        // doubt they wait for the next flush (each heartbeat flushes); a
+                        // member that stops leading closes the stream and drops them.
+                        None if !session.leadership.is_serving_leader() => return,
                         None => {
                             let take = session.queued.len().min(INSTRUCTIONS_PER_RESPONSE);
                             pb::HeartbeatResponse {

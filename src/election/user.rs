@@ -243,7 +243,10 @@ impl UserElection for EtcdUserElection {
     }
 
     async fn proclaim(&self, leader: &LeaderKey, value: Vec<u8>) -> ElectionResult<()> {
-        let options = etcd_client::ProclaimOptions::new().with_leader(self.etcd_key(leader)?);
+        // etcd rewrites the key under the caller's lease: it must be one granted here.
+        let key = self.etcd_key(leader)?;
+        self.check_own_lease(leader.lease).await?;
+        let options = etcd_client::ProclaimOptions::new().with_leader(key);
         self.client
             .election_client()
             .proclaim(value, Some(options))
@@ -306,7 +309,13 @@ impl UserElection for EtcdUserElection {
     }
 
     async fn resign(&self, leader: &LeaderKey) -> ElectionResult<()> {
-        let options = etcd_client::ResignOptions::new().with_leader(self.etcd_key(leader)?);
+        let key = self.etcd_key(leader)?;
+        match self.check_own_lease(leader.lease).await {
+            // A candidacy whose lease expired is already gone: resigning it changes nothing.
+            Ok(()) | Err(ElectionError::LeaseNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let options = etcd_client::ResignOptions::new().with_leader(key);
         self.client
             .election_client()
             .resign(Some(options))

@@ -140,7 +140,12 @@ impl TlsListener {
         let (tx, ready) = mpsc::channel(ACCEPT_QUEUE);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match listener.accept().await {
+                // Ends with the listener (axum drops it at shutdown): the port is released.
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!("HTTP accept failed: {e}");
@@ -159,9 +164,6 @@ impl TlsListener {
                         Err(_) => tracing::debug!(%peer, "HTTP TLS handshake timed out"),
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
         Ok(Self { local_addr, ready })
