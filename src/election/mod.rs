@@ -54,7 +54,8 @@ pub struct Leadership {
     lease_end_nanos: AtomicU64,
     epoch: Instant,
     /// Set the moment this member learns its election key is gone or another's (the fence is
-    /// lost): leading ends there, before the ElectionActor has stepped down. Cleared by `set`.
+    /// lost): leading ends there, before the ElectionActor has stepped down. Cleared when `set`
+    /// starts another term.
     deposed: AtomicBool,
 }
 
@@ -105,8 +106,9 @@ impl Leadership {
     /// holds another value), whatever else it believes; the ElectionActor steps down next. A
     /// report about an earlier term is ignored.
     pub fn depose(&self, term: u64) {
-        let state = self.state.read();
-        if state.term == term && state.serving {
+        // Also before serving: a loss found while the catalog loads must keep the term from
+        // serving at all.
+        if self.state.read().term == term {
             self.deposed.store(true, Ordering::Release);
         }
     }
@@ -182,7 +184,10 @@ impl Leadership {
 
     /// Only the ElectionActor calls this.
     pub fn set(&self, state: LeadershipState) {
-        self.deposed.store(false, Ordering::Release);
+        // A deposed term stays deposed; the next term starts clean.
+        if self.state.read().term != state.term {
+            self.deposed.store(false, Ordering::Release);
+        }
         self.serving_now.store(state.serving, Ordering::Release);
         *self.state.write() = state.clone();
         self.changes.send_replace(state);
