@@ -36,7 +36,8 @@ impl ClientSecurity {
             return Ok(None);
         };
         let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))
+            std::fs::read(path)
+                .map_err(|e| ConnectError::Settings(format!("{}: {e}", path.display())))
         };
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
         match (&self.cert, &self.key) {
@@ -45,7 +46,7 @@ impl ClientSecurity {
             }
             (None, None) => {}
             _ => {
-                return Err(ConnectError::Tls(
+                return Err(ConnectError::Settings(
                     "a client certificate and its key go together".into(),
                 ))
             }
@@ -61,8 +62,10 @@ impl ClientSecurity {
 pub enum ConnectError {
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
-    #[error("client TLS settings: {0}")]
-    Tls(String),
+    /// A TLS file that cannot be read, a certificate without its key, a token that cannot go
+    /// in a header.
+    #[error("invalid client settings: {0}")]
+    Settings(String),
 }
 
 /// Opens a channel to a metasrv at `addr` (`host:port` or a full `http://` URI).
@@ -106,7 +109,7 @@ impl BearerToken {
         format!("Bearer {token}")
             .parse()
             .map(Self)
-            .map_err(|_| ConnectError::Tls("a token must be printable ASCII".into()))
+            .map_err(|_| ConnectError::Settings("a token must be printable ASCII".into()))
     }
 }
 

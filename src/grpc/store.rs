@@ -113,8 +113,8 @@ impl Store for StoreService {
         instrumented(&self.metrics, SERVICE, "Range", async {
             self.admit(&req, req.header.as_ref())?;
             let range = KeyRange {
-                key: req.key.clone(),
-                range_end: req.range_end.clone(),
+                key: req.key,
+                range_end: req.range_end,
             };
             may_read(identity.as_ref(), range.touches_internal_keys())?;
             let limit = u64::try_from(req.limit).map_err(|_| {
@@ -123,10 +123,7 @@ impl Store for StoreService {
             let response = self
                 .store
                 .range(RangeRequest {
-                    range: KeyRange {
-                        key: req.key,
-                        range_end: req.range_end,
-                    },
+                    range,
                     limit,
                     keys_only: req.keys_only,
                     revision: 0,

@@ -346,16 +346,7 @@ async fn a_paused_leader_cannot_write_after_it_resumes() {
     // A datanode that knows both members, and a raw heartbeat stream to the leader.
     let _datanode = datanodes_on_leader(&members, leader, 1).await;
     let (raw_requests, raw_inbound) = tokio::sync::mpsc::channel(4);
-    let raw_request = |node_id: u64| pb::HeartbeatRequest {
-        header: header(CLUSTER, node_id),
-        peer: Some(pb::Peer {
-            id: node_id,
-            addr: "127.0.0.1:5999".into(),
-        }),
-        node_stat: Some(pb::NodeStat::default()),
-        instance_id: "raw".into(),
-        ..Default::default()
-    };
+    let raw_request = |node_id: u64| crate::harness::raw_heartbeat(CLUSTER, node_id);
     raw_requests.send(raw_request(9)).await.expect("queue");
     let mut raw_responses = metasrv::proto::v1::heartbeat_client::HeartbeatClient::new(
         metasrv::client::connect(&members[leader].grpc_addr.to_string())

@@ -77,23 +77,12 @@ async fn route_moved_off(
     table: &metasrv::catalog::model::TableName,
     node_id: u64,
 ) -> Arc<metasrv::client::CachedRoute> {
-    wait_for(
+    crate::router::wait_for_route(
+        meta,
+        table,
         &format!("the route to move off node {node_id}"),
         Duration::from_secs(15),
-        || {
-            let meta = meta.clone();
-            let table = table.clone();
-            async move {
-                meta.invalidate(&table);
-                let route = meta.route(&table).await.ok()?;
-                route
-                    .route
-                    .regions
-                    .iter()
-                    .all(|r| r.leader.id != node_id)
-                    .then_some(route)
-            }
-        },
+        |route| route.route.regions.iter().all(|r| r.leader.id != node_id),
     )
     .await
 }

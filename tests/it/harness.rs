@@ -202,14 +202,34 @@ impl EtcdProcess {
     }
 }
 
+/// A well-formed full heartbeat of `node_id` with no regions, for raw streams.
+pub fn raw_heartbeat(cluster_id: u64, node_id: u64) -> metasrv::proto::v1::HeartbeatRequest {
+    use metasrv::proto::v1 as pb;
+    pb::HeartbeatRequest {
+        header: metasrv::client::header(cluster_id, node_id),
+        peer: Some(pb::Peer {
+            id: node_id,
+            addr: format!("127.0.0.1:{}", 5000 + node_id),
+        }),
+        node_stat: Some(pb::NodeStat::default()),
+        instance_id: "raw".into(),
+        ..Default::default()
+    }
+}
+
+/// Sends `signal` (e.g. "STOP", "CONT", "KILL") to process `pid`.
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("can run kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
 impl EtcdProcess {
     /// Sends `signal` (e.g. "STOP", "CONT") to the etcd process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("can run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        send_signal(self.child.id(), signal);
     }
 }
 
@@ -309,20 +329,12 @@ impl MetasrvProcess {
 
     /// Sends `signal` (e.g. "STOP", "CONT") without waiting.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("can run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        send_signal(self.pid(), signal);
     }
 
     /// Sends `signal` (e.g. "KILL", "TERM") and waits for the process to exit.
     pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("can run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        send_signal(self.pid(), signal);
         self.child.wait().expect("can wait for metasrv")
     }
 

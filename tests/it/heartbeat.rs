@@ -403,16 +403,7 @@ async fn refused_with(server: &TestServer, request: pb::HeartbeatRequest) -> ton
 }
 
 fn good_request(node_id: u64) -> pb::HeartbeatRequest {
-    pb::HeartbeatRequest {
-        header: header(CLUSTER, node_id),
-        peer: Some(pb::Peer {
-            id: node_id,
-            addr: "127.0.0.1:5000".into(),
-        }),
-        node_stat: Some(pb::NodeStat::default()),
-        instance_id: "raw".into(),
-        ..Default::default()
-    }
+    crate::harness::raw_heartbeat(CLUSTER, node_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,16 +32,7 @@ fn config() -> Config {
 }
 
 fn raw_heartbeat(node_id: u64) -> pb::HeartbeatRequest {
-    pb::HeartbeatRequest {
-        header: header(CLUSTER, node_id),
-        peer: Some(pb::Peer {
-            id: node_id,
-            addr: format!("127.0.0.1:{}", 15000 + node_id),
-        }),
-        node_stat: Some(pb::NodeStat::default()),
-        instance_id: "raw".into(),
-        ..Default::default()
-    }
+    crate::harness::raw_heartbeat(CLUSTER, node_id)
 }
 
 /// metasrv's own election key (full etcd key) under `prefix`.
@@ -257,6 +248,20 @@ fn assert_undisturbed(sims: &[SimDatanode], what: &str) {
     }
 }
 
+/// Waits (bounded) until `more` heartbeats past the `since` count of granted ones were granted.
+async fn wait_for_grants(
+    server: &TestServer,
+    since: u64,
+    more: u64,
+    what: &str,
+    deadline: Duration,
+) {
+    wait_for(what, deadline, || async {
+        (heartbeats_with_outcome(server, "ok").await >= since + more).then_some(())
+    })
+    .await;
+}
+
 /// The `metasrv_heartbeats_total` count for `outcome`.
 async fn heartbeats_with_outcome(server: &TestServer, outcome: &str) -> u64 {
     let (_, metrics) = http_get(server.http_addr, "/metrics").await;
@@ -301,9 +306,13 @@ async fn a_leader_in_doubt_answers_heartbeats_without_a_lease_and_keeps_its_stre
         doubt_began.elapsed() < Duration::from_secs(2),
         "the doubt must stay shorter than region_lease - heartbeat_interval for this test"
     );
-    wait_for("grants to resume", Duration::from_secs(10), || async {
-        (heartbeats_with_outcome(&server, "ok").await >= ok_in_doubt + 10).then_some(())
-    })
+    wait_for_grants(
+        &server,
+        ok_in_doubt,
+        10,
+        "grants to resume",
+        Duration::from_secs(10),
+    )
     .await;
     assert_undisturbed(&sims, "after a doubt of about a heartbeat");
     server.stop().await;
@@ -354,10 +363,12 @@ async fn an_etcd_pause_shorter_than_the_election_ttl_closes_no_stream() {
         paused_at.saturating_duration_since(renewed_at)
     );
     let ok_after = heartbeats_with_outcome(&server, "ok").await;
-    wait_for(
+    wait_for_grants(
+        &server,
+        ok_after,
+        30,
         "three rounds of grants",
         Duration::from_secs(10),
-        || async { (heartbeats_with_outcome(&server, "ok").await >= ok_after + 30).then_some(()) },
     )
     .await;
     assert_undisturbed(&sims, "after a 1.8 s etcd pause");
@@ -400,23 +411,23 @@ async fn an_etcd_leader_change_and_member_restarts_under_100_datanodes_close_no_
     .await;
     assert_ne!(new_leader, leader);
     // Three heartbeat rounds on the new etcd leader, then the old one rejoins.
-    wait_for(
+    wait_for_grants(
+        &server,
+        ok_before,
+        300,
         "heartbeats granted after the etcd leader change",
         Duration::from_secs(15),
-        || async {
-            (heartbeats_with_outcome(&server, "ok").await >= ok_before + 300).then_some(())
-        },
     )
     .await;
     etcd.start_member(leader);
     etcd.wait_member_healthy(leader);
     let ok_rejoined = heartbeats_with_outcome(&server, "ok").await;
-    wait_for(
+    wait_for_grants(
+        &server,
+        ok_rejoined,
+        200,
         "heartbeats granted after the old etcd leader rejoined",
         Duration::from_secs(15),
-        || async {
-            (heartbeats_with_outcome(&server, "ok").await >= ok_rejoined + 200).then_some(())
-        },
     )
     .await;
     assert_undisturbed(&sims, "after an etcd leader change and two member restarts");

@@ -73,23 +73,17 @@ async fn assert_led_only_by(
     leader: u64,
     nodes: &[&SimDatanode],
 ) -> Arc<CachedRoute> {
-    let meta = cluster.meta.clone();
-    let route = wait_for(
+    let route = crate::router::wait_for_route(
+        &cluster.meta,
+        table,
         &format!("region {region_id} routed to node {leader}"),
         Duration::from_secs(10),
-        || {
-            let meta = meta.clone();
-            let table = table.clone();
-            async move {
-                meta.invalidate(&table);
-                let route = meta.route(&table).await.ok()?;
-                route
-                    .route
-                    .regions
-                    .iter()
-                    .any(|r| r.region_id == region_id && r.leader.id == leader)
-                    .then_some(route)
-            }
+        |route| {
+            route
+                .route
+                .regions
+                .iter()
+                .any(|r| r.region_id == region_id && r.leader.id == leader)
         },
     )
     .await;

@@ -29,23 +29,17 @@ async fn assert_healed(
     deadline: Duration,
 ) {
     let live_ids: HashSet<u64> = live.iter().map(SimDatanode::node_id).collect();
-    let route = wait_for(
+    let route = crate::router::wait_for_route(
+        cluster_meta,
+        table,
         &format!("every region of {table} to be led by one of {live_ids:?}"),
         deadline,
-        || {
-            let meta = cluster_meta.clone();
-            let table = table.clone();
-            let live_ids = live_ids.clone();
-            async move {
-                meta.invalidate(&table);
-                let route = meta.route(&table).await.ok()?;
-                route
-                    .route
-                    .regions
-                    .iter()
-                    .all(|r| live_ids.contains(&r.leader.id))
-                    .then_some(route)
-            }
+        |route| {
+            route
+                .route
+                .regions
+                .iter()
+                .all(|r| live_ids.contains(&r.leader.id))
         },
     )
     .await;

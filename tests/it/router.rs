@@ -86,6 +86,27 @@ impl Cluster {
     }
 }
 
+/// Refetches `table`'s route (bounded by `deadline`) until `accept` holds for it.
+pub async fn wait_for_route(
+    meta: &Arc<MetaClient>,
+    table: &TableName,
+    what: &str,
+    deadline: Duration,
+    accept: impl Fn(&metasrv::client::CachedRoute) -> bool,
+) -> Arc<metasrv::client::CachedRoute> {
+    let accept = &accept;
+    wait_for(what, deadline, || {
+        let meta = meta.clone();
+        let table = table.clone();
+        async move {
+            meta.invalidate(&table);
+            let route = meta.route(&table).await.ok()?;
+            accept(&route).then_some(route)
+        }
+    })
+    .await
+}
+
 pub fn node(id: u64) -> SimDatanodeConfig {
     SimDatanodeConfig {
         interval: INTERVAL,

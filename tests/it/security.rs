@@ -652,16 +652,9 @@ async fn each_role_is_refused_what_it_may_not_do() {
         .await
         .expect("connect");
     let mut stream = HeartbeatClient::new(datanode.clone())
-        .heartbeat(tokio_stream::iter([pb::HeartbeatRequest {
-            header: header(CLUSTER, 1),
-            peer: Some(pb::Peer {
-                id: 1,
-                addr: "127.0.0.1:5001".into(),
-            }),
-            node_stat: Some(pb::NodeStat::default()),
-            instance_id: "tls".into(),
-            ..Default::default()
-        }]))
+        .heartbeat(tokio_stream::iter([crate::harness::raw_heartbeat(
+            CLUSTER, 1,
+        )]))
         .await
         .expect("a datanode may heartbeat")
         .into_inner();
