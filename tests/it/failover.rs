@@ -223,9 +223,19 @@ async fn fail_over_on(store: Arc<dyn metasrv::store::KvBackend>, replicas: u32, 
     // And on the nodes' lease clocks.
     assert_successors_began_after(&victim_log, &moved, &moved_route, &nodes);
 
-    // The failover was a recorded procedure.
-    let (_, body) = http_get(cluster.server.http_addr, "/v1/procedures").await;
-    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    // The failover was a recorded procedure. Its record says done a moment after the last
+    // route moved (the final save follows the moves), so wait for that, bounded.
+    let http_addr = cluster.server.http_addr;
+    let json = wait_for(
+        "the failover procedure recorded as done",
+        Duration::from_secs(10),
+        || async move {
+            let (_, body) = http_get(http_addr, "/v1/procedures").await;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (json["procedures"][0]["state"] == "done").then_some(json)
+        },
+    )
+    .await;
     let procedure = &json["procedures"][0];
     assert_eq!(procedure["kind"], "region_failover", "{json}");
     assert_eq!(procedure["node_id"], victim);
