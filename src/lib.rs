@@ -9,6 +9,7 @@ pub mod election;
 pub mod failure_detector;
 pub mod grpc;
 pub mod http;
+pub mod inputs;
 pub mod metrics;
 pub mod operations;
 pub mod planner;

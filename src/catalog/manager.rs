@@ -28,8 +28,10 @@ use super::partition::validate_table;
 use super::quarantine::Quarantine;
 use crate::actors::cluster_view::{ClusterView, Instruction, SendInstruction};
 use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
+use crate::proto::v1 as pb;
+use crate::selector::Placement;
 use crate::stats::RegionRole;
-use crate::store::{Compare, KvBackend, StoreError, Txn, TxnOp, TxnOpResult};
+use crate::store::{Compare, KeyValue, KvBackend, StoreError, Txn, TxnOp, TxnOpResult};
 
 /// The catalog and schema every cluster starts with.
 pub const DEFAULT_CATALOG: &str = "greptime";
@@ -115,6 +117,58 @@ pub struct CreateTable {
     pub replicas: u32,
 }
 
+/// The first route of a new table: region `n` of the rule at the `n`th placement.
+pub(crate) fn new_route(table_id: u64, placements: Vec<Placement>) -> TableRoute {
+    TableRoute {
+        table_id,
+        version: 1,
+        regions: placements
+            .into_iter()
+            .enumerate()
+            .map(|(number, placement)| RegionRoute {
+                region_id: region_id(table_id, number as u32),
+                region_number: number as u32,
+                leader: placement.leader,
+                followers: placement.followers,
+            })
+            .collect(),
+    }
+}
+
+/// The three records that make a table, written in one transaction: name -> id, info, route.
+/// The catalog load reads them back (`load::CatalogAssembler`).
+pub(crate) fn table_records(entry: &TableEntry) -> Result<[KeyValue; 3], DdlError> {
+    let id = entry.info.id;
+    let encode_error = |e: serde_json::Error| DdlError::Corrupt(e.to_string());
+    Ok([
+        KeyValue::new(keys::table_name(&entry.info.name), id.to_string()),
+        KeyValue::new(
+            keys::table(id),
+            serde_json::to_vec(&entry.info).map_err(encode_error)?,
+        ),
+        KeyValue::new(
+            keys::table_route(id),
+            serde_json::to_vec(&entry.route).map_err(encode_error)?,
+        ),
+    ])
+}
+
+impl CreateTable {
+    /// The request as the Router receives it; what cannot be converted is an invalid argument.
+    /// The definition itself is checked by `create_table` (`partition::validate_table`).
+    pub fn from_pb(request: pb::CreateTableRequest) -> Result<Self, String> {
+        let name: TableName = request.table_name.ok_or("table_name is missing")?.into();
+        let schema: TableSchema = request.schema.ok_or("schema is missing")?.try_into()?;
+        Ok(CreateTable {
+            name,
+            schema,
+            partition: request.partition_rule.into(),
+            if_not_exists: request.if_not_exists,
+            replicas: request.replicas,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct DdlConfig {
     /// The most regions a partition rule may give.
@@ -126,7 +180,7 @@ pub struct DdlConfig {
 }
 
 #[derive(Default)]
-pub(super) struct Cache {
+pub(crate) struct Cache {
     pub(super) catalogs: BTreeSet<String>,
     pub(super) schemas: BTreeMap<String, BTreeSet<String>>,
     tables: HashMap<TableName, Arc<TableEntry>>,
@@ -135,6 +189,18 @@ pub(super) struct Cache {
 }
 
 impl Cache {
+    /// Every table served, by name.
+    pub(crate) fn served_tables(&self) -> impl Iterator<Item = (&TableName, &TableEntry)> {
+        self.tables
+            .iter()
+            .map(|(name, entry)| (name, entry.as_ref()))
+    }
+
+    /// The name a table id is served under.
+    pub(crate) fn name_of(&self, table_id: u64) -> Option<&TableName> {
+        self.names_by_id.get(&table_id)
+    }
+
     pub(super) fn put_table(&mut self, entry: Arc<TableEntry>) {
         let (id, name) = (entry.info.id, entry.info.name.clone());
         if let Some(old) = self.tables.insert(name.clone(), entry) {
@@ -472,20 +538,7 @@ impl TableManager {
                 SchedulerError::NoCapacity(m) => DdlError::NoCapacity(m),
                 other => DdlError::NoCapacity(other.to_string()),
             })?;
-        let route = TableRoute {
-            table_id,
-            version: 1,
-            regions: placements
-                .into_iter()
-                .enumerate()
-                .map(|(number, placement)| RegionRoute {
-                    region_id: region_id(table_id, number as u32),
-                    region_number: number as u32,
-                    leader: placement.leader,
-                    followers: placement.followers,
-                })
-                .collect(),
-        };
+        let route = new_route(table_id, placements);
         let info = TableInfo {
             id: table_id,
             name: name.clone(),
@@ -603,27 +656,17 @@ impl TableManager {
     /// false if another create took the name first.
     async fn commit_create(&self, entry: &TableEntry) -> Result<bool, DdlError> {
         let name_key = keys::table_name(&entry.info.name);
-        let id = entry.info.id;
         let txn = Txn {
             compare: vec![Compare::Absent {
                 key: name_key.clone(),
             }],
-            success: vec![
-                TxnOp::Put {
-                    key: name_key.clone(),
-                    value: id.to_string().into_bytes(),
-                },
-                TxnOp::Put {
-                    key: keys::table(id),
-                    value: serde_json::to_vec(&entry.info)
-                        .map_err(|e| DdlError::Corrupt(e.to_string()))?,
-                },
-                TxnOp::Put {
-                    key: keys::table_route(id),
-                    value: serde_json::to_vec(&entry.route)
-                        .map_err(|e| DdlError::Corrupt(e.to_string()))?,
-                },
-            ],
+            success: table_records(entry)?
+                .into_iter()
+                .map(|kv| TxnOp::Put {
+                    key: kv.key,
+                    value: kv.value,
+                })
+                .collect(),
             failure: vec![],
         };
         match self.store.txn(txn).await {
@@ -644,7 +687,7 @@ impl TableManager {
                     })?
                     .into_iter()
                     .next()
-                    .map(|kv| kv.value == id.to_string().into_bytes());
+                    .map(|kv| kv.value == entry.info.id.to_string().into_bytes());
                 match landed {
                     Some(true) => Ok(true),
                     Some(false) => Ok(false),

@@ -1,7 +1,7 @@
 //! Catalogs, schemas, tables and routes: the metadata model, its validation and partitioning
 //! (pure, shared with the client), and the `TableManager` that runs DDL on the leader.
 
-mod load;
+pub(crate) mod load;
 pub mod manager;
 pub mod model;
 pub mod ownership;

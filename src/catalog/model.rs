@@ -256,6 +256,66 @@ pub fn table_of_region(region_id: u64) -> u64 {
     region_id >> 32
 }
 
+/// The largest table id: region ids keep the table id in their high 32 bits.
+pub const MAX_TABLE_ID: u64 = u32::MAX as u64;
+
+/// Checks that a route fits its table: the same id (one region ids can hold), one region per
+/// region number the partition rule gives, each region's id derived from the table and its
+/// number, a real leader, and followers that are distinct and not the leader. Metasrv only
+/// writes routes that pass; a stored one that does not was damaged or written by hand, and
+/// serving it would schedule regions of one table as another's, or route rows nowhere.
+pub fn check_route(info: &TableInfo, route: &TableRoute) -> Result<(), String> {
+    if info.id != route.table_id {
+        return Err(format!(
+            "the route is for table {} but the info for table {}",
+            route.table_id, info.id
+        ));
+    }
+    if info.id == 0 || info.id > MAX_TABLE_ID {
+        return Err(format!(
+            "table id {} is outside 1..={MAX_TABLE_ID}",
+            info.id
+        ));
+    }
+    let expected =
+        super::partition::validate_table(&info.name, &info.schema, &info.partition, u32::MAX)?;
+    if route.regions.len() as u64 != u64::from(expected) {
+        return Err(format!(
+            "the partition rule gives {expected} regions but the route has {}",
+            route.regions.len()
+        ));
+    }
+    let mut numbers = std::collections::HashSet::with_capacity(route.regions.len());
+    for region in &route.regions {
+        if region.region_number >= expected || !numbers.insert(region.region_number) {
+            return Err(format!(
+                "region number {} is out of range or given twice",
+                region.region_number
+            ));
+        }
+        if region.region_id != region_id(info.id, region.region_number) {
+            return Err(format!(
+                "region {} has number {} but the id of another region",
+                region.region_id, region.region_number
+            ));
+        }
+        if region.leader.id == 0 {
+            return Err(format!("region {} has no leader", region.region_id));
+        }
+        let mut copies = std::collections::HashSet::with_capacity(region.followers.len() + 1);
+        copies.insert(region.leader.id);
+        for follower in &region.followers {
+            if follower.id == 0 || !copies.insert(follower.id) {
+                return Err(format!(
+                    "region {} names node {} twice or as 0",
+                    region.region_id, follower.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 // ---- protobuf conversions -----------------------------------------------------------------------
 
 fn column_type_from_pb(value: i32) -> Result<ColumnType, String> {

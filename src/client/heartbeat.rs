@@ -106,10 +106,10 @@ async fn leader_channel(
     cluster_id: u64,
     node_id: u64,
     hint: Option<String>,
-) -> Channel {
+) -> Result<Channel, tonic::Status> {
     let plaintext = super::ClientSecurity::default();
     let (endpoints, security) = match target {
-        MetasrvTarget::Channel(channel) => return channel.clone(),
+        MetasrvTarget::Channel(channel) => return Ok(channel.clone()),
         MetasrvTarget::Cluster(endpoints) => (endpoints, &plaintext),
         MetasrvTarget::SecureCluster(endpoints, security) => (endpoints, security),
     };
@@ -119,7 +119,8 @@ async fn leader_channel(
     loop {
         match super::meta_client::find_leader_with(&candidates, cluster_id, node_id, security).await
         {
-            Ok((_, channel)) => return channel,
+            Ok((_, channel)) => return Ok(channel),
+            Err(super::ClientError::Status(refused)) => return Err(refused),
             Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),
         }
         tokio::time::sleep(backoff).await;
@@ -137,8 +138,41 @@ async fn run(
     let mut backoff = Duration::from_millis(50);
     let mut hint: Option<String> = None;
     let mut ack_timeout = INITIAL_ACK_TIMEOUT;
+    let bearer = match &target {
+        MetasrvTarget::SecureCluster(_, security) => security.bearer(),
+        _ => Ok(super::BearerToken(None)),
+    };
+    let bearer = match bearer {
+        Ok(bearer) => bearer,
+        Err(e) => {
+            // Settings no retry can fix: say why and stop (the link reports closed).
+            let reason = Some(tonic::Status::invalid_argument(e.to_string()));
+            let _ = events.send(LinkEvent::Disconnected { reason }).await;
+            return;
+        }
+    };
     loop {
-        let channel = leader_channel(&target, cluster_id, node_id, hint.take()).await;
+        let channel = match leader_channel(&target, cluster_id, node_id, hint.take()).await {
+            Ok(channel) => channel,
+            Err(refused) => {
+                // The credentials may be fixed on the server's side: say why, and keep trying.
+                tracing::warn!(
+                    node_id,
+                    "metasrv refuses this datanode: {}",
+                    refused.message()
+                );
+                let reason = Some(refused);
+                if events
+                    .send(LinkEvent::Disconnected { reason })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(MAX_BACKOFF).await;
+                continue;
+            }
+        };
         // The stream opens with the datanode's next request, so it registers at once.
         let Some((first_sent_at, first)) = requests.recv().await else {
             return;
@@ -154,7 +188,8 @@ async fn run(
         }
         let opened = tokio::time::timeout(
             ack_timeout,
-            HeartbeatClient::new(channel).heartbeat(ReceiverStream::new(stream_rx)),
+            HeartbeatClient::new(super::authed(channel, bearer.clone()))
+                .heartbeat(ReceiverStream::new(stream_rx)),
         )
         .await
         .unwrap_or_else(|_| {

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use crate::catalog::model::{route_from_pb, Peer, TableInfo, TableName, TableRoute};
 use crate::catalog::partition::{region_number_of, Row};
-use crate::client::ClientSecurity;
+use crate::client::{authed, AuthedChannel, BearerToken, ClientSecurity};
 use crate::proto::v1 as pb;
 use crate::proto::v1::heartbeat_client::HeartbeatClient;
 use crate::proto::v1::router_client::RouterClient;
@@ -72,6 +72,10 @@ pub async fn find_leader_with(
     security: &ClientSecurity,
 ) -> Result<(Peer, Channel), ClientError> {
     let mut reason = String::from("no endpoints given");
+    let bearer = security.bearer().map_err(|e| ClientError::NoLeader {
+        endpoints: endpoints.to_vec(),
+        reason: e.to_string(),
+    })?;
     for endpoint in endpoints {
         let channel = match super::connect_with(endpoint, security).await {
             Ok(channel) => channel,
@@ -83,9 +87,11 @@ pub async fn find_leader_with(
         // Bounded: a member that hangs (paused, half-partitioned) must not stall the search.
         let asked = tokio::time::timeout(
             ASK_LEADER_TIMEOUT,
-            HeartbeatClient::new(channel.clone()).ask_leader(pb::AskLeaderRequest {
-                header: super::header(cluster_id, member_id),
-            }),
+            HeartbeatClient::new(super::authed(channel.clone(), bearer.clone())).ask_leader(
+                pb::AskLeaderRequest {
+                    header: super::header(cluster_id, member_id),
+                },
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer to AskLeader")));
@@ -97,6 +103,9 @@ pub async fn find_leader_with(
                     continue;
                 }
             },
+            // Every member checks callers alike: no other member (and no retry) will let in
+            // a caller this one refused.
+            Err(status) if is_refusal(&status) => return Err(ClientError::Status(status)),
             Err(status) => {
                 reason = format!("{endpoint}: {}", status.message());
                 continue;
@@ -114,6 +123,14 @@ pub async fn find_leader_with(
         endpoints: endpoints.to_vec(),
         reason,
     })
+}
+
+/// Whether metasrv refused the caller itself (its credentials), not the call's timing.
+pub fn is_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
 }
 
 /// Which copy of a region reads go to first.
@@ -149,8 +166,10 @@ pub struct MetaClient {
     member_id: u64,
     endpoints: Vec<String>,
     security: ClientSecurity,
+    /// The token on every call (from `security`).
+    bearer: BearerToken,
     leader: RwLock<Peer>,
-    router: RwLock<RouterClient<Channel>>,
+    router: RwLock<RouterClient<AuthedChannel>>,
     cache: RwLock<HashMap<TableName, Arc<CachedRoute>>>,
     route_fetches: AtomicU64,
 }
@@ -179,6 +198,7 @@ impl MetaClient {
         let (leader, channel) = loop {
             match find_leader_with(endpoints, cluster_id, member_id, &security).await {
                 Ok(found) => break found,
+                Err(e @ ClientError::Status(_)) => return Err(e),
                 Err(e) if started.elapsed() >= FAILOVER_PATIENCE => return Err(e),
                 Err(e) => {
                     tracing::debug!("no metasrv leader yet: {e}");
@@ -187,13 +207,18 @@ impl MetaClient {
                 }
             }
         };
+        let bearer = security.bearer().map_err(|e| ClientError::NoLeader {
+            endpoints: endpoints.to_vec(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             cluster_id,
             member_id,
+            bearer: bearer.clone(),
             security,
             endpoints: endpoints.to_vec(),
             leader: RwLock::new(leader),
-            router: RwLock::new(RouterClient::new(channel)),
+            router: RwLock::new(RouterClient::new(authed(channel, bearer))),
             cache: RwLock::new(HashMap::new()),
             route_fetches: AtomicU64::new(0),
         })
@@ -213,7 +238,7 @@ impl MetaClient {
             find_leader_with(&endpoints, self.cluster_id, self.member_id, &self.security).await?;
         tracing::info!(leader = leader.id, addr = %leader.addr, "following the metasrv leader");
         *self.leader.write() = leader;
-        *self.router.write() = RouterClient::new(channel);
+        *self.router.write() = RouterClient::new(authed(channel, self.bearer.clone()));
         Ok(())
     }
 
@@ -227,7 +252,7 @@ impl MetaClient {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(RouterClient<Channel>) -> Fut,
+        F: FnMut(RouterClient<AuthedChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let started = std::time::Instant::now();
@@ -264,7 +289,7 @@ impl MetaClient {
     }
 
     /// The Router client of the current leader, for DDL and catalog calls.
-    pub fn router(&self) -> RouterClient<Channel> {
+    pub fn router(&self) -> RouterClient<AuthedChannel> {
         self.router.read().clone()
     }
 

@@ -15,11 +15,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::proto::v1::store_client::StoreClient;
 use crate::proto::v1::RequestHeader;
 
-/// How a client reaches a metasrv that serves TLS (see `src/security/`): the CA that signed
-/// its certificate, and this client's own certificate when it requires one. A client's
-/// identity comes from its certificate; a bearer token goes on each call (see
-/// [`BearerToken`]).
-#[derive(Clone, Debug, Default)]
+/// How a client reaches a metasrv that serves TLS or authenticates callers (see
+/// `src/security/`): the CA that signed its certificate, this client's own certificate when it
+/// requires one, and a bearer token for callers identified by token instead (it goes on every
+/// call; see [`BearerToken`]).
+#[derive(Clone, Default)]
 pub struct ClientSecurity {
     /// PEM CA of the server's certificate; set, connections use TLS (`https://`).
     pub ca: Option<std::path::PathBuf>,
@@ -28,9 +28,31 @@ pub struct ClientSecurity {
     pub key: Option<std::path::PathBuf>,
     /// The name to check the server's certificate against. Default: the endpoint's host.
     pub domain: Option<String>,
+    /// A bearer token sent on every call (`authorization: Bearer <token>`).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("domain", &self.domain)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl ClientSecurity {
+    /// What goes on every call: the token, if any.
+    pub fn bearer(&self) -> Result<BearerToken, ConnectError> {
+        match &self.token {
+            Some(token) => BearerToken::new(token),
+            None => Ok(BearerToken(None)),
+        }
+    }
+
     fn tls(&self) -> Result<Option<ClientTlsConfig>, ConnectError> {
         let Some(ca) = &self.ca else {
             return Ok(None);
@@ -77,8 +99,10 @@ pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
-/// [`connect`], over TLS when `security` names a CA.
+/// [`connect`], over TLS when `security` names a CA. The channel carries no token: wrap the
+/// clients made on it with `security.bearer()?` (as [`authed`] does).
 pub async fn connect_with(addr: &str, security: &ClientSecurity) -> Result<Channel, ConnectError> {
+    security.bearer()?;
     let tls = security.tls()?;
     let mut endpoint = Endpoint::from_shared(uri_of(addr, tls.is_some()))?
         .connect_timeout(std::time::Duration::from_secs(3))
@@ -99,16 +123,25 @@ fn uri_of(addr: &str, tls: bool) -> String {
     }
 }
 
+/// A channel whose every call carries the caller's token (if it has one).
+pub type AuthedChannel = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+
+/// `channel` with `bearer` on every call: `RouterClient::new(authed(channel, bearer))`.
+pub fn authed(channel: Channel, bearer: BearerToken) -> AuthedChannel {
+    tonic::service::interceptor::InterceptedService::new(channel, bearer)
+}
+
 /// Puts `authorization: Bearer <token>` on every call of a client:
-/// `RouterClient::with_interceptor(channel, BearerToken::new(token)?)`.
+/// `RouterClient::with_interceptor(channel, BearerToken::new(token)?)`. Without a token
+/// ([`ClientSecurity::bearer`] of settings with none) it adds nothing.
 #[derive(Clone)]
-pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl BearerToken {
     pub fn new(token: &str) -> Result<Self, ConnectError> {
         format!("Bearer {token}")
             .parse()
-            .map(Self)
+            .map(|value| Self(Some(value)))
             .map_err(|_| ConnectError::Settings("a token must be printable ASCII".into()))
     }
 }
@@ -118,9 +151,11 @@ impl tonic::service::Interceptor for BearerToken {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         Ok(request)
     }
 }

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{instrumented, RequestLimits};
 use crate::catalog::manager::CreateTable;
-use crate::catalog::model::{route_to_pb, TableName, TableSchema};
+use crate::catalog::model::{route_to_pb, TableName};
 use crate::catalog::TableManager;
 use crate::election::Leadership;
 use crate::metrics::Metrics;
@@ -127,22 +127,8 @@ impl Router for RouterService {
             self.limits.check_header(req.header.as_ref())?;
             self.leadership.require_leader()?;
             self.limits.check_size(prost::Message::encoded_len(&req))?;
-            let name = table_name(req.table_name)?;
-            let schema: TableSchema = req
-                .schema
-                .ok_or_else(|| Status::invalid_argument("schema is missing"))?
-                .try_into()
-                .map_err(Status::invalid_argument)?;
-            let (created, entry) = self
-                .tables
-                .create_table(CreateTable {
-                    name,
-                    schema,
-                    partition: req.partition_rule.into(),
-                    if_not_exists: req.if_not_exists,
-                    replicas: req.replicas,
-                })
-                .await?;
+            let request = CreateTable::from_pb(req).map_err(Status::invalid_argument)?;
+            let (created, entry) = self.tables.create_table(request).await?;
             Ok(pb::CreateTableResponse {
                 header: self.limits.response_header(),
                 created,

@@ -5,6 +5,7 @@ mod datanode_election;
 mod election;
 mod etcd_security;
 mod failover;
+mod fuzz_inputs;
 mod grpc_store;
 mod harness;
 mod heartbeat;

@@ -174,7 +174,7 @@ pub fn rows(table: &TableName, count: usize) -> Vec<(TableName, Row)> {
 
 /// Route answers NotFound for `table`.
 async fn assert_no_route(
-    router: &mut metasrv::proto::v1::router_client::RouterClient<tonic::transport::Channel>,
+    router: &mut metasrv::proto::v1::router_client::RouterClient<metasrv::client::AuthedChannel>,
     table: &TableName,
 ) {
     let result = router

@@ -477,6 +477,7 @@ fn as_client(pki: &pki::Pki, name: &str, trusted: bool) -> ClientSecurity {
         cert: Some(cert),
         key: Some(key),
         domain: Some("localhost".into()),
+        token: None,
     }
 }
 
@@ -788,4 +789,130 @@ async fn route_with(channel: tonic::transport::Channel) -> Result<(), tonic::Sta
         })
         .await
         .map(|_| ())
+}
+
+/// Tokens reach metasrv from every client of the library: the frontend's MetaClient, the
+/// datanode's heartbeat link (the simulated datanode's), each with only its role's rights; a
+/// client without credentials gets a prompt, clear refusal instead of retrying for a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_clients_present_their_tokens_on_every_call() {
+    use metasrv::catalog::model::TableName;
+    use metasrv::client::{ClientError, MetaClient, MetasrvTarget};
+    use metasrv::sim::SimEvent;
+
+    let token = |name: &str, role: Role| TokenEntry {
+        name: name.into(),
+        sha256: hash_token(&format!("{name}-secret")),
+        roles: vec![role],
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(
+        Arc::new(EmbeddedStore::open(dir.path()).expect("open the embedded store")),
+        Config {
+            security: SecurityConfig {
+                tokens: vec![
+                    token("dn", Role::Datanode),
+                    token("fe", Role::Frontend),
+                    token("ops", Role::Operator),
+                ],
+                ..SecurityConfig::default()
+            },
+            ..config()
+        },
+    )
+    .await;
+    let endpoints = vec![server.grpc_addr.to_string()];
+    let with_token = |name: Option<&str>| ClientSecurity {
+        token: name.map(|name| format!("{name}-secret")),
+        ..ClientSecurity::default()
+    };
+
+    let datanode = SimDatanode::start_on(
+        MetasrvTarget::SecureCluster(endpoints.clone(), with_token(Some("dn"))),
+        SimDatanodeConfig::new(CLUSTER, 1),
+    );
+    let view = server.cluster_view.clone();
+    wait_for(
+        "the datanode with a token alive",
+        Duration::from_secs(10),
+        || {
+            let view = view.clone();
+            async move {
+                let nodes = view.send(ListNodes).await.ok()?;
+                nodes
+                    .iter()
+                    .any(|n| n.id == 1 && n.status == NodeStatus::Alive)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let anonymous = SimDatanode::start_on(
+        MetasrvTarget::SecureCluster(endpoints.clone(), with_token(None)),
+        SimDatanodeConfig::new(CLUSTER, 2),
+    );
+    let refusal = wait_for(
+        "the datanode without a token told why",
+        Duration::from_secs(10),
+        || {
+            let events = anonymous.events();
+            async move {
+                events.into_iter().find_map(|event| match event {
+                    SimEvent::Disconnected {
+                        reason: Some(status),
+                    } => Some(status),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await;
+    assert_eq!(refusal.code(), Code::Unauthenticated, "{refusal:?}");
+    assert!(refusal.message().contains("token"), "{refusal:?}");
+
+    let table = TableName::new("greptime", "public", "tokens");
+    let operator = MetaClient::connect_with(&endpoints, CLUSTER, 0, with_token(Some("ops")))
+        .await
+        .expect("an operator connects");
+    operator
+        .create_table(crate::router::create_request(&table, 1, 1))
+        .await
+        .expect("an operator creates a table");
+    let frontend = MetaClient::connect_with(&endpoints, CLUSTER, 0, with_token(Some("fe")))
+        .await
+        .expect("a frontend connects");
+    let route = frontend
+        .route(&table)
+        .await
+        .expect("a frontend reads routes");
+    assert_eq!(route.route.regions[0].leader.id, 1);
+    let refused = frontend
+        .create_table(crate::router::create_request(
+            &TableName::new("greptime", "public", "nope"),
+            1,
+            1,
+        ))
+        .await
+        .expect_err("a frontend may not create tables");
+    assert!(
+        matches!(&refused, ClientError::Status(s) if s.code() == Code::PermissionDenied),
+        "{refused:?}"
+    );
+
+    let started = std::time::Instant::now();
+    let nobody = MetaClient::connect_with(&endpoints, CLUSTER, 0, with_token(None))
+        .await
+        .err()
+        .expect("no credentials, no client");
+    assert!(
+        matches!(&nobody, ClientError::Status(s) if s.code() == Code::Unauthenticated),
+        "{nobody:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a refusal is final, not retried for {:?}",
+        started.elapsed()
+    );
+    drop((datanode, anonymous));
+    server.stop().await;
 }
