@@ -5,6 +5,7 @@ pub mod actors;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod ctl;
 pub mod election;
 pub mod failure_detector;
 pub mod grpc;

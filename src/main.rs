@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Runs a metasrv. With no arguments: standalone, on the embedded store under ./data.
     Start(Box<StartArgs>),
+    /// Operates a running cluster: status, nodes, tables, routes, procedures, maintenance,
+    /// leadership, the user key space, region migration, leader transfer and node drain.
+    Ctl(Box<metasrv::ctl::CtlArgs>),
     /// Prints the SHA-256 of a bearer token, as `[[security.tokens]] sha256` stores it.
     HashToken {
         /// The token (read from standard input when omitted, so it stays out of shell history).
@@ -150,6 +153,22 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Command::Start(args) => *args,
+        Command::Ctl(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let result = runtime.block_on(metasrv::ctl::run(
+                *args,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            if let Err(e) = result {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         Command::HashToken { token } => {
             let token = match token {
                 Some(token) => token,

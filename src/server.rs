@@ -277,7 +277,7 @@ impl Metasrv {
         .max_decoding_message_size(decode_limit);
         let quarantine = tables.quarantine().clone();
         let router_service = RouterServer::new(RouterService::new(
-            tables,
+            tables.clone(),
             leadership.clone(),
             limits.clone(),
             metrics.clone(),
@@ -375,6 +375,8 @@ impl Metasrv {
             member_name: config.member_name(),
             cluster_id: config.cluster_id,
             authenticator,
+            tables: tables.clone(),
+            election: election.clone(),
         };
         let http_token = token.clone();
         let app = router(http_state).into_make_service_with_connect_info::<PeerNames>();

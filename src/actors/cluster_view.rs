@@ -84,6 +84,22 @@ pub struct SetDraining {
     pub draining: bool,
 }
 
+/// Every node's latest `samples` stats samples, oldest first (the dashboard's load heatmap).
+#[derive(Message)]
+#[rtype(result = "Vec<NodeLoad>")]
+pub struct GetLoadHistory {
+    pub samples: usize,
+}
+
+/// A node's recent load, as `/v1/load` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeLoad {
+    pub id: u64,
+    pub addr: String,
+    pub status: NodeStatus,
+    pub samples: Vec<NodeSample>,
+}
+
 /// The stats history of one node, oldest first (empty for an unknown node).
 #[derive(Message)]
 #[rtype(result = "Vec<NodeSample>")]
@@ -982,6 +998,30 @@ impl Handler<GetLeaseExpiry> for ClusterView {
                 .and_then(|n| n.last_request_at)
                 .map(|at| at + msg.region_lease),
         )
+    }
+}
+
+impl Handler<GetLoadHistory> for ClusterView {
+    type Result = MessageResult<GetLoadHistory>;
+
+    fn handle(&mut self, msg: GetLoadHistory, _ctx: &mut Self::Context) -> Self::Result {
+        let mut nodes: Vec<NodeLoad> = self
+            .nodes
+            .iter()
+            .map(|(&id, node)| NodeLoad {
+                id,
+                addr: node.addr.clone(),
+                status: node.status,
+                samples: node
+                    .history
+                    .iter()
+                    .skip(node.history.len().saturating_sub(msg.samples))
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        MessageResult(nodes)
     }
 }
 

@@ -34,6 +34,14 @@ use crate::store::fenced::{Fence, FencedStore};
 #[rtype(result = "()")]
 pub struct Resign;
 
+/// An operator asks the leader to hand leadership over (`POST /v1/leader/resign`): it steps
+/// down and campaigns again behind the members already waiting (etcd grants the election in
+/// campaign order), so another member leads if there is one. Answers whether it was leading
+/// (`Err` with why not).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct HandOver;
+
 /// A campaign won: `leader_key` is this member's key inside the store prefix.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -656,6 +664,23 @@ impl Handler<LeaderObserved> for ElectionActor {
                 }
             }
         }
+    }
+}
+
+impl Handler<HandOver> for ElectionActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, _msg: HandOver, ctx: &mut Self::Context) -> Self::Result {
+        if self.etcd.is_none() {
+            return Err(
+                "a standalone metasrv is the only member: there is no one to hand over to".into(),
+            );
+        }
+        if !self.leadership.state().serving {
+            return Err(format!("metasrv {} is not the leader", self.me.id));
+        }
+        self.step_down("an operator asked it to resign", None, ctx);
+        Ok(())
     }
 }
 

@@ -270,13 +270,25 @@ pub fn authorize(path: &str, identity: &Identity) -> Result<(), Status> {
 
 /// The HTTP counterpart: `/health` and `/metrics` are open to probes; other reads need any
 /// identity; anything that changes state needs an operator.
+/// What HTTP serves to anyone: probes (`/health`, `/metrics`), and the dashboard's page, its
+/// assets and the API description, which hold no cluster data (a browser cannot put a token
+/// on a page load; the page asks for one and sends it with every API call it makes).
+pub fn is_open_http_path(method: &axum::http::Method, path: &str) -> bool {
+    path == "/health"
+        || path == "/metrics"
+        || (method == axum::http::Method::GET
+            && (path == "/dashboard"
+                || path.starts_with("/dashboard/")
+                || path == "/v1/openapi.json"))
+}
+
 pub fn authorize_http(
     method: &axum::http::Method,
     path: &str,
     identity: &Identity,
 ) -> Result<(), Status> {
     use Role::*;
-    if path == "/health" || path == "/metrics" {
+    if is_open_http_path(method, path) {
         return Ok(());
     }
     let roles: &[Role] = if method == axum::http::Method::GET || method == axum::http::Method::HEAD

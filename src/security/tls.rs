@@ -20,6 +20,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::SecurityConfig;
 
+/// TLS handshakes the HTTP listener runs at once.
+const MAX_CONCURRENT_HANDSHAKES: usize = 128;
+
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the HTTP server to take them.
@@ -138,8 +141,18 @@ impl TlsListener {
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(ACCEPT_QUEUE);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                // At most so many handshakes at once (each costs CPU and memory): a flood of
+                // connections waits in the kernel's backlog instead.
+                let permit = tokio::select! {
+                    permit = handshakes.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    () = tx.closed() => return,
+                };
                 // Ends with the listener (axum drops it at shutdown): the port is released.
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -156,6 +169,7 @@ impl TlsListener {
                 let _ = stream.set_nodelay(true);
                 let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = handshaken.send((tls, peer)).await;

@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link, many modules).
 
 mod chaos;
+mod ctl;
 mod datanode_election;
 mod election;
 mod etcd_security;

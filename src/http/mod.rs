@@ -1,12 +1,12 @@
-//! The HTTP endpoints for operators: `/health` (is the store reachable?) and `/metrics`
-//! (Prometheus text format).
+//! The HTTP API for operators and the dashboard: `/health` (is the store reachable?),
+//! `/metrics` (Prometheus text format), the cluster (`/v1/nodes`, `/v1/members`, `/v1/tables`,
+//! `/v1/load`, ...), operations (`operations.rs`), the dashboard and its OpenAPI description
+//! (`dashboard.rs`, `docs/openapi.json`). Every error is JSON: `{"error": ..., "leader": ...}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::State;
-use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,6 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::actors::cluster_view::{ClusterView, ListNodes};
-use crate::actors::scheduler::OperationRequest;
 use crate::metrics::Metrics;
 use crate::store::{KeyRange, KvBackend, RangeRequest};
 
@@ -38,7 +37,15 @@ pub struct HttpState {
     pub cluster_id: u64,
     /// Who may call what (open when no identity is configured).
     pub authenticator: Arc<crate::security::Authenticator>,
+    /// The catalog (`/v1/tables`).
+    pub tables: Arc<crate::catalog::TableManager>,
+    /// Hands leadership over (`POST /v1/leader/resign`).
+    pub election: actix::Addr<crate::actors::election::ElectionActor>,
 }
+
+mod cluster;
+mod dashboard;
+mod operations;
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
@@ -46,21 +53,48 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/nodes", get(nodes))
         .route("/v1/leader", get(leader))
-        .route("/v1/procedures", get(procedures))
-        .route("/v1/procedures/{id}", get(procedure))
-        .route("/v1/regions/{region_id}/migrate", post(migrate_region))
+        .route("/v1/procedures", get(operations::procedures))
+        .route("/v1/procedures/{id}", get(operations::procedure))
+        .route(
+            "/v1/regions/{region_id}/migrate",
+            post(operations::migrate_region),
+        )
         .route(
             "/v1/regions/{region_id}/transfer-leader",
-            post(transfer_leader),
+            post(operations::transfer_leader),
         )
-        .route("/v1/nodes/{node_id}/drain", post(drain_node))
+        .route("/v1/nodes/{node_id}/drain", post(operations::drain_node))
         .route("/v1/maintenance", get(maintenance).put(set_maintenance))
         .route("/v1/members", get(members))
+        .route("/v1/leader/resign", post(cluster::resign))
+        .route("/v1/tables", get(cluster::tables))
+        .route("/v1/tables/{catalog}/{schema}/{table}", get(cluster::table))
+        .route("/v1/load", get(cluster::load))
+        .route("/v1/openapi.json", get(dashboard::openapi))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/{asset}", get(dashboard::asset))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.authenticator.clone(),
             authenticate,
         ))
         .with_state(state)
+}
+
+/// Every unknown path: a JSON error like every other.
+async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
 }
 
 /// Resolves the caller (client certificate names, bearer token) and refuses, as JSON with a
@@ -70,7 +104,10 @@ async fn authenticate(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if !authenticator.enabled() {
+    // Open paths are served whatever the caller sends (a probe with a stale token included).
+    if !authenticator.enabled()
+        || crate::security::is_open_http_path(request.method(), request.uri().path())
+    {
         return next.run(request).await;
     }
     let names = request
@@ -166,7 +203,7 @@ async fn leader(State(state): State<HttpState>) -> Response {
     Json(json!({
         "leader": leadership.leader,
         "me": state.leadership.me(),
-        "is_leader": leadership.serving,
+        "is_leader": state.leadership.is_serving_leader(),
         "term": leadership.term,
     }))
     .into_response()
@@ -215,21 +252,6 @@ async fn members(State(state): State<HttpState>) -> Response {
     Json(json!({ "members": members })).into_response()
 }
 
-/// Failover procedures, running and finished, oldest first.
-async fn procedures(State(state): State<HttpState>) -> Response {
-    match crate::procedure::ProcedureStore::new(state.store.clone())
-        .list()
-        .await
-    {
-        Ok(procedures) => Json(json!({ "procedures": procedures })).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
-    }
-}
-
 async fn maintenance(State(state): State<HttpState>) -> Response {
     let enabled = state.maintenance.load(std::sync::atomic::Ordering::Relaxed);
     Json(json!({ "enabled": enabled })).into_response()
@@ -244,8 +266,12 @@ struct MaintenanceQuery {
 /// failed over. Persisted, so it survives leader changes.
 async fn set_maintenance(
     State(state): State<HttpState>,
-    axum::extract::Query(query): axum::extract::Query<MaintenanceQuery>,
+    query: Result<axum::extract::Query<MaintenanceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let query = match query {
+        Ok(axum::extract::Query(query)) => query,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     if let Err(status) = state.leadership.require_leader() {
         let leader = crate::election::redirect_target(&status);
         return (
@@ -270,12 +296,12 @@ async fn set_maintenance(
     }
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
 /// The JSON error for a refused operation (a gRPC status from the admin layer).
-fn status_response(status: tonic::Status) -> Response {
+pub(super) fn status_response(status: tonic::Status) -> Response {
     let code = match status.code() {
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
         tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
@@ -290,121 +316,4 @@ fn status_response(status: tonic::Status) -> Response {
         Json(json!({ "error": status.message(), "leader": leader })),
     )
         .into_response()
-}
-
-/// One procedure: this leader's live progress if it runs it, else the record.
-async fn procedure(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    let procedures = crate::procedure::ProcedureStore::new(state.store.clone());
-    match crate::grpc::admin::find_procedure(&state.scheduler, &procedures, &id).await {
-        Ok(Some(procedure)) => Json(json!({ "procedure": procedure })).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no procedure {id:?}")),
-        Err(status) => status_response(status),
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct OperationQuery {
-    /// The target node (migrations and transfers).
-    to: Option<u64>,
-    /// Answer once the procedure has finished.
-    #[serde(default)]
-    wait: bool,
-}
-
-/// Starts an operation; answers 202 with the procedure (200 with the finished one if `wait`).
-async fn start(state: &HttpState, request: OperationRequest, wait: bool) -> Response {
-    if let Err(status) = state.leadership.require_leader() {
-        return status_response(status);
-    }
-    let progress = match crate::grpc::admin::start_operation(&state.scheduler, request).await {
-        Ok(progress) => progress,
-        Err(e) => return status_response(crate::grpc::admin::operation_status(e)),
-    };
-    if !wait {
-        let procedure = progress.borrow().clone();
-        return (
-            StatusCode::ACCEPTED,
-            Json(json!({ "procedure": procedure })),
-        )
-            .into_response();
-    }
-    match crate::grpc::admin::wait_until_finished(progress).await {
-        Ok(procedure) => Json(json!({ "procedure": procedure })).into_response(),
-        Err(status) => status_response(status),
-    }
-}
-
-type IdPath = Result<Path<u64>, PathRejection>;
-type OperationParams = Result<Query<OperationQuery>, QueryRejection>;
-
-/// The id in the path and the query of an operation, or why either is bad (a 400).
-fn id_and_query(path: IdPath, query: OperationParams) -> Result<(u64, OperationQuery), String> {
-    let Path(id) = path.map_err(|e| e.body_text())?;
-    let Query(query) = query.map_err(|e| e.body_text())?;
-    Ok((id, query))
-}
-
-/// `POST /v1/regions/{region_id}/migrate?to=N[&wait=true]`
-async fn migrate_region(
-    State(state): State<HttpState>,
-    path: IdPath,
-    query: OperationParams,
-) -> Response {
-    match id_and_query(path, query) {
-        Ok((region_id, query)) => {
-            move_region(&state, query, |to| OperationRequest::MigrateRegion {
-                region_id,
-                to,
-            })
-            .await
-        }
-        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
-    }
-}
-
-/// `POST /v1/regions/{region_id}/transfer-leader?to=N[&wait=true]`
-async fn transfer_leader(
-    State(state): State<HttpState>,
-    path: IdPath,
-    query: OperationParams,
-) -> Response {
-    match id_and_query(path, query) {
-        Ok((region_id, query)) => {
-            move_region(&state, query, |to| OperationRequest::TransferLeader {
-                region_id,
-                to,
-            })
-            .await
-        }
-        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
-    }
-}
-
-/// Starts the region move `request` makes for the query's target node.
-async fn move_region(
-    state: &HttpState,
-    query: OperationQuery,
-    request: impl FnOnce(u64) -> OperationRequest,
-) -> Response {
-    let Some(to) = query.to else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the target node is missing: ?to=<node id>",
-        );
-    };
-    start(state, request(to), query.wait).await
-}
-
-/// `POST /v1/nodes/{node_id}/drain[?wait=true]`
-async fn drain_node(
-    State(state): State<HttpState>,
-    path: IdPath,
-    query: OperationParams,
-) -> Response {
-    match id_and_query(path, query) {
-        Ok((node_id, query)) => {
-            start(&state, OperationRequest::DrainNode { node_id }, query.wait).await
-        }
-        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
-    }
 }

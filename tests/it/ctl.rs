@@ -1,0 +1,295 @@
+//! `metasrv ctl` against real members: every subcommand, as tables and as JSON, following the
+//! leader from a list that starts with a follower; its errors say what to do.
+
+use std::time::Duration;
+
+use clap::Parser;
+use metasrv::ctl::{run, CtlArgs, CtlError};
+use serde_json::Value;
+
+use crate::election::pair_with_table;
+use crate::harness::wait_for;
+use crate::router::CLUSTER;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: CtlArgs,
+}
+
+/// Runs `metasrv ctl <args>` in-process: stdout, and the progress output.
+async fn ctl(endpoints: &[String], args: &[&str]) -> Result<(String, String), CtlError> {
+    let cluster = CLUSTER.to_string();
+    let joined = endpoints.join(",");
+    let mut argv = vec![
+        "ctl",
+        "--endpoints",
+        joined.as_str(),
+        "--cluster-id",
+        cluster.as_str(),
+    ];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let (mut out, mut progress) = (Vec::new(), Vec::new());
+    run(cli.args, &mut out, &mut progress).await?;
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    Ok((text(out), text(progress)))
+}
+
+async fn ok(endpoints: &[String], args: &[&str]) -> String {
+    match ctl(endpoints, args).await {
+        Ok((out, _)) => out,
+        Err(e) => panic!("metasrv ctl {args:?} failed: {e}"),
+    }
+}
+
+async fn json(endpoints: &[String], args: &[&str]) -> Value {
+    let mut with_json = vec!["--output", "json"];
+    with_json.extend_from_slice(args);
+    let out = ok(endpoints, &with_json).await;
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+/// The leader of region `number` of the table, from `route --output json`.
+async fn region_leader(endpoints: &[String], number: u64) -> (u64, u64) {
+    let route = json(endpoints, &["route", "ctl"]).await;
+    let region = route["table"]["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .find(|r| r["region_number"] == number)
+        .expect("the region")
+        .clone();
+    (
+        region["region_id"].as_u64().expect("id"),
+        region["leader"]["id"].as_u64().expect("leader"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_works_against_a_two_member_cluster() {
+    let pair = pair_with_table(&[], "ctl").await;
+    let follower = 1 - pair.leader;
+    // The follower first: every command must find the leader by itself.
+    let endpoints = vec![
+        pair.members[follower].http_addr.to_string(),
+        pair.members[pair.leader].http_addr.to_string(),
+    ];
+    let leader_id = pair.leader as u64 + 1;
+
+    // status
+    let status = ok(&endpoints, &["status"]).await;
+    let lines: Vec<&str> = status.lines().collect();
+    assert!(lines[0].starts_with("MEMBER  NAME"), "{status}");
+    assert_eq!(lines.len(), 3, "a header and two members: {status}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("follower (leader: {leader_id})")),
+        "{status}"
+    );
+    let status = json(&endpoints, &["status"]).await;
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{status}");
+    assert_eq!(
+        members.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "{status}"
+    );
+    assert!(members
+        .iter()
+        .all(|m| m["backend"] == "etcd" && m["health"] == "serving"));
+
+    // nodes
+    let nodes = ok(&endpoints, &["nodes"]).await;
+    assert_eq!(
+        nodes.lines().filter(|l| l.contains(" alive ")).count(),
+        3,
+        "{nodes}"
+    );
+    let nodes = json(&endpoints, &["nodes"]).await;
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(3), "{nodes}");
+
+    // tables and route
+    let tables = ok(&endpoints, &["tables"]).await;
+    assert!(tables.contains("greptime.public.ctl  6"), "{tables}");
+    let tables = json(&endpoints, &["tables"]).await;
+    assert_eq!(tables["tables"][0]["regions"], 6, "{tables}");
+    let route = ok(&endpoints, &["route", "greptime.public.ctl"]).await;
+    assert!(
+        route.starts_with("table greptime.public.ctl (id "),
+        "{route}"
+    );
+    assert_eq!(
+        route.lines().count(),
+        2 + 6,
+        "a title, a header, 6 regions: {route}"
+    );
+    let missing = ctl(&endpoints, &["route", "nope"])
+        .await
+        .expect_err("no such table");
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+
+    // maintenance
+    assert!(ok(&endpoints, &["maintenance", "on"])
+        .await
+        .starts_with("maintenance on"));
+    assert_eq!(json(&endpoints, &["maintenance"]).await["enabled"], true);
+    assert!(ok(&endpoints, &["maintenance", "off"])
+        .await
+        .starts_with("maintenance off"));
+    assert_eq!(json(&endpoints, &["maintenance"]).await["enabled"], false);
+
+    // kv, in the user key space
+    ok(&endpoints, &["kv", "put", "user/a", "1"]).await;
+    ok(&endpoints, &["kv", "put", "user/b", "2"]).await;
+    assert_eq!(
+        ok(&endpoints, &["kv", "get", "user/a"]).await,
+        "KEY     VALUE\nuser/a  1\n"
+    );
+    let range = json(&endpoints, &["kv", "range", "user/", "--prefix"]).await;
+    assert_eq!(range["kvs"].as_array().map(Vec::len), Some(2), "{range}");
+    let deleted = json(&endpoints, &["kv", "delete", "user/", "--prefix"]).await;
+    assert_eq!(deleted["deleted"], 2, "{deleted}");
+    let internal = ctl(&endpoints, &["kv", "put", "__meta/x", "1"])
+        .await
+        .expect_err("internal");
+    assert!(
+        internal.to_string().contains("PermissionDenied"),
+        "{internal}"
+    );
+
+    // migrate-region and transfer-leader, followed to the end
+    let (region, from) = region_leader(&endpoints, 0).await;
+    let to = (from % 3) + 1;
+    let (out, _) = ctl(
+        &endpoints,
+        &[
+            "migrate-region",
+            &region.to_string(),
+            "--to",
+            &to.to_string(),
+        ],
+    )
+    .await
+    .expect("migrate");
+    assert!(
+        out.contains("migrate_region") && out.contains("done"),
+        "{out}"
+    );
+    assert_eq!(region_leader(&endpoints, 0).await, (region, to));
+
+    // drain-node, with its progress bar
+    let drained = (to % 3) + 1;
+    let (out, progress) = ctl(&endpoints, &["drain-node", &drained.to_string()])
+        .await
+        .expect("drain");
+    assert!(out.contains("drain_node") && out.contains("done"), "{out}");
+    assert!(progress.contains("moved, 0 failed"), "{progress}");
+    let route = json(&endpoints, &["route", "ctl"]).await;
+    assert!(
+        route["table"]["regions"]
+            .as_array()
+            .expect("regions")
+            .iter()
+            .all(|r| r["leader"]["id"] != drained),
+        "node {drained} drained: {route}"
+    );
+
+    // procedures: both operations, done
+    let procedures = ok(&endpoints, &["procedures"]).await;
+    assert!(procedures.contains("migrate_region"), "{procedures}");
+    assert!(procedures.contains("drain_node"), "{procedures}");
+    let procedures = json(&endpoints, &["procedures"]).await;
+    assert!(procedures["procedures"]
+        .as_array()
+        .expect("procedures")
+        .iter()
+        .all(|p| p["state"] == "done"));
+
+    // leader resign: the other member takes over, and the CLI follows
+    let shown = json(&endpoints, &["leader", "show"]).await;
+    assert_eq!(shown["leader"]["id"], leader_id);
+    let resigned = ok(&endpoints, &["leader", "resign"]).await;
+    assert!(resigned.contains("resigned"), "{resigned}");
+    let new_leader = wait_for("the other member leads", Duration::from_secs(15), || {
+        let endpoints = endpoints.clone();
+        async move {
+            let shown = ctl(&endpoints, &["--output", "json", "leader", "show"])
+                .await
+                .ok()?;
+            let id = serde_json::from_str::<Value>(&shown.0).ok()?["leader"]["id"].as_u64()?;
+            (id != leader_id).then_some(id)
+        }
+    })
+    .await;
+    assert_eq!(new_leader, follower as u64 + 1);
+    drop(pair);
+}
+
+/// The binary itself: a failure is exit status 1 with a message that says what to do.
+#[test]
+fn the_binary_says_what_to_do_when_no_member_answers() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_metasrv"))
+        .args(["ctl", "--endpoints", "127.0.0.1:1", "nodes"])
+        .env_remove("METASRV_ENDPOINTS")
+        .env_remove("METASRV_TOKEN")
+        .output()
+        .expect("run metasrv ctl");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("check --endpoints"), "{stderr}");
+}
+
+/// With tokens configured: no token is refused with what to pass; a frontend token reads but
+/// may not act; an operator's token may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_asked_for_and_roles_respected() {
+    use metasrv::security::{hash_token, Role, SecurityConfig, TokenEntry};
+    let token = |name: &str, role: Role| TokenEntry {
+        name: name.into(),
+        sha256: hash_token(&format!("{name}-secret")),
+        roles: vec![role],
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(
+        metasrv::store::embedded::EmbeddedStore::open(dir.path()).expect("store"),
+    );
+    let server = crate::harness::TestServer::start(
+        store,
+        metasrv::Config {
+            cluster_id: CLUSTER,
+            security: SecurityConfig {
+                tokens: vec![token("fe", Role::Frontend), token("ops", Role::Operator)],
+                ..SecurityConfig::default()
+            },
+            ..metasrv::Config::default()
+        },
+    )
+    .await;
+    let endpoints = vec![server.http_addr.to_string()];
+    let anonymous = ctl(&endpoints, &["maintenance"])
+        .await
+        .expect_err("no token");
+    assert!(
+        anonymous.to_string().contains("pass --token"),
+        "{anonymous}"
+    );
+    let frontend = ctl(&endpoints, &["--token", "fe-secret", "maintenance"]).await;
+    assert!(frontend.is_ok(), "a frontend reads: {frontend:?}");
+    let denied = ctl(&endpoints, &["--token", "fe-secret", "maintenance", "on"])
+        .await
+        .expect_err("a frontend may not act");
+    assert!(denied.to_string().contains("operator"), "{denied}");
+    let (out, _) = ctl(&endpoints, &["--token", "ops-secret", "maintenance", "on"])
+        .await
+        .expect("an operator acts");
+    assert!(out.starts_with("maintenance on"), "{out}");
+    // The dashboard's page is open (a browser cannot send a token with a page load).
+    let (code, page) = crate::harness::http_get(server.http_addr, "/dashboard").await;
+    assert_eq!(code, 200, "{page}");
+    server.stop().await;
+}
