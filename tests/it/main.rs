@@ -2,6 +2,7 @@
 
 mod chaos;
 mod ctl;
+mod dashboard;
 mod datanode_election;
 mod election;
 mod etcd_security;
