@@ -607,7 +607,7 @@ impl ClusterView {
             if let Some(pending) = self.pending.remove(&id) {
                 if pending.opens_leader {
                     self.ownership
-                        .note_opened_as_leader(node_id, Instant::now());
+                        .lead_grant_resolved(node_id, id, Instant::now());
                 }
                 tracing::info!(
                     node_id,
@@ -744,7 +744,11 @@ impl Handler<StatsReported> for ClusterView {
             match self.pending.remove(&outcome.instruction_id) {
                 Some(pending) if pending.node_id == node_id => {
                     if pending.opens_leader {
-                        self.ownership.note_opened_as_leader(node_id, received_at);
+                        self.ownership.lead_grant_resolved(
+                            node_id,
+                            outcome.instruction_id,
+                            received_at,
+                        );
                     }
                     let label = if outcome.success {
                         "success"
@@ -862,18 +866,22 @@ impl Handler<SendInstruction> for ClusterView {
         }
         let (reply, answer) = oneshot::channel();
         let kind = instruction.kind();
+        // Both start a first write lease on the node, counted from its receipt.
+        let opens_leader = matches!(
+            instruction,
+            Instruction::OpenRegion {
+                role: RegionRole::Leader,
+                ..
+            } | Instruction::UpgradeRegion { .. }
+        );
+        if opens_leader {
+            self.ownership.lead_grant_sent(node_id, id);
+        }
         self.pending.insert(
             id,
             PendingInstruction {
                 node_id,
-                // Both start a first write lease on the node, counted from its receipt.
-                opens_leader: matches!(
-                    instruction,
-                    Instruction::OpenRegion {
-                        role: RegionRole::Leader,
-                        ..
-                    } | Instruction::UpgradeRegion { .. }
-                ),
+                opens_leader,
                 session_id: session.session_id,
                 kind,
                 reply,
@@ -887,7 +895,7 @@ impl Handler<SendInstruction> for ClusterView {
             if let Some(pending) = view.pending.remove(&id) {
                 if pending.opens_leader {
                     view.ownership
-                        .note_opened_as_leader(node_id, Instant::now());
+                        .lead_grant_resolved(node_id, id, Instant::now());
                 }
                 tracing::warn!(
                     node_id,
@@ -1067,8 +1075,14 @@ impl Handler<ResetView> for ClusterView {
         self.nodes.clear();
         self.regions.clear();
         self.draining.clear();
-        // Dropping the pending replies tells their callers the mailbox closed.
-        self.pending.clear();
+        // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
+        // one may still have given a lease: it counts as resolved now (waits only lengthen).
+        for (id, pending) in self.pending.drain() {
+            if pending.opens_leader {
+                self.ownership
+                    .lead_grant_resolved(pending.node_id, id, Instant::now());
+            }
+        }
         self.update_status_gauges();
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::manager::{keys, Cache, TableEntry};
-use super::model::{check_route, TableInfo, TableRoute};
+use super::model::{check_route, drop_bad_followers, TableInfo, TableRoute};
 use super::quarantine::QuarantinedRecord;
 use crate::store::scan::PrefixScan;
 use crate::store::{KeyValue, KvBackend, StoreError};
@@ -149,6 +149,11 @@ impl CatalogAssembler {
                 let reason = format!("table {id} is not served: its info names it {}", info.name);
                 self.quarantine(&kv.key, reason);
                 continue;
+            }
+            let mut route = route;
+            let dropped = drop_bad_followers(&mut route);
+            if dropped > 0 {
+                tracing::warn!(table_id = id, dropped, "dropped followers that repeat a region's leader or another follower from a stored route");
             }
             if let Err(reason) = check_route(&info, &route) {
                 self.quarantine(&kv.key, format!("table {id} is not served: {reason}"));
@@ -313,7 +318,7 @@ mod tests {
     #[test]
     fn a_route_that_does_not_fit_its_table_is_quarantined() {
         type Damage = fn(&mut TableEntry);
-        let damage: [(&str, Damage); 7] = [
+        let damage: [(&str, Damage); 6] = [
             ("gives 4 regions but the route has 3", |e| {
                 e.route.regions.pop();
             }),
@@ -324,9 +329,6 @@ mod tests {
                 e.route.regions[2].region_id = crate::catalog::model::region_id(9, 2);
             }),
             ("has no leader", |e| e.route.regions[0].leader.id = 0),
-            ("names node 1 twice", |e| {
-                e.route.regions[0].followers[0].id = 1;
-            }),
             ("outside 1..=4294967295", |e| {
                 e.info.id += 1 << 32;
                 e.route.table_id = e.info.id;
@@ -341,6 +343,38 @@ mod tests {
             assert_eq!(reasons.len(), 1, "{needle}: {reasons:?}");
             assert!(reasons[0].contains(needle), "{needle}: {reasons:?}");
         }
+    }
+
+    #[test]
+    fn followers_that_repeat_a_copy_are_dropped_not_the_table() {
+        let mut entry = table(7, 2);
+        entry.route.regions[0].followers = vec![
+            entry.route.regions[0].leader.clone(),
+            entry.route.regions[0].followers[0].clone(),
+            entry.route.regions[0].followers[0].clone(),
+        ];
+        let (served, reasons) = load(&[named(entry)]);
+        assert_eq!((served, reasons), (vec![7], vec![]));
+        let mut assembler = CatalogAssembler::default();
+        let mut entry = table(7, 1);
+        let leader = entry.route.regions[0].leader.clone();
+        entry.route.regions[0].followers.push(leader);
+        assembler.name(KeyValue::new(keys::table_name(&entry.info.name), "7"));
+        assembler.info(KeyValue::new(
+            keys::table(7),
+            serde_json::to_vec(&entry.info).expect("info"),
+        ));
+        assembler.route(KeyValue::new(
+            keys::table_route(7),
+            serde_json::to_vec(&entry.route).expect("route"),
+        ));
+        let loaded = assembler.finish();
+        let (_, served) = loaded.cache.served_tables().next().expect("served");
+        assert_eq!(
+            served.route.regions[0].followers.len(),
+            1,
+            "the leader is no follower"
+        );
     }
 
     #[test]

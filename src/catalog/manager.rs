@@ -735,11 +735,22 @@ impl TableManager {
                 "table {id} has no info or route"
             )));
         };
+        let mut route: TableRoute =
+            serde_json::from_slice(&route_kv.value).map_err(|e| corrupt(&route_kv.key, e))?;
+        super::model::drop_bad_followers(&mut route);
         let entry = Arc::new(TableEntry {
             info: serde_json::from_slice(&info_kv.value).map_err(|e| corrupt(&info_kv.key, e))?,
-            route: serde_json::from_slice(&route_kv.value)
-                .map_err(|e| corrupt(&route_kv.key, e))?,
+            route,
         });
+        // What the catalog load would quarantine is not served this way either.
+        if entry.info.name != *name {
+            return Err(corrupt(
+                &id_kv.key,
+                format!("its info names {}", entry.info.name),
+            ));
+        }
+        super::model::check_route(&entry.info, &entry.route)
+            .map_err(|reason| corrupt(&route_kv.key, reason))?;
         self.cache.write().put_table(entry.clone());
         Ok(entry)
     }
@@ -884,6 +895,11 @@ impl TableManager {
         region.leader = leader;
         region.followers = followers;
         route.version += 1;
+        // Never store a route a new leader would refuse to serve (a planner's stale choice:
+        // a follower that is the leader too, say); the caller undoes what it started.
+        super::model::check_route(&entry.info, &route).map_err(|reason| {
+            DdlError::NotConfirmed(format!("not moving region {region_id}: {reason}"))
+        })?;
         let key = keys::table_route(entry.info.id);
         let old = serde_json::to_vec(&entry.route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
         let new = serde_json::to_vec(&route).map_err(|e| DdlError::Corrupt(e.to_string()))?;

@@ -259,6 +259,24 @@ pub fn table_of_region(region_id: u64) -> u64 {
 /// The largest table id: region ids keep the table id in their high 32 bits.
 pub const MAX_TABLE_ID: u64 = u32::MAX as u64;
 
+/// Drops followers a route should not have (node 0, the region's leader, a node named twice)
+/// and returns how many it dropped. Such a follower only ever stood for a copy that is there
+/// anyway (or nowhere), so a route an older version stored with one is repaired on load rather
+/// than refused: refusing would stop serving the whole table.
+pub fn drop_bad_followers(route: &mut TableRoute) -> usize {
+    let mut dropped = 0;
+    for region in &mut route.regions {
+        let mut seen = std::collections::HashSet::with_capacity(region.followers.len() + 1);
+        seen.insert(region.leader.id);
+        let before = region.followers.len();
+        region
+            .followers
+            .retain(|follower| follower.id != 0 && seen.insert(follower.id));
+        dropped += before - region.followers.len();
+    }
+    dropped
+}
+
 /// Checks that a route fits its table: the same id (one region ids can hold), one region per
 /// region number the partition rule gives, each region's id derived from the table and its
 /// number, a real leader, and followers that are distinct and not the leader. Metasrv only

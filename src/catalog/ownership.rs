@@ -36,6 +36,11 @@ struct Grants {
     /// Regions being migrated, with their routed leader: it gets no write lease on them
     /// (only a follower lease, for reads) until the migration ends.
     fenced_regions: HashMap<u64, u64>,
+    /// Per node, the lease-granting instructions (OpenRegion as leader, UpgradeRegion) sent
+    /// and not answered yet, by instruction id: the node may already count a first write
+    /// lease from one of them, which `last_grant` learns only when it resolves. A wait for a
+    /// node's leases to lapse must outlast these too (`has_pending_lead_grant`).
+    pending_lead_grants: HashMap<u64, HashSet<u64>>,
 }
 
 /// Regions a node reports in another role than the routes give it.
@@ -289,6 +294,40 @@ impl RegionOwnership {
         note(&mut self.grants.lock(), node_id, at);
     }
 
+    /// A lease-granting instruction `instruction_id` was sent to `node_id` (see
+    /// `pending_lead_grants`).
+    pub fn lead_grant_sent(&self, node_id: u64, instruction_id: u64) {
+        let mut grants = self.grants.lock();
+        grants
+            .pending_lead_grants
+            .entry(node_id)
+            .or_default()
+            .insert(instruction_id);
+    }
+
+    /// The lease-granting instruction `instruction_id` resolved at `at` (answered, timed out,
+    /// or lost with its stream): any lease it gave counts from before `at`. One of an earlier
+    /// term (gone with `rebuild`) still moves `last_grant` on, which only makes waits longer.
+    pub fn lead_grant_resolved(&self, node_id: u64, instruction_id: u64, at: Instant) {
+        let mut grants = self.grants.lock();
+        note(&mut grants, node_id, at);
+        if let Some(pending) = grants.pending_lead_grants.get_mut(&node_id) {
+            pending.remove(&instruction_id);
+            if pending.is_empty() {
+                grants.pending_lead_grants.remove(&node_id);
+            }
+        }
+    }
+
+    /// Whether a lease-granting instruction to `node_id` is still unanswered: until it
+    /// resolves, no one knows when the lease it may have given ends.
+    pub fn has_pending_lead_grant(&self, node_id: u64) -> bool {
+        self.grants
+            .lock()
+            .pending_lead_grants
+            .contains_key(&node_id)
+    }
+
     /// Stops granting `node_id` leader leases (a failover is about to move its regions) and
     /// returns [`Self::last_grant`]. Heartbeat grants after this carry no leader region, so
     /// only instruction results can move `last_grant` on: the failover re-reads it before it
@@ -523,10 +562,20 @@ mod tests {
             Some(early),
             "a follower lease is no write lease"
         );
-        // A confirmed OpenRegion as leader (its first lease) moves it on too.
+        // An OpenRegion as leader or an UpgradeRegion in flight: the lease it may give is
+        // unknown until it resolves, and then counts from its resolution.
+        ownership.lead_grant_sent(1, 41);
+        ownership.lead_grant_sent(1, 42);
+        assert!(ownership.has_pending_lead_grant(1));
+        assert!(!ownership.has_pending_lead_grant(2));
+        assert_eq!(ownership.last_grant(1), Some(early), "nothing known yet");
         let confirmed = later + std::time::Duration::from_secs(1);
-        ownership.note_opened_as_leader(1, confirmed);
+        ownership.lead_grant_resolved(1, 41, confirmed);
+        assert!(ownership.has_pending_lead_grant(1), "42 is still out");
         assert_eq!(ownership.last_grant(1), Some(confirmed));
+        ownership.lead_grant_resolved(1, 42, later);
+        assert!(!ownership.has_pending_lead_grant(1));
+        assert_eq!(ownership.last_grant(1), Some(confirmed), "never moves back");
         ownership.unfence(1);
         let grant = ownership.grant(1, &reported(&[1, 2]), later);
         assert_eq!(grant.leader_region_ids, vec![1]);

@@ -72,6 +72,7 @@ pub async fn find_leader_with(
     security: &ClientSecurity,
 ) -> Result<(Peer, Channel), ClientError> {
     let mut reason = String::from("no endpoints given");
+    let mut refusal: Option<tonic::Status> = None;
     let bearer = security.bearer().map_err(|e| ClientError::NoLeader {
         endpoints: endpoints.to_vec(),
         reason: e.to_string(),
@@ -103,9 +104,12 @@ pub async fn find_leader_with(
                     continue;
                 }
             },
-            // Every member checks callers alike: no other member (and no retry) will let in
-            // a caller this one refused.
-            Err(status) if is_refusal(&status) => return Err(ClientError::Status(status)),
+            // Members check callers alike, but not always at once (a token rotation rolls
+            // through them): ask the others, and report the refusal if none lets us in.
+            Err(status) if is_refusal(&status) => {
+                refusal = Some(status);
+                continue;
+            }
             Err(status) => {
                 reason = format!("{endpoint}: {}", status.message());
                 continue;
@@ -118,6 +122,9 @@ pub async fn find_leader_with(
             Ok(channel) => return Ok((leader, channel)),
             Err(e) => reason = format!("leader {} at {}: {e}", leader.id, leader.addr),
         }
+    }
+    if let Some(refusal) = refusal {
+        return Err(ClientError::Status(refusal));
     }
     Err(ClientError::NoLeader {
         endpoints: endpoints.to_vec(),

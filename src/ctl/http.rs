@@ -19,6 +19,9 @@ use crate::client::ClientSecurity;
 /// How long one HTTP exchange may take (connect, TLS, request, answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest answer read (a catalog of a million regions is far smaller in `/v1/tables`).
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+
 /// An answer: the status code and the JSON body (`Value::Null` when the body was not JSON).
 pub struct Answer {
     pub status: u16,
@@ -83,6 +86,8 @@ impl HttpClient {
             .map_err(|e| unreachable(&e))?;
         let _ = tcp.set_nodelay(true);
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        // `[::1]:4002` names the host `::1` (a TLS name cannot have brackets).
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -120,11 +125,10 @@ impl HttpClient {
         }
         .map_err(|e| unreachable(&e))?;
         let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
+        let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&format!("reading the answer: {e}")))?
             .to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer { status, body })

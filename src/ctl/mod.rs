@@ -180,6 +180,19 @@ struct Member {
     http_addr: String,
 }
 
+/// `addr` as a client can dial it: an unspecified host (a member listening on every address)
+/// becomes the host of `via`, the endpoint that named it.
+fn reachable(addr: &str, via: &str) -> String {
+    let Ok(socket) = addr.parse::<std::net::SocketAddr>() else {
+        return addr.to_owned();
+    };
+    if !socket.ip().is_unspecified() {
+        return addr.to_owned();
+    }
+    let host = via.rsplit_once(':').map_or(via, |(host, _)| host);
+    format!("{host}:{}", socket.port())
+}
+
 /// The connection settings shared by every command.
 struct Ctl {
     endpoints: Vec<String>,
@@ -221,7 +234,13 @@ impl Ctl {
             match self.http.request("GET", endpoint, "/v1/leader", None).await {
                 Ok(answer) if answer.status == 200 => {
                     match serde_json::from_value::<Member>(answer.body["leader"].clone()) {
-                        Ok(leader) => return Ok(leader),
+                        Ok(mut leader) => {
+                            // A member bound to 0.0.0.0 names that: reach it the way we reached
+                            // the one that answered.
+                            leader.http_addr = reachable(&leader.http_addr, endpoint);
+                            leader.grpc_addr = reachable(&leader.grpc_addr, endpoint);
+                            return Ok(leader);
+                        }
                         Err(_) => reasons.push(format!("{endpoint}: knows no leader yet")),
                     }
                 }
@@ -278,5 +297,18 @@ impl Ctl {
             ),
             _ => format!("{endpoint} answered {}: {message}", answer.status),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn unspecified_hosts_are_reached_through_the_answering_endpoint() {
+        assert_eq!(reachable("0.0.0.0:4002", "10.0.0.7:4002"), "10.0.0.7:4002");
+        assert_eq!(reachable("[::]:3002", "db-1.prod:4002"), "db-1.prod:3002");
+        assert_eq!(reachable("10.0.0.8:4002", "10.0.0.7:4002"), "10.0.0.8:4002");
+        assert_eq!(reachable("meta-2:4002", "10.0.0.7:4002"), "meta-2:4002");
     }
 }

@@ -170,6 +170,10 @@ async fn move_follower(
         // Moved already (a resumed drain).
         return Ok(());
     }
+    // The plan is older than the region's lock: `to` may hold a copy by now (a failover or a
+    // migration put one there). Then the copy on `from` is only dropped.
+    let to = to
+        .filter(|to| to.id != region.leader.id && !region.followers.iter().any(|f| f.id == to.id));
     let ownership = ctx.tables.ownership();
     if let Some(to) = &to {
         ctx.open_follower(&entry.info.name, region_id, to.id)

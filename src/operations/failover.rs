@@ -55,18 +55,10 @@ async fn move_regions_of_dead_node(
     // we wait: so the last lease this leader granted it bounds every lease that matters. If this
     // leader never granted it one, a previous leader may have: those end within one lease of
     // our election, so within one lease from now (or from the node's last request to us).
-    let mut noted = f.tables.ownership().fence(dead);
-    loop {
-        let until = f.lease_end(dead, noted).await;
-        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
-        // Fenced, the node gets no new leader lease from heartbeats; but an OpenRegion it
-        // confirmed meanwhile (a create or a reopen in flight when it was fenced) began one.
-        let latest = f.tables.ownership().last_grant(dead);
-        if latest <= noted {
-            break;
-        }
-        noted = latest;
-    }
+    // Fenced, the node gets no new leader lease from heartbeats; but an OpenRegion or an
+    // UpgradeRegion in flight when it was fenced may give one: the wait covers those too.
+    let noted = f.tables.ownership().fence(dead);
+    f.wait_out_write_leases(dead, noted).await;
     procedure.step("the dead node's region leases have lapsed");
 
     let mut candidates = match f.cluster_view.send(ListCandidates).await {
@@ -178,8 +170,13 @@ async fn move_regions_of_dead_node(
             f.save(&procedure, None).await;
             continue;
         }
-        let followers: Vec<Peer> = region
-            .followers
+        // The followers as they are now, under the lock (a drain may have moved one since the
+        // plan): a snapshot's would bring back a moved copy and lose its replacement.
+        let current_followers = f
+            .tables
+            .region_route(region_id)
+            .map_or_else(|| region.followers.clone(), |(_, r)| r.followers);
+        let followers: Vec<Peer> = current_followers
             .iter()
             .filter(|fo| fo.id != target.id && fo.id != dead)
             .cloned()

@@ -116,9 +116,8 @@ pub async fn migrate_region(
             // Heartbeats since the fence renewed no write lease on this region, and nothing
             // opens it as leader there while the region is locked and fenced (a reopen of a
             // missing region skips both), so the last grant before the fence bounds every
-            // write lease that matters.
-            let until = ctx.lease_end(from, last_grant).await;
-            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            // write lease that matters, with any lease-granting instruction still in flight.
+            ctx.wait_out_write_leases(from, last_grant).await;
             steps.push(format!(
                 "region {region_id}: node {from} did not downgrade ({e}); its write lease lapsed after {} ms",
                 downgraded_at.elapsed().as_millis()

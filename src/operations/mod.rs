@@ -11,7 +11,7 @@ pub mod failover;
 pub mod migration;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use tokio::sync::{watch, Semaphore};
@@ -21,6 +21,9 @@ use crate::actors::scheduler::FailoverConfig;
 use crate::catalog::TableManager;
 use crate::metrics::Metrics;
 use crate::procedure::{Procedure, ProcedureStore};
+
+/// How often a wait for leases checks whether a lease-granting instruction has resolved.
+const PENDING_GRANT_POLL: Duration = Duration::from_millis(50);
 
 /// What every operation needs.
 #[derive(Clone)]
@@ -103,14 +106,34 @@ impl OperationContext {
     /// anyone else lead the region. The caller holds the region's lock throughout.
     pub async fn undo_lead(&self, node_id: u64, undo: Instruction) {
         if let Err(e) = self.instruct(node_id, undo).await {
-            let until = self
-                .lease_end(node_id, self.tables.ownership().last_grant(node_id))
-                .await;
             tracing::warn!(
                 node_id,
                 "an undo was not confirmed ({e}): waiting until the node's write lease has lapsed"
             );
+            self.wait_out_write_leases(node_id, self.tables.ownership().last_grant(node_id))
+                .await;
+        }
+    }
+
+    /// Waits until every write lease `node_id` may hold has lapsed, counting from `noted` (a
+    /// `last_grant` read when the node was fenced), from any grant that landed since, and from
+    /// any lease-granting instruction still in flight to it (OpenRegion as leader,
+    /// UpgradeRegion: the node counts their lease from receipt, which this leader learns only
+    /// when they resolve). The caller has fenced the node or region, so heartbeats add none.
+    pub async fn wait_out_write_leases(&self, node_id: u64, mut noted: Option<Instant>) {
+        let ownership = self.tables.ownership();
+        loop {
+            let until = self.lease_end(node_id, noted).await;
             tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            // Resolution is bounded by the instruction timeout (answer, timeout or lost stream).
+            while ownership.has_pending_lead_grant(node_id) {
+                tokio::time::sleep(PENDING_GRANT_POLL).await;
+            }
+            let latest = ownership.last_grant(node_id);
+            if latest <= noted {
+                return;
+            }
+            noted = latest;
         }
     }
 

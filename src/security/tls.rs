@@ -20,8 +20,52 @@ use tokio_rustls::TlsAcceptor;
 
 use super::SecurityConfig;
 
-/// TLS handshakes the HTTP listener runs at once.
-const MAX_CONCURRENT_HANDSHAKES: usize = 128;
+/// TLS handshakes the HTTP listener runs at once, in all and per client address.
+const MAX_CONCURRENT_HANDSHAKES: usize = 512;
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+
+/// Handshakes in progress, in all and per client address.
+#[derive(Default)]
+struct HandshakeLimits {
+    by_address: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted handshake; its count goes when it is dropped.
+struct HandshakePermit {
+    limits: Arc<HandshakeLimits>,
+    address: std::net::IpAddr,
+}
+
+impl HandshakeLimits {
+    fn admit(self: &Arc<Self>, address: std::net::IpAddr) -> Option<HandshakePermit> {
+        let mut by_address = self.by_address.lock();
+        let total: usize = by_address.values().sum();
+        let mine = by_address.entry(address).or_default();
+        if total >= MAX_CONCURRENT_HANDSHAKES || *mine >= MAX_HANDSHAKES_PER_ADDRESS {
+            if *mine == 0 {
+                by_address.remove(&address);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(HandshakePermit {
+            limits: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        let mut by_address = self.limits.by_address.lock();
+        if let Some(count) = by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,18 +185,9 @@ impl TlsListener {
     pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(ACCEPT_QUEUE);
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+        let handshakes = Arc::new(HandshakeLimits::default());
         tokio::spawn(async move {
             loop {
-                // At most so many handshakes at once (each costs CPU and memory): a flood of
-                // connections waits in the kernel's backlog instead.
-                let permit = tokio::select! {
-                    permit = handshakes.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                    () = tx.closed() => return,
-                };
                 // Ends with the listener (axum drops it at shutdown): the port is released.
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -166,11 +201,21 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Handshakes cost CPU and memory: a bounded number at once, and a bounded
+                // share per client address, so that one client holding connections open
+                // cannot shut out the others. Over either limit the connection is dropped.
+                let Some(permit) = handshakes.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "too many TLS handshakes at once; connection dropped");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (acceptor, handshaken) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    // Counted while handshaking only, not while waiting for axum to take it.
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let _ = handshaken.send((tls, peer)).await;
                         }
@@ -220,5 +265,39 @@ impl Connected<IncomingStream<'_, TlsListener>> for PeerNames {
 impl Connected<IncomingStream<'_, TcpListener>> for PeerNames {
     fn connect_info(_stream: IncomingStream<'_, TcpListener>) -> Self {
         PeerNames::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshakes_are_bounded_per_address_and_in_all() {
+        let limits = Arc::new(HandshakeLimits::default());
+        let one: std::net::IpAddr = [10, 0, 0, 1].into();
+        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+            .map(|_| limits.admit(one).expect("under the per-address limit"))
+            .collect();
+        assert!(limits.admit(one).is_none(), "one address's share is full");
+        let other: std::net::IpAddr = [10, 0, 0, 2].into();
+        assert!(
+            limits.admit(other).is_some(),
+            "another address still gets in"
+        );
+        drop(held);
+        assert!(
+            limits.by_address.lock().is_empty(),
+            "every count went with its permit"
+        );
+        let many: Vec<_> = (0..MAX_CONCURRENT_HANDSHAKES)
+            .map(|i| {
+                let address: std::net::IpAddr = [10, 1, (i / 256) as u8, (i % 256) as u8].into();
+                limits.admit(address).expect("under the total limit")
+            })
+            .collect();
+        assert!(limits.admit(other).is_none(), "the total is full");
+        drop(many);
+        assert!(limits.admit(other).is_some());
     }
 }

@@ -182,6 +182,35 @@ async fn every_subcommand_works_against_a_two_member_cluster() {
     );
     assert_eq!(region_leader(&endpoints, 0).await, (region, to));
 
+    // transfer-leader, on a table with two copies per region
+    let copies = crate::router::cpu_table("ctl2");
+    pair.meta
+        .create_table(crate::router::create_request(&copies, 2, 2))
+        .await
+        .expect("a table with two copies");
+    let route = json(&endpoints, &["route", "ctl2"]).await;
+    let region = &route["table"]["regions"][0];
+    let (region_id, follower_id) = (
+        region["region_id"].as_u64().expect("id"),
+        region["followers"][0]["id"].as_u64().expect("a follower"),
+    );
+    let transferred = json(
+        &endpoints,
+        &[
+            "transfer-leader",
+            &region_id.to_string(),
+            "--to",
+            &follower_id.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(transferred["procedure"]["state"], "done", "{transferred}");
+    let route = json(&endpoints, &["route", "ctl2"]).await;
+    assert_eq!(
+        route["table"]["regions"][0]["leader"]["id"], follower_id,
+        "{route}"
+    );
+
     // drain-node, with its progress bar
     let drained = (to % 3) + 1;
     let (out, progress) = ctl(&endpoints, &["drain-node", &drained.to_string()])

@@ -2,7 +2,9 @@
 // dependencies; everything is built with DOM calls (no innerHTML of data from the server).
 "use strict";
 
-const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh")) || 1000;
+// ?refresh=ms, at least 250 ms (each refresh makes seven API calls).
+const REFRESH_MS = Math.max(250,
+  Number(new URLSearchParams(location.search).get("refresh")) || 1000);
 const HEAT_SAMPLES = 30;
 const TIMELINE_WINDOW_MS = 10 * 60 * 1000;
 const SVG = "http://www.w3.org/2000/svg";
