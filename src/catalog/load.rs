@@ -21,6 +21,9 @@ use crate::store::{KeyValue, KvBackend, StoreError};
 pub(crate) struct LoadedCatalog {
     pub(crate) cache: Cache,
     pub(crate) quarantined: Vec<QuarantinedRecord>,
+    /// Tables a quarantined record belongs to: not served, and their regions left alone on
+    /// the datanodes (not closed as orphans) until the records are repaired.
+    pub(crate) withheld: std::collections::HashSet<u64>,
 }
 
 fn lossy(key: &[u8]) -> String {
@@ -37,6 +40,7 @@ pub(crate) struct CatalogAssembler {
     names: Vec<KeyValue>,
     infos: HashMap<u64, TableInfo>,
     routes: HashMap<u64, TableRoute>,
+    withheld: std::collections::HashSet<u64>,
 }
 
 impl CatalogAssembler {
@@ -107,7 +111,11 @@ impl CatalogAssembler {
             .key
             .strip_prefix(prefix.as_bytes())
             .and_then(keys::parse_id);
-        match (serde_json::from_slice::<T>(&kv.value), key_id) {
+        let decoded = serde_json::from_slice::<T>(&kv.value);
+        if !matches!((&decoded, key_id), (Ok(value), Some(id)) if id_of(value) == id) {
+            self.withheld.extend(key_id);
+        }
+        match (decoded, key_id) {
             (Ok(value), Some(id)) if id_of(&value) == id => Some((id, value)),
             (Ok(value), _) => {
                 let reason = format!("the record is for table {}", id_of(&value));
@@ -142,12 +150,14 @@ impl CatalogAssembler {
                     let reason =
                         format!("table {id} is not served: its {missing} unreadable or missing");
                     self.quarantine(&kv.key, reason);
+                    self.withheld.insert(id);
                     continue;
                 }
             };
             if keys::table_name(&info.name) != kv.key {
                 let reason = format!("table {id} is not served: its info names it {}", info.name);
                 self.quarantine(&kv.key, reason);
+                self.withheld.insert(id);
                 continue;
             }
             let mut route = route;
@@ -157,6 +167,7 @@ impl CatalogAssembler {
             }
             if let Err(reason) = check_route(&info, &route) {
                 self.quarantine(&kv.key, format!("table {id} is not served: {reason}"));
+                self.withheld.insert(id);
                 continue;
             }
             self.cache.put_table(Arc::new(TableEntry { info, route }));
@@ -165,13 +176,26 @@ impl CatalogAssembler {
         let orphans: Vec<Vec<u8>> = (self.infos.keys().map(|id| keys::table(*id)))
             .chain(self.routes.keys().map(|id| keys::table_route(*id)))
             .collect();
+        let orphan_ids: Vec<u64> = self
+            .infos
+            .keys()
+            .chain(self.routes.keys())
+            .copied()
+            .collect();
+        self.withheld.extend(orphan_ids);
         for key in orphans {
             self.quarantine(&key, "no table name refers to it");
         }
         self.quarantined.sort_by(|a, b| a.key.cmp(&b.key));
+        // A served table is never withheld (a stray record with its id was set aside alone).
+        let served: Vec<u64> = self.cache.served_tables().map(|(_, e)| e.info.id).collect();
+        for id in served {
+            self.withheld.remove(&id);
+        }
         LoadedCatalog {
             cache: self.cache,
             quarantined: self.quarantined,
+            withheld: self.withheld,
         }
     }
 }
@@ -400,6 +424,9 @@ mod tests {
         assembler.name(KeyValue::new(b"__meta/table_name/a/b/c".to_vec(), "x"));
         assembler.schema(KeyValue::new(b"__meta/schema/no-separator".to_vec(), "{}"));
         let loaded = assembler.finish();
+        let mut withheld: Vec<u64> = loaded.withheld.iter().copied().collect();
+        withheld.sort();
+        assert_eq!(withheld, vec![3, 4, 5, 6], "their regions are left alone");
         let quarantined: Vec<(String, String)> = loaded
             .quarantined
             .into_iter()

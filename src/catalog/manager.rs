@@ -338,6 +338,7 @@ impl TableManager {
         let loaded = super::load::load_catalog(self.store.as_ref()).await?;
         self.ownership
             .rebuild(loaded.cache.tables.values().map(|entry| &entry.route));
+        self.ownership.withhold_tables(loaded.withheld);
         *self.cache.write() = loaded.cache;
         self.quarantine.replace(loaded.quarantined);
         Ok(())

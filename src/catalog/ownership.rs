@@ -17,6 +17,9 @@ pub struct RegionOwnership {
     routed: RwLock<std::collections::HashSet<u64>>,
     /// Regions being moved to a node (opened there, route not yet updated): not stale there.
     moving: RwLock<HashMap<u64, u64>>,
+    /// Tables whose stored records were quarantined at load: their regions are nobody's
+    /// orphans (closing them would turn a metadata repair into an outage).
+    withheld_tables: RwLock<HashSet<u64>>,
     /// When this term's ownership was built: leases granted by an earlier term (even upgrades
     /// a failed operation of it left behind) have all lapsed one lease after this.
     term_started_at: parking_lot::Mutex<Option<Instant>>,
@@ -196,14 +199,25 @@ impl RegionOwnership {
 
     /// Regions `node_id` reports that no route names and no move in progress sends to it: a
     /// create in progress, or orphans (a refused or failed create, a drop the node missed).
+    /// Regions of withheld tables are not among them.
     pub fn unrouted(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
         let routed = self.routed.read();
         let moving = self.moving.read();
+        let withheld = self.withheld_tables.read();
         reported
             .iter()
             .map(|r| r.region_id)
-            .filter(|id| !routed.contains(id) && moving.get(id) != Some(&node_id))
+            .filter(|id| {
+                !routed.contains(id)
+                    && moving.get(id) != Some(&node_id)
+                    && !withheld.contains(&super::model::table_of_region(*id))
+            })
             .collect()
+    }
+
+    /// The tables whose records the last catalog load quarantined (see `withheld_tables`).
+    pub fn withhold_tables(&self, tables: HashSet<u64>) {
+        *self.withheld_tables.write() = tables;
     }
 
     /// Regions `node_id` reports in another role than the routes give it, in one pass.
@@ -579,5 +593,17 @@ mod tests {
         ownership.unfence(1);
         let grant = ownership.grant(1, &reported(&[1, 2]), later);
         assert_eq!(grant.leader_region_ids, vec![1]);
+    }
+
+    #[test]
+    fn regions_of_withheld_tables_are_no_orphans() {
+        let ownership = RegionOwnership::default();
+        ownership.add_route(&route(1, &[(1, &[])]));
+        let orphan = crate::catalog::model::region_id(8, 0);
+        let withheld = crate::catalog::model::region_id(9, 3);
+        let reports = reported(&[1, orphan, withheld]);
+        assert_eq!(ownership.unrouted(1, &reports), vec![orphan, withheld]);
+        ownership.withhold_tables([9].into());
+        assert_eq!(ownership.unrouted(1, &reports), vec![orphan]);
     }
 }
