@@ -322,3 +322,62 @@ async fn credentials_are_asked_for_and_roles_respected() {
     assert_eq!(code, 200, "{page}");
     server.stop().await;
 }
+
+/// The HTTP API describes itself (every route the server has), and every error is JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_is_described_and_its_errors_are_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(
+        metasrv::store::embedded::EmbeddedStore::open(dir.path()).expect("store"),
+    );
+    let server = crate::harness::TestServer::start(
+        store,
+        metasrv::Config {
+            cluster_id: CLUSTER,
+            ..metasrv::Config::default()
+        },
+    )
+    .await;
+    let (code, body) = crate::harness::http_get(server.http_addr, "/v1/openapi.json").await;
+    assert_eq!(code, 200);
+    let spec: Value = serde_json::from_str(&body).expect("the description is JSON");
+    assert_eq!(spec["openapi"], "3.0.3");
+    // The routes of src/http/mod.rs, as axum spells them.
+    let source = include_str!("../../src/http/mod.rs");
+    let routes: Vec<&str> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    assert!(routes.len() >= 15, "found the routes: {routes:?}");
+    for route in routes {
+        let described = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .any(|path| {
+                path == route || (route == "/dashboard/{asset}" && path.starts_with("/dashboard/"))
+            });
+        assert!(described, "{route} is not in docs/openapi.json");
+    }
+    for (method, path, expected) in [
+        ("GET", "/no/such/thing", 404),
+        ("DELETE", "/v1/nodes", 405),
+        ("PUT", "/v1/maintenance?enabled=maybe", 400),
+        ("POST", "/v1/regions/x/migrate?to=2", 400),
+        ("GET", "/v1/load?samples=0", 400),
+        ("GET", "/v1/tables/greptime/public/none", 404),
+        ("GET", "/dashboard/none.js", 404),
+        ("POST", "/v1/leader/resign", 409),
+    ] {
+        let (code, body) = crate::harness::http_request(server.http_addr, method, path).await;
+        assert_eq!(code, expected, "{method} {path}: {body}");
+        let error: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path} answered no JSON ({e}): {body}"));
+        assert!(
+            error["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}: {body}"
+        );
+    }
+    server.stop().await;
+}
