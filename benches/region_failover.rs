@@ -3,8 +3,12 @@
 //! the default 1 s heartbeats, failure detector, 3 s region leases and 500 ms safety margin.
 //! Also checks that no region ever had two writers at overlapping times.
 //!
-//! Run: `cargo bench --bench region_failover` (flags: --repeats 10). In-process metasrv on the
-//! embedded store and simulated datanodes with a data plane.
+//! Then one large round: a node leading a third of `--large-regions` (default 3,072, in tables of
+//! 1,024) dies; the time until every one of its regions is led by a live node, as a ratio of the
+//! small rounds' p50 (the same detection and lease wait, so the ratio is the cost of many regions).
+//!
+//! Run: `cargo bench --bench region_failover` (flags: --repeats 10 --large-regions 3072).
+//! In-process metasrv on the embedded store and simulated datanodes with a data plane.
 
 mod common;
 
@@ -28,6 +32,9 @@ fn main() {
     }
     let smoke = !args.iter().any(|a| a == "--bench");
     let repeats: usize = flag(&args, "--repeats").unwrap_or(if smoke { 1 } else { 10 });
+    // Regions in the large round (the victim leads a third): 0 skips it.
+    let large_regions: u32 =
+        flag(&args, "--large-regions").unwrap_or(if smoke { 60 } else { 3072 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,6 +126,74 @@ fn main() {
             nodes.push(start_node(victim_id).await);
         }
         times.sort_unstable();
+
+        // A node leading many regions: tables of 1,024 regions (one copy) over the three nodes;
+        // the victim leads a third of them. Time from its death until every one of its regions
+        // is led by a live node that has opened it as leader (inserts reaching every region
+        // would need tens of thousands of rows per round).
+        let mut large = Vec::new();
+        if large_regions > 0 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let listed = view.send(ListNodes).await.expect("view");
+                if listed.iter().filter(|n| n.status == NodeStatus::Alive && n.connected).count() == 3 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "nodes did not come back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut routes = Vec::new();
+            let mut left = large_regions;
+            for t in 0.. {
+                if left == 0 {
+                    break;
+                }
+                let regions = left.min(1024);
+                left -= regions;
+                let table = TableName::new("greptime", "public", &format!("large{t}"));
+                let (_, route) = meta
+                    .create_table(host_table(CLUSTER, &table, regions, 1))
+                    .await
+                    .expect("create a large table");
+                routes.push(route);
+            }
+            let victim_id = 1;
+            let moved: Vec<u64> = routes
+                .iter()
+                .flat_map(|r| r.route.regions.iter())
+                .filter(|r| r.leader.id == victim_id)
+                .map(|r| r.region_id)
+                .collect();
+            let index = nodes.iter().position(|n| n.node_id() == victim_id).expect("victim");
+            let victim = nodes.remove(index);
+            let killed_at = Instant::now();
+            victim.kill();
+            loop {
+                let led: std::collections::HashSet<u64> = nodes
+                    .iter()
+                    .flat_map(|n| {
+                        n.regions()
+                            .into_iter()
+                            .filter(|(_, role)| *role == metasrv::stats::RegionRole::Leader)
+                            .map(|(id, _)| id)
+                    })
+                    .collect();
+                if moved.iter().all(|id| led.contains(id)) {
+                    break;
+                }
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(120),
+                    "{} of {} regions still not led",
+                    moved.iter().filter(|id| !led.contains(id)).count(),
+                    moved.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let took = killed_at.elapsed();
+            eprintln!("large: {} regions led again {took:?} after the kill", moved.len());
+            large.push((moved.len(), took));
+            nodes.push(start_node(victim_id).await);
+        }
         let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
         println!(
             "| datanode kill -> all its regions writable, heartbeat {interval:?}, {repeats} rounds | ms |"
@@ -127,6 +202,13 @@ fn main() {
         println!("| p50 | {:.0} |", ms(percentile(&times, 0.5)));
         println!("| p99 | {:.0} |", ms(percentile(&times, 0.99)));
         println!("| min / max | {:.0} / {:.0} |", ms(times.first().copied()), ms(times.last().copied()));
+        for (regions, took) in &large {
+            println!(
+                "| one node leading {regions} regions: all led again | {:.0} ({:.2}x the p50 above) |",
+                ms(Some(*took)),
+                ms(Some(*took)) / ms(percentile(&times, 0.5))
+            );
+        }
         drop(nodes);
         metasrv.serve_until(async {}).await.expect("stop");
     });

@@ -3,14 +3,22 @@
 //! node's write leases may still run. Where each region goes comes from
 //! `planner::plan_region_moves`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use super::OperationContext;
 use crate::actors::cluster_view::{GetReplicaReport, Instruction, ListCandidates};
+use crate::catalog::manager::TableEntry;
 use crate::catalog::model::{Peer, RegionRoute};
 use crate::planner::{plan_region_moves, RegionMove};
 use crate::procedure::{Procedure, ProcedureState};
 use crate::stats::RegionRole;
+
+/// Regions of one dead node moved at once (the operation permits bound all operations).
+const FAILOVER_PARALLELISM: usize = 32;
+/// The procedure record is written at most this often while regions move.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
 
 /// Moves every region the procedure's node leads to a live node, never letting two nodes serve
 /// a region at once: nothing is instructed before the dead node's last lease has lapsed. Each
@@ -100,126 +108,32 @@ async fn move_regions_of_dead_node(
         .ok()
         .flatten();
     let routes: Vec<RegionRoute> = regions.iter().map(|(_, region)| region.clone()).collect();
+    let planned = plan_region_moves(&routes, &candidates, replicas.as_deref());
+    // Regions move in parallel (each still takes one of the operation permits, which bound
+    // all operations together); the record is written at most every SAVE_EVERY.
+    let f_ref = &f;
+    let mut outcomes = futures::stream::iter(planned.into_iter().zip(regions))
+        .map(|(planned, (entry, region))| async move {
+            move_region(f_ref, dead, &entry, &region, planned).await
+        })
+        .buffer_unordered(FAILOVER_PARALLELISM);
     let mut failures = 0;
-    for (planned, (entry, region)) in plan_region_moves(&routes, &candidates, replicas.as_deref())
-        .into_iter()
-        .zip(&regions)
-    {
-        let region_id = region.region_id;
-        let (target, instruction, undo) = match planned {
-            RegionMove::Stuck { reason, .. } => {
+    let mut last_save = Instant::now();
+    while let Some(outcome) = outcomes.next().await {
+        let steps = match outcome {
+            Ok(steps) => steps,
+            Err(steps) => {
                 failures += 1;
-                procedure.step(format!("region {region_id}: {reason}"));
-                continue;
+                steps
             }
-            // If the target does not confirm, it may still carry the instruction out (late):
-            // the undo, sent on the same ordered stream, keeps it from leading the region
-            // beside whatever moves it next.
-            RegionMove::Promote { to, .. } => (
-                to,
-                // An upgrade carries a first write lease (a promotion would leave the follower
-                // unable to write until its next heartbeat).
-                Instruction::UpgradeRegion {
-                    region_id,
-                    lease_millis: f.config.region_lease.as_millis() as u64,
-                },
-                Instruction::DemoteToFollower { region_id },
-            ),
-            RegionMove::Reopen { to, .. } => (
-                to,
-                Instruction::OpenRegion {
-                    region_id,
-                    table: (&entry.info.name).into(),
-                    role: RegionRole::Leader,
-                    lease_millis: f.config.region_lease.as_millis() as u64,
-                },
-                Instruction::CloseRegion { region_id },
-            ),
         };
-        let _permit = f.permits.acquire().await;
-        // The region is ours until moved: a DropTable of its table waits, and another
-        // procedure cannot move it at the same time.
-        let Some(_lock) = f.tables.lock_regions(&[region_id]) else {
-            failures += 1;
-            procedure.step(format!("region {region_id}: another procedure holds it"));
-            continue;
-        };
-        // The plan was made from the routes before this region's turn came: a migration may
-        // have moved it meanwhile (after waiting out the dead node's lease itself).
-        let led_by = |node_id: u64| {
-            f.tables
-                .region_route(region_id)
-                .is_some_and(|(_, r)| r.leader.id == node_id)
-        };
-        if !led_by(dead) {
-            procedure.step(format!(
-                "region {region_id}: moved meanwhile by another operation"
-            ));
-            continue;
+        for step in steps {
+            procedure.step(step);
         }
-        // Until the route names the target, its reports of the region are not "stale".
-        f.tables.ownership().begin_move(region_id, target.id);
-        if let Err(e) = f.instruct(target.id, instruction).await {
-            f.undo_lead(target.id, undo.clone()).await;
-            f.tables.ownership().end_move(region_id);
-            failures += 1;
-            procedure.step(format!(
-                "region {region_id}: node {} did not take it: {e}",
-                target.id
-            ));
+        if last_save.elapsed() >= SAVE_EVERY {
+            last_save = Instant::now();
             f.save(&procedure, None).await;
-            continue;
         }
-        // The followers as they are now, under the lock (a drain may have moved one since the
-        // plan): a snapshot's would bring back a moved copy and lose its replacement.
-        let current_followers = f
-            .tables
-            .region_route(region_id)
-            .map_or_else(|| region.followers.clone(), |(_, r)| r.followers);
-        let followers: Vec<Peer> = current_followers
-            .iter()
-            .filter(|fo| fo.id != target.id && fo.id != dead)
-            .cloned()
-            .collect();
-        let moved = f
-            .tables
-            .move_region_leader(region_id, dead, target.clone(), followers)
-            .await;
-        match moved {
-            Ok(updated) => {
-                f.tables.ownership().end_move(region_id);
-                tracing::info!(
-                    region = region_id,
-                    from = dead,
-                    to = target.id,
-                    version = updated.route.version,
-                    "region failed over"
-                );
-                procedure.step(format!(
-                    "region {region_id} now led by node {} (route version {})",
-                    target.id, updated.route.version
-                ));
-            }
-            Err(e) => {
-                if led_by(target.id) {
-                    // The write landed although its answer was lost (the manager re-read
-                    // the stored route): the move is done.
-                    f.tables.ownership().end_move(region_id);
-                    procedure.step(format!(
-                        "region {region_id} now led by node {} (the route write's answer was lost: {e})",
-                        target.id
-                    ));
-                } else {
-                    // The target took the region but the route does not say so: it must
-                    // not go on leading it (a second writer once the region moves elsewhere).
-                    f.undo_lead(target.id, undo.clone()).await;
-                    f.tables.ownership().end_move(region_id);
-                    failures += 1;
-                    procedure.step(format!("region {region_id}: cannot move the route: {e}"));
-                }
-            }
-        }
-        f.save(&procedure, None).await;
     }
     if failures == 0 {
         procedure.finish(ProcedureState::Done, "every region moved");
@@ -232,4 +146,127 @@ async fn move_regions_of_dead_node(
     f.save(&procedure, None).await;
     let _ = f.procedures.prune().await;
     procedure
+}
+
+/// Moves one region of the dead node to its planned target; returns the step lines, as `Err`
+/// if the region was not moved.
+async fn move_region(
+    f: &OperationContext,
+    dead: u64,
+    entry: &TableEntry,
+    region: &RegionRoute,
+    planned: RegionMove,
+) -> Result<Vec<String>, Vec<String>> {
+    let mut steps = Vec::new();
+    let region_id = region.region_id;
+    let (target, instruction, undo) = match planned {
+        RegionMove::Stuck { reason, .. } => {
+            steps.push(format!("region {region_id}: {reason}"));
+            return Err(steps);
+        }
+        // If the target does not confirm, it may still carry the instruction out (late):
+        // the undo, sent on the same ordered stream, keeps it from leading the region
+        // beside whatever moves it next.
+        RegionMove::Promote { to, .. } => (
+            to,
+            // An upgrade carries a first write lease (a promotion would leave the follower
+            // unable to write until its next heartbeat).
+            Instruction::UpgradeRegion {
+                region_id,
+                lease_millis: f.config.region_lease.as_millis() as u64,
+            },
+            Instruction::DemoteToFollower { region_id },
+        ),
+        RegionMove::Reopen { to, .. } => (
+            to,
+            Instruction::OpenRegion {
+                region_id,
+                table: (&entry.info.name).into(),
+                role: RegionRole::Leader,
+                lease_millis: f.config.region_lease.as_millis() as u64,
+            },
+            Instruction::CloseRegion { region_id },
+        ),
+    };
+    let _permit = f.permits.acquire().await;
+    // The region is ours until moved: a DropTable of its table waits, and another
+    // procedure cannot move it at the same time.
+    let Some(_lock) = f.tables.lock_regions(&[region_id]) else {
+        steps.push(format!("region {region_id}: another procedure holds it"));
+        return Err(steps);
+    };
+    // The plan was made from the routes before this region's turn came: a migration may
+    // have moved it meanwhile (after waiting out the dead node's lease itself).
+    let led_by = |node_id: u64| {
+        f.tables
+            .region_route(region_id)
+            .is_some_and(|(_, r)| r.leader.id == node_id)
+    };
+    if !led_by(dead) {
+        steps.push(format!(
+            "region {region_id}: moved meanwhile by another operation"
+        ));
+        return Ok(steps);
+    }
+    // Until the route names the target, its reports of the region are not "stale".
+    f.tables.ownership().begin_move(region_id, target.id);
+    if let Err(e) = f.instruct(target.id, instruction).await {
+        f.undo_lead(target.id, undo.clone()).await;
+        f.tables.ownership().end_move(region_id);
+        steps.push(format!(
+            "region {region_id}: node {} did not take it: {e}",
+            target.id
+        ));
+        return Err(steps);
+    }
+    // The followers as they are now, under the lock (a drain may have moved one since the
+    // plan): a snapshot's would bring back a moved copy and lose its replacement.
+    let current_followers = f
+        .tables
+        .region_route(region_id)
+        .map_or_else(|| region.followers.clone(), |(_, r)| r.followers);
+    let followers: Vec<Peer> = current_followers
+        .iter()
+        .filter(|fo| fo.id != target.id && fo.id != dead)
+        .cloned()
+        .collect();
+    let moved = f
+        .tables
+        .move_region_leader(region_id, dead, target.clone(), followers)
+        .await;
+    match moved {
+        Ok(updated) => {
+            f.tables.ownership().end_move(region_id);
+            tracing::info!(
+                region = region_id,
+                from = dead,
+                to = target.id,
+                version = updated.route.version,
+                "region failed over"
+            );
+            steps.push(format!(
+                "region {region_id} now led by node {} (route version {})",
+                target.id, updated.route.version
+            ));
+        }
+        Err(e) => {
+            if led_by(target.id) {
+                // The write landed although its answer was lost (the manager re-read
+                // the stored route): the move is done.
+                f.tables.ownership().end_move(region_id);
+                steps.push(format!(
+                        "region {region_id} now led by node {} (the route write's answer was lost: {e})",
+                        target.id
+                    ));
+            } else {
+                // The target took the region but the route does not say so: it must
+                // not go on leading it (a second writer once the region moves elsewhere).
+                f.undo_lead(target.id, undo.clone()).await;
+                f.tables.ownership().end_move(region_id);
+                steps.push(format!("region {region_id}: cannot move the route: {e}"));
+                return Err(steps);
+            }
+        }
+    }
+    Ok(steps)
 }
