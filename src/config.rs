@@ -41,7 +41,7 @@ pub struct Config {
     /// by the time it is declared dead).
     #[serde(with = "humantime_serde")]
     pub region_lease: Duration,
-    /// Regions moved at once by failovers (across all dead nodes). Default: 8.
+    /// Regions moved at once by failovers, migrations and drains together. Default: 32.
     pub max_concurrent_failovers: usize,
     /// Extra wait past a dead node's last possible region lease before its regions are served
     /// elsewhere (covers clock rate differences and transit). Default: `500ms`.
@@ -122,7 +122,7 @@ impl Default for Config {
             election_lease_ttl: Duration::from_secs(3),
             region_lease: Duration::from_secs(3),
             failover_safety_margin: Duration::from_millis(500),
-            max_concurrent_failovers: 8,
+            max_concurrent_failovers: 32,
             instruction_timeout: Duration::from_secs(10),
             orphan_region_grace: Duration::from_secs(60),
             session_threads: 0,

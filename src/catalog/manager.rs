@@ -234,6 +234,18 @@ pub struct TableManager {
     quarantine: Arc<Quarantine>,
     /// Serializes route changes per table (striped by table id: bounded, no per-table state).
     route_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Route moves waiting for their stripe's lock; its holder writes them all.
+    route_queues: Vec<parking_lot::Mutex<Vec<RouteMove>>>,
+}
+
+/// One region's leadership move, queued for its table's next route write.
+struct RouteMove {
+    table_id: u64,
+    region_id: u64,
+    from: u64,
+    leader: Peer,
+    followers: Vec<Peer>,
+    reply: tokio::sync::oneshot::Sender<Result<Arc<TableEntry>, DdlError>>,
 }
 
 /// Stripes of the per-table route lock.
@@ -286,6 +298,9 @@ impl TableManager {
             quarantine: Arc::new(Quarantine::default()),
             route_locks: (0..ROUTE_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            route_queues: (0..ROUTE_LOCK_STRIPES)
+                .map(|_| parking_lot::Mutex::new(Vec::new()))
                 .collect(),
         }
     }
@@ -863,10 +878,13 @@ impl TableManager {
     }
 
     /// Moves the leadership of one region from `from` to `leader` (with `followers`), in the
-    /// table's current route, with a version one higher. Route changes of one table are
-    /// serialized here, so that failovers of two nodes moving regions of the same table both
-    /// land, one after the other, instead of one losing a compare-and-put on a route the other
-    /// just changed. Refused if the region is no longer led by `from`.
+    /// table's current route, with a higher version. Route changes of one table are serialized
+    /// here, so that failovers of two nodes moving regions of the same table both land instead
+    /// of one losing a compare-and-put on a route the other just changed; and they are group
+    /// committed: moves of a table that queue while its route is being written go out
+    /// together in the next write (a failover of a node leading 1,000 regions of a table
+    /// writes its route a few times, not 1,000). Refused if the region is no longer led by
+    /// `from`, or if the move would give the region a repeated or missing copy.
     pub async fn move_region_leader(
         &self,
         region_id: u64,
@@ -875,35 +893,118 @@ impl TableManager {
         followers: Vec<Peer>,
     ) -> Result<Arc<TableEntry>, DdlError> {
         let table_id = super::model::table_of_region(region_id);
-        let _serialized = self.route_locks[(table_id % ROUTE_LOCK_STRIPES as u64) as usize]
-            .lock()
-            .await;
-        let entry = self.entry_by_id(table_id).ok_or_else(|| {
-            DdlError::NotFound(format!("table {table_id} of region {region_id} is gone"))
-        })?;
-        let mut route = entry.route.clone();
-        let region = route
-            .regions
-            .iter_mut()
-            .find(|r| r.region_id == region_id)
-            .ok_or_else(|| DdlError::NotFound(format!("region {region_id} is not in the route")))?;
-        if region.leader.id != from {
-            return Err(DdlError::NotConfirmed(format!(
-                "region {region_id} is now led by node {}, not {from}",
-                region.leader.id
-            )));
+        let stripe = (table_id % ROUTE_LOCK_STRIPES as u64) as usize;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.route_queues[stripe].lock().push(RouteMove {
+            table_id,
+            region_id,
+            from,
+            leader,
+            followers,
+            reply,
+        });
+        {
+            let _serialized = self.route_locks[stripe].lock().await;
+            // Whoever holds the lock writes every move queued by then (ours, unless an earlier
+            // holder took it along).
+            let batch = std::mem::take(&mut *self.route_queues[stripe].lock());
+            if !batch.is_empty() {
+                self.write_route_moves(batch).await;
+            }
         }
-        region.leader = leader;
-        region.followers = followers;
-        route.version += 1;
-        // Never store a route a new leader would refuse to serve (a planner's stale choice:
-        // a follower that is the leader too, say); the caller undoes what it started.
-        super::model::check_route(&entry.info, &route).map_err(|reason| {
-            DdlError::NotConfirmed(format!("not moving region {region_id}: {reason}"))
-        })?;
+        answer.await.unwrap_or_else(|_| {
+            Err(DdlError::NotConfirmed(format!(
+                "the write carrying the move of region {region_id} was abandoned; read the \
+                 route to learn whether it landed"
+            )))
+        })
+    }
+
+    /// Applies `batch` to the current routes, one write per table, and answers each move.
+    async fn write_route_moves(&self, batch: Vec<RouteMove>) {
+        let mut by_table: BTreeMap<u64, Vec<RouteMove>> = BTreeMap::new();
+        for queued in batch {
+            by_table.entry(queued.table_id).or_default().push(queued);
+        }
+        for (table_id, moves) in by_table {
+            let Some(entry) = self.entry_by_id(table_id) else {
+                for queued in moves {
+                    let _ = queued.reply.send(Err(DdlError::NotFound(format!(
+                        "table {table_id} of region {} is gone",
+                        queued.region_id
+                    ))));
+                }
+                continue;
+            };
+            let mut route = entry.route.clone();
+            let mut applied = Vec::with_capacity(moves.len());
+            for queued in moves {
+                let Some(region) = route
+                    .regions
+                    .iter_mut()
+                    .find(|r| r.region_id == queued.region_id)
+                else {
+                    let _ = queued.reply.send(Err(DdlError::NotFound(format!(
+                        "region {} is not in the route",
+                        queued.region_id
+                    ))));
+                    continue;
+                };
+                if region.leader.id != queued.from {
+                    let _ = queued.reply.send(Err(DdlError::NotConfirmed(format!(
+                        "region {} is now led by node {}, not {}",
+                        queued.region_id, region.leader.id, queued.from
+                    ))));
+                    continue;
+                }
+                let moved = RegionRoute {
+                    leader: queued.leader,
+                    followers: queued.followers,
+                    ..region.clone()
+                };
+                // Never store a route a new leader would refuse to serve (a planner's stale
+                // choice: a follower that is the leader too, say); the caller undoes its move.
+                if let Err(reason) = super::model::check_region_copies(&moved) {
+                    let _ = queued.reply.send(Err(DdlError::NotConfirmed(format!(
+                        "not moving region {}: {reason}",
+                        queued.region_id
+                    ))));
+                    continue;
+                }
+                *region = moved;
+                applied.push(queued.reply);
+            }
+            if applied.is_empty() {
+                continue;
+            }
+            route.version += 1;
+            match self.compare_and_put_route(&entry, route).await {
+                Ok(updated) => {
+                    for reply in applied {
+                        let _ = reply.send(Ok(updated.clone()));
+                    }
+                }
+                Err(reason) => {
+                    for reply in applied {
+                        let _ = reply.send(Err(DdlError::NotConfirmed(reason.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `route` over `entry`'s if the stored one is still `entry`'s, and updates the
+    /// cache and the ownership; the reason otherwise (the cache then follows the store).
+    async fn compare_and_put_route(
+        &self,
+        entry: &TableEntry,
+        route: TableRoute,
+    ) -> Result<Arc<TableEntry>, String> {
+        super::model::check_route(&entry.info, &route)
+            .map_err(|reason| format!("not moving regions of {}: {reason}", entry.info.name))?;
         let key = keys::table_route(entry.info.id);
-        let old = serde_json::to_vec(&entry.route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
-        let new = serde_json::to_vec(&route).map_err(|e| DdlError::Corrupt(e.to_string()))?;
+        let old = serde_json::to_vec(&entry.route).map_err(|e| e.to_string())?;
+        let new = serde_json::to_vec(&route).map_err(|e| e.to_string())?;
         // Under the table's lock, the cached route is the stored one unless something outside
         // this leader changed the KV: then refuse rather than overwrite it.
         let swapped = match self.store.compare_and_put(key, Some(old), new).await {
@@ -911,16 +1012,19 @@ impl TableManager {
             Err(e) => {
                 // The write may have landed: the cache must follow the store, or every later
                 // move compares against a route that is no longer there.
-                self.refresh_route(&entry).await;
-                return Err(e.into());
+                self.refresh_route(entry).await;
+                return Err(format!(
+                    "the route write of {} failed: {e}",
+                    entry.info.name
+                ));
             }
         };
         if !swapped {
-            self.refresh_route(&entry).await;
-            return Err(DdlError::NotConfirmed(format!(
-                "the stored route of {} is not the one this leader holds; not moving region {region_id}",
+            self.refresh_route(entry).await;
+            return Err(format!(
+                "the stored route of {} is not the one this leader holds; not moving its regions",
                 entry.info.name
-            )));
+            ));
         }
         let updated = Arc::new(TableEntry {
             info: entry.info.clone(),

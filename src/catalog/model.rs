@@ -317,18 +317,24 @@ pub fn check_route(info: &TableInfo, route: &TableRoute) -> Result<(), String> {
                 region.region_id, region.region_number
             ));
         }
-        if region.leader.id == 0 {
-            return Err(format!("region {} has no leader", region.region_id));
-        }
-        let mut copies = std::collections::HashSet::with_capacity(region.followers.len() + 1);
-        copies.insert(region.leader.id);
-        for follower in &region.followers {
-            if follower.id == 0 || !copies.insert(follower.id) {
-                return Err(format!(
-                    "region {} names node {} twice or as 0",
-                    region.region_id, follower.id
-                ));
-            }
+        check_region_copies(region)?;
+    }
+    Ok(())
+}
+
+/// A region's copies: a real leader, followers that are distinct and not the leader.
+pub fn check_region_copies(region: &RegionRoute) -> Result<(), String> {
+    if region.leader.id == 0 {
+        return Err(format!("region {} has no leader", region.region_id));
+    }
+    let mut copies = std::collections::HashSet::with_capacity(region.followers.len() + 1);
+    copies.insert(region.leader.id);
+    for follower in &region.followers {
+        if follower.id == 0 || !copies.insert(follower.id) {
+            return Err(format!(
+                "region {} names node {} twice or as 0",
+                region.region_id, follower.id
+            ));
         }
     }
     Ok(())
