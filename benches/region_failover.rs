@@ -72,15 +72,7 @@ fn main() {
         let mut times = Vec::new();
         for round in 0..repeats {
             // Every node alive (the one killed last round came back).
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let listed = view.send(ListNodes).await.expect("view");
-                if listed.iter().filter(|n| n.status == NodeStatus::Alive && n.connected).count() == 3 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "nodes did not come back");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            all_alive(&view).await;
             let table = TableName::new("greptime", "public", &format!("r{round}"));
             let (_, route) = meta.create_table(host_table(CLUSTER, &table, 6, 1)).await.expect("create");
             frontend.insert(host_rows(&table, 60)).await.expect("insert before the kill");
@@ -133,15 +125,7 @@ fn main() {
         // would need tens of thousands of rows per round).
         let mut large = Vec::new();
         if large_regions > 0 {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let listed = view.send(ListNodes).await.expect("view");
-                if listed.iter().filter(|n| n.status == NodeStatus::Alive && n.connected).count() == 3 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "nodes did not come back");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            all_alive(&view).await;
             let mut routes = Vec::new();
             let mut left = large_regions;
             for t in 0.. {
@@ -212,4 +196,22 @@ fn main() {
         drop(nodes);
         metasrv.serve_until(async {}).await.expect("stop");
     });
+}
+
+/// Waits (at most 30 s) until the three datanodes are alive and connected.
+async fn all_alive(view: &actix::Addr<metasrv::actors::cluster_view::ClusterView>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = view.send(ListNodes).await.expect("view");
+        if listed
+            .iter()
+            .filter(|n| n.status == NodeStatus::Alive && n.connected)
+            .count()
+            == 3
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nodes did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

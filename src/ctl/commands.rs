@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::output::{progress_bar, Table};
 use super::{Ctl, CtlCommand, CtlError, KvAction, LeaderAction, Member, OnOff, OutputFormat};
 use crate::proto::v1 as pb;
+use crate::store::prefix_end;
 
 /// How often an operation's progress is read while the CLI waits for it.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -535,18 +536,6 @@ async fn operation(
     Ok(())
 }
 
-/// The end of the range of every key under `prefix` (etcd's convention).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 async fn kv(ctl: &Ctl, action: KvAction, out: &mut dyn Write) -> Result<(), CtlError> {
     let leader: Member = ctl.leader().await?;
     let security = ctl.http.security();
@@ -683,12 +672,5 @@ mod tests {
         assert_eq!(parse_table("c.s.t").expect("valid"), ["c", "s", "t"]);
         assert!(parse_table("a.b.c.d").is_err());
         assert!(parse_table("a..c").is_err());
-    }
-
-    #[test]
-    fn prefix_ends_follow_etcd() {
-        assert_eq!(prefix_end(b"user/"), b"user0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 }

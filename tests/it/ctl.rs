@@ -259,6 +259,22 @@ async fn every_subcommand_works_against_a_two_member_cluster() {
     drop(pair);
 }
 
+/// An in-process metasrv on a fresh embedded store (the directory lives as long as the server).
+async fn server_with(
+    security: metasrv::security::SecurityConfig,
+) -> (tempfile::TempDir, crate::harness::TestServer) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = std::sync::Arc::new(
+        metasrv::store::embedded::EmbeddedStore::open(dir.path()).expect("store"),
+    );
+    let config = metasrv::Config {
+        cluster_id: CLUSTER,
+        security,
+        ..metasrv::Config::default()
+    };
+    (dir, crate::harness::TestServer::start(store, config).await)
+}
+
 /// The binary itself: a failure is exit status 1 with a message that says what to do.
 #[test]
 fn the_binary_says_what_to_do_when_no_member_answers() {
@@ -283,21 +299,10 @@ async fn credentials_are_asked_for_and_roles_respected() {
         sha256: hash_token(&format!("{name}-secret")),
         roles: vec![role],
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = std::sync::Arc::new(
-        metasrv::store::embedded::EmbeddedStore::open(dir.path()).expect("store"),
-    );
-    let server = crate::harness::TestServer::start(
-        store,
-        metasrv::Config {
-            cluster_id: CLUSTER,
-            security: SecurityConfig {
-                tokens: vec![token("fe", Role::Frontend), token("ops", Role::Operator)],
-                ..SecurityConfig::default()
-            },
-            ..metasrv::Config::default()
-        },
-    )
+    let (_dir, server) = server_with(SecurityConfig {
+        tokens: vec![token("fe", Role::Frontend), token("ops", Role::Operator)],
+        ..SecurityConfig::default()
+    })
     .await;
     let endpoints = vec![server.http_addr.to_string()];
     let anonymous = ctl(&endpoints, &["maintenance"])
@@ -326,18 +331,7 @@ async fn credentials_are_asked_for_and_roles_respected() {
 /// The HTTP API describes itself (every route the server has), and every error is JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_is_described_and_its_errors_are_json() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = std::sync::Arc::new(
-        metasrv::store::embedded::EmbeddedStore::open(dir.path()).expect("store"),
-    );
-    let server = crate::harness::TestServer::start(
-        store,
-        metasrv::Config {
-            cluster_id: CLUSTER,
-            ..metasrv::Config::default()
-        },
-    )
-    .await;
+    let (_dir, server) = server_with(Default::default()).await;
     let (code, body) = crate::harness::http_get(server.http_addr, "/v1/openapi.json").await;
     assert_eq!(code, 200);
     let spec: Value = serde_json::from_str(&body).expect("the description is JSON");
