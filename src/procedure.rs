@@ -174,6 +174,17 @@ impl ProcedureStore {
     /// Every procedure, oldest first, read in byte-bounded pages (a long history of long
     /// procedures does not fit one response). Unreadable records are skipped and logged.
     pub async fn list(&self) -> StoreResult<Vec<Procedure>> {
+        // A compaction under the scan's revision: read again, at a newer one.
+        let mut attempt = 0;
+        loop {
+            match self.list_at_one_revision().await {
+                Err(crate::store::StoreError::Compacted(_)) if attempt < 3 => attempt += 1,
+                listed => return listed,
+            }
+        }
+    }
+
+    async fn list_at_one_revision(&self) -> StoreResult<Vec<Procedure>> {
         let mut scan = PrefixScan::new(self.store.as_ref(), PROCEDURE_PREFIX.as_bytes());
         let mut procedures = Vec::new();
         while let Some(page) = scan.next_page().await? {

@@ -226,8 +226,28 @@ async fn feed_pages(
     Ok(assembler)
 }
 
-/// Loads the whole catalog from `store`.
+/// Times a load starts again when etcd compacts the revision it reads at (each pass reads at
+/// a newer one; compactions are minutes apart, a load seconds).
+const COMPACTED_RETRIES: u32 = 3;
+
+/// Loads the whole catalog from `store`, all of it at one revision.
 pub(super) async fn load_catalog(store: &dyn KvBackend) -> Result<LoadedCatalog, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match load_at_one_revision(store).await {
+            Err(StoreError::Compacted(reason)) if attempt < COMPACTED_RETRIES => {
+                attempt += 1;
+                tracing::warn!(
+                    attempt,
+                    "the catalog load's revision was compacted ({reason}); loading again"
+                );
+            }
+            loaded => return loaded,
+        }
+    }
+}
+
+async fn load_at_one_revision(store: &dyn KvBackend) -> Result<LoadedCatalog, StoreError> {
     let mut assembler = CatalogAssembler::default();
     // The first scan fixes the revision every later one reads at.
     let mut scan = PrefixScan::new(store, keys::TABLE_NAME_PREFIX.as_bytes());

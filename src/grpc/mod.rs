@@ -93,6 +93,11 @@ impl From<StoreError> for Status {
             StoreError::Unavailable(message) => Status::unavailable(message),
             StoreError::Internal(message) => Status::internal(message),
             StoreError::Fenced(message) => Status::unavailable(message),
+            // Store API reads carry no revision: a compaction under one is a race to retry.
+            StoreError::Compacted(message) => Status::aborted(message),
+            StoreError::TooLarge(message) => Status::invalid_argument(format!(
+                "the request is larger than the metadata store accepts ({message}); split it"
+            )),
         }
     }
 }

@@ -84,6 +84,16 @@ pub const ETCD_DECODE_LIMIT: usize = 64 * 1024 * 1024;
 fn map_etcd_error(error: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     match error {
+        E::GRpcStatus(status) if status.message().contains("compacted") => {
+            StoreError::Compacted(format!("etcd: {}", status.message()))
+        }
+        E::GRpcStatus(status)
+            if status.message().contains("too large")
+                || status.message().contains("too many operations")
+                || status.message().contains("larger than max") =>
+        {
+            StoreError::TooLarge(format!("etcd: {}", status.message()))
+        }
         E::GRpcStatus(status) => match status.code() {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StoreError::InvalidArgument(
                 format!("etcd refused the request: {}", status.message()),

@@ -59,6 +59,14 @@ pub enum StoreError {
     /// leadership (see [`fenced::FencedStore`]).
     #[error("write refused: {0}")]
     Fenced(String),
+    /// A read at a revision the store has compacted away: read again at a newer one (a paged
+    /// read restarts from its first page).
+    #[error("revision compacted: {0}")]
+    Compacted(String),
+    /// A request over the store's size limit (etcd: `--max-request-bytes`, 1.5 MiB by default,
+    /// or 128 operations per transaction): split it.
+    #[error("request too large for the store: {0}")]
+    TooLarge(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

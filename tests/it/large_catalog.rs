@@ -176,3 +176,154 @@ async fn a_leader_loads_a_catalog_over_4_mib_and_quarantines_bad_records() {
     assert!(leader.contains("\"is_leader\":true"), "{leader}");
     server.stop().await;
 }
+
+/// The etcd store, except that the first read at a fixed revision finds that revision
+/// compacted: etcd moves on and compacts right before it, as a compaction running during a
+/// new leader's catalog load does.
+struct CompactsUnderTheFirstPagedRead {
+    inner: Arc<dyn KvBackend>,
+    endpoint: String,
+    compacted: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl KvBackend for CompactsUnderTheFirstPagedRead {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn as_etcd(&self) -> Option<&metasrv::store::etcd::EtcdStore> {
+        self.inner.as_etcd()
+    }
+    async fn range(
+        &self,
+        req: metasrv::store::RangeRequest,
+    ) -> metasrv::store::StoreResult<metasrv::store::RangeResponse> {
+        if req.revision > 0
+            && !self
+                .compacted
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut client = etcd_client::Client::connect([self.endpoint.as_str()], None)
+                .await
+                .expect("a raw etcd client");
+            let put = client
+                .put("compaction-marker", "moves the revision on", None)
+                .await
+                .expect("a write past the read's revision");
+            let revision = put.header().expect("a header").revision();
+            client
+                .compact(revision, None)
+                .await
+                .expect("compact up to the latest revision");
+        }
+        self.inner.range(req).await
+    }
+    async fn put(&self, kv: KeyValue) -> metasrv::store::StoreResult<Option<KeyValue>> {
+        self.inner.put(kv).await
+    }
+    async fn batch_get(&self, keys: Vec<Vec<u8>>) -> metasrv::store::StoreResult<Vec<KeyValue>> {
+        self.inner.batch_get(keys).await
+    }
+    async fn batch_put(&self, kvs: Vec<KeyValue>) -> metasrv::store::StoreResult<Vec<KeyValue>> {
+        self.inner.batch_put(kvs).await
+    }
+    async fn batch_delete(&self, keys: Vec<Vec<u8>>) -> metasrv::store::StoreResult<Vec<KeyValue>> {
+        self.inner.batch_delete(keys).await
+    }
+    async fn compare_and_put(
+        &self,
+        key: Vec<u8>,
+        expect: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> metasrv::store::StoreResult<metasrv::store::CompareAndPutResponse> {
+        self.inner.compare_and_put(key, expect, value).await
+    }
+    async fn delete_range(
+        &self,
+        range: metasrv::store::KeyRange,
+    ) -> metasrv::store::StoreResult<Vec<KeyValue>> {
+        self.inner.delete_range(range).await
+    }
+    async fn txn(
+        &self,
+        txn: metasrv::store::Txn,
+    ) -> metasrv::store::StoreResult<metasrv::store::TxnResponse> {
+        self.inner.txn(txn).await
+    }
+}
+
+/// A compaction under the revision a new leader loads its catalog at: the load starts again at
+/// a newer revision, in the same term (it used to fail the load, step down and campaign again).
+/// etcd's refusals come back typed: a compacted revision and a request over its size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_during_the_catalog_load_costs_a_reload_not_the_term() {
+    use metasrv::store::{KeyRange, RangeRequest, StoreError};
+    let etcd = EtcdProcess::start();
+    let store: Arc<dyn KvBackend> = etcd.store("/compaction", CLUSTER).await;
+    // More table names than a first page holds (64), so the load reads at a fixed revision.
+    let tables = 100;
+    let mut kvs = Vec::new();
+    for id in FIRST_ID..FIRST_ID + tables {
+        let (info, route) = wide_table(id);
+        kvs.extend(table_kvs(&info, &route));
+    }
+    for chunk in kvs.chunks(120) {
+        store.batch_put(chunk.to_vec()).await.expect("seed batch");
+    }
+
+    // Typed errors first, on the plain store.
+    let revision = store
+        .range(RangeRequest {
+            range: KeyRange::prefix(b"__meta/".to_vec()),
+            limit: 1,
+            keys_only: true,
+            revision: 0,
+        })
+        .await
+        .expect("a read")
+        .revision;
+    store
+        .put(KeyValue::new("user/after", "x"))
+        .await
+        .expect("a write");
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .expect("a raw etcd client");
+    client.compact(revision + 1, None).await.expect("compact");
+    let old = store
+        .range(RangeRequest {
+            range: KeyRange::prefix(b"__meta/".to_vec()),
+            limit: 1,
+            keys_only: true,
+            revision,
+        })
+        .await
+        .expect_err("a compacted revision");
+    assert!(matches!(old, StoreError::Compacted(_)), "{old:?}");
+    let huge = store
+        .put(KeyValue::new("user/huge", vec![b'x'; 2 * 1024 * 1024]))
+        .await
+        .expect_err("over etcd's request limit");
+    assert!(matches!(huge, StoreError::TooLarge(_)), "{huge:?}");
+
+    let wrapped: Arc<dyn KvBackend> = Arc::new(CompactsUnderTheFirstPagedRead {
+        inner: store,
+        endpoint: etcd.endpoint.clone(),
+        compacted: std::sync::atomic::AtomicBool::new(false),
+    });
+    let server = TestServer::start(wrapped, cluster_config()).await;
+    assert_eq!(
+        server.leadership.state().term,
+        1,
+        "the member kept its first term through the compaction"
+    );
+    let meta = MetaClient::connect(&[server.grpc_addr.to_string()], CLUSTER, 0)
+        .await
+        .expect("meta client");
+    let names: Vec<TableName> = (FIRST_ID..FIRST_ID + tables)
+        .map(|id| TableName::new("greptime", "public", &format!("metric_{id}")))
+        .collect();
+    let routes = meta.routes(&names).await.expect("every table served");
+    assert_eq!(routes.len(), tables as usize);
+    server.stop().await;
+}
