@@ -238,6 +238,16 @@ pub struct TableManager {
     route_queues: Vec<parking_lot::Mutex<Vec<RouteMove>>>,
 }
 
+/// A region of `route` by id: at the index of its number (routes keep regions in number order),
+/// or by a search if the route is ordered otherwise.
+fn find_region(route: &TableRoute, region_id: u64) -> Option<&RegionRoute> {
+    let number = (region_id & 0xffff_ffff) as usize;
+    match route.regions.get(number) {
+        Some(region) if region.region_id == region_id => Some(region),
+        _ => route.regions.iter().find(|r| r.region_id == region_id),
+    }
+}
+
 /// One region's leadership move, queued for its table's next route write.
 struct RouteMove {
     table_id: u64,
@@ -834,33 +844,35 @@ impl TableManager {
         &self.ownership
     }
 
-    /// The regions `node_id` leads, with their tables.
+    /// The regions `node_id` leads, with their tables, by region id.
     pub fn regions_led_by(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
-        self.regions_where(|r| r.leader.id == node_id)
+        self.regions_of(node_id, |role| role == RegionRole::Leader)
     }
 
     /// The regions `node_id` holds a copy of (as leader or follower), with their tables.
     pub fn regions_on(&self, node_id: u64) -> Vec<(Arc<TableEntry>, RegionRoute)> {
-        self.regions_where(|r| {
-            r.leader.id == node_id || r.followers.iter().any(|f| f.id == node_id)
-        })
+        self.regions_of(node_id, |_| true)
     }
 
-    fn regions_where(
+    /// The node's regions in the roles `keep` selects: O(the node's regions), from the
+    /// ownership index, not a scan of every table (a million regions at scale).
+    fn regions_of(
         &self,
-        keep: impl Fn(&RegionRoute) -> bool,
+        node_id: u64,
+        keep: impl Fn(RegionRole) -> bool,
     ) -> Vec<(Arc<TableEntry>, RegionRoute)> {
+        let owned = self.ownership.regions_of(node_id);
         let cache = self.cache.read();
-        cache
-            .tables
-            .values()
-            .flat_map(|entry| {
-                entry
-                    .route
-                    .regions
-                    .iter()
-                    .filter(|r| keep(r))
-                    .map(move |r| (entry.clone(), r.clone()))
+        owned
+            .into_iter()
+            .filter(|(_, role)| keep(*role))
+            .filter_map(|(region_id, _)| {
+                let name = cache
+                    .names_by_id
+                    .get(&super::model::table_of_region(region_id))?;
+                let entry = cache.tables.get(name)?;
+                let region = find_region(&entry.route, region_id)?;
+                Some((entry.clone(), region.clone()))
             })
             .collect()
     }
@@ -868,12 +880,7 @@ impl TableManager {
     /// The current route of one region, with its table (`None` if no table routes it).
     pub fn region_route(&self, region_id: u64) -> Option<(Arc<TableEntry>, RegionRoute)> {
         let entry = self.entry_by_id(super::model::table_of_region(region_id))?;
-        let region = entry
-            .route
-            .regions
-            .iter()
-            .find(|r| r.region_id == region_id)?
-            .clone();
+        let region = find_region(&entry.route, region_id)?.clone();
         Some((entry, region))
     }
 

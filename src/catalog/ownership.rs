@@ -119,6 +119,18 @@ impl RegionOwnership {
         }
     }
 
+    /// The regions the routes give `node_id`, with its role in each, by region id.
+    pub fn regions_of(&self, node_id: u64) -> Vec<(u64, RegionRole)> {
+        let mut regions: Vec<(u64, RegionRole)> = self
+            .by_node
+            .read()
+            .get(&node_id)
+            .map(|regions| regions.iter().map(|(&id, &role)| (id, role)).collect())
+            .unwrap_or_default();
+        regions.sort_unstable_by_key(|(id, _)| *id);
+        regions
+    }
+
     /// How many region copies (leader or follower) the routes give each node.
     pub fn region_counts(&self) -> HashMap<u64, u64> {
         self.by_node
