@@ -1018,8 +1018,18 @@ impl TableManager {
             Ok(response) => response.success,
             Err(e) => {
                 // The write may have landed: the cache must follow the store, or every later
-                // move compares against a route that is no longer there.
-                self.refresh_route(entry).await;
+                // move compares against a route that is no longer there, and the callers
+                // decide from the cache whether their move landed (a move undone although it
+                // landed leaves the region without a writer until role reconciliation). So
+                // the re-read is retried, under the table's lock, for a few seconds.
+                let mut wait = std::time::Duration::from_millis(100);
+                for _ in 0..5 {
+                    if self.refresh_route(entry).await {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
                 return Err(format!(
                     "the route write of {} failed: {e}",
                     entry.info.name
@@ -1046,7 +1056,8 @@ impl TableManager {
     /// Re-reads the stored route of `entry`'s table into the cache and the ownership (after a
     /// route write whose outcome is unknown or that found another route stored). Best effort:
     /// if the store cannot be read, the cache stays and the next attempt refreshes again.
-    async fn refresh_route(&self, entry: &TableEntry) {
+    /// Whether the store could be read.
+    async fn refresh_route(&self, entry: &TableEntry) -> bool {
         let stored = match self
             .store
             .batch_get(vec![keys::table_route(entry.info.id)])
@@ -1055,20 +1066,20 @@ impl TableManager {
             Ok(kvs) => kvs.into_iter().next(),
             Err(e) => {
                 tracing::warn!(table = %entry.info.name, "cannot re-read a route: {e}");
-                return;
+                return false;
             }
         };
         let Some(route) =
             stored.and_then(|kv| serde_json::from_slice::<TableRoute>(&kv.value).ok())
         else {
-            return;
+            return true;
         };
         let mut cache = self.cache.write();
         let Some(current) = cache.tables.get(&entry.info.name).cloned() else {
-            return;
+            return true;
         };
         if current.info.id != entry.info.id || current.route == route {
-            return;
+            return true;
         }
         self.ownership.remove_route(&current.route);
         self.ownership.add_route(&route);
@@ -1076,6 +1087,7 @@ impl TableManager {
             info: current.info.clone(),
             route,
         }));
+        true
     }
 
     /// The current entry of a table by id (after concurrent moves).
