@@ -875,7 +875,11 @@ impl Handler<SendInstruction> for ClusterView {
             } | Instruction::UpgradeRegion { .. }
         );
         if opens_leader {
-            self.ownership.lead_grant_sent(node_id, id);
+            if let Instruction::OpenRegion { region_id, .. }
+            | Instruction::UpgradeRegion { region_id, .. } = &instruction
+            {
+                self.ownership.lead_grant_sent(node_id, id, *region_id);
+            }
         }
         self.pending.insert(
             id,

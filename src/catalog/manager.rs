@@ -338,6 +338,10 @@ impl TableManager {
     /// catalog and schema if missing.
     pub async fn become_leader(&self) -> Result<(), DdlError> {
         *self.ids.lock().await = (0, 0);
+        // Moves queued by an earlier term's operations are not this term's to write.
+        for queue in &self.route_queues {
+            queue.lock().clear();
+        }
         self.reload().await?;
         self.create_catalog(DEFAULT_CATALOG, true).await?;
         self.create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, true)
@@ -777,7 +781,7 @@ impl TableManager {
         }
         super::model::check_route(&entry.info, &entry.route)
             .map_err(|reason| corrupt(&route_kv.key, reason))?;
-        self.cache.write().put_table(entry.clone());
+        // Not cached here: the cache and the ownership index go together (`load_entry`).
         Ok(entry)
     }
 
@@ -930,7 +934,9 @@ impl TableManager {
     /// Applies `batch` to the current routes, one write per table, and answers each move.
     async fn write_route_moves(&self, batch: Vec<RouteMove>) {
         let mut by_table: BTreeMap<u64, Vec<RouteMove>> = BTreeMap::new();
-        for queued in batch {
+        // A move whose caller is gone (its operation was cancelled: the term ended, say) is
+        // dropped: it no longer holds its region's lock nor waits out any lease.
+        for queued in batch.into_iter().filter(|m| !m.reply.is_closed()) {
             by_table.entry(queued.table_id).or_default().push(queued);
         }
         for (table_id, moves) in by_table {
@@ -1010,39 +1016,114 @@ impl TableManager {
         super::model::check_route(&entry.info, &route)
             .map_err(|reason| format!("not moving regions of {}: {reason}", entry.info.name))?;
         let key = keys::table_route(entry.info.id);
-        let old = serde_json::to_vec(&entry.route).map_err(|e| e.to_string())?;
         let new = serde_json::to_vec(&route).map_err(|e| e.to_string())?;
-        // Under the table's lock, the cached route is the stored one unless something outside
-        // this leader changed the KV: then refuse rather than overwrite it.
-        let swapped = match self.store.compare_and_put(key, Some(old), new).await {
-            Ok(response) => response.success,
-            Err(e) => {
-                // The write may have landed: the cache must follow the store, or every later
-                // move compares against a route that is no longer there, and the callers
-                // decide from the cache whether their move landed (a move undone although it
-                // landed leaves the region without a writer until role reconciliation). So
-                // the re-read is retried, under the table's lock, for a few seconds.
-                let mut wait = std::time::Duration::from_millis(100);
-                for _ in 0..5 {
-                    if self.refresh_route(entry).await {
-                        break;
+        let mut expected = serde_json::to_vec(&entry.route).map_err(|e| e.to_string())?;
+        let mut respelled = false;
+        loop {
+            // Under the table's lock, the cached route is the stored one unless something
+            // outside this leader changed the KV: then refuse rather than overwrite it.
+            match self
+                .store
+                .compare_and_put(key.clone(), Some(expected.clone()), new.clone())
+                .await
+            {
+                Ok(response) if response.success => return Ok(self.install_route(entry, route)),
+                Ok(_) => match self.stored_route(entry).await {
+                    // The same route spelled otherwise (one repaired on load): still ours.
+                    Ok(Some((raw, stored))) if !respelled && stored == entry.route => {
+                        expected = raw;
+                        respelled = true;
                     }
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                return Err(format!(
-                    "the route write of {} failed: {e}",
-                    entry.info.name
-                ));
+                    _ => {
+                        self.refresh_route(entry).await;
+                        return Err(format!(
+                            "the stored route of {} is not the one this leader holds; not \
+                             moving its regions",
+                            entry.info.name
+                        ));
+                    }
+                },
+                Err(e) => return self.settle_unknown_write(entry, route, e).await,
             }
-        };
-        if !swapped {
-            self.refresh_route(entry).await;
-            return Err(format!(
-                "the stored route of {} is not the one this leader holds; not moving its regions",
-                entry.info.name
-            ));
         }
+    }
+
+    /// After a route write whose outcome is unknown: learns whether it landed, and makes sure
+    /// that what is reported stays true. Callers undo their move unless told it landed, so a
+    /// write that arrives late must not land after all: if the stored route is still the old
+    /// one, its version is bumped with a compare on it (a late write then fails its compare).
+    /// Retried, under the table's lock, for a few seconds.
+    async fn settle_unknown_write(
+        &self,
+        entry: &TableEntry,
+        route: TableRoute,
+        error: StoreError,
+    ) -> Result<Arc<TableEntry>, String> {
+        let key = keys::table_route(entry.info.id);
+        let mut wait = std::time::Duration::from_millis(100);
+        for _ in 0..6 {
+            match self.stored_route(entry).await {
+                Ok(Some((_, stored))) if stored == route => {
+                    return Ok(self.install_route(entry, route));
+                }
+                Ok(Some((raw, stored))) if stored == entry.route => {
+                    let mut fenced = stored;
+                    fenced.version = route.version;
+                    let fenced_bytes = serde_json::to_vec(&fenced).map_err(|e| e.to_string())?;
+                    if let Ok(response) = self
+                        .store
+                        .compare_and_put(key.clone(), Some(raw), fenced_bytes)
+                        .await
+                    {
+                        if response.success {
+                            self.install_route(entry, fenced);
+                            return Err(format!(
+                                "the route write of {} failed ({error}) and did not land",
+                                entry.info.name
+                            ));
+                        }
+                    }
+                    // The late write may have landed meanwhile, or the store is away: look again.
+                }
+                Ok(_) => {
+                    self.refresh_route(entry).await;
+                    return Err(format!(
+                        "the route write of {} failed ({error}); the stored route is another",
+                        entry.info.name
+                    ));
+                }
+                Err(e) => tracing::warn!(table = %entry.info.name, "cannot re-read a route: {e}"),
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        Err(format!(
+            "the route write of {} failed ({error}); whether it landed is unknown",
+            entry.info.name
+        ))
+    }
+
+    /// The stored route of `entry`'s table, raw and as this leader reads it (repaired as the
+    /// load repairs it); `None` if there is none or it cannot be decoded.
+    async fn stored_route(
+        &self,
+        entry: &TableEntry,
+    ) -> Result<Option<(Vec<u8>, TableRoute)>, StoreError> {
+        let stored = self
+            .store
+            .batch_get(vec![keys::table_route(entry.info.id)])
+            .await?
+            .into_iter()
+            .next();
+        Ok(stored.and_then(|kv| {
+            let mut route = serde_json::from_slice::<TableRoute>(&kv.value).ok()?;
+            super::model::drop_bad_followers(&mut route);
+            Some((kv.value, route))
+        }))
+    }
+
+    /// Makes `route` the cached route of `entry`'s table, in the cache and the ownership.
+    fn install_route(&self, entry: &TableEntry, route: TableRoute) -> Arc<TableEntry> {
         let updated = Arc::new(TableEntry {
             info: entry.info.clone(),
             route,
@@ -1050,30 +1131,26 @@ impl TableManager {
         self.ownership.remove_route(&entry.route);
         self.ownership.add_route(&updated.route);
         self.cache.write().put_table(updated.clone());
-        Ok(updated)
+        updated
     }
 
     /// Re-reads the stored route of `entry`'s table into the cache and the ownership (after a
-    /// route write whose outcome is unknown or that found another route stored). Best effort:
-    /// if the store cannot be read, the cache stays and the next attempt refreshes again.
-    /// Whether the store could be read.
+    /// route write that found another route stored). Best effort: if the store cannot be read,
+    /// the cache stays and the next attempt refreshes again. Whether the store could be read.
     async fn refresh_route(&self, entry: &TableEntry) -> bool {
-        let stored = match self
-            .store
-            .batch_get(vec![keys::table_route(entry.info.id)])
-            .await
-        {
-            Ok(kvs) => kvs.into_iter().next(),
+        let route = match self.stored_route(entry).await {
+            Ok(Some((_, route))) => route,
+            Ok(None) => return true,
             Err(e) => {
                 tracing::warn!(table = %entry.info.name, "cannot re-read a route: {e}");
                 return false;
             }
         };
-        let Some(route) =
-            stored.and_then(|kv| serde_json::from_slice::<TableRoute>(&kv.value).ok())
-        else {
+        // What the load would not serve is not served from here either.
+        if let Err(reason) = super::model::check_route(&entry.info, &route) {
+            tracing::error!(table = %entry.info.name, "the stored route does not fit its table: {reason}");
             return true;
-        };
+        }
         let mut cache = self.cache.write();
         let Some(current) = cache.tables.get(&entry.info.name).cloned() else {
             return true;

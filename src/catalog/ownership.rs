@@ -40,10 +40,13 @@ struct Grants {
     /// (only a follower lease, for reads) until the migration ends.
     fenced_regions: HashMap<u64, u64>,
     /// Per node, the lease-granting instructions (OpenRegion as leader, UpgradeRegion) sent
-    /// and not answered yet, by instruction id: the node may already count a first write
-    /// lease from one of them, which `last_grant` learns only when it resolves. A wait for a
-    /// node's leases to lapse must outlast these too (`has_pending_lead_grant`).
-    pending_lead_grants: HashMap<u64, HashSet<u64>>,
+    /// and not answered yet, by instruction id, with their region: the node may already count
+    /// a first write lease from one of them, which `last_grant` learns only when it resolves.
+    /// A wait for a node's leases to lapse must outlast these too (`has_pending_lead_grant`).
+    pending_lead_grants: HashMap<u64, HashMap<u64, u64>>,
+    /// Per (node, region), when the last lease-granting instruction for it resolved: a first
+    /// write lease it gave counts from before then.
+    region_grants: HashMap<(u64, u64), Instant>,
 }
 
 /// Regions a node reports in another role than the routes give it.
@@ -320,15 +323,15 @@ impl RegionOwnership {
         note(&mut self.grants.lock(), node_id, at);
     }
 
-    /// A lease-granting instruction `instruction_id` was sent to `node_id` (see
-    /// `pending_lead_grants`).
-    pub fn lead_grant_sent(&self, node_id: u64, instruction_id: u64) {
+    /// A lease-granting instruction `instruction_id` for `region_id` was sent to `node_id`
+    /// (see `pending_lead_grants`).
+    pub fn lead_grant_sent(&self, node_id: u64, instruction_id: u64, region_id: u64) {
         let mut grants = self.grants.lock();
         grants
             .pending_lead_grants
             .entry(node_id)
             .or_default()
-            .insert(instruction_id);
+            .insert(instruction_id, region_id);
     }
 
     /// The lease-granting instruction `instruction_id` resolved at `at` (answered, timed out,
@@ -337,11 +340,19 @@ impl RegionOwnership {
     pub fn lead_grant_resolved(&self, node_id: u64, instruction_id: u64, at: Instant) {
         let mut grants = self.grants.lock();
         note(&mut grants, node_id, at);
-        if let Some(pending) = grants.pending_lead_grants.get_mut(&node_id) {
-            pending.remove(&instruction_id);
-            if pending.is_empty() {
-                grants.pending_lead_grants.remove(&node_id);
-            }
+        let Some(pending) = grants.pending_lead_grants.get_mut(&node_id) else {
+            return;
+        };
+        let region_id = pending.remove(&instruction_id);
+        if pending.is_empty() {
+            grants.pending_lead_grants.remove(&node_id);
+        }
+        if let Some(region_id) = region_id {
+            let last = grants
+                .region_grants
+                .entry((node_id, region_id))
+                .or_insert(at);
+            *last = (*last).max(at);
         }
     }
 
@@ -352,6 +363,24 @@ impl RegionOwnership {
             .lock()
             .pending_lead_grants
             .contains_key(&node_id)
+    }
+
+    /// [`Self::has_pending_lead_grant`] for one region of the node.
+    pub fn has_pending_lead_grant_on(&self, node_id: u64, region_id: u64) -> bool {
+        self.grants
+            .lock()
+            .pending_lead_grants
+            .get(&node_id)
+            .is_some_and(|pending| pending.values().any(|r| *r == region_id))
+    }
+
+    /// When the last lease-granting instruction for `region_id` on `node_id` resolved.
+    pub fn region_grant(&self, node_id: u64, region_id: u64) -> Option<Instant> {
+        self.grants
+            .lock()
+            .region_grants
+            .get(&(node_id, region_id))
+            .copied()
     }
 
     /// Stops granting `node_id` leader leases (a failover is about to move its regions) and
@@ -590,14 +619,19 @@ mod tests {
         );
         // An OpenRegion as leader or an UpgradeRegion in flight: the lease it may give is
         // unknown until it resolves, and then counts from its resolution.
-        ownership.lead_grant_sent(1, 41);
-        ownership.lead_grant_sent(1, 42);
+        ownership.lead_grant_sent(1, 41, 7);
+        ownership.lead_grant_sent(1, 42, 8);
         assert!(ownership.has_pending_lead_grant(1));
         assert!(!ownership.has_pending_lead_grant(2));
+        assert!(ownership.has_pending_lead_grant_on(1, 7));
+        assert!(!ownership.has_pending_lead_grant_on(1, 9));
         assert_eq!(ownership.last_grant(1), Some(early), "nothing known yet");
         let confirmed = later + std::time::Duration::from_secs(1);
         ownership.lead_grant_resolved(1, 41, confirmed);
         assert!(ownership.has_pending_lead_grant(1), "42 is still out");
+        assert!(!ownership.has_pending_lead_grant_on(1, 7));
+        assert_eq!(ownership.region_grant(1, 7), Some(confirmed));
+        assert_eq!(ownership.region_grant(1, 8), None);
         assert_eq!(ownership.last_grant(1), Some(confirmed));
         ownership.lead_grant_resolved(1, 42, later);
         assert!(!ownership.has_pending_lead_grant(1));

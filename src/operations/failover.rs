@@ -211,7 +211,7 @@ async fn move_region(
     // Until the route names the target, its reports of the region are not "stale".
     f.tables.ownership().begin_move(region_id, target.id);
     if let Err(e) = f.instruct(target.id, instruction).await {
-        f.undo_lead(target.id, undo.clone()).await;
+        f.undo_lead(target.id, region_id, undo.clone()).await;
         f.tables.ownership().end_move(region_id);
         steps.push(format!(
             "region {region_id}: node {} did not take it: {e}",
@@ -261,7 +261,7 @@ async fn move_region(
             } else {
                 // The target took the region but the route does not say so: it must
                 // not go on leading it (a second writer once the region moves elsewhere).
-                f.undo_lead(target.id, undo.clone()).await;
+                f.undo_lead(target.id, region_id, undo.clone()).await;
                 f.tables.ownership().end_move(region_id);
                 steps.push(format!("region {region_id}: cannot move the route: {e}"));
                 return Err(steps);

@@ -117,7 +117,7 @@ pub async fn migrate_region(
             // opens it as leader there while the region is locked and fenced (a reopen of a
             // missing region skips both), so the last grant before the fence bounds every
             // write lease that matters, with any lease-granting instruction still in flight.
-            ctx.wait_out_write_leases(from, last_grant).await;
+            ctx.wait_out_region_lease(from, region_id, last_grant).await;
             steps.push(format!(
                 "region {region_id}: node {from} did not downgrade ({e}); its write lease lapsed after {} ms",
                 downgraded_at.elapsed().as_millis()
@@ -198,7 +198,8 @@ async fn roll_back(ctx: &OperationContext, migration: &Migration, was_follower: 
     } else {
         Instruction::CloseRegion { region_id }
     };
-    ctx.undo_lead(migration.to.id, undo).await;
+    ctx.undo_lead(migration.to.id, migration.region_id, undo)
+        .await;
     let ownership = ctx.tables.ownership();
     ownership.end_move(region_id);
     ownership.unfence_region(region_id);

@@ -104,22 +104,26 @@ impl OperationContext {
     /// failed, or whose route move failed): `undo` (a demote or a close) must be confirmed,
     /// or else every write lease the node may hold must have lapsed, before the caller lets
     /// anyone else lead the region. The caller holds the region's lock throughout.
-    pub async fn undo_lead(&self, node_id: u64, undo: Instruction) {
+    pub async fn undo_lead(&self, node_id: u64, region_id: u64, undo: Instruction) {
         if let Err(e) = self.instruct(node_id, undo).await {
             tracing::warn!(
                 node_id,
+                region_id,
                 "an undo was not confirmed ({e}): waiting until the node's write lease has lapsed"
             );
-            self.wait_out_write_leases(node_id, self.tables.ownership().last_grant(node_id))
-                .await;
+            // The lead to undo came from an instruction that has resolved (or a grant before
+            // now): its lease counts from before the region's last resolution.
+            let noted = self.tables.ownership().last_grant(node_id);
+            self.wait_out_region_lease(node_id, region_id, noted).await;
         }
     }
 
-    /// Waits until every write lease `node_id` may hold has lapsed, counting from `noted` (a
-    /// `last_grant` read when the node was fenced), from any grant that landed since, and from
-    /// any lease-granting instruction still in flight to it (OpenRegion as leader,
+    /// Waits until every write lease a **fenced** `node_id` may hold has lapsed, counting from
+    /// `noted` (its `last_grant` when it was fenced), from any grant that landed since, and
+    /// from any lease-granting instruction still in flight to it (OpenRegion as leader,
     /// UpgradeRegion: the node counts their lease from receipt, which this leader learns only
-    /// when they resolve). The caller has fenced the node or region, so heartbeats add none.
+    /// when they resolve). Fenced, the node gets no grant from heartbeats, so this ends; a live
+    /// node's grants go on, and its waits are per region (`wait_out_region_lease`).
     pub async fn wait_out_write_leases(&self, node_id: u64, mut noted: Option<Instant>) {
         let ownership = self.tables.ownership();
         loop {
@@ -134,6 +138,30 @@ impl OperationContext {
                 return;
             }
             noted = latest;
+        }
+    }
+
+    /// Waits until a write lease of `node_id` on `region_id` has surely lapsed: one counting
+    /// from `noted` (the node's last grant while it could still be given one on the region),
+    /// or one a lease-granting instruction for the region gave it (waited for until it
+    /// resolves). Grants of its other regions do not matter, so a live node cannot hold this
+    /// wait up.
+    pub async fn wait_out_region_lease(
+        &self,
+        node_id: u64,
+        region_id: u64,
+        noted: Option<Instant>,
+    ) {
+        let ownership = self.tables.ownership();
+        let until = self.lease_end(node_id, noted).await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+        while ownership.has_pending_lead_grant_on(node_id, region_id) {
+            tokio::time::sleep(PENDING_GRANT_POLL).await;
+        }
+        let granted = ownership.region_grant(node_id, region_id);
+        if granted > noted {
+            let until = self.lease_end(node_id, granted).await;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
         }
     }
 
