@@ -381,11 +381,15 @@ impl HeartbeatSession {
         outcome: &str,
         ctx: &mut Context<Self>,
     ) {
-        self.cluster_view.do_send(StatsReported {
+        // Backpressure: this stream's next request is read only once ClusterView has taken
+        // this one. A client that sends faster than ClusterView absorbs is slowed down by its
+        // own stream's flow control instead of growing ClusterView's mailbox without bound.
+        let reported = self.cluster_view.send(StatsReported {
             session_id: self.session_id,
             heartbeat,
             received_at,
         });
+        ctx.wait(reported.into_actor(self).map(|_, _, _| ()));
         let response = pb::HeartbeatResponse {
             header: self.header(),
             instructions: Vec::new(),
