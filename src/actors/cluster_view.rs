@@ -867,20 +867,18 @@ impl Handler<SendInstruction> for ClusterView {
         let (reply, answer) = oneshot::channel();
         let kind = instruction.kind();
         // Both start a first write lease on the node, counted from its receipt.
-        let opens_leader = matches!(
-            instruction,
+        let opens_leader = match &instruction {
             Instruction::OpenRegion {
+                region_id,
                 role: RegionRole::Leader,
                 ..
-            } | Instruction::UpgradeRegion { .. }
-        );
-        if opens_leader {
-            if let Instruction::OpenRegion { region_id, .. }
-            | Instruction::UpgradeRegion { region_id, .. } = &instruction
-            {
-                self.ownership.lead_grant_sent(node_id, id, *region_id);
             }
-        }
+            | Instruction::UpgradeRegion { region_id, .. } => {
+                self.ownership.lead_grant_sent(node_id, id, *region_id);
+                true
+            }
+            _ => false,
+        };
         self.pending.insert(
             id,
             PendingInstruction {

@@ -317,12 +317,6 @@ impl RegionOwnership {
         grant
     }
 
-    /// `node_id` may hold a first lease, as leader, from an `OpenRegion` it confirmed at `at`
-    /// (or that was still unanswered at `at`): the node counts it from its receipt, before.
-    pub fn note_opened_as_leader(&self, node_id: u64, at: Instant) {
-        note(&mut self.grants.lock(), node_id, at);
-    }
-
     /// A lease-granting instruction `instruction_id` for `region_id` was sent to `node_id`
     /// (see `pending_lead_grants`).
     pub fn lead_grant_sent(&self, node_id: u64, instruction_id: u64, region_id: u64) {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metasrv::actors::cluster_view::ClusterView;
+use metasrv::actors::cluster_view::{ClusterView, ListNodes, NodeStatus};
 use metasrv::store::etcd::{EtcdConfig, EtcdStore};
 use metasrv::store::KvBackend;
 use metasrv::{Config, Listeners, Metasrv};
@@ -683,4 +683,32 @@ impl Drop for EtcdCluster {
             self.stop_member(i);
         }
     }
+}
+
+/// The status ClusterView gives `node_id` (None: unknown).
+pub async fn node_status(server: &TestServer, node_id: u64) -> Option<NodeStatus> {
+    let nodes = server
+        .cluster_view
+        .send(ListNodes)
+        .await
+        .expect("cluster view answers");
+    nodes
+        .into_iter()
+        .find(|n| n.id == node_id)
+        .map(|n| n.status)
+}
+
+/// Waits (bounded) until ClusterView gives `node_id` `status`.
+pub async fn wait_status(
+    server: &TestServer,
+    node_id: u64,
+    status: NodeStatus,
+    deadline: Duration,
+) {
+    wait_for(
+        &format!("node {node_id} to be {status:?}"),
+        deadline,
+        || async move { (node_status(server, node_id).await == Some(status)).then_some(()) },
+    )
+    .await
 }

@@ -21,7 +21,7 @@ use metasrv::Config;
 use parking_lot::Mutex;
 use tokio_stream::StreamExt;
 
-use crate::harness::{http_get, wait_for, TestServer};
+use crate::harness::{http_get, node_status, wait_for, wait_status, TestServer};
 use crate::store_conformance::embedded;
 
 const CLUSTER: u64 = 3;
@@ -51,27 +51,6 @@ fn sim(node_id: u64, regions: &[u64]) -> SimDatanodeConfig {
         regions: regions.to_vec(),
         ..SimDatanodeConfig::new(CLUSTER, node_id)
     }
-}
-
-async fn node_status(server: &TestServer, node_id: u64) -> Option<NodeStatus> {
-    let nodes = server
-        .cluster_view
-        .send(ListNodes)
-        .await
-        .expect("cluster view answers");
-    nodes
-        .into_iter()
-        .find(|n| n.id == node_id)
-        .map(|n| n.status)
-}
-
-async fn wait_status(server: &TestServer, node_id: u64, status: NodeStatus, deadline: Duration) {
-    wait_for(
-        &format!("node {node_id} to be {status:?}"),
-        deadline,
-        || async move { (node_status(server, node_id).await == Some(status)).then_some(()) },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

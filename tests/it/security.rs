@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::NodeStatus;
 use metasrv::sim::{SimDatanode, SimDatanodeConfig};
 
 use metasrv::client::{header, store_client};
@@ -16,7 +16,7 @@ use metasrv::store::KvBackend;
 use metasrv::Config;
 use tonic::Code;
 
-use crate::harness::{wait_for, EtcdProcess, TestServer};
+use crate::harness::{wait_for, wait_status, EtcdProcess, TestServer};
 
 const CLUSTER: u64 = 13;
 
@@ -65,18 +65,7 @@ async fn one_live_datanode(server: &TestServer) -> SimDatanode {
         SimDatanode::start_serving(server.channel().await, SimDatanodeConfig::new(CLUSTER, 1))
             .await
             .expect("a simulated datanode starts");
-    let view = server.cluster_view.clone();
-    wait_for("the datanode alive", Duration::from_secs(10), || {
-        let view = view.clone();
-        async move {
-            let nodes = view.send(ListNodes).await.ok()?;
-            nodes
-                .iter()
-                .any(|n| n.id == 1 && n.status == NodeStatus::Alive)
-                .then_some(())
-        }
-    })
-    .await;
+    wait_status(server, 1, NodeStatus::Alive, Duration::from_secs(10)).await;
     datanode
 }
 
@@ -831,22 +820,7 @@ async fn library_clients_present_their_tokens_on_every_call() {
         MetasrvTarget::SecureCluster(endpoints.clone(), with_token(Some("dn"))),
         SimDatanodeConfig::new(CLUSTER, 1),
     );
-    let view = server.cluster_view.clone();
-    wait_for(
-        "the datanode with a token alive",
-        Duration::from_secs(10),
-        || {
-            let view = view.clone();
-            async move {
-                let nodes = view.send(ListNodes).await.ok()?;
-                nodes
-                    .iter()
-                    .any(|n| n.id == 1 && n.status == NodeStatus::Alive)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(10)).await;
     let anonymous = SimDatanode::start_on(
         MetasrvTarget::SecureCluster(endpoints.clone(), with_token(None)),
         SimDatanodeConfig::new(CLUSTER, 2),
