@@ -151,19 +151,14 @@ fn tls_connector(
     ca: &std::path::Path,
     security: &ClientSecurity,
 ) -> Result<tokio_rustls::TlsConnector, CtlError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use crate::security::tls::{certificates, private_key};
+    // The same PEM reading as the server's (a file that holds none is named).
+    let usage = |e: crate::security::tls::TlsError| CtlError::Usage(e.to_string());
     let bad = |path: &std::path::Path, e: &dyn std::fmt::Display| {
         CtlError::Usage(format!("{}: {e}", path.display()))
     };
-    let certificates = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, CtlError> {
-        CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(path, &e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(path, &e))
-    };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(ca)? {
+    for cert in certificates(ca).map_err(usage)? {
         roots.add(cert).map_err(|e| bad(ca, &e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -173,9 +168,9 @@ fn tls_connector(
         .with_root_certificates(roots);
     let mut config = match (&security.cert, &security.key) {
         (Some(cert), Some(key)) => {
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+            let key = private_key(key).map_err(usage)?;
             builder
-                .with_client_auth_cert(certificates(cert)?, key)
+                .with_client_auth_cert(certificates(cert).map_err(usage)?, key)
                 .map_err(|e| bad(cert, &e))?
         }
         (None, None) => builder.with_no_client_auth(),

@@ -375,3 +375,54 @@ async fn the_http_api_is_described_and_its_errors_are_json() {
     }
     server.stop().await;
 }
+
+/// Against a TLS-only cluster that verifies client certificates: with the CA, a trusted
+/// certificate and the operator token, ctl reads (HTTPS) and writes keys (gRPC over TLS);
+/// without a certificate it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_reaches_a_tls_cluster_with_a_client_certificate() {
+    let pki = crate::security::pki::Pki::new();
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let config = metasrv::Config {
+        cluster_id: CLUSTER,
+        ..crate::security::secure_config(&pki)
+    };
+    let server = crate::harness::TestServer::start(store, config).await;
+    let endpoints = vec![server.http_addr.to_string()];
+    let (cert, key) = pki.client("tool-1", true);
+    let ca = pki.path("ca.pem").display().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let tls = [
+        "--ca",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+        "--domain",
+        "localhost",
+        "--token",
+        crate::security::OPS_TOKEN,
+    ];
+    let with = |args: &[&'static str]| -> Vec<&str> {
+        tls.iter().copied().chain(args.iter().copied()).collect()
+    };
+    let status = ok(&endpoints, &with(&["status"])).await;
+    assert!(status.contains(" leader "), "{status}");
+    ok(&endpoints, &with(&["kv", "put", "user/tls", "1"])).await;
+    assert_eq!(
+        ok(&endpoints, &with(&["kv", "get", "user/tls"])).await,
+        "KEY       VALUE\nuser/tls  1\n"
+    );
+    let no_certificate = ctl(
+        &endpoints,
+        &["--ca", ca.as_str(), "--domain", "localhost", "nodes"],
+    )
+    .await
+    .expect_err("a client certificate is required");
+    assert!(
+        matches!(no_certificate, CtlError::Unreachable(_)),
+        "{no_certificate}"
+    );
+    server.stop().await;
+}

@@ -355,7 +355,7 @@ async fn election_clients_cannot_touch_metasrvs_own_election() {
 
 // ---- TLS and authentication ---------------------------------------------------------------
 
-mod pki {
+pub(crate) mod pki {
     //! A test CA, a server certificate and client certificates, as PEM files in a temp dir.
     use std::path::PathBuf;
 
@@ -435,9 +435,9 @@ use metasrv::proto::v1::heartbeat_client::HeartbeatClient;
 use metasrv::security::{hash_token, Role, SecurityConfig, TokenEntry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const OPS_TOKEN: &str = "ops-secret-token";
+pub(crate) const OPS_TOKEN: &str = "ops-secret-token";
 
-fn secure_config(pki: &pki::Pki) -> Config {
+pub(crate) fn secure_config(pki: &pki::Pki) -> Config {
     Config {
         cluster_id: CLUSTER,
         security: SecurityConfig {
