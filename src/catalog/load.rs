@@ -111,22 +111,15 @@ impl CatalogAssembler {
             .key
             .strip_prefix(prefix.as_bytes())
             .and_then(keys::parse_id);
-        let decoded = serde_json::from_slice::<T>(&kv.value);
-        if !matches!((&decoded, key_id), (Ok(value), Some(id)) if id_of(value) == id) {
-            self.withheld.extend(key_id);
-        }
-        match (decoded, key_id) {
-            (Ok(value), Some(id)) if id_of(&value) == id => Some((id, value)),
-            (Ok(value), _) => {
-                let reason = format!("the record is for table {}", id_of(&value));
-                self.quarantine(&kv.key, reason);
-                None
-            }
-            (Err(e), _) => {
-                self.quarantine(&kv.key, format!("cannot decode: {e}"));
-                None
-            }
-        }
+        let reason = match (serde_json::from_slice::<T>(&kv.value), key_id) {
+            (Ok(value), Some(id)) if id_of(&value) == id => return Some((id, value)),
+            (Ok(value), _) => format!("the record is for table {}", id_of(&value)),
+            (Err(e), _) => format!("cannot decode: {e}"),
+        };
+        self.quarantine(&kv.key, reason);
+        // The table its key names is withheld (its regions are left alone).
+        self.withheld.extend(key_id);
+        None
     }
 
     /// Joins names with their info and route; what is left over or does not fit is

@@ -263,7 +263,8 @@ impl Ctl {
         body: Option<&Value>,
     ) -> Result<Value, CtlError> {
         let mut leader = self.leader().await?;
-        for attempt in 0..2 {
+        let mut asked_again = false;
+        loop {
             let answer = self
                 .http
                 .request(method, &leader.http_addr, path, body)
@@ -271,15 +272,14 @@ impl Ctl {
             if (200..300).contains(&answer.status) {
                 return Ok(answer.body);
             }
-            // Not (or no longer) the leader, or unsure of it: ask again who leads.
-            let moved = answer.status == 503;
-            if moved && attempt == 0 {
+            // Not (or no longer) the leader, or unsure of it: ask once more who leads.
+            if answer.status == 503 && !asked_again {
+                asked_again = true;
                 leader = self.leader().await?;
                 continue;
             }
             return Err(self.refusal(&leader.http_addr, &answer));
         }
-        unreachable!("the loop returns on its second attempt")
     }
 
     /// What a refusal means for the operator, with what to do.
