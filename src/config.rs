@@ -64,7 +64,8 @@ pub struct Config {
     pub max_regions_per_table: u32,
     /// Stats samples kept per node (at 1 s heartbeats, 300 is five minutes). Default: 300.
     pub node_history: usize,
-    /// Stats samples kept per region. Default: 60.
+    /// Reports a region's load average spans (an exponentially weighted average, not a ring:
+    /// regions are many). Default: 60.
     pub region_history: usize,
     /// The largest request accepted, in bytes (etcd's default cap). Default: 1572864 (1.5 MiB).
     pub max_request_bytes: usize,

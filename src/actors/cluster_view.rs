@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
@@ -18,13 +18,11 @@ use crate::catalog::model::Peer;
 use crate::catalog::ownership::RegionOwnership;
 use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
 use crate::metrics::Metrics;
-use crate::proto::v1 as pb;
 use crate::selector::Candidate;
 use crate::stats::{
     Heartbeat, InstructionOutcome, NodeStats, RegionRole, RegionStats, ReplicaStats,
 };
-use crate::store::scan::PrefixScan;
-use crate::store::{KeyValue, KvBackend, StoreResult};
+use crate::store::{KeyValue, KvBackend};
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -192,144 +190,12 @@ pub enum NodeEvent {
 
 // ---- Domain types ---------------------------------------------------------------------------
 
-/// How ClusterView reaches one session.
-#[derive(Clone)]
-pub struct SessionHandle {
-    pub session_id: u64,
-    pub deliver: Recipient<DeliverInstruction>,
-    pub close: Recipient<CloseSession>,
-}
-
-/// What metasrv can ask a datanode to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Instruction {
-    OpenRegion {
-        region_id: u64,
-        table: pb::TableName,
-        role: RegionRole,
-        /// The first lease of the region on the node.
-        lease_millis: u64,
-    },
-    CloseRegion {
-        region_id: u64,
-    },
-    PromoteToLeader {
-        region_id: u64,
-    },
-    DemoteToFollower {
-        region_id: u64,
-    },
-    InvalidateRouteCache {
-        table_ids: Vec<u64>,
-    },
-    /// The leader of a region stops writing it and stays a follower (a migration's first half).
-    DowngradeRegion {
-        region_id: u64,
-    },
-    /// A follower becomes the leader with a first lease (a migration's second half).
-    UpgradeRegion {
-        region_id: u64,
-        lease_millis: u64,
-    },
-}
-
-impl Instruction {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::OpenRegion { .. } => "open_region",
-            Self::CloseRegion { .. } => "close_region",
-            Self::PromoteToLeader { .. } => "promote_to_leader",
-            Self::DemoteToFollower { .. } => "demote_to_follower",
-            Self::InvalidateRouteCache { .. } => "invalidate_route_cache",
-            Self::DowngradeRegion { .. } => "downgrade_region",
-            Self::UpgradeRegion { .. } => "upgrade_region",
-        }
-    }
-
-    pub fn to_pb(&self, id: u64) -> pb::Instruction {
-        use pb::instruction::Kind;
-        let kind = match self.clone() {
-            Self::OpenRegion {
-                region_id,
-                table,
-                role,
-                lease_millis,
-            } => Kind::OpenRegion(pb::OpenRegion {
-                region_id,
-                table_name: Some(table),
-                role: match role {
-                    RegionRole::Leader => pb::RegionRole::Leader,
-                    RegionRole::Follower => pb::RegionRole::Follower,
-                } as i32,
-                lease_millis,
-            }),
-            Self::CloseRegion { region_id } => Kind::CloseRegion(pb::CloseRegion { region_id }),
-            Self::PromoteToLeader { region_id } => {
-                Kind::PromoteToLeader(pb::PromoteToLeader { region_id })
-            }
-            Self::DemoteToFollower { region_id } => {
-                Kind::DemoteToFollower(pb::DemoteToFollower { region_id })
-            }
-            Self::InvalidateRouteCache { table_ids } => {
-                Kind::InvalidateRouteCache(pb::InvalidateRouteCache { table_ids })
-            }
-            Self::DowngradeRegion { region_id } => {
-                Kind::DowngradeRegion(pb::DowngradeRegion { region_id })
-            }
-            Self::UpgradeRegion {
-                region_id,
-                lease_millis,
-            } => Kind::UpgradeRegion(pb::UpgradeRegion {
-                region_id,
-                lease_millis,
-            }),
-        };
-        pb::Instruction {
-            id,
-            kind: Some(kind),
-        }
-    }
-}
-
-/// Why an instruction got no result.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MailboxError {
-    #[error("node {0} has no heartbeat stream")]
-    NodeNotConnected(u64),
-    #[error("node {node_id} did not answer instruction {instruction_id} within {timeout:?}")]
-    Timeout {
-        node_id: u64,
-        instruction_id: u64,
-        timeout: Duration,
-    },
-    #[error("the mailbox was closed before node {0} answered")]
-    Closed(u64),
-    #[error("the heartbeat stream of node {0} ended before it answered")]
-    StreamEnded(u64),
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Alive,
     Suspect,
     Dead,
-}
-
-/// One point of a node's stats history.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct NodeSample {
-    pub at_unix_ms: u64,
-    pub stats: NodeStats,
-}
-
-/// One point of a region's load history (compact: regions are many).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct RegionSample {
-    pub at_unix_ms: u64,
-    pub rcus: u64,
-    pub wcus: u64,
-    pub approximate_size: u64,
 }
 
 /// A node as `/v1/nodes` shows it.
@@ -343,7 +209,7 @@ pub struct NodeSnapshot {
     pub last_heartbeat_unix_ms: u64,
     pub phi: f64,
     pub stats: Option<NodeStats>,
-    pub regions: Vec<RegionStats>,
+    pub regions: Arc<Vec<RegionStats>>,
     pub history_len: usize,
 }
 
@@ -354,9 +220,20 @@ pub struct ClusterViewConfig {
     pub failure_detector: FailureDetectorConfig,
     /// Samples kept per node (at 1 s heartbeats, 120 is two minutes).
     pub node_history: usize,
-    /// Samples kept per region.
+    /// Reports a region's load average spans (see [`RegionLoad`]).
     pub region_history: usize,
 }
+
+mod instruction;
+mod load;
+mod queries;
+mod registry;
+
+pub use instruction::{Instruction, MailboxError, SessionHandle};
+pub use load::{NodeSample, RegionLoad};
+use load::push_bounded;
+pub use registry::{load_registered_nodes, node_key, NODE_PREFIX};
+use registry::Registration;
 
 // ---- The actor ------------------------------------------------------------------------------
 
@@ -369,7 +246,8 @@ struct NodeEntry {
     latest: Option<NodeStats>,
     history: VecDeque<NodeSample>,
     last_heartbeat_unix_ms: u64,
-    regions: Vec<RegionStats>,
+    /// Shared with `ListNodes` answers: a listing clones a pointer, not every region.
+    regions: Arc<Vec<RegionStats>>,
     /// The replica states in the node's last report (for the regions it leads).
     replicas: Vec<ReplicaStats>,
     /// When the last request from the node arrived: every acknowledgement may have renewed
@@ -389,15 +267,11 @@ impl NodeEntry {
             latest: None,
             history: VecDeque::new(),
             last_heartbeat_unix_ms: 0,
-            regions: Vec::new(),
+            regions: Arc::default(),
             replicas: Vec::new(),
             last_request_at: None,
         }
     }
-}
-
-struct RegionEntry {
-    history: VecDeque<RegionSample>,
 }
 
 struct PendingInstruction {
@@ -421,7 +295,8 @@ pub struct ClusterView {
     /// The monotonic origin of detector times.
     epoch: Instant,
     nodes: HashMap<u64, NodeEntry>,
-    regions: HashMap<u64, RegionEntry>,
+    /// Load of routed regions only (ids come from the network).
+    regions: HashMap<u64, RegionLoad>,
     subscribers: Vec<Recipient<NodeEvent>>,
     pending: HashMap<u64, PendingInstruction>,
     /// The low 32 bits of the next instruction id; the high 32 are the term's epoch.
@@ -433,43 +308,6 @@ pub struct ClusterView {
     draining: std::collections::HashSet<u64>,
 }
 
-/// Where registered datanodes are persisted.
-pub const NODE_PREFIX: &str = "__meta/node/";
-
-/// A datanode's registration as persisted under [`node_key`].
-#[derive(Serialize, Deserialize)]
-struct Registration {
-    id: u64,
-    addr: String,
-    #[serde(default)]
-    instance_id: String,
-    #[serde(default)]
-    registered_at_unix_ms: u64,
-}
-
-/// Every registered datanode, read in pages; unreadable records are skipped (their nodes
-/// register again when they connect).
-pub async fn load_registered_nodes(store: &dyn KvBackend) -> StoreResult<Vec<RegisteredNode>> {
-    let mut scan = PrefixScan::new(store, NODE_PREFIX.as_bytes());
-    let mut nodes = Vec::new();
-    while let Some(page) = scan.next_page().await? {
-        nodes.extend(page.iter().filter_map(|kv| {
-            let registration: Registration = serde_json::from_slice(&kv.value).ok()?;
-            Some(RegisteredNode {
-                id: registration.id,
-                addr: registration.addr,
-                instance_id: registration.instance_id,
-            })
-        }));
-    }
-    Ok(nodes)
-}
-
-/// The KV key under which a registered datanode is persisted.
-pub fn node_key(node_id: u64) -> Vec<u8> {
-    format!("{NODE_PREFIX}{node_id}").into_bytes()
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -477,12 +315,6 @@ fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
-fn push_bounded<T>(ring: &mut VecDeque<T>, item: T, capacity: usize) {
-    if ring.len() >= capacity.max(1) {
-        ring.pop_front();
-    }
-    ring.push_back(item);
-}
 
 impl ClusterView {
     pub fn new(
@@ -792,34 +624,24 @@ impl Handler<StatsReported> for ClusterView {
                 self.config.node_history,
             );
             node.latest = Some(report.node);
-            // History only for regions some route names: ids come from the network, and a
-            // node reporting regions no table owns must not grow this map. Regions of dropped
-            // tables are pruned (see `prune_region_histories`).
-            let routed = self.ownership.routed_of(&report.regions);
-            for region in report
-                .regions
-                .iter()
-                .filter(|r| routed.contains(&r.region_id))
-            {
-                let entry = self
-                    .regions
-                    .entry(region.region_id)
-                    .or_insert_with(|| RegionEntry {
-                        history: VecDeque::new(),
-                    });
-                push_bounded(
-                    &mut entry.history,
-                    RegionSample {
-                        at_unix_ms,
-                        rcus: region.rcus,
-                        wcus: region.wcus,
-                        approximate_size: region.approximate_size,
-                    },
-                    self.config.region_history,
-                );
+            // Load only for regions some route names: ids come from the network, and a node
+            // reporting regions no table owns must not grow this map. Regions of dropped
+            // tables are pruned (see `prune_region_histories`). A known region costs one
+            // lookup; only a region seen for the first time asks the ownership index.
+            let window = self.config.region_history;
+            for region in &report.regions {
+                match self.regions.get_mut(&region.region_id) {
+                    Some(load) => load.observe(at_unix_ms, region, window),
+                    None if self.ownership.is_routed(region.region_id) => {
+                        let mut load = RegionLoad::default();
+                        load.observe(at_unix_ms, region, window);
+                        self.regions.insert(region.region_id, load);
+                    }
+                    None => {}
+                }
             }
             self.metrics.region_histories.set(self.regions.len() as i64);
-            node.regions = report.regions;
+            node.regions = Arc::new(report.regions);
             node.replicas = report.replicas;
         }
         if recovered {
@@ -921,58 +743,6 @@ impl Handler<SendInstruction> for ClusterView {
     }
 }
 
-impl Handler<ListNodes> for ClusterView {
-    type Result = MessageResult<ListNodes>;
-
-    fn handle(&mut self, _msg: ListNodes, _ctx: &mut Self::Context) -> Self::Result {
-        let now = self.ms_since_epoch(Instant::now());
-        let mut nodes: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|(&id, node)| NodeSnapshot {
-                id,
-                addr: node.addr.clone(),
-                instance_id: node.instance_id.clone(),
-                status: node.status,
-                connected: node.session.is_some(),
-                last_heartbeat_unix_ms: node.last_heartbeat_unix_ms,
-                phi: node.detector.phi(now),
-                stats: node.latest.clone(),
-                regions: node.regions.clone(),
-                history_len: node.history.len(),
-            })
-            .collect();
-        nodes.sort_by_key(|n| n.id);
-        MessageResult(nodes)
-    }
-}
-
-impl Handler<ListCandidates> for ClusterView {
-    type Result = MessageResult<ListCandidates>;
-
-    fn handle(&mut self, _msg: ListCandidates, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.nodes
-                .iter()
-                .filter(|(id, n)| {
-                    n.status == NodeStatus::Alive
-                        && n.session.is_some()
-                        && !self.draining.contains(id)
-                })
-                .map(|(&id, n)| Candidate {
-                    peer: Peer {
-                        id,
-                        addr: n.addr.clone(),
-                    },
-                    regions: n.latest.as_ref().map_or(0, |s| s.region_num),
-                    rcus: n.latest.as_ref().map_or(0, |s| s.rcus),
-                    wcus: n.latest.as_ref().map_or(0, |s| s.wcus),
-                })
-                .collect(),
-        )
-    }
-}
-
 impl Handler<SetDraining> for ClusterView {
     type Result = ();
 
@@ -982,69 +752,6 @@ impl Handler<SetDraining> for ClusterView {
         } else {
             self.draining.remove(&msg.node_id);
         }
-    }
-}
-
-impl Handler<GetReplicaReport> for ClusterView {
-    type Result = MessageResult<GetReplicaReport>;
-
-    fn handle(&mut self, msg: GetReplicaReport, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.nodes
-                .get(&msg.node_id)
-                .filter(|n| n.latest.is_some())
-                .map(|n| n.replicas.clone()),
-        )
-    }
-}
-
-impl Handler<GetLeaseExpiry> for ClusterView {
-    type Result = MessageResult<GetLeaseExpiry>;
-
-    fn handle(&mut self, msg: GetLeaseExpiry, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.nodes
-                .get(&msg.node_id)
-                .and_then(|n| n.last_request_at)
-                .map(|at| at + msg.region_lease),
-        )
-    }
-}
-
-impl Handler<GetLoadHistory> for ClusterView {
-    type Result = MessageResult<GetLoadHistory>;
-
-    fn handle(&mut self, msg: GetLoadHistory, _ctx: &mut Self::Context) -> Self::Result {
-        let mut nodes: Vec<NodeLoad> = self
-            .nodes
-            .iter()
-            .map(|(&id, node)| NodeLoad {
-                id,
-                addr: node.addr.clone(),
-                status: node.status,
-                samples: node
-                    .history
-                    .iter()
-                    .skip(node.history.len().saturating_sub(msg.samples))
-                    .cloned()
-                    .collect(),
-            })
-            .collect();
-        nodes.sort_by_key(|n| n.id);
-        MessageResult(nodes)
-    }
-}
-
-impl Handler<GetNodeHistory> for ClusterView {
-    type Result = MessageResult<GetNodeHistory>;
-
-    fn handle(&mut self, msg: GetNodeHistory, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.nodes
-                .get(&msg.node_id)
-                .map(|n| n.history.iter().cloned().collect())
-                .unwrap_or_default(),
-        )
     }
 }
 
@@ -1120,20 +827,6 @@ impl Handler<SeedNodes> for ClusterView {
             );
             self.update_status_gauges();
         }
-    }
-}
-
-impl Handler<ListDeadNodes> for ClusterView {
-    type Result = MessageResult<ListDeadNodes>;
-
-    fn handle(&mut self, _msg: ListDeadNodes, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.nodes
-                .iter()
-                .filter(|(_, n)| n.status == NodeStatus::Dead)
-                .map(|(&id, _)| id)
-                .collect(),
-        )
     }
 }
 

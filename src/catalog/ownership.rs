@@ -156,16 +156,6 @@ impl RegionOwnership {
         self.routed.read().contains(&region_id)
     }
 
-    /// The regions of `reported` some route names (one lock for the whole report).
-    pub fn routed_of(&self, reported: &[RegionStats]) -> HashSet<u64> {
-        let routed = self.routed.read();
-        reported
-            .iter()
-            .map(|r| r.region_id)
-            .filter(|id| routed.contains(id))
-            .collect()
-    }
-
     /// Whether the routes make `node_id` lead any region.
     pub fn leads_any(&self, node_id: u64) -> bool {
         self.by_node
@@ -467,7 +457,6 @@ mod tests {
         ids.iter()
             .map(|&region_id| RegionStats {
                 region_id,
-                table: "t".into(),
                 rcus: 0,
                 wcus: 0,
                 approximate_size: 0,
