@@ -4,6 +4,7 @@
 //! redirected or cut, reconnecting with backoff, and tells the datanode when it (re)connected so
 //! that it can send a full report at once. The datanode's code sees at most a short gap.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -23,6 +24,53 @@ pub enum MetasrvTarget {
     Cluster(Vec<String>),
     /// A metasrv cluster served over TLS (see [`super::ClientSecurity`]).
     SecureCluster(Vec<String>, super::ClientSecurity),
+    /// A metasrv cluster reached over a pool's shared connections (simulated datanodes by the
+    /// thousand; see [`ChannelPool`]).
+    Pooled(Arc<ChannelPool>),
+}
+
+/// Connections to a metasrv cluster shared by many heartbeat links: a load generator's
+/// simulated datanodes (10,000 of them beside metasrv on one machine) multiplex their streams
+/// over `per_member` HTTP/2 connections per member instead of opening one each, which would
+/// cost two descriptors and a port per node, twice during a leader change. metasrv sees one
+/// stream per node either way. Channels connect lazily and reconnect by themselves, so a member
+/// that restarts is reached again through the same pool.
+pub struct ChannelPool {
+    endpoints: Vec<String>,
+    per_member: usize,
+    channels: parking_lot::Mutex<std::collections::HashMap<String, Vec<Channel>>>,
+}
+
+impl ChannelPool {
+    pub fn new(endpoints: Vec<String>, per_member: usize) -> Arc<Self> {
+        Arc::new(Self {
+            endpoints,
+            per_member: per_member.max(1),
+            channels: Default::default(),
+        })
+    }
+
+    /// The shared channel of `node_id` to the member at `addr`.
+    fn channel(&self, addr: &str, node_id: u64) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if !channels.contains_key(addr) {
+            let made = (0..self.per_member)
+                .map(|_| {
+                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                        .map(|endpoint| {
+                            endpoint
+                                .connect_timeout(Duration::from_secs(3))
+                                .tcp_nodelay(true)
+                                .connect_lazy()
+                        })
+                        .map_err(|e| format!("{addr}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            channels.insert(addr.to_owned(), made);
+        }
+        let shared = &channels[addr];
+        Ok(shared[node_id as usize % shared.len()].clone())
+    }
 }
 
 /// What happened on the link.
@@ -112,13 +160,30 @@ async fn leader_channel(
         MetasrvTarget::Channel(channel) => return Ok(channel.clone()),
         MetasrvTarget::Cluster(endpoints) => (endpoints, &plaintext),
         MetasrvTarget::SecureCluster(endpoints, security) => (endpoints, security),
+        MetasrvTarget::Pooled(pool) => (&pool.endpoints, &plaintext),
     };
     let mut candidates: Vec<String> = hint.into_iter().collect();
     candidates.extend(endpoints.iter().cloned());
     let mut backoff = Duration::from_millis(50);
     loop {
-        match super::meta_client::find_leader_with(&candidates, cluster_id, node_id, security).await
-        {
+        let found = match target {
+            MetasrvTarget::Pooled(pool) => {
+                let connect = |addr: &str| std::future::ready(pool.channel(addr, node_id));
+                super::meta_client::find_leader_via(
+                    &candidates,
+                    cluster_id,
+                    node_id,
+                    security,
+                    connect,
+                )
+                .await
+            }
+            _ => {
+                super::meta_client::find_leader_with(&candidates, cluster_id, node_id, security)
+                    .await
+            }
+        };
+        match found {
             Ok((_, channel)) => return Ok(channel),
             Err(super::ClientError::Status(refused)) => return Err(refused),
             Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),

@@ -71,6 +71,31 @@ pub async fn find_leader_with(
     member_id: u64,
     security: &ClientSecurity,
 ) -> Result<(Peer, Channel), ClientError> {
+    let connect = |addr: &str| {
+        let addr = addr.to_owned();
+        let security = security.clone();
+        async move {
+            super::connect_with(&addr, &security)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    find_leader_via(endpoints, cluster_id, member_id, security, connect).await
+}
+
+/// [`find_leader_with`] over channels made by `connect` (a fresh connection, or one of a
+/// [`super::ChannelPool`]'s shared ones).
+pub(crate) async fn find_leader_via<F, Fut>(
+    endpoints: &[String],
+    cluster_id: u64,
+    member_id: u64,
+    security: &ClientSecurity,
+    connect: F,
+) -> Result<(Peer, Channel), ClientError>
+where
+    F: Fn(&str) -> Fut,
+    Fut: std::future::Future<Output = Result<Channel, String>>,
+{
     let mut reason = String::from("no endpoints given");
     let mut refusal: Option<tonic::Status> = None;
     let bearer = security.bearer().map_err(|e| ClientError::NoLeader {
@@ -78,7 +103,7 @@ pub async fn find_leader_with(
         reason: e.to_string(),
     })?;
     for endpoint in endpoints {
-        let channel = match super::connect_with(endpoint, security).await {
+        let channel = match connect(endpoint).await {
             Ok(channel) => channel,
             Err(e) => {
                 reason = format!("{endpoint}: {e}");
@@ -118,7 +143,7 @@ pub async fn find_leader_with(
         if leader.addr == *endpoint {
             return Ok((leader, channel));
         }
-        match super::connect_with(&leader.addr, security).await {
+        match connect(&leader.addr).await {
             Ok(channel) => return Ok((leader, channel)),
             Err(e) => reason = format!("leader {} at {}: {e}", leader.id, leader.addr),
         }

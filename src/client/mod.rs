@@ -4,7 +4,7 @@
 pub mod heartbeat;
 pub mod meta_client;
 
-pub use heartbeat::{HeartbeatLink, LinkEvent, MetasrvTarget};
+pub use heartbeat::{ChannelPool, HeartbeatLink, LinkEvent, MetasrvTarget};
 pub use meta_client::{
     find_leader, select_endpoints, CachedRoute, ClientError, EndpointBatch, MetaClient,
     ReadPriority, RegionBatch,

@@ -137,7 +137,15 @@ struct Shared {
     /// Killed: the data plane answers nothing useful any more (connections that outlive the
     /// server task get UNAVAILABLE, as from a process that is gone).
     dead: bool,
+    /// When the last acknowledgement that granted leases arrived.
+    last_grant_at: Option<Instant>,
+    /// Round trips of acknowledged reports, in microseconds, until a reader takes them
+    /// (bounded: the oldest are kept, later ones dropped, if nobody reads).
+    round_trips_us: Vec<u32>,
 }
+
+/// Round trips a node keeps until [`SimDatanode::take_round_trips`] reads them.
+const MAX_KEPT_ROUND_TRIPS: usize = 4096;
 
 impl Shared {
     /// Extends (never shortens) the lease of `region_id` to `until`.
@@ -418,6 +426,20 @@ impl SimDatanode {
         self.shared.lock().lease_lapses
     }
 
+    /// When the node last received a lease grant (an acknowledgement of a full report).
+    pub fn last_grant_at(&self) -> Option<Instant> {
+        self.shared.lock().last_grant_at
+    }
+
+    /// The round trips (request sent to acknowledgement received) since the last call.
+    pub fn take_round_trips(&self) -> Vec<Duration> {
+        let taken = std::mem::take(&mut self.shared.lock().round_trips_us);
+        taken
+            .into_iter()
+            .map(|us| Duration::from_micros(us.into()))
+            .collect()
+    }
+
     /// Regions whose lease is valid now.
     pub fn leased_regions(&self) -> Vec<u64> {
         let shared = self.shared.lock();
@@ -639,11 +661,9 @@ impl Reporter {
             *size += region_wcus * 1024;
             region_stats.push(pb::RegionStat {
                 region_id,
-                table_name: Some(pb::TableName {
-                    catalog_name: "greptime".into(),
-                    schema_name: "public".into(),
-                    table_name: format!("table_{}", region_id >> 32),
-                }),
+                // metasrv names a region's table by its id: a string per region per report
+                // would be the largest cost of simulating a million regions.
+                table_name: None,
                 rcus: region_rcus,
                 wcus: region_wcus,
                 approximate_size: *size,
@@ -845,6 +865,12 @@ async fn run(
                         // the request was sent.
                         let until = sent_at + Duration::from_millis(lease.duration_millis);
                         let mut shared = shared.lock();
+                        let now = Instant::now();
+                        shared.last_grant_at = Some(now);
+                        if shared.round_trips_us.len() < MAX_KEPT_ROUND_TRIPS {
+                            let micros = now.saturating_duration_since(sent_at).as_micros();
+                            shared.round_trips_us.push(micros.min(u32::MAX as u128) as u32);
+                        }
                         for id in &lease.leader_region_ids {
                             shared.extend_lease(*id, until, true);
                         }

@@ -1,0 +1,390 @@
+//! Scale benchmark: 10,000 simulated datanodes heartbeating at 1 Hz against two metasrv
+//! processes on one etcd, with 1,000,000 routed regions (1,000 tables of 1,000 regions, one copy
+//! each). Measured in one run:
+//!
+//! 1. seeding: the tables are created through CreateTable, a few at a time (informational);
+//! 2. steady state over `--seconds`: the leader's CPU (cores) and RSS, and the heartbeat round
+//!    trip (request sent to acknowledgement received, as the datanodes see it) p50 / p99;
+//! 3. CreateTable of a 1,024-region table (1 and 3 copies), repeated;
+//! 4. the failover of one datanode that leads 10,000 regions (SIGKILL-equivalent: its stream
+//!    and tasks vanish) until every one of them is led, with a write lease, by a live node;
+//! 5. leader takeover: the metasrv leader is SIGKILLed; the time until the other member leads,
+//!    serves a route (a fresh client), and has granted leases to every datanode again.
+//!
+//! The datanodes run in this process and share 100 streams per HTTP/2 connection
+//! ([`ChannelPool`]): metasrv still sees one stream per node, but 10,000 connections would need
+//! 20,000 descriptors here during a leader change. The figures are compared with the targets
+//! of issue 11 and printed as markdown for BENCHMARKS.md.
+//!
+//! Run: `cargo bench --bench scale` (flags: --nodes 10000 --tables 1000 --regions 1000
+//! --victim-regions 10000 --seconds 30 --creates 3 --create-regions 1024 --parallel-creates 4).
+//! Needs `etcd`. Without `--bench` (as `cargo test` runs it) a small smoke run.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{flag, percentile, EtcdServer, ServerProcess, CLUSTER};
+use futures::StreamExt;
+use metasrv::catalog::model::TableName;
+use metasrv::client::{ChannelPool, MetaClient, MetasrvTarget};
+use metasrv::sim::workload::host_table;
+use metasrv::sim::{SimDatanode, SimDatanodeConfig};
+
+struct Plan {
+    nodes: u64,
+    tables: u32,
+    regions: u32,
+    victim_regions: u32,
+    seconds: u64,
+    creates: usize,
+    create_regions: u32,
+    parallel_creates: usize,
+}
+
+fn member(etcd: &str, id: u64) -> ServerProcess {
+    ServerProcess::metasrv(&[
+        "--backend",
+        "etcd",
+        "--etcd-endpoints",
+        etcd,
+        "--etcd-key-prefix",
+        "/scale-bench",
+        "--member-id",
+        &id.to_string(),
+    ])
+}
+
+/// Whether the member serves as leader (false if it does not answer).
+fn is_leader(member: &ServerProcess) -> bool {
+    member
+        .http_get("/v1/leader")
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .is_some_and(|json| json["is_leader"] == true)
+}
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// CPU seconds the process has used (user + system), from /proc (USER_HZ is 100 on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let plan = Plan {
+        nodes: flag(&args, "--nodes").unwrap_or(if smoke { 12 } else { 10_000 }),
+        tables: flag(&args, "--tables").unwrap_or(if smoke { 6 } else { 1_000 }),
+        regions: flag(&args, "--regions").unwrap_or(if smoke { 24 } else { 1_000 }),
+        victim_regions: flag(&args, "--victim-regions").unwrap_or(if smoke { 24 } else { 10_000 }),
+        seconds: flag(&args, "--seconds").unwrap_or(if smoke { 2 } else { 30 }),
+        creates: flag(&args, "--creates").unwrap_or(if smoke { 1 } else { 3 }),
+        create_regions: flag(&args, "--create-regions").unwrap_or(if smoke { 64 } else { 1024 }),
+        parallel_creates: flag(&args, "--parallel-creates").unwrap_or(4),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(plan));
+}
+
+async fn run(plan: Plan) {
+    let etcd = EtcdServer::start();
+    let mut members = vec![member(&etcd.endpoint, 1), member(&etcd.endpoint, 2)];
+    let endpoints: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+    wait_until("a metasrv leader", Duration::from_secs(30), || {
+        members.iter().any(is_leader)
+    })
+    .await;
+    let pool = ChannelPool::new(endpoints.clone(), (plan.nodes as usize).div_ceil(100));
+    let interval = Duration::from_secs(1);
+    let start_node = |id: u64| {
+        SimDatanode::start_on(
+            MetasrvTarget::Pooled(pool.clone()),
+            SimDatanodeConfig {
+                interval,
+                ..SimDatanodeConfig::new(CLUSTER, id)
+            },
+        )
+    };
+    let meta = Arc::new(MetaClient::connect(&endpoints, CLUSTER, 0).await.expect("client"));
+    let name = |i: u32| TableName::new("greptime", "public", &format!("metrics_{i}"));
+    let create = |table: TableName, regions: u32, copies: u32| {
+        let meta = meta.clone();
+        async move {
+            let started = Instant::now();
+            let (_, route) = meta
+                .create_table(host_table(CLUSTER, &table, regions, copies))
+                .await
+                .unwrap_or_else(|e| panic!("create {table}: {e}"));
+            (started.elapsed(), route)
+        }
+    };
+    let create_many = |tables: std::ops::Range<u32>| {
+        let create = &create;
+        async move {
+            futures::stream::iter(tables)
+                .map(|i| create(name(i), plan.regions, 1))
+                .buffer_unordered(plan.parallel_creates)
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+
+    // ---- 1. Seeding ------------------------------------------------------------------------
+    // Nodes 1 and 2 alone take the first tables, so node 1 leads `victim_regions` regions;
+    // the rest go to the other nodes once they have joined (placement prefers the emptiest).
+    let seeding = Instant::now();
+    let mut nodes: Vec<Option<SimDatanode>> = vec![Some(start_node(1)), Some(start_node(2))];
+    let alive = |nodes: &Vec<Option<SimDatanode>>, since: Instant| {
+        nodes
+            .iter()
+            .flatten()
+            .all(|n| n.last_grant_at().is_some_and(|at| at > since))
+    };
+    wait_until("nodes 1 and 2 to heartbeat", Duration::from_secs(30), || {
+        alive(&nodes, seeding)
+    })
+    .await;
+    let first_tables = (2 * plan.victim_regions).div_ceil(plan.regions).min(plan.tables);
+    let first = create_many(0..first_tables).await;
+    let victim_tables: Vec<TableName> = first.iter().map(|(_, r)| r.info.name.clone()).collect();
+    let victim_regions: Vec<u64> = first
+        .iter()
+        .flat_map(|(_, r)| r.route.regions.iter())
+        .filter(|r| r.leader.id == 1)
+        .map(|r| r.region_id)
+        .collect();
+    // Start the others spread over one heartbeat interval, so their reports are too.
+    let joined = Instant::now();
+    for id in 3..=plan.nodes {
+        nodes.push(Some(start_node(id)));
+        if id % 100 == 0 {
+            tokio::time::sleep(interval / (plan.nodes as u32 / 100).max(1)).await;
+        }
+    }
+    wait_until("every node to heartbeat", Duration::from_secs(120), || {
+        alive(&nodes, joined)
+    })
+    .await;
+    let rest = create_many(first_tables..plan.tables).await;
+    let seeding = seeding.elapsed();
+    let total_regions: usize = first
+        .iter()
+        .chain(&rest)
+        .map(|(_, r)| r.route.regions.len())
+        .sum();
+    eprintln!(
+        "seeded {} tables, {total_regions} regions on {} nodes in {seeding:?}; node 1 leads {}",
+        plan.tables,
+        plan.nodes,
+        victim_regions.len()
+    );
+    let leader_index = members.iter().position(is_leader).expect("a leader");
+
+    // ---- 2. Steady state -------------------------------------------------------------------
+    // One interval for the last creates' reports, then a clean window.
+    tokio::time::sleep(interval * 2).await;
+    for node in nodes.iter().flatten() {
+        node.take_round_trips();
+    }
+    let pid = members[leader_index].pid();
+    let (cpu_before, window_start) = (cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(plan.seconds)).await;
+    let cores = (cpu_seconds(pid) - cpu_before) / window_start.elapsed().as_secs_f64();
+    let rss = members[leader_index].rss_bytes();
+    let mut round_trips: Vec<Duration> = nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n.take_round_trips())
+        .collect();
+    round_trips.sort_unstable();
+    let rtt = |p: f64| percentile(&round_trips, p).map_or(f64::NAN, ms);
+    eprintln!(
+        "steady: {cores:.2} cores, RSS {:.0} MiB, heartbeat p50 {:.2} ms p99 {:.2} ms over {} acks",
+        mib(rss),
+        rtt(0.5),
+        rtt(0.99),
+        round_trips.len()
+    );
+
+    // ---- 3. CreateTable of a large table ---------------------------------------------------
+    let mut create_times: Vec<(u32, Duration)> = Vec::new();
+    for copies in [1, 3] {
+        for i in 0..plan.creates {
+            let table = TableName::new("greptime", "public", &format!("large_{copies}_{i}"));
+            let (took, route) = create(table, plan.create_regions, copies).await;
+            assert_eq!(route.route.regions.len(), plan.create_regions as usize);
+            eprintln!("create of {} regions x {copies}: {took:?}", plan.create_regions);
+            create_times.push((copies, took));
+        }
+    }
+
+    // ---- 4. Failover of a node leading `victim_regions` regions ----------------------------
+    let victim_set: std::collections::HashSet<u64> = victim_regions.iter().copied().collect();
+    let killed_at = Instant::now();
+    nodes[0].take().expect("node 1").kill();
+    let failover = loop {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "regions of the killed node not all led again within 60 s"
+        );
+        let mut led_again = 0;
+        for table in &victim_tables {
+            meta.invalidate(table);
+            let Ok(route) = meta.route(table).await else {
+                break;
+            };
+            led_again += route
+                .route
+                .regions
+                .iter()
+                .filter(|r| victim_set.contains(&r.region_id) && r.leader.id != 1)
+                .filter(|r| {
+                    let node = nodes[(r.leader.id - 1) as usize].as_ref();
+                    node.is_some_and(|n| {
+                        n.regions().get(&r.region_id)
+                            == Some(&metasrv::stats::RegionRole::Leader)
+                    })
+                })
+                .count();
+        }
+        if led_again == victim_regions.len() {
+            break killed_at.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "failover of {} regions: {failover:?}",
+        victim_regions.len()
+    );
+
+    // ---- 5. Leader takeover after SIGKILL ----------------------------------------------------
+    let survivor = 1 - leader_index;
+    let killed_at = Instant::now();
+    members[leader_index].kill();
+    let leads = wait_until("the other member to lead", Duration::from_secs(60), || {
+        is_leader(&members[survivor])
+    })
+    .await;
+    let survivor_addr = vec![members[survivor].addr.clone()];
+    let probe_table = name(plan.tables - 1);
+    let routes = loop {
+        assert!(killed_at.elapsed() < Duration::from_secs(60), "no route served within 60 s");
+        if let Ok(client) = MetaClient::connect(&survivor_addr, CLUSTER, 0).await {
+            if client.route(&probe_table).await.is_ok() {
+                break killed_at.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_until(
+        "every live node to be granted leases by the new leader",
+        Duration::from_secs(60),
+        || alive(&nodes, killed_at),
+    )
+    .await;
+    let heartbeats = killed_at.elapsed();
+    let takeover = routes.max(heartbeats);
+    eprintln!(
+        "takeover: leads {leads:?}, routes {routes:?}, every node granted {heartbeats:?}"
+    );
+    let rss_after = members[survivor].rss_bytes();
+
+    // ---- Report ------------------------------------------------------------------------------
+    let creates = |copies: u32| {
+        let mut times: Vec<Duration> = create_times
+            .iter()
+            .filter(|(c, _)| *c == copies)
+            .map(|(_, t)| *t)
+            .collect();
+        times.sort_unstable();
+        (
+            percentile(&times, 0.5).map_or(f64::NAN, ms),
+            times.last().copied().map_or(f64::NAN, ms),
+        )
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+    let (create1_p50, create1_max) = creates(1);
+    let (create3_p50, create3_max) = creates(3);
+    println!(
+        "\n{} datanodes at 1 Hz, {} tables x {} regions = {total_regions} routed regions, etcd, 2 members",
+        plan.nodes, plan.tables, plan.regions
+    );
+    println!("\n| measure | figure | target | |");
+    println!("|---|---|---|---|");
+    println!(
+        "| leader CPU, steady state ({} s) | {cores:.2} cores | | |",
+        plan.seconds
+    );
+    println!(
+        "| leader RSS, steady state / new leader after takeover | {:.0} / {:.0} MiB | < 1024 MiB | {} |",
+        mib(rss),
+        mib(rss_after),
+        verdict(rss.max(rss_after) < 1 << 30)
+    );
+    println!(
+        "| heartbeat round trip p50 / p99 ({} acks) | {:.2} / {:.2} ms | p99 < 50 ms | {} |",
+        round_trips.len(),
+        rtt(0.5),
+        rtt(0.99),
+        verdict(rtt(0.99) < 50.0)
+    );
+    println!(
+        "| CreateTable, {} regions x 1 copy, p50 / max of {} | {create1_p50:.0} / {create1_max:.0} ms | < 1000 ms | {} |",
+        plan.create_regions,
+        plan.creates,
+        verdict(create1_max < 1000.0)
+    );
+    println!(
+        "| CreateTable, {} regions x 3 copies, p50 / max of {} | {create3_p50:.0} / {create3_max:.0} ms | | |",
+        plan.create_regions, plan.creates
+    );
+    println!(
+        "| failover of a node leading {} regions (all led again) | {:.0} ms | < 5000 ms | {} |",
+        victim_regions.len(),
+        ms(failover),
+        verdict(failover < Duration::from_secs(5))
+    );
+    println!(
+        "| takeover after SIGKILL: leads / serves routes / every node granted | {:.0} / {:.0} / {:.0} ms | < 5000 ms | {} |",
+        ms(leads),
+        ms(routes),
+        ms(heartbeats),
+        verdict(takeover < Duration::from_secs(5))
+    );
+    println!(
+        "| seeding through CreateTable ({} at a time) | {:.1} s | | |",
+        plan.parallel_creates,
+        seeding.as_secs_f64()
+    );
+    drop(nodes);
+    drop(members);
+    drop(etcd);
+}
