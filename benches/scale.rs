@@ -68,7 +68,10 @@ fn is_leader(member: &ServerProcess) -> bool {
 async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !check() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     started.elapsed()
@@ -81,7 +84,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -133,7 +141,11 @@ async fn run(plan: Plan) {
             },
         )
     };
-    let meta = Arc::new(MetaClient::connect(&endpoints, CLUSTER, 0).await.expect("client"));
+    let meta = Arc::new(
+        MetaClient::connect(&endpoints, CLUSTER, 0)
+            .await
+            .expect("client"),
+    );
     let name = |i: u32| TableName::new("greptime", "public", &format!("metrics_{i}"));
     let create = |table: TableName, regions: u32, copies: u32| {
         let meta = meta.clone();
@@ -168,11 +180,15 @@ async fn run(plan: Plan) {
             .flatten()
             .all(|n| n.last_grant_at().is_some_and(|at| at > since))
     };
-    wait_until("nodes 1 and 2 to heartbeat", Duration::from_secs(30), || {
-        alive(&nodes, seeding)
-    })
+    wait_until(
+        "nodes 1 and 2 to heartbeat",
+        Duration::from_secs(30),
+        || alive(&nodes, seeding),
+    )
     .await;
-    let first_tables = (2 * plan.victim_regions).div_ceil(plan.regions).min(plan.tables);
+    let first_tables = (2 * plan.victim_regions)
+        .div_ceil(plan.regions)
+        .min(plan.tables);
     let first = create_many(0..first_tables).await;
     let victim_tables: Vec<TableName> = first.iter().map(|(_, r)| r.info.name.clone()).collect();
     let victim_regions: Vec<u64> = first
@@ -241,7 +257,10 @@ async fn run(plan: Plan) {
             let table = TableName::new("greptime", "public", &format!("large_{copies}_{i}"));
             let (took, route) = create(table, plan.create_regions, copies).await;
             assert_eq!(route.route.regions.len(), plan.create_regions as usize);
-            eprintln!("create of {} regions x {copies}: {took:?}", plan.create_regions);
+            eprintln!(
+                "create of {} regions x {copies}: {took:?}",
+                plan.create_regions
+            );
             create_times.push((copies, took));
         }
     }
@@ -269,8 +288,7 @@ async fn run(plan: Plan) {
                 .filter(|r| {
                     let node = nodes[(r.leader.id - 1) as usize].as_ref();
                     node.is_some_and(|n| {
-                        n.regions().get(&r.region_id)
-                            == Some(&metasrv::stats::RegionRole::Leader)
+                        n.regions().get(&r.region_id) == Some(&metasrv::stats::RegionRole::Leader)
                     })
                 })
                 .count();
@@ -280,10 +298,7 @@ async fn run(plan: Plan) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    eprintln!(
-        "failover of {} regions: {failover:?}",
-        victim_regions.len()
-    );
+    eprintln!("failover of {} regions: {failover:?}", victim_regions.len());
 
     // ---- 5. Leader takeover after SIGKILL ----------------------------------------------------
     let survivor = 1 - leader_index;
@@ -296,7 +311,10 @@ async fn run(plan: Plan) {
     let survivor_addr = vec![members[survivor].addr.clone()];
     let probe_table = name(plan.tables - 1);
     let routes = loop {
-        assert!(killed_at.elapsed() < Duration::from_secs(60), "no route served within 60 s");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "no route served within 60 s"
+        );
         if let Ok(client) = MetaClient::connect(&survivor_addr, CLUSTER, 0).await {
             if client.route(&probe_table).await.is_ok() {
                 break killed_at.elapsed();
@@ -312,9 +330,7 @@ async fn run(plan: Plan) {
     .await;
     let heartbeats = killed_at.elapsed();
     let takeover = routes.max(heartbeats);
-    eprintln!(
-        "takeover: leads {leads:?}, routes {routes:?}, every node granted {heartbeats:?}"
-    );
+    eprintln!("takeover: leads {leads:?}, routes {routes:?}, every node granted {heartbeats:?}");
     let rss_after = members[survivor].rss_bytes();
 
     // ---- Report ------------------------------------------------------------------------------

@@ -230,10 +230,10 @@ mod queries;
 mod registry;
 
 pub use instruction::{Instruction, MailboxError, SessionHandle};
-pub use load::{NodeSample, RegionLoad};
 use load::push_bounded;
-pub use registry::{load_registered_nodes, node_key, NODE_PREFIX};
+pub use load::{NodeSample, RegionLoad};
 use registry::Registration;
+pub use registry::{load_registered_nodes, node_key, NODE_PREFIX};
 
 // ---- The actor ------------------------------------------------------------------------------
 
@@ -314,7 +314,6 @@ fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
-
 
 impl ClusterView {
     pub fn new(

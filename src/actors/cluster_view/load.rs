@@ -76,7 +76,10 @@ mod tests {
     fn a_region_load_starts_at_its_first_report_and_averages_over_the_window() {
         let mut load = RegionLoad::default();
         load.observe(10, &report(100, 40), 3);
-        assert_eq!((load.avg_rcus, load.avg_wcus, load.reports), (100.0, 40.0, 1));
+        assert_eq!(
+            (load.avg_rcus, load.avg_wcus, load.reports),
+            (100.0, 40.0, 1)
+        );
         // Window 3: each report weighs 2 / (3 + 1) = 0.5.
         load.observe(20, &report(200, 0), 3);
         assert_eq!((load.avg_rcus, load.avg_wcus), (150.0, 20.0));
