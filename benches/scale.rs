@@ -158,12 +158,12 @@ async fn run(plan: Plan) {
             (started.elapsed(), route)
         }
     };
-    let create_many = |tables: std::ops::Range<u32>| {
+    let create_many = |tables: std::ops::Range<u32>, at_once: usize| {
         let create = &create;
         async move {
             futures::stream::iter(tables)
                 .map(|i| create(name(i), plan.regions, 1))
-                .buffer_unordered(plan.parallel_creates)
+                .buffer_unordered(at_once)
                 .collect::<Vec<_>>()
                 .await
         }
@@ -189,7 +189,9 @@ async fn run(plan: Plan) {
     let first_tables = (2 * plan.victim_regions)
         .div_ceil(plan.regions)
         .min(plan.tables);
-    let first = create_many(0..first_tables).await;
+    // One at a time: concurrent creates place from the same counts, and node 1 must end up
+    // leading exactly half.
+    let first = create_many(0..first_tables, 1).await;
     let victim_tables: Vec<TableName> = first.iter().map(|(_, r)| r.info.name.clone()).collect();
     let victim_regions: Vec<u64> = first
         .iter()
@@ -209,7 +211,7 @@ async fn run(plan: Plan) {
         alive(&nodes, joined)
     })
     .await;
-    let rest = create_many(first_tables..plan.tables).await;
+    let rest = create_many(first_tables..plan.tables, plan.parallel_creates).await;
     let seeding = seeding.elapsed();
     let total_regions: usize = first
         .iter()

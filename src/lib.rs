@@ -10,6 +10,7 @@ pub mod election;
 pub mod failure_detector;
 pub mod grpc;
 pub mod http;
+pub mod ids;
 pub mod inputs;
 pub mod metrics;
 pub mod operations;

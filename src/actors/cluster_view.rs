@@ -17,6 +17,7 @@ use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
 use crate::catalog::model::Peer;
 use crate::catalog::ownership::RegionOwnership;
 use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
+use crate::ids::IdMap;
 use crate::metrics::Metrics;
 use crate::selector::Candidate;
 use crate::stats::{
@@ -296,7 +297,7 @@ pub struct ClusterView {
     epoch: Instant,
     nodes: HashMap<u64, NodeEntry>,
     /// Load of routed regions only (ids come from the network).
-    regions: HashMap<u64, RegionLoad>,
+    regions: IdMap<RegionLoad>,
     subscribers: Vec<Recipient<NodeEvent>>,
     pending: HashMap<u64, PendingInstruction>,
     /// The low 32 bits of the next instruction id; the high 32 are the term's epoch.
@@ -329,7 +330,7 @@ impl ClusterView {
             metrics,
             epoch: Instant::now(),
             nodes: HashMap::new(),
-            regions: HashMap::new(),
+            regions: IdMap::default(),
             subscribers: Vec::new(),
             pending: HashMap::new(),
             next_instruction_id: 1,

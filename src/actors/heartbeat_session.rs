@@ -18,9 +18,10 @@ use crate::actors::cluster_view::{
     StatsReported,
 };
 use crate::catalog::model::table_of_region;
-use crate::catalog::ownership::RegionOwnership;
+use crate::catalog::ownership::{RegionOwnership, RoleMismatches};
 use crate::catalog::TableManager;
 use crate::election::{Leadership, Standing};
+use crate::ids::IdSet;
 use crate::metrics::Metrics;
 use crate::proto::v1 as pb;
 use crate::stats;
@@ -107,8 +108,7 @@ impl HeartbeatSession {
     /// Regions the node has reported for longer than the grace while no route named them and
     /// no move targeted them (what a refused or failed create opened, also on a node that was
     /// away when it was refused; a drop the node missed): it is told to close them, once.
-    fn close_orphans(&mut self, node_id: u64, reported: &[stats::RegionStats], now: Instant) {
-        let unrouted = self.ownership.unrouted(node_id, reported);
+    fn close_orphans(&mut self, node_id: u64, unrouted: Vec<u64>, now: Instant) {
         if unrouted.is_empty() {
             self.unrouted_since.clear();
             return;
@@ -147,8 +147,7 @@ impl HeartbeatSession {
     ///   before they let the region go) and while the region is not fenced on it.
     ///
     /// Each is asked once per stream while the node goes on reporting so.
-    fn reconcile_roles(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
-        let mismatches = self.ownership.role_mismatches(node_id, reported);
+    fn reconcile_roles(&mut self, node_id: u64, mismatches: RoleMismatches) {
         let (wrong_leaders, wrong_followers) = (mismatches.leading, mismatches.following);
         self.asked_to_demote
             .retain(|id| wrong_leaders.contains(id) || wrong_followers.contains(id));
@@ -333,18 +332,21 @@ impl HeartbeatSession {
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
-        if let Some(report) = &heartbeat.report {
+        let region_lease = heartbeat.report.as_ref().map(|report| {
+            let found = self
+                .ownership
+                .examine(heartbeat.node_id, &report.regions, received_at);
             // A region asked to close and no longer reported may be asked again if it turns
             // up stale again later (it moved back and away).
             if !self.asked_to_close.is_empty() {
-                let reported: HashSet<u64> = report.regions.iter().map(|r| r.region_id).collect();
+                let reported: IdSet = report.regions.iter().map(|r| r.region_id).collect();
                 self.asked_to_close.retain(|id| reported.contains(id));
             }
-            self.reopen_missing_regions(heartbeat.node_id, &report.regions);
-            self.reconcile_roles(heartbeat.node_id, &report.regions);
-            self.close_orphans(heartbeat.node_id, &report.regions, received_at);
+            self.reopen_missing_regions(heartbeat.node_id, found.missing);
+            self.reconcile_roles(heartbeat.node_id, found.roles);
+            self.close_orphans(heartbeat.node_id, found.unrouted, received_at);
             // Regions the routes now give to others (it was failed over while away): close.
-            for region_id in self.ownership.stale(heartbeat.node_id, &report.regions) {
+            for region_id in found.stale {
                 if self.asked_to_close.insert(region_id) {
                     tracing::info!(
                         node_id = heartbeat.node_id,
@@ -358,14 +360,9 @@ impl HeartbeatSession {
                     });
                 }
             }
-        }
-        let region_lease = heartbeat.report.as_ref().map(|report| {
-            let grant = self
-                .ownership
-                .grant(heartbeat.node_id, &report.regions, received_at);
             pb::RegionLease {
-                leader_region_ids: grant.leader_region_ids,
-                follower_region_ids: grant.follower_region_ids,
+                leader_region_ids: found.grant.leader_region_ids,
+                follower_region_ids: found.grant.follower_region_ids,
                 duration_millis: self.region_lease_millis,
             }
         });
@@ -408,8 +405,7 @@ impl HeartbeatSession {
     /// Regions the routes give the node that it does not report (it restarted, or lost them):
     /// it is asked once per stream to open them again, in the routed role. Reported regions
     /// leave the asked set, so a region lost again later is asked for again.
-    fn reopen_missing_regions(&mut self, node_id: u64, reported: &[stats::RegionStats]) {
-        let missing = self.ownership.missing(node_id, reported);
+    fn reopen_missing_regions(&mut self, node_id: u64, missing: Vec<(u64, stats::RegionRole)>) {
         self.asked_to_open
             .retain(|id| missing.iter().any(|(missing_id, _)| missing_id == id));
         for (region_id, role) in missing {

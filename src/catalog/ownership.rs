@@ -8,15 +8,16 @@ use std::time::Instant;
 use parking_lot::RwLock;
 
 use super::model::TableRoute;
+use crate::ids::{IdMap, IdSet};
 use crate::stats::{RegionRole, RegionStats};
 
 #[derive(Default)]
 pub struct RegionOwnership {
-    by_node: RwLock<HashMap<u64, HashMap<u64, RegionRole>>>,
+    by_node: RwLock<IdMap<IdMap<RegionRole>>>,
     /// Every region some route names.
-    routed: RwLock<std::collections::HashSet<u64>>,
+    routed: RwLock<IdSet>,
     /// Regions being moved to a node (opened there, route not yet updated): not stale there.
-    moving: RwLock<HashMap<u64, u64>>,
+    moving: RwLock<IdMap<u64>>,
     /// Tables whose stored records were quarantined at load: their regions are nobody's
     /// orphans (closing them would turn a metadata repair into an outage).
     withheld_tables: RwLock<HashSet<u64>>,
@@ -67,11 +68,21 @@ pub struct LeaseGrant {
     pub follower_region_ids: Vec<u64>,
 }
 
+/// What one full report calls for (see [`RegionOwnership::examine`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Examination {
+    pub grant: LeaseGrant,
+    pub stale: Vec<u64>,
+    pub unrouted: Vec<u64>,
+    pub roles: RoleMismatches,
+    pub missing: Vec<(u64, RegionRole)>,
+}
+
 impl RegionOwnership {
     /// Replaces everything with the assignments of `routes`.
     pub fn rebuild<'a>(&self, routes: impl IntoIterator<Item = &'a TableRoute>) {
-        let mut by_node: HashMap<u64, HashMap<u64, RegionRole>> = HashMap::new();
-        let mut routed = std::collections::HashSet::new();
+        let mut by_node: IdMap<IdMap<RegionRole>> = IdMap::default();
+        let mut routed = IdSet::default();
         for route in routes {
             assign(&mut by_node, route);
             routed.extend(route.regions.iter().map(|r| r.region_id));
@@ -183,128 +194,131 @@ impl RegionOwnership {
         self.moving.write().remove(&region_id);
     }
 
-    /// Regions `node_id` reports that the routes give to other nodes only: it serves them
-    /// stale (e.g. it was failed over while away) and must close them. Regions no route names
-    /// (a create in progress) are not stale.
-    pub fn stale(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
-        let routed = self.routed.read();
-        let by_node = self.by_node.read();
-        let moving = self.moving.read();
-        let owned = by_node.get(&node_id);
-        reported
-            .iter()
-            .map(|r| r.region_id)
-            .filter(|id| {
-                routed.contains(id)
-                    && !owned.is_some_and(|o| o.contains_key(id))
-                    && moving.get(id) != Some(&node_id)
-            })
-            .collect()
-    }
-
-    /// Regions `node_id` reports that no route names and no move in progress sends to it: a
-    /// create in progress, or orphans (a refused or failed create, a drop the node missed).
-    /// Regions of withheld tables are not among them.
-    pub fn unrouted(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
-        let routed = self.routed.read();
-        let moving = self.moving.read();
-        let withheld = self.withheld_tables.read();
-        reported
-            .iter()
-            .map(|r| r.region_id)
-            .filter(|id| {
-                !routed.contains(id)
-                    && moving.get(id) != Some(&node_id)
-                    && !withheld.contains(&super::model::table_of_region(*id))
-            })
-            .collect()
-    }
-
     /// The tables whose records the last catalog load quarantined (see `withheld_tables`).
     pub fn withhold_tables(&self, tables: HashSet<u64>) {
         *self.withheld_tables.write() = tables;
     }
 
-    /// Regions `node_id` reports in another role than the routes give it, in one pass.
-    pub fn role_mismatches(&self, node_id: u64, reported: &[RegionStats]) -> RoleMismatches {
-        let mut mismatches = RoleMismatches::default();
-        let by_node = self.by_node.read();
-        let Some(owned) = by_node.get(&node_id) else {
-            return mismatches;
-        };
-        for region in reported {
-            match (region.role, owned.get(&region.region_id)) {
-                (RegionRole::Leader, Some(RegionRole::Follower)) => {
-                    mismatches.leading.push(region.region_id)
-                }
-                (RegionRole::Follower, Some(RegionRole::Leader)) => {
-                    mismatches.following.push(region.region_id)
-                }
-                _ => {}
-            }
-        }
-        mismatches
-    }
-
-    /// Regions the routes give `node_id` that it does not report (it restarted and lost them,
-    /// say), with the role the routes give; while the node is fenced by its failover, only its
-    /// follower regions: metasrv asks the node to open them again.
-    pub fn missing(&self, node_id: u64, reported: &[RegionStats]) -> Vec<(u64, RegionRole)> {
-        let by_node = self.by_node.read();
-        let Some(owned) = by_node.get(&node_id) else {
-            return Vec::new();
-        };
-        let grants = self.grants.lock();
-        let fenced = grants.fenced.contains(&node_id);
-        let reported: HashSet<u64> = reported.iter().map(|r| r.region_id).collect();
-        let mut missing: Vec<(u64, RegionRole)> = owned
-            .iter()
-            .filter(|(id, role)| {
-                let moving_away = **role == RegionRole::Leader
-                    && (fenced || grants.fenced_regions.get(id) == Some(&node_id));
-                !reported.contains(id) && !moving_away
-            })
-            .map(|(id, role)| (*id, *role))
-            .collect();
-        missing.sort_unstable_by_key(|(id, _)| *id);
-        missing
-    }
-
-    /// The lease for a heartbeat of `node_id` reporting `reported`, received at `received_at`:
-    /// the reported regions that the routes assign to it, in the role the routes give; no
-    /// leader region while a failover fences the node.
-    pub fn grant(
+    /// Everything a full report of `node_id` received at `received_at` calls for, in one pass
+    /// over `reported` under one acquisition of the locks: the lease it is granted, and what
+    /// the node must be told to fix. A reported region the routes give the node costs one
+    /// lookup; the routed regions it does not report are looked for only when some are.
+    ///
+    /// - `grant`: the reported regions the routes assign to it, in the routed role; no leader
+    ///   region while a failover fences the node, and only a follower lease on a region a
+    ///   migration fences on it;
+    /// - `stale`: reported, but routed to other nodes only (it was failed over while away):
+    ///   to close. Regions no route names (a create in progress) are not stale;
+    /// - `unrouted`: reported, named by no route and moved to it by no operation (a create
+    ///   in progress, or orphans: a refused or failed create, a drop the node missed).
+    ///   Regions of withheld tables are not among them;
+    /// - `roles`: reported in another role than the routes give;
+    /// - `missing`: routed to it but not reported (it restarted and lost them), with the
+    ///   routed role; while the node is fenced by its failover, only its follower regions.
+    pub fn examine(
         &self,
         node_id: u64,
         reported: &[RegionStats],
         received_at: Instant,
-    ) -> LeaseGrant {
+    ) -> Examination {
+        self.examine_at(node_id, reported, Some(received_at))
+    }
+
+    /// [`Self::examine`]; `received_at: None` grants nothing (a look that renews no lease).
+    fn examine_at(
+        &self,
+        node_id: u64,
+        reported: &[RegionStats],
+        received_at: Option<Instant>,
+    ) -> Examination {
+        let mut found = Examination::default();
         let by_node = self.by_node.read();
-        let mut grant = LeaseGrant::default();
-        let Some(owned) = by_node.get(&node_id) else {
-            return grant;
-        };
+        let routed = self.routed.read();
+        let moving = self.moving.read();
+        let withheld = self.withheld_tables.read();
         let mut grants = self.grants.lock();
         let fenced = grants.fenced.contains(&node_id);
+        let empty = IdMap::default();
+        let owned = by_node.get(&node_id).unwrap_or(&empty);
+        let mut owned_reported = 0;
         for region in reported {
-            match owned.get(&region.region_id) {
-                Some(RegionRole::Leader) if fenced => {}
-                Some(RegionRole::Leader)
-                    if grants.fenced_regions.get(&region.region_id) == Some(&node_id) =>
-                {
-                    grant.follower_region_ids.push(region.region_id)
+            let id = region.region_id;
+            let Some(&routed_role) = owned.get(&id) else {
+                if moving.get(&id) == Some(&node_id) {
+                    // Being moved here: neither stale nor an orphan, and no lease yet.
+                } else if routed.contains(&id) {
+                    found.stale.push(id);
+                } else if !withheld.contains(&super::model::table_of_region(id)) {
+                    found.unrouted.push(id);
                 }
-                Some(RegionRole::Leader) => grant.leader_region_ids.push(region.region_id),
-                Some(RegionRole::Follower) => grant.follower_region_ids.push(region.region_id),
-                None => {}
+                continue;
+            };
+            owned_reported += 1;
+            match (region.role, routed_role) {
+                (RegionRole::Leader, RegionRole::Follower) => found.roles.leading.push(id),
+                (RegionRole::Follower, RegionRole::Leader) => found.roles.following.push(id),
+                _ => {}
             }
+            if received_at.is_none() {
+                continue;
+            }
+            match routed_role {
+                RegionRole::Leader if fenced => {}
+                RegionRole::Leader if grants.fenced_regions.get(&id) == Some(&node_id) => {
+                    found.grant.follower_region_ids.push(id)
+                }
+                RegionRole::Leader => found.grant.leader_region_ids.push(id),
+                RegionRole::Follower => found.grant.follower_region_ids.push(id),
+            }
+        }
+        // Report ids are unique (validated), so the count tells whether any is missing.
+        if owned_reported < owned.len() {
+            let reported: IdSet = reported.iter().map(|r| r.region_id).collect();
+            found.missing = owned
+                .iter()
+                .filter(|(id, role)| {
+                    let moving_away = **role == RegionRole::Leader
+                        && (fenced || grants.fenced_regions.get(*id) == Some(&node_id));
+                    !reported.contains(*id) && !moving_away
+                })
+                .map(|(id, role)| (*id, *role))
+                .collect();
+            found.missing.sort_unstable_by_key(|(id, _)| *id);
         }
         // Only write leases matter to a failover (it moves the regions a node leads); a
         // follower lease lets the node write nothing.
-        if !grant.leader_region_ids.is_empty() {
-            note(&mut grants, node_id, received_at);
+        if let Some(at) = received_at {
+            if !found.grant.leader_region_ids.is_empty() {
+                note(&mut grants, node_id, at);
+            }
         }
-        grant
+        found
+    }
+
+    /// Views of [`Self::examine`] for the unit tests, which check one aspect at a time.
+    #[cfg(test)]
+    fn stale(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        self.examine_at(node_id, reported, None).stale
+    }
+
+    #[cfg(test)]
+    fn unrouted(&self, node_id: u64, reported: &[RegionStats]) -> Vec<u64> {
+        self.examine_at(node_id, reported, None).unrouted
+    }
+
+    #[cfg(test)]
+    fn role_mismatches(&self, node_id: u64, reported: &[RegionStats]) -> RoleMismatches {
+        self.examine_at(node_id, reported, None).roles
+    }
+
+    #[cfg(test)]
+    fn missing(&self, node_id: u64, reported: &[RegionStats]) -> Vec<(u64, RegionRole)> {
+        self.examine_at(node_id, reported, None).missing
+    }
+
+    #[cfg(test)]
+    fn grant(&self, node_id: u64, reported: &[RegionStats], at: Instant) -> LeaseGrant {
+        self.examine(node_id, reported, at).grant
     }
 
     /// A lease-granting instruction `instruction_id` for `region_id` was sent to `node_id`
@@ -408,7 +422,7 @@ fn note(grants: &mut Grants, node_id: u64, at: Instant) {
     *last = (*last).max(at);
 }
 
-fn assign(by_node: &mut HashMap<u64, HashMap<u64, RegionRole>>, route: &TableRoute) {
+fn assign(by_node: &mut IdMap<IdMap<RegionRole>>, route: &TableRoute) {
     for region in &route.regions {
         by_node
             .entry(region.leader.id)
