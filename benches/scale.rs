@@ -290,7 +290,7 @@ async fn run(plan: Plan) {
                 .filter(|r| {
                     let node = nodes[(r.leader.id - 1) as usize].as_ref();
                     node.is_some_and(|n| {
-                        n.regions().get(&r.region_id) == Some(&metasrv::stats::RegionRole::Leader)
+                        n.role_of(r.region_id) == Some(metasrv::stats::RegionRole::Leader)
                     })
                 })
                 .count();

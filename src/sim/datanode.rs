@@ -440,6 +440,11 @@ impl SimDatanode {
             .collect()
     }
 
+    /// The role in which the node holds `region_id`, if it does.
+    pub fn role_of(&self, region_id: u64) -> Option<RegionRole> {
+        self.shared.lock().regions.get(&region_id).copied()
+    }
+
     /// Regions whose lease is valid now.
     pub fn leased_regions(&self) -> Vec<u64> {
         let shared = self.shared.lock();

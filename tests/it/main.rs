@@ -12,6 +12,7 @@ mod grpc_store;
 mod harness;
 mod heartbeat;
 mod large_catalog;
+mod large_table;
 mod leadership;
 mod lease;
 mod migration;
