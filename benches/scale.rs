@@ -16,6 +16,9 @@
 //! 20,000 descriptors here during a leader change. The figures are compared with the targets
 //! of issue 11 and printed as markdown for BENCHMARKS.md.
 //!
+//! First a baseline at a hundredth of the size (the failed node leads a tenth), then the full
+//! run; the report gives both and their ratio.
+//!
 //! Run: `cargo bench --bench scale` (flags: --nodes 10000 --tables 1000 --regions 1000
 //! --victim-regions 10000 --seconds 30 --creates 3 --create-regions 1024 --parallel-creates 4).
 //! Needs `etcd`. Without `--bench` (as `cargo test` runs it) a small smoke run.
@@ -32,6 +35,7 @@ use metasrv::client::{ChannelPool, MetaClient, MetasrvTarget};
 use metasrv::sim::workload::host_table;
 use metasrv::sim::{SimDatanode, SimDatanodeConfig};
 
+#[derive(Clone)]
 struct Plan {
     nodes: u64,
     tables: u32,
@@ -115,14 +119,44 @@ fn main() {
         create_regions: flag(&args, "--create-regions").unwrap_or(if smoke { 64 } else { 1024 }),
         parallel_creates: flag(&args, "--parallel-creates").unwrap_or(4),
     };
+    // The baseline, in the same invocation: the same run at a hundredth of the cluster (the
+    // failed node still leads a tenth of the regions it leads in the full run).
+    let baseline = Plan {
+        nodes: (plan.nodes / 100).max(4),
+        tables: (plan.tables / 100).max(2),
+        victim_regions: (plan.victim_regions / 10).max(1),
+        creates: 1,
+        ..plan.clone()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(plan));
+    let base = runtime.block_on(run(baseline.clone()));
+    let full = runtime.block_on(run(plan.clone()));
+    report(&baseline, &base, &plan, &full);
 }
 
-async fn run(plan: Plan) {
+/// What one run measured.
+struct Figures {
+    total_regions: usize,
+    victim_regions: usize,
+    cores: f64,
+    rss: u64,
+    rss_after: u64,
+    acks: usize,
+    rtt_p50: f64,
+    rtt_p99: f64,
+    /// (copies, time) of each large create.
+    creates: Vec<(u32, Duration)>,
+    failover: Duration,
+    leads: Duration,
+    routes: Duration,
+    heartbeats: Duration,
+    seeding: Duration,
+}
+
+async fn run(plan: Plan) -> Figures {
     let etcd = EtcdServer::start();
     let mut members = vec![member(&etcd.endpoint, 1), member(&etcd.endpoint, 2)];
     let endpoints: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
@@ -331,78 +365,82 @@ async fn run(plan: Plan) {
     )
     .await;
     let heartbeats = killed_at.elapsed();
-    let takeover = routes.max(heartbeats);
     eprintln!("takeover: leads {leads:?}, routes {routes:?}, every node granted {heartbeats:?}");
     let rss_after = members[survivor].rss_bytes();
 
-    // ---- Report ------------------------------------------------------------------------------
-    let creates = |copies: u32| {
-        let mut times: Vec<Duration> = create_times
+    drop(nodes);
+    drop(members);
+    drop(etcd);
+    Figures {
+        total_regions,
+        victim_regions: victim_regions.len(),
+        cores,
+        rss,
+        rss_after,
+        acks: round_trips.len(),
+        rtt_p50: rtt(0.5),
+        rtt_p99: rtt(0.99),
+        creates: create_times,
+        failover,
+        leads,
+        routes,
+        heartbeats,
+        seeding,
+    }
+}
+
+fn report(base_plan: &Plan, base: &Figures, plan: &Plan, full: &Figures) {
+    let creates = |figures: &Figures, copies: u32| {
+        let mut times: Vec<Duration> = figures
+            .creates
             .iter()
             .filter(|(c, _)| *c == copies)
             .map(|(_, t)| *t)
             .collect();
         times.sort_unstable();
-        (
-            percentile(&times, 0.5).map_or(f64::NAN, ms),
-            times.last().copied().map_or(f64::NAN, ms),
-        )
+        times.last().copied().map_or(f64::NAN, ms)
     };
     let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
-    let (create1_p50, create1_max) = creates(1);
-    let (create3_p50, create3_max) = creates(3);
+    let shape = |p: &Plan, f: &Figures| {
+        format!(
+            "{} nodes, {} regions ({} x {})",
+            p.nodes, f.total_regions, p.tables, p.regions
+        )
+    };
     println!(
-        "\n{} datanodes at 1 Hz, {} tables x {} regions = {total_regions} routed regions, etcd, 2 members",
-        plan.nodes, plan.tables, plan.regions
+        "\nBaseline: {}; measured: {}. Datanodes at 1 Hz, one copy per region, two metasrv members on etcd.",
+        shape(base_plan, base),
+        shape(plan, full)
     );
-    println!("\n| measure | figure | target | |");
-    println!("|---|---|---|---|");
-    println!(
-        "| leader CPU, steady state ({} s) | {cores:.2} cores | | |",
-        plan.seconds
+    println!("\n| measure | baseline | at scale | ratio | target | |");
+    println!("|---|---|---|---|---|---|");
+    let row = |name: &str, unit: &str, b: f64, f: f64, target: &str, ok: Option<bool>| {
+        println!(
+            "| {name} | {b:.2} {unit} | {f:.2} {unit} | {:.2}x | {target} | {} |",
+            f / b,
+            ok.map_or("", verdict)
+        );
+    };
+    row("leader CPU, steady state", "cores", base.cores, full.cores, "", None);
+    row("leader RSS, steady state", "MiB", mib(base.rss), mib(full.rss), "< 1024 MiB", Some(full.rss < 1 << 30));
+    row("new leader RSS after takeover", "MiB", mib(base.rss_after), mib(full.rss_after), "< 1024 MiB", Some(full.rss_after < 1 << 30));
+    row("heartbeat round trip p50", "ms", base.rtt_p50, full.rtt_p50, "", None);
+    row("heartbeat round trip p99", "ms", base.rtt_p99, full.rtt_p99, "< 50 ms", Some(full.rtt_p99 < 50.0));
+    let (b1, f1) = (creates(base, 1), creates(full, 1));
+    row(&format!("CreateTable, {} regions x 1 copy (max)", plan.create_regions), "ms", b1, f1, "< 1000 ms", Some(f1 < 1000.0));
+    row(&format!("CreateTable, {} regions x 3 copies (max)", plan.create_regions), "ms", creates(base, 3), creates(full, 3), "", None);
+    row(
+        &format!("failover, all regions led again ({} / {} regions)", base.victim_regions, full.victim_regions),
+        "ms",
+        ms(base.failover),
+        ms(full.failover),
+        "< 5000 ms",
+        Some(full.failover < Duration::from_secs(5)),
     );
-    println!(
-        "| leader RSS, steady state / new leader after takeover | {:.0} / {:.0} MiB | < 1024 MiB | {} |",
-        mib(rss),
-        mib(rss_after),
-        verdict(rss.max(rss_after) < 1 << 30)
-    );
-    println!(
-        "| heartbeat round trip p50 / p99 ({} acks) | {:.2} / {:.2} ms | p99 < 50 ms | {} |",
-        round_trips.len(),
-        rtt(0.5),
-        rtt(0.99),
-        verdict(rtt(0.99) < 50.0)
-    );
-    println!(
-        "| CreateTable, {} regions x 1 copy, p50 / max of {} | {create1_p50:.0} / {create1_max:.0} ms | < 1000 ms | {} |",
-        plan.create_regions,
-        plan.creates,
-        verdict(create1_max < 1000.0)
-    );
-    println!(
-        "| CreateTable, {} regions x 3 copies, p50 / max of {} | {create3_p50:.0} / {create3_max:.0} ms | | |",
-        plan.create_regions, plan.creates
-    );
-    println!(
-        "| failover of a node leading {} regions (all led again) | {:.0} ms | < 5000 ms | {} |",
-        victim_regions.len(),
-        ms(failover),
-        verdict(failover < Duration::from_secs(5))
-    );
-    println!(
-        "| takeover after SIGKILL: leads / serves routes / every node granted | {:.0} / {:.0} / {:.0} ms | < 5000 ms | {} |",
-        ms(leads),
-        ms(routes),
-        ms(heartbeats),
-        verdict(takeover < Duration::from_secs(5))
-    );
-    println!(
-        "| seeding through CreateTable ({} at a time) | {:.1} s | | |",
-        plan.parallel_creates,
-        seeding.as_secs_f64()
-    );
-    drop(nodes);
-    drop(members);
-    drop(etcd);
+    row("takeover after SIGKILL: the other member leads", "ms", ms(base.leads), ms(full.leads), "", None);
+    row("takeover: serves routes", "ms", ms(base.routes), ms(full.routes), "< 5000 ms", Some(full.routes < Duration::from_secs(5)));
+    row("takeover: every datanode granted leases again", "ms", ms(base.heartbeats), ms(full.heartbeats), "< 5000 ms", Some(full.heartbeats < Duration::from_secs(5)));
+    row("seeding through CreateTable", "s", base.seeding.as_secs_f64(), full.seeding.as_secs_f64(), "", None);
+    println!("\n({} / {} heartbeat acknowledgements measured.)", base.acks, full.acks);
 }
+

@@ -11,6 +11,12 @@ use metasrv::config::Backend;
 use metasrv::{Config, Listeners};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: at a million regions the leader's heap churns through a
+/// report per datanode per second, and glibc's per-thread arenas kept hundreds of MiB freed but
+/// unreturned (the scale benchmark's leader: 1,018 MiB with glibc; see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "metasrv",

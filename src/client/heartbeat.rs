@@ -242,9 +242,15 @@ async fn run(
             }
         };
         // The stream opens with the datanode's next request, so it registers at once.
-        let Some((first_sent_at, first)) = requests.recv().await else {
+        let Some(mut queued) = requests.recv().await else {
             return;
         };
+        // Reports queued while no leader could be found are stale but the newest: the stream
+        // opens with it (its send time is where the leases it earns count from).
+        while let Ok(newer) = requests.try_recv() {
+            queued = newer;
+        }
+        let (first_sent_at, first) = queued;
         // When each request on this stream was sent, oldest first, to pair with its ack.
         // With when each was written to this stream: the acknowledgement deadline counts from
         // there (a request may have waited in the queue through a reconnection).
