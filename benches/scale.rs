@@ -421,26 +421,114 @@ fn report(base_plan: &Plan, base: &Figures, plan: &Plan, full: &Figures) {
             ok.map_or("", verdict)
         );
     };
-    row("leader CPU, steady state", "cores", base.cores, full.cores, "", None);
-    row("leader RSS, steady state", "MiB", mib(base.rss), mib(full.rss), "< 1024 MiB", Some(full.rss < 1 << 30));
-    row("new leader RSS after takeover", "MiB", mib(base.rss_after), mib(full.rss_after), "< 1024 MiB", Some(full.rss_after < 1 << 30));
-    row("heartbeat round trip p50", "ms", base.rtt_p50, full.rtt_p50, "", None);
-    row("heartbeat round trip p99", "ms", base.rtt_p99, full.rtt_p99, "< 50 ms", Some(full.rtt_p99 < 50.0));
-    let (b1, f1) = (creates(base, 1), creates(full, 1));
-    row(&format!("CreateTable, {} regions x 1 copy (max)", plan.create_regions), "ms", b1, f1, "< 1000 ms", Some(f1 < 1000.0));
-    row(&format!("CreateTable, {} regions x 3 copies (max)", plan.create_regions), "ms", creates(base, 3), creates(full, 3), "", None);
     row(
-        &format!("failover, all regions led again ({} / {} regions)", base.victim_regions, full.victim_regions),
+        "leader CPU, steady state",
+        "cores",
+        base.cores,
+        full.cores,
+        "",
+        None,
+    );
+    row(
+        "leader RSS, steady state",
+        "MiB",
+        mib(base.rss),
+        mib(full.rss),
+        "< 1024 MiB",
+        Some(full.rss < 1 << 30),
+    );
+    row(
+        "new leader RSS after takeover",
+        "MiB",
+        mib(base.rss_after),
+        mib(full.rss_after),
+        "< 1024 MiB",
+        Some(full.rss_after < 1 << 30),
+    );
+    row(
+        "heartbeat round trip p50",
+        "ms",
+        base.rtt_p50,
+        full.rtt_p50,
+        "",
+        None,
+    );
+    row(
+        "heartbeat round trip p99",
+        "ms",
+        base.rtt_p99,
+        full.rtt_p99,
+        "< 50 ms",
+        Some(full.rtt_p99 < 50.0),
+    );
+    let (b1, f1) = (creates(base, 1), creates(full, 1));
+    row(
+        &format!(
+            "CreateTable, {} regions x 1 copy (max)",
+            plan.create_regions
+        ),
+        "ms",
+        b1,
+        f1,
+        "< 1000 ms",
+        Some(f1 < 1000.0),
+    );
+    row(
+        &format!(
+            "CreateTable, {} regions x 3 copies (max)",
+            plan.create_regions
+        ),
+        "ms",
+        creates(base, 3),
+        creates(full, 3),
+        "",
+        None,
+    );
+    row(
+        &format!(
+            "failover, all regions led again ({} / {} regions)",
+            base.victim_regions, full.victim_regions
+        ),
         "ms",
         ms(base.failover),
         ms(full.failover),
         "< 5000 ms",
         Some(full.failover < Duration::from_secs(5)),
     );
-    row("takeover after SIGKILL: the other member leads", "ms", ms(base.leads), ms(full.leads), "", None);
-    row("takeover: serves routes", "ms", ms(base.routes), ms(full.routes), "< 5000 ms", Some(full.routes < Duration::from_secs(5)));
-    row("takeover: every datanode granted leases again", "ms", ms(base.heartbeats), ms(full.heartbeats), "< 5000 ms", Some(full.heartbeats < Duration::from_secs(5)));
-    row("seeding through CreateTable", "s", base.seeding.as_secs_f64(), full.seeding.as_secs_f64(), "", None);
-    println!("\n({} / {} heartbeat acknowledgements measured.)", base.acks, full.acks);
+    row(
+        "takeover after SIGKILL: the other member leads",
+        "ms",
+        ms(base.leads),
+        ms(full.leads),
+        "",
+        None,
+    );
+    row(
+        "takeover: serves routes",
+        "ms",
+        ms(base.routes),
+        ms(full.routes),
+        "< 5000 ms",
+        Some(full.routes < Duration::from_secs(5)),
+    );
+    row(
+        "takeover: every datanode granted leases again",
+        "ms",
+        ms(base.heartbeats),
+        ms(full.heartbeats),
+        "< 5000 ms",
+        Some(full.heartbeats < Duration::from_secs(5)),
+    );
+    row(
+        "seeding through CreateTable",
+        "s",
+        base.seeding.as_secs_f64(),
+        full.seeding.as_secs_f64(),
+        "",
+        None,
+    );
+    println!(
+        "\n({} / {} heartbeat acknowledgements measured.)",
+        base.acks, full.acks
+    );
 }
-
