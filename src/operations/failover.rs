@@ -16,6 +16,9 @@ use crate::planner::{plan_region_moves, RegionMove};
 use crate::procedure::{Procedure, ProcedureState};
 use crate::stats::RegionRole;
 
+/// One region of the dead node with where it goes.
+type PlannedMove = (RegionMove, (Arc<TableEntry>, RegionRoute));
+
 /// Tables whose regions of one dead node move at once (each also takes an operation permit).
 const TABLES_AT_ONCE: usize = 8;
 /// The procedure record is written at most this often while regions move.
@@ -116,7 +119,7 @@ async fn move_regions_of_dead_node(
     // wrote the route once per region (10,000 regions: 5 s of route writes). A table's batch
     // takes one operation permit (the permits bound operations, not regions) and several
     // tables move at once; the record is written at most every SAVE_EVERY.
-    let mut by_table: Vec<Vec<(RegionMove, (Arc<TableEntry>, RegionRoute))>> = Vec::new();
+    let mut by_table: Vec<Vec<PlannedMove>> = Vec::new();
     let mut table_index: std::collections::HashMap<u64, usize> = Default::default();
     for (planned, (entry, region)) in planned.into_iter().zip(regions) {
         let index = *table_index.entry(entry.info.id).or_insert_with(|| {
