@@ -11,18 +11,7 @@ use std::time::{Duration, Instant};
 use common::{flag, percentile, EtcdServer, ServerProcess};
 
 fn member(etcd: &str, id: u64, ttl: &str) -> ServerProcess {
-    ServerProcess::metasrv(&[
-        "--backend",
-        "etcd",
-        "--etcd-endpoints",
-        etcd,
-        "--etcd-key-prefix",
-        "/failover-bench",
-        "--member-id",
-        &id.to_string(),
-        "--election-lease-ttl",
-        ttl,
-    ])
+    ServerProcess::etcd_member(etcd, "/failover-bench", id, &["--election-lease-ttl", ttl])
 }
 
 /// (serves as leader, the leader id it names), or None if it does not answer.

@@ -48,16 +48,7 @@ struct Plan {
 }
 
 fn member(etcd: &str, id: u64) -> ServerProcess {
-    ServerProcess::metasrv(&[
-        "--backend",
-        "etcd",
-        "--etcd-endpoints",
-        etcd,
-        "--etcd-key-prefix",
-        "/scale-bench",
-        "--member-id",
-        &id.to_string(),
-    ])
+    ServerProcess::etcd_member(etcd, "/scale-bench", id, &[])
 }
 
 /// Whether the member serves as leader (false if it does not answer).

@@ -249,6 +249,23 @@ impl ServerProcess {
         self.child.id()
     }
 
+    /// A member of a metasrv cluster on `etcd`, under `key_prefix`, with `extra_args`.
+    pub fn etcd_member(etcd: &str, key_prefix: &str, id: u64, extra_args: &[&str]) -> Self {
+        let id = id.to_string();
+        let mut args = vec![
+            "--backend",
+            "etcd",
+            "--etcd-endpoints",
+            etcd,
+            "--etcd-key-prefix",
+            key_prefix,
+            "--member-id",
+            &id,
+        ];
+        args.extend_from_slice(extra_args);
+        Self::metasrv(&args)
+    }
+
     /// Resident memory of the server process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
