@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{flag, percentile};
-use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
 use metasrv::catalog::model::TableName;
 use metasrv::client::{header, MetaClient};
 use metasrv::proto::v1 as pb;
@@ -93,9 +93,12 @@ impl Bench {
             let listed = self
                 .metasrv
                 .cluster_view()
-                .send(ListNodes)
+                .send(ListNodes {
+                    page: NodePage::ALL,
+                })
                 .await
-                .expect("view");
+                .expect("view")
+                .nodes;
             if listed
                 .iter()
                 .filter(|n| n.status == NodeStatus::Alive && n.connected)

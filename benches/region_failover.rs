@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{flag, percentile};
-use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
 use metasrv::catalog::model::TableName;
 use metasrv::client::MetaClient;
 use metasrv::sim::workload::{host_rows, host_table};
@@ -202,7 +202,13 @@ fn main() {
 async fn all_alive(view: &actix::Addr<metasrv::actors::cluster_view::ClusterView>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let listed = view.send(ListNodes).await.expect("view");
+        let listed = view
+            .send(ListNodes {
+                page: NodePage::ALL,
+            })
+            .await
+            .expect("view")
+            .nodes;
         if listed
             .iter()
             .filter(|n| n.status == NodeStatus::Alive && n.connected)

@@ -99,6 +99,12 @@ fn ms(d: Duration) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let smoke = !args.iter().any(|a| a == "--bench");
     let plan = Plan {
         nodes: flag(&args, "--nodes").unwrap_or(if smoke { 12 } else { 10_000 }),
@@ -349,14 +355,40 @@ async fn run(plan: Plan) -> Figures {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // Each node's first stream to the new leader and first grant from it, as seen by polling
+    // (every 20 ms, well inside the 1 s between a node's reports).
+    let live: Vec<&SimDatanode> = nodes.iter().flatten().collect();
+    let mut reconnected: Vec<Option<Duration>> = vec![None; live.len()];
+    let mut granted: Vec<Option<Duration>> = vec![None; live.len()];
     wait_until(
         "every live node to be granted leases by the new leader",
         Duration::from_secs(60),
-        || alive(&nodes, killed_at),
+        || {
+            for (i, node) in live.iter().enumerate() {
+                let after_kill = |at: Option<Instant>| {
+                    at.filter(|at| *at > killed_at)
+                        .map(|at| at.duration_since(killed_at))
+                };
+                reconnected[i] = reconnected[i].or_else(|| after_kill(node.last_connected_at()));
+                granted[i] = granted[i].or_else(|| after_kill(node.last_grant_at()));
+            }
+            granted.iter().all(Option::is_some)
+        },
     )
     .await;
     let heartbeats = killed_at.elapsed();
-    eprintln!("takeover: leads {leads:?}, routes {routes:?}, every node granted {heartbeats:?}");
+    let spread = |times: &[Option<Duration>]| {
+        let mut times: Vec<Duration> = times.iter().flatten().copied().collect();
+        times.sort_unstable();
+        (percentile(&times, 0.5), percentile(&times, 1.0))
+    };
+    let (reconnect_p50, reconnect_max) = spread(&reconnected);
+    let (granted_p50, granted_max) = spread(&granted);
+    eprintln!(
+        "takeover: leads {leads:?}, routes {routes:?}, streams reopened p50 {reconnect_p50:?} \
+         max {reconnect_max:?}, granted p50 {granted_p50:?} max {granted_max:?}, every node \
+         granted {heartbeats:?}"
+    );
     let rss_after = members[survivor].rss_bytes();
 
     drop(nodes);

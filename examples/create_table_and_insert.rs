@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
 use metasrv::catalog::model::{TableName, Value};
 use metasrv::catalog::partition::Row;
 use metasrv::client::{header, MetaClient};
@@ -49,7 +49,12 @@ async fn main() -> anyhow::Result<()> {
     let view = metasrv.cluster_view().clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let nodes = view.send(ListNodes).await?;
+        let nodes = view
+            .send(ListNodes {
+                page: NodePage::ALL,
+            })
+            .await?
+            .nodes;
         if nodes
             .iter()
             .filter(|n| n.status == NodeStatus::Alive)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
 use metasrv::catalog::model::TableName;
 use metasrv::client::{header, MetaClient};
 use metasrv::proto::v1 as pb;
@@ -42,8 +42,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let view = metasrv.cluster_view().clone();
     while view
-        .send(ListNodes)
+        .send(ListNodes {
+            page: NodePage::ALL,
+        })
         .await?
+        .nodes
         .iter()
         .filter(|n| n.status == NodeStatus::Alive && n.connected)
         .count()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Context, Handler};
 use metasrv::actors::cluster_view::{
-    Instruction, ListNodes, NodeEvent, SendInstruction, Subscribe,
+    Instruction, ListNodes, NodeEvent, NodePage, SendInstruction, Subscribe,
 };
 use metasrv::actors::ActorRuntime;
 use metasrv::failure_detector::FailureDetectorConfig;
@@ -74,14 +74,20 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(interval * 5).await;
     println!("{} cluster view:", at());
-    for n in view.send(ListNodes).await? {
+    for n in view
+        .send(ListNodes {
+            page: NodePage::ALL,
+        })
+        .await?
+        .nodes
+    {
         println!(
             "           node {} at {} {:?}, phi {:.2}, {} regions, cpu {:.0}%",
             n.id,
             n.addr,
             n.status,
             n.phi,
-            n.regions.len(),
+            n.leader_regions + n.follower_regions,
             n.stats.map(|s| s.cpu_usage).unwrap_or_default()
         );
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Context, Handler};
-use metasrv::actors::cluster_view::{ListNodes, NodeEvent, NodeStatus, Subscribe};
+use metasrv::actors::cluster_view::{ListNodes, NodeEvent, NodePage, NodeStatus, Subscribe};
 use metasrv::actors::ActorRuntime;
 use metasrv::catalog::model::TableName;
 use metasrv::client::MetaClient;
@@ -62,8 +62,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     while view
-        .send(ListNodes)
+        .send(ListNodes {
+            page: NodePage::ALL,
+        })
         .await?
+        .nodes
         .iter()
         .filter(|n| n.status == NodeStatus::Alive)
         .count()

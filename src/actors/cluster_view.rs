@@ -5,7 +5,7 @@
 //! sessions report through `SessionOpened` / `StatsReported` / `SessionClosed`, readers ask with
 //! `ListNodes`, and subscribers (the Scheduler) receive `NodeEvent`s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,10 +64,44 @@ pub struct SendInstruction {
     pub timeout: Duration,
 }
 
-/// Lists every known node with its status and latest stats.
+/// A page of the known nodes, in id order: those after `after`, at most `limit`. At 10,000
+/// nodes a listing is answered a page at a time, not in one answer of every node.
+#[derive(Clone, Copy, Debug)]
+pub struct NodePage {
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+impl NodePage {
+    /// Every node (in-process callers that need the whole view).
+    pub const ALL: NodePage = NodePage {
+        after: None,
+        limit: usize::MAX,
+    };
+}
+
+/// One page of a listing by node: `total` nodes are known; `next_after` is where the next
+/// page starts (None: this was the last).
+#[derive(Clone, Debug, Serialize)]
+pub struct Paged<T> {
+    pub nodes: Vec<T>,
+    pub total: usize,
+    pub next_after: Option<u64>,
+}
+
+/// Lists known nodes with their status, latest stats and region counts.
 #[derive(Message)]
-#[rtype(result = "Vec<NodeSnapshot>")]
-pub struct ListNodes;
+#[rtype(result = "Paged<NodeSnapshot>")]
+pub struct ListNodes {
+    pub page: NodePage,
+}
+
+/// One node with every region it reported (None: unknown node).
+#[derive(Message)]
+#[rtype(result = "Option<NodeSnapshot>")]
+pub struct GetNode {
+    pub node_id: u64,
+}
 
 /// The nodes that can take new regions now (alive and streaming), with their load: a light
 /// query for placement decisions.
@@ -83,11 +117,12 @@ pub struct SetDraining {
     pub draining: bool,
 }
 
-/// Every node's latest `samples` stats samples, oldest first (the dashboard's load heatmap).
+/// Each node's latest `samples` stats samples, oldest first (the dashboard's load heatmap).
 #[derive(Message)]
-#[rtype(result = "Vec<NodeLoad>")]
+#[rtype(result = "Paged<NodeLoad>")]
 pub struct GetLoadHistory {
     pub samples: usize,
+    pub page: NodePage,
 }
 
 /// A node's recent load, as `/v1/load` shows it.
@@ -210,7 +245,13 @@ pub struct NodeSnapshot {
     pub last_heartbeat_unix_ms: u64,
     pub phi: f64,
     pub stats: Option<NodeStats>,
-    pub regions: Arc<Vec<RegionStats>>,
+    /// Regions in the node's last report, by role.
+    pub leader_regions: u32,
+    pub follower_regions: u32,
+    /// The regions themselves: only for one node (`GetNode`), never in a listing (a million
+    /// regions would be a 100 MB answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Arc<Vec<RegionStats>>>,
     pub history_len: usize,
 }
 
@@ -231,7 +272,7 @@ mod queries;
 mod registry;
 
 pub use instruction::{Instruction, MailboxError, SessionHandle};
-use load::push_bounded;
+use load::NodeHistory;
 pub use load::{NodeSample, RegionLoad};
 use registry::Registration;
 pub use registry::{load_registered_nodes, node_key, NODE_PREFIX};
@@ -245,10 +286,13 @@ struct NodeEntry {
     detector: PhiAccrualDetector,
     session: Option<SessionHandle>,
     latest: Option<NodeStats>,
-    history: VecDeque<NodeSample>,
+    history: NodeHistory,
     last_heartbeat_unix_ms: u64,
-    /// Shared with `ListNodes` answers: a listing clones a pointer, not every region.
+    /// Shared with `GetNode` answers: an answer clones a pointer, not every region.
     regions: Arc<Vec<RegionStats>>,
+    /// Regions of the last report by role (counted once per report, read by every listing).
+    leader_regions: u32,
+    follower_regions: u32,
     /// The replica states in the node's last report (for the regions it leads).
     replicas: Vec<ReplicaStats>,
     /// When the last request from the node arrived: every acknowledgement may have renewed
@@ -266,9 +310,11 @@ impl NodeEntry {
             detector,
             session: None,
             latest: None,
-            history: VecDeque::new(),
+            history: NodeHistory::default(),
             last_heartbeat_unix_ms: 0,
             regions: Arc::default(),
+            leader_regions: 0,
+            follower_regions: 0,
             replicas: Vec::new(),
             last_request_at: None,
         }
@@ -421,8 +467,7 @@ const REGION_HISTORY_PRUNE_PERIOD: Duration = Duration::from_secs(10);
 impl ClusterView {
     /// Drops the histories of regions no route names any more (dropped tables).
     fn prune_region_histories(&mut self) {
-        let ownership = self.ownership.clone();
-        self.regions.retain(|id, _| ownership.is_routed(*id));
+        self.ownership.retain_routed(&mut self.regions);
         self.metrics.region_histories.set(self.regions.len() as i64);
     }
 
@@ -616,14 +661,8 @@ impl Handler<StatsReported> for ClusterView {
             let Some(node) = self.nodes.get_mut(&node_id) else {
                 return;
             };
-            push_bounded(
-                &mut node.history,
-                NodeSample {
-                    at_unix_ms,
-                    stats: report.node.clone(),
-                },
-                self.config.node_history,
-            );
+            node.history
+                .push(at_unix_ms, &report.node, self.config.node_history);
             node.latest = Some(report.node);
             // Load only for regions some route names: ids come from the network, and a node
             // reporting regions no table owns must not grow this map. Regions of dropped
@@ -642,6 +681,13 @@ impl Handler<StatsReported> for ClusterView {
                 }
             }
             self.metrics.region_histories.set(self.regions.len() as i64);
+            let leaders = report
+                .regions
+                .iter()
+                .filter(|r| r.role == RegionRole::Leader)
+                .count();
+            node.leader_regions = leaders as u32;
+            node.follower_regions = (report.regions.len() - leaders) as u32;
             node.regions = Arc::new(report.regions);
             node.replicas = report.replicas;
         }

@@ -151,6 +151,17 @@ impl Drop for HeartbeatLink {
 #[error("the heartbeat link has stopped")]
 pub struct LinkClosed;
 
+/// A request that only names the node (header, peer, instance): it opens a stream and
+/// registers the session without reporting anything (and so is granted nothing).
+fn greeting_of(request: &pb::HeartbeatRequest) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        header: request.header,
+        peer: request.peer.clone(),
+        instance_id: request.instance_id.clone(),
+        ..Default::default()
+    }
+}
+
 /// The channel to stream on now: the fixed one, or the leader's (found with backoff).
 async fn leader_channel(
     target: &MetasrvTarget,
@@ -189,7 +200,7 @@ async fn leader_channel(
         match found {
             Ok((_, channel)) => return Ok(channel),
             Err(super::ClientError::Status(refused)) => return Err(refused),
-            Err(e) => tracing::debug!(node_id, "no metasrv leader yet: {e}"),
+            Err(e) => tracing::debug!(node_id, ?backoff, "no metasrv leader yet: {e}"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -206,6 +217,7 @@ async fn run(
     let mut backoff = Duration::from_millis(50);
     let mut hint: Option<String> = None;
     let mut ack_timeout = INITIAL_ACK_TIMEOUT;
+    let mut greeting: Option<pb::HeartbeatRequest> = None;
     let bearer = match &target {
         MetasrvTarget::SecureCluster(_, security) => security.bearer(),
         _ => Ok(super::BearerToken(None)),
@@ -241,15 +253,24 @@ async fn run(
                 continue;
             }
         };
-        // The stream opens with the datanode's next request, so it registers at once.
-        let Some(mut queued) = requests.recv().await else {
-            return;
+        // The stream opens with a request, so that the session registers at once: the newest
+        // the datanode queued while no leader could be found (its send time is where the
+        // leases it earns count from), or else a greeting that names the node and reports
+        // nothing. Waiting for the datanode's next request instead would add up to a
+        // heartbeat interval to every attempt, and a leader change takes several.
+        let mut queued = match (requests.try_recv(), &greeting) {
+            (Ok(queued), _) => queued,
+            (Err(_), Some(greeting)) => (std::time::Instant::now(), greeting.clone()),
+            // Nothing to greet with before the datanode's first request.
+            (Err(_), None) => match requests.recv().await {
+                Some(queued) => queued,
+                None => return,
+            },
         };
-        // Reports queued while no leader could be found are stale but the newest: the stream
-        // opens with it (its send time is where the leases it earns count from).
         while let Ok(newer) = requests.try_recv() {
             queued = newer;
         }
+        greeting = Some(greeting_of(&queued.1));
         let (first_sent_at, first) = queued;
         // When each request on this stream was sent, oldest first, to pair with its ack.
         // With when each was written to this stream: the acknowledgement deadline counts from
@@ -274,6 +295,11 @@ async fn run(
         let mut responses = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
+                tracing::debug!(
+                    node_id,
+                    ?backoff,
+                    "opening a heartbeat stream failed: {status}"
+                );
                 hint = crate::election::redirect_target(&status);
                 if events
                     .send(LinkEvent::Disconnected {
@@ -340,6 +366,7 @@ async fn run(
                 },
             }
         };
+        tracing::debug!(node_id, ?backoff, ?reason, "heartbeat stream ended");
         hint = reason.as_ref().and_then(crate::election::redirect_target);
         // Refused data or a newer stream for this node id: retrying would only repeat it.
         if let Some(status) = reason.as_ref().filter(|s| {

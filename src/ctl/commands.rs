@@ -171,7 +171,18 @@ async fn status(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
 }
 
 async fn nodes(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
-    let answer = ctl.on_leader("GET", "/v1/nodes", None).await?;
+    // Every page: a listing answers at most 1,000 nodes at a time.
+    let mut listed: Vec<Value> = Vec::new();
+    let mut path = String::from("/v1/nodes");
+    loop {
+        let page = ctl.on_leader("GET", &path, None).await?;
+        listed.extend(page["nodes"].as_array().into_iter().flatten().cloned());
+        match page["next_after"].as_u64() {
+            Some(after) => path = format!("/v1/nodes?after={after}"),
+            None => break,
+        }
+    }
+    let answer = json!({ "nodes": listed });
     if ctl.format == OutputFormat::Json {
         return json_out(out, &answer);
     }
@@ -190,15 +201,6 @@ async fn nodes(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
         "LAST HEARTBEAT",
     ]);
     for node in answer["nodes"].as_array().into_iter().flatten() {
-        let regions = node["regions"].as_array();
-        let count = |role: &str| {
-            regions
-                .into_iter()
-                .flatten()
-                .filter(|r| r["role"] == role)
-                .count()
-                .to_string()
-        };
         let stats = &node["stats"];
         table.row(vec![
             text(&node["id"]),
@@ -216,8 +218,8 @@ async fn nodes(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
                 .map_or("-".into(), |load| format!("{load:.2}")),
             text(&stats["rcus"]),
             text(&stats["wcus"]),
-            count("leader"),
-            count("follower"),
+            text(&node["leader_regions"]),
+            text(&node["follower_regions"]),
             age(&node["last_heartbeat_unix_ms"]),
         ]);
     }

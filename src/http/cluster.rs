@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{error, status_response, HttpState};
+use super::{error, node_page, status_response, HttpState, NodePageQuery};
 use crate::actors::cluster_view::GetLoadHistory;
 use crate::actors::election::HandOver;
 use crate::catalog::manager::TableEntry;
@@ -85,28 +85,29 @@ pub(super) async fn table(
     }
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct LoadQuery {
-    samples: Option<usize>,
-}
-
-/// `GET /v1/load?samples=N`: each node's last N stats samples (the dashboard's heatmap).
+/// `GET /v1/load?samples=N[&after=ID][&limit=N]`: each node's last N stats samples (the
+/// dashboard's heatmap), a page of nodes at a time as `/v1/nodes`.
 pub(super) async fn load(
     State(state): State<HttpState>,
-    query: Result<Query<LoadQuery>, QueryRejection>,
+    query: Result<Query<NodePageQuery>, QueryRejection>,
 ) -> Response {
-    let samples = match query {
-        Ok(Query(query)) => query.samples.unwrap_or(DEFAULT_LOAD_SAMPLES),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let (page, samples) = match node_page(query) {
+        Ok(asked) => asked,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
+    let samples = samples.unwrap_or(DEFAULT_LOAD_SAMPLES);
     if samples == 0 || samples > MAX_LOAD_SAMPLES {
         return error(
             StatusCode::BAD_REQUEST,
             format!("samples must be 1 to {MAX_LOAD_SAMPLES}"),
         );
     }
-    match state.cluster_view.send(GetLoadHistory { samples }).await {
-        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
+    match state
+        .cluster_view
+        .send(GetLoadHistory { samples, page })
+        .await
+    {
+        Ok(listing) => Json(listing).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cluster view unavailable: {e}"),

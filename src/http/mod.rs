@@ -6,14 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::actors::cluster_view::{ClusterView, ListNodes};
+use crate::actors::cluster_view::{ClusterView, GetNode, ListNodes, NodePage};
 use crate::metrics::Metrics;
 use crate::store::{KeyRange, KvBackend, RangeRequest};
 
@@ -52,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{node_id}", get(node))
         .route("/v1/leader", get(leader))
         .route("/v1/procedures", get(operations::procedures))
         .route("/v1/procedures/{id}", get(operations::procedure))
@@ -186,14 +188,70 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 }
 
 /// Every known datanode: address, status, last heartbeat, current phi and latest stats.
-async fn nodes(State(state): State<HttpState>) -> Response {
-    match state.cluster_view.send(ListNodes).await {
-        Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
-        Err(e) => (
+/// Nodes a listing gives per page unless asked, and at most: at 10,000 nodes a listing is
+/// read a page at a time (`next_after` says where the next one starts).
+const DEFAULT_NODE_PAGE: usize = 1000;
+const MAX_NODE_PAGE: usize = 1000;
+
+#[derive(serde::Deserialize)]
+pub(super) struct NodePageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    /// `/v1/load` only.
+    samples: Option<usize>,
+}
+
+/// The page a listing asked for (and `samples`, for `/v1/load`), or why it is bad (a 400).
+pub(super) fn node_page(
+    query: Result<Query<NodePageQuery>, QueryRejection>,
+) -> Result<(NodePage, Option<usize>), String> {
+    let Query(query) = query.map_err(|e| e.body_text())?;
+    let limit = query.limit.unwrap_or(DEFAULT_NODE_PAGE);
+    if limit == 0 || limit > MAX_NODE_PAGE {
+        return Err(format!("limit must be 1 to {MAX_NODE_PAGE}"));
+    }
+    let page = NodePage {
+        after: query.after,
+        limit,
+    };
+    Ok((page, query.samples))
+}
+
+/// `GET /v1/nodes[?after=ID][&limit=N]`: known nodes in id order, with their status, latest
+/// stats and how many regions they lead and follow (`/v1/nodes/{id}` lists the regions).
+async fn nodes(
+    State(state): State<HttpState>,
+    query: Result<Query<NodePageQuery>, QueryRejection>,
+) -> Response {
+    let page = match node_page(query) {
+        Ok((page, _)) => page,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    match state.cluster_view.send(ListNodes { page }).await {
+        Ok(listing) => Json(listing).into_response(),
+        Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": format!("cluster view unavailable: {e}") })),
-        )
-            .into_response(),
+            format!("cluster view unavailable: {e}"),
+        ),
+    }
+}
+
+/// `GET /v1/nodes/{node_id}`: one node with every region of its last report.
+async fn node(State(state): State<HttpState>, path: Result<Path<u64>, PathRejection>) -> Response {
+    let node_id = match path {
+        Ok(Path(node_id)) => node_id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match state.cluster_view.send(GetNode { node_id }).await {
+        Ok(Some(node)) => Json(json!({ "node": node })).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("node {node_id} is not known"),
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster view unavailable: {e}"),
+        ),
     }
 }
 

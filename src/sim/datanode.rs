@@ -139,6 +139,8 @@ struct Shared {
     dead: bool,
     /// When the last acknowledgement that granted leases arrived.
     last_grant_at: Option<Instant>,
+    /// When the link last opened a stream to a leader.
+    last_connected_at: Option<Instant>,
     /// Round trips of acknowledged reports, in microseconds, until a reader takes them
     /// (bounded: the oldest are kept, later ones dropped, if nobody reads).
     round_trips_us: Vec<u32>,
@@ -429,6 +431,11 @@ impl SimDatanode {
     /// When the node last received a lease grant (an acknowledgement of a full report).
     pub fn last_grant_at(&self) -> Option<Instant> {
         self.shared.lock().last_grant_at
+    }
+
+    /// When the link last opened a stream to a metasrv leader.
+    pub fn last_connected_at(&self) -> Option<Instant> {
+        self.shared.lock().last_connected_at
     }
 
     /// The round trips (request sent to acknowledgement received) since the last call.
@@ -857,6 +864,7 @@ async fn run(
             }
             event = link.next_event() => match event {
                 Some(LinkEvent::Connected) => {
+                    shared.lock().last_connected_at = Some(Instant::now());
                     record(SimEvent::Connected);
                     // A fresh, full report right away on the new stream.
                     if !send_report(&link, &mut reporter, &shared).await {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metasrv::actors::cluster_view::{ClusterView, ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::{ClusterView, ListNodes, NodePage, NodeStatus};
 use metasrv::store::etcd::{EtcdConfig, EtcdStore};
 use metasrv::store::KvBackend;
 use metasrv::{Config, Listeners, Metasrv};
@@ -689,10 +689,13 @@ impl Drop for EtcdCluster {
 pub async fn node_status(server: &TestServer, node_id: u64) -> Option<NodeStatus> {
     let nodes = server
         .cluster_view
-        .send(ListNodes)
+        .send(ListNodes {
+            page: NodePage::ALL,
+        })
         .await
         .expect("cluster view answers");
     nodes
+        .nodes
         .into_iter()
         .find(|n| n.id == node_id)
         .map(|n| n.status)

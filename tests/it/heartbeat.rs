@@ -2,16 +2,18 @@
 //! registration, liveness (dead within the bound, alive again), the instruction mailbox with its
 //! timeout, refusal of bad streams, replacement of a node's stream, and graceful shutdown.
 
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler};
 use metasrv::actors::cluster_view::{
-    Instruction, ListNodes, MailboxError, NodeEvent, NodeStatus, SendInstruction, Subscribe,
+    CloseAllSessions, Instruction, ListNodes, MailboxError, NodeEvent, NodePage, NodeStatus,
+    SendInstruction, Subscribe,
 };
 use metasrv::actors::ActorRuntime;
-use metasrv::client::header;
+use metasrv::client::{header, HeartbeatLink, LinkEvent, MetasrvTarget};
 use metasrv::failure_detector::FailureDetectorConfig;
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::heartbeat_client::HeartbeatClient;
@@ -54,6 +56,65 @@ fn sim(node_id: u64, regions: &[u64]) -> SimDatanodeConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_listings_come_a_page_at_a_time_in_id_order() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let channel = server.channel().await;
+    let _nodes: Vec<SimDatanode> = [5, 1, 3]
+        .into_iter()
+        .map(|id| SimDatanode::start(channel.clone(), sim(id, &[])))
+        .collect();
+    wait_for("three nodes listed", Duration::from_secs(10), || async {
+        let (_, body) = http_get(server.http_addr, "/v1/nodes").await;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (json["total"] == 3).then_some(())
+    })
+    .await;
+    let page = |path: &'static str| async move {
+        let (code, body) = http_get(server.http_addr, path).await;
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (code, json)
+    };
+    let ids = |json: &serde_json::Value| -> Vec<u64> {
+        json["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["id"].as_u64())
+            .collect()
+    };
+    let (code, first) = page("/v1/nodes?limit=2").await;
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(ids(&first), [1, 3], "{first}");
+    assert_eq!(
+        (&first["total"], &first["next_after"]),
+        (&json!(3), &json!(3))
+    );
+    let (_, second) = page("/v1/nodes?after=3&limit=2").await;
+    assert_eq!(ids(&second), [5], "{second}");
+    assert_eq!(second["next_after"], json!(null), "the last page");
+    // The load heatmap pages alike.
+    let (code, load) = page("/v1/load?samples=5&after=1&limit=1").await;
+    assert_eq!(code, 200, "{load}");
+    assert_eq!((ids(&load), &load["next_after"]), (vec![3], &json!(3)));
+    // A page size out of bounds, or not a number, is refused with the reason.
+    for (path, reason) in [
+        ("/v1/nodes?limit=0", "limit must be 1 to 1000"),
+        ("/v1/nodes?limit=1001", "limit must be 1 to 1000"),
+        ("/v1/load?limit=5000", "limit must be 1 to 1000"),
+        ("/v1/nodes?after=x", "after"),
+        ("/v1/nodes/x", "Cannot parse"),
+    ] {
+        let (code, json) = page(path).await;
+        assert_eq!(code, 400, "{path}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| e.contains(reason)),
+            "{path}: {json}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_registers_and_its_stats_are_served() {
     let (_fixture, store) = embedded();
     let server = TestServer::start(store.clone(), config()).await;
@@ -80,8 +141,32 @@ async fn a_node_registers_and_its_stats_are_served() {
     );
     assert!(entry["phi"].as_f64().is_some(), "{entry}");
     assert_eq!(entry["stats"]["region_num"], 3);
-    assert_eq!(entry["regions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        (&entry["leader_regions"], &entry["follower_regions"]),
+        (&json!(3), &json!(0)),
+        "{entry}"
+    );
+    assert!(
+        entry["regions"].is_null(),
+        "a listing counts regions: {entry}"
+    );
     assert!(entry["history_len"].as_u64().unwrap_or(0) >= 4, "{entry}");
+    assert_eq!(
+        (&json["total"], &json["next_after"]),
+        (&json!(1), &json!(null))
+    );
+    // One node's answer lists its regions.
+    let (code, body) = http_get(server.http_addr, "/v1/nodes/1").await;
+    assert_eq!(code, 200, "{body}");
+    let one: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        one["node"]["regions"].as_array().map(Vec::len),
+        Some(3),
+        "{one}"
+    );
+    let (code, body) = http_get(server.http_addr, "/v1/nodes/9").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("node 9 is not known"), "{body}");
 
     // The registration is persisted, once, in the KV.
     let registered = wait_for(
@@ -179,7 +264,14 @@ async fn a_killed_node_is_declared_dead_within_the_bound_and_alive_when_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back = SimDatanode::start(channel, sim(7, &[1]));
     wait_status(&server, 7, NodeStatus::Alive, Duration::from_secs(5)).await;
-    let nodes = server.cluster_view.send(ListNodes).await.expect("list");
+    let nodes = server
+        .cluster_view
+        .send(ListNodes {
+            page: NodePage::ALL,
+        })
+        .await
+        .expect("list")
+        .nodes;
     let entry = nodes.iter().find(|n| n.id == 7).expect("node 7 listed");
     assert_eq!(
         entry.instance_id,
@@ -488,6 +580,66 @@ async fn bad_streams_are_closed_with_a_reason_without_disturbing_others() {
     server.stop().await;
 }
 
+/// A leader change cuts streams several times over (the old leader dies, the new one is not
+/// serving yet); a link that reopened only with the datanode's next request would add up to a
+/// heartbeat interval to each attempt. This datanode sends one request, ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_reopens_a_cut_stream_without_waiting_for_the_datanodes_next_request() {
+    let (_fixture, store) = embedded();
+    let server = TestServer::start(store, config()).await;
+    let mut link = HeartbeatLink::start(MetasrvTarget::Channel(server.channel().await), CLUSTER, 9);
+    link.send(good_request(9)).await.expect("link runs");
+    async fn next_of(link: &mut HeartbeatLink) -> LinkEvent {
+        tokio::time::timeout(Duration::from_secs(5), link.next_event())
+            .await
+            .expect("an event within 5 s")
+            .expect("the link runs")
+    }
+    assert!(matches!(next_of(&mut link).await, LinkEvent::Connected));
+    assert!(matches!(
+        next_of(&mut link).await,
+        LinkEvent::Response { .. }
+    ));
+    wait_status(&server, 9, NodeStatus::Alive, Duration::from_secs(5)).await;
+    for cut in 0..3 {
+        server.cluster_view.do_send(CloseAllSessions {
+            status: tonic::Status::unavailable("cut by the test"),
+        });
+        let event = next_of(&mut link).await;
+        assert!(
+            matches!(&event, LinkEvent::Disconnected { reason: Some(s) } if s.message() == "cut by the test"),
+            "cut {cut}: {event:?}"
+        );
+        assert!(
+            matches!(next_of(&mut link).await, LinkEvent::Connected),
+            "cut {cut}"
+        );
+        // The greeting that reopened the stream reports nothing, so it is granted nothing.
+        match next_of(&mut link).await {
+            LinkEvent::Response { response, .. } => {
+                assert_eq!(response.region_lease, None, "cut {cut}: {response:?}")
+            }
+            other => panic!("cut {cut}: {other:?}"),
+        }
+    }
+    wait_for("node 9 connected again", Duration::from_secs(5), || {
+        let server = &server;
+        async move {
+            let nodes = server
+                .cluster_view
+                .send(ListNodes {
+                    page: NodePage::ALL,
+                })
+                .await
+                .ok()?
+                .nodes;
+            nodes.iter().any(|n| n.id == 9 && n.connected).then_some(())
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stream_for_the_same_node_replaces_the_first() {
     let (_fixture, store) = embedded();
@@ -518,7 +670,13 @@ async fn a_second_stream_for_the_same_node_replaces_the_first() {
             let view = server.cluster_view.clone();
             let instance = second.instance_id().to_owned();
             async move {
-                let nodes = view.send(ListNodes).await.ok()?;
+                let nodes = view
+                    .send(ListNodes {
+                        page: NodePage::ALL,
+                    })
+                    .await
+                    .ok()?
+                    .nodes;
                 nodes
                     .iter()
                     .any(|n| n.id == 5 && n.instance_id == instance && n.connected)
@@ -623,14 +781,9 @@ async fn unknown_regions_in_heartbeats_leave_no_state_behind() {
         "the last report to reach the cluster view",
         Duration::from_secs(10),
         || async {
-            let (_, body) = http_get(server.http_addr, "/v1/nodes").await;
+            let (_, body) = http_get(server.http_addr, "/v1/nodes/30").await;
             let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let node = json["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["id"] == 30)?
-                .clone();
-            let first = node["regions"].as_array()?.first()?["region_id"].as_u64()?;
+            let first = json["node"]["regions"].as_array()?.first()?["region_id"].as_u64()?;
             (first >> 32 == 1_000_000 + HEARTBEATS - 1).then_some(())
         },
     )

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metasrv::actors::cluster_view::{ListNodes, NodeStatus};
+use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
 use metasrv::catalog::model::{TableName, Value};
 use metasrv::catalog::partition::Row;
 use metasrv::client::{header, MetaClient, ReadPriority};
@@ -60,7 +60,13 @@ impl Cluster {
             let view = view.clone();
             let ids = ids.clone();
             async move {
-                let listed = view.send(ListNodes).await.ok()?;
+                let listed = view
+                    .send(ListNodes {
+                        page: NodePage::ALL,
+                    })
+                    .await
+                    .ok()?
+                    .nodes;
                 ids.iter()
                     .all(|id| {
                         listed

@@ -7,29 +7,67 @@ use actix::prelude::*;
 
 use super::*;
 
+impl ClusterView {
+    /// The ids of `page`, in order, with the total and where the next page starts.
+    fn page_ids(&self, page: NodePage) -> (Vec<u64>, usize, Option<u64>) {
+        let mut ids: Vec<u64> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| page.after.is_none_or(|after| *id > after))
+            .collect();
+        ids.sort_unstable();
+        let limit = page.limit.max(1);
+        let next_after = (ids.len() > limit).then(|| ids[limit - 1]);
+        ids.truncate(limit);
+        (ids, self.nodes.len(), next_after)
+    }
+
+    fn snapshot(&self, id: u64, node: &NodeEntry, now: f64) -> NodeSnapshot {
+        NodeSnapshot {
+            id,
+            addr: node.addr.clone(),
+            instance_id: node.instance_id.clone(),
+            status: node.status,
+            connected: node.session.is_some(),
+            last_heartbeat_unix_ms: node.last_heartbeat_unix_ms,
+            phi: node.detector.phi(now),
+            stats: node.latest.clone(),
+            leader_regions: node.leader_regions,
+            follower_regions: node.follower_regions,
+            regions: None,
+            history_len: node.history.len(),
+        }
+    }
+}
+
 impl Handler<ListNodes> for ClusterView {
     type Result = MessageResult<ListNodes>;
 
-    fn handle(&mut self, _msg: ListNodes, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ListNodes, _ctx: &mut Self::Context) -> Self::Result {
         let now = self.ms_since_epoch(Instant::now());
-        let mut nodes: Vec<_> = self
-            .nodes
-            .iter()
-            .map(|(&id, node)| NodeSnapshot {
-                id,
-                addr: node.addr.clone(),
-                instance_id: node.instance_id.clone(),
-                status: node.status,
-                connected: node.session.is_some(),
-                last_heartbeat_unix_ms: node.last_heartbeat_unix_ms,
-                phi: node.detector.phi(now),
-                stats: node.latest.clone(),
-                regions: node.regions.clone(),
-                history_len: node.history.len(),
-            })
+        let (ids, total, next_after) = self.page_ids(msg.page);
+        let nodes = ids
+            .into_iter()
+            .filter_map(|id| Some(self.snapshot(id, self.nodes.get(&id)?, now)))
             .collect();
-        nodes.sort_by_key(|n| n.id);
-        MessageResult(nodes)
+        MessageResult(Paged {
+            nodes,
+            total,
+            next_after,
+        })
+    }
+}
+
+impl Handler<GetNode> for ClusterView {
+    type Result = MessageResult<GetNode>;
+
+    fn handle(&mut self, msg: GetNode, _ctx: &mut Self::Context) -> Self::Result {
+        let now = self.ms_since_epoch(Instant::now());
+        MessageResult(self.nodes.get(&msg.node_id).map(|node| NodeSnapshot {
+            regions: Some(node.regions.clone()),
+            ..self.snapshot(msg.node_id, node, now)
+        }))
     }
 }
 
@@ -89,23 +127,24 @@ impl Handler<GetLoadHistory> for ClusterView {
     type Result = MessageResult<GetLoadHistory>;
 
     fn handle(&mut self, msg: GetLoadHistory, _ctx: &mut Self::Context) -> Self::Result {
-        let mut nodes: Vec<NodeLoad> = self
-            .nodes
-            .iter()
-            .map(|(&id, node)| NodeLoad {
-                id,
-                addr: node.addr.clone(),
-                status: node.status,
-                samples: node
-                    .history
-                    .iter()
-                    .skip(node.history.len().saturating_sub(msg.samples))
-                    .cloned()
-                    .collect(),
+        let (ids, total, next_after) = self.page_ids(msg.page);
+        let nodes = ids
+            .into_iter()
+            .filter_map(|id| {
+                let node = self.nodes.get(&id)?;
+                Some(NodeLoad {
+                    id,
+                    addr: node.addr.clone(),
+                    status: node.status,
+                    samples: node.history.newest(msg.samples).collect(),
+                })
             })
             .collect();
-        nodes.sort_by_key(|n| n.id);
-        MessageResult(nodes)
+        MessageResult(Paged {
+            nodes,
+            total,
+            next_after,
+        })
     }
 }
 
@@ -116,7 +155,7 @@ impl Handler<GetNodeHistory> for ClusterView {
         MessageResult(
             self.nodes
                 .get(&msg.node_id)
-                .map(|n| n.history.iter().cloned().collect())
+                .map(|n| n.history.newest(usize::MAX).collect())
                 .unwrap_or_default(),
         )
     }

@@ -90,15 +90,14 @@ function renderMaintenance(maintenance) {
   badge.textContent = maintenance.enabled ? "maintenance: failover paused" : "failover active";
 }
 
-function renderNodes(nodes) {
+function renderNodes(nodes, total) {
   const box = document.getElementById("nodes");
   box.replaceChildren();
   const counts = { alive: 0, suspect: 0, dead: 0 };
   for (const node of nodes) {
     counts[node.status] = (counts[node.status] || 0) + 1;
-    const regions = node.regions || [];
-    const leads = regions.filter((r) => r.role === "leader").length;
-    const follows = regions.length - leads;
+    const leads = node.leader_regions || 0;
+    const follows = node.follower_regions || 0;
     const stats = node.stats || {};
     const cpu = typeof stats.cpu_usage === "number" ? stats.cpu_usage : 0;
     box.append(el("div", {
@@ -120,8 +119,10 @@ function renderNodes(nodes) {
         el("span", { title: "suspicion (phi)" }, "φ " + Math.max(0, node.phi || 0).toFixed(1))),
       el("div", { class: "addr" }, "heard " + ago(node.last_heartbeat_unix_ms))));
   }
+  // A listing is one page (the first 1,000 nodes by id); the counts are of the page.
+  const shown = total > nodes.length ? "first " + nodes.length + " of " + total : nodes.length;
   document.getElementById("node-summary").textContent =
-    nodes.length + " nodes: " + counts.alive + " alive, " + (counts.suspect || 0) +
+    shown + " nodes: " + counts.alive + " alive, " + (counts.suspect || 0) +
     " suspect, " + (counts.dead || 0) + " dead";
 }
 
@@ -261,7 +262,7 @@ async function refresh() {
     showProblem(null);
     renderMembers(members, leader);
     renderMaintenance(maintenance);
-    renderNodes(nodes.nodes || []);
+    renderNodes(nodes.nodes || [], nodes.total || 0);
     renderHeatmap(load);
     renderTables(tables);
     renderProcedures(procedures);
