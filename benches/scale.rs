@@ -335,7 +335,19 @@ async fn run(plan: Plan) -> Figures {
 
     // ---- 5. Leader takeover after SIGKILL ----------------------------------------------------
     let survivor = 1 - leader_index;
+    // BENCH_PERF_TAKEOVER=<file>: profile the new leader through the takeover (perf record).
+    let _profiler = std::env::var("BENCH_PERF_TAKEOVER").ok().map(|output| {
+        let pid = members[survivor].pid().to_string();
+        let mut perf = std::process::Command::new("perf");
+        perf.args([
+            "record", "-F", "499", "-g", "-o", &output, "-p", &pid, "--", "sleep", "10",
+        ]);
+        let child = perf.spawn().expect("perf runs");
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    });
     let killed_at = Instant::now();
+    tracing::info!("killing the metasrv leader");
     members[leader_index].kill();
     let leads = wait_until("the other member to lead", Duration::from_secs(60), || {
         is_leader(&members[survivor])

@@ -151,6 +151,17 @@ impl Drop for HeartbeatLink {
 #[error("the heartbeat link has stopped")]
 pub struct LinkClosed;
 
+/// Whether a stream that ended (or did not open) with `status` lost its leader: the connection
+/// broke or was refused (a local transport error), the leader did not answer in time, or the
+/// stream just ended. Not a status metasrv sent: a member that answers is reachable, and a
+/// redirect names the next leader itself.
+fn is_unreachable(status: Option<&tonic::Status>) -> bool {
+    status.is_none_or(|status| {
+        std::error::Error::source(status).is_some()
+            || status.code() == tonic::Code::DeadlineExceeded
+    })
+}
+
 /// A request that only names the node (header, peer, instance): it opens a stream and
 /// registers the session without reporting anything (and so is granted nothing).
 fn greeting_of(request: &pb::HeartbeatRequest) -> pb::HeartbeatRequest {
@@ -162,16 +173,19 @@ fn greeting_of(request: &pb::HeartbeatRequest) -> pb::HeartbeatRequest {
     }
 }
 
-/// The channel to stream on now: the fixed one, or the leader's (found with backoff).
+/// The channel to stream on now, with the leader's address: the fixed one (no address), or the
+/// leader's (found with backoff). `unreachable`: the leader just lost (see
+/// [`super::meta_client::find_leader_via`]).
 async fn leader_channel(
     target: &MetasrvTarget,
     cluster_id: u64,
     node_id: u64,
     hint: Option<String>,
-) -> Result<Channel, tonic::Status> {
+    mut unreachable: Option<String>,
+) -> Result<(Option<String>, Channel), tonic::Status> {
     let plaintext = super::ClientSecurity::default();
     let (endpoints, security) = match target {
-        MetasrvTarget::Channel(channel) => return Ok(channel.clone()),
+        MetasrvTarget::Channel(channel) => return Ok((None, channel.clone())),
         MetasrvTarget::Cluster(endpoints) => (endpoints, &plaintext),
         MetasrvTarget::SecureCluster(endpoints, security) => (endpoints, security),
         MetasrvTarget::Pooled(pool) => (&pool.endpoints, &plaintext),
@@ -189,19 +203,28 @@ async fn leader_channel(
                     node_id,
                     security,
                     connect,
+                    unreachable.as_deref(),
                 )
                 .await
             }
             _ => {
-                super::meta_client::find_leader_with(&candidates, cluster_id, node_id, security)
-                    .await
+                super::meta_client::find_leader_after(
+                    &candidates,
+                    cluster_id,
+                    node_id,
+                    security,
+                    unreachable.as_deref(),
+                )
+                .await
             }
         };
         match found {
-            Ok((_, channel)) => return Ok(channel),
+            Ok((leader, channel)) => return Ok((Some(leader.addr), channel)),
             Err(super::ClientError::Status(refused)) => return Err(refused),
             Err(e) => tracing::debug!(node_id, ?backoff, "no metasrv leader yet: {e}"),
         }
+        // The members that could wait for a change have answered without one: poll from here.
+        unreachable = None;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -218,6 +241,9 @@ async fn run(
     let mut hint: Option<String> = None;
     let mut ack_timeout = INITIAL_ACK_TIMEOUT;
     let mut greeting: Option<pb::HeartbeatRequest> = None;
+    // The leader whose stream broke or would not open without naming another: the next search
+    // asks the other members to answer only once the leadership changed (see `find_leader_via`).
+    let mut unreachable: Option<String> = None;
     let bearer = match &target {
         MetasrvTarget::SecureCluster(_, security) => security.bearer(),
         _ => Ok(super::BearerToken(None)),
@@ -232,8 +258,15 @@ async fn run(
         }
     };
     loop {
-        let channel = match leader_channel(&target, cluster_id, node_id, hint.take()).await {
-            Ok(channel) => channel,
+        let found = leader_channel(
+            &target,
+            cluster_id,
+            node_id,
+            hint.take(),
+            unreachable.take(),
+        );
+        let (leader_addr, channel) = match found.await {
+            Ok(found) => found,
             Err(refused) => {
                 // The credentials may be fixed on the server's side: say why, and keep trying.
                 tracing::warn!(
@@ -301,6 +334,7 @@ async fn run(
                     "opening a heartbeat stream failed: {status}"
                 );
                 hint = crate::election::redirect_target(&status);
+                unreachable = leader_addr.filter(|_| is_unreachable(Some(&status)));
                 if events
                     .send(LinkEvent::Disconnected {
                         reason: Some(status),
@@ -368,6 +402,7 @@ async fn run(
         };
         tracing::debug!(node_id, ?backoff, ?reason, "heartbeat stream ended");
         hint = reason.as_ref().and_then(crate::election::redirect_target);
+        unreachable = leader_addr.filter(|_| is_unreachable(reason.as_ref()));
         // Refused data or a newer stream for this node id: retrying would only repeat it.
         if let Some(status) = reason.as_ref().filter(|s| {
             matches!(

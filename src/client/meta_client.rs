@@ -71,6 +71,17 @@ pub async fn find_leader_with(
     member_id: u64,
     security: &ClientSecurity,
 ) -> Result<(Peer, Channel), ClientError> {
+    find_leader_after(endpoints, cluster_id, member_id, security, None).await
+}
+
+/// [`find_leader_with`] right after losing the leader at `unreachable` (see [`find_leader_via`]).
+pub(crate) async fn find_leader_after(
+    endpoints: &[String],
+    cluster_id: u64,
+    member_id: u64,
+    security: &ClientSecurity,
+    unreachable: Option<&str>,
+) -> Result<(Peer, Channel), ClientError> {
     let connect = |addr: &str| {
         let addr = addr.to_owned();
         let security = security.clone();
@@ -80,17 +91,34 @@ pub async fn find_leader_with(
                 .map_err(|e| e.to_string())
         }
     };
-    find_leader_via(endpoints, cluster_id, member_id, security, connect).await
+    find_leader_via(
+        endpoints,
+        cluster_id,
+        member_id,
+        security,
+        connect,
+        unreachable,
+    )
+    .await
 }
 
+/// How long a member may hold an `AskLeader` that names a leader the caller could not reach,
+/// waiting for the next one (the request's `wait_millis`).
+pub(crate) const ASK_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// [`find_leader_with`] over channels made by `connect` (a fresh connection, or one of a
-/// [`super::ChannelPool`]'s shared ones).
+/// [`super::ChannelPool`]'s shared ones). `unreachable`: the address of a leader the caller
+/// just lost. It is asked first, at once (the loss may have been the connection's, not the
+/// leader's); the other members are asked to wait for the leadership to change before they
+/// answer, so that a datanode learns of the next leader the moment it serves instead of
+/// polling through the election.
 pub(crate) async fn find_leader_via<F, Fut>(
     endpoints: &[String],
     cluster_id: u64,
     member_id: u64,
     security: &ClientSecurity,
     connect: F,
+    unreachable: Option<&str>,
 ) -> Result<(Peer, Channel), ClientError>
 where
     F: Fn(&str) -> Fut,
@@ -102,7 +130,12 @@ where
         endpoints: endpoints.to_vec(),
         reason: e.to_string(),
     })?;
-    for endpoint in endpoints {
+    let mut ordered: Vec<&String> = endpoints.iter().collect();
+    if let Some(lost) = unreachable {
+        // Stable: the lost leader first, the others in the order given.
+        ordered.sort_by_key(|endpoint| endpoint.as_str() != lost);
+    }
+    for endpoint in ordered {
         let channel = match connect(endpoint).await {
             Ok(channel) => channel,
             Err(e) => {
@@ -110,12 +143,18 @@ where
                 continue;
             }
         };
+        let wait = match unreachable {
+            Some(lost) if lost != endpoint.as_str() => ASK_LEADER_WAIT,
+            _ => std::time::Duration::ZERO,
+        };
         // Bounded: a member that hangs (paused, half-partitioned) must not stall the search.
         let asked = tokio::time::timeout(
-            ASK_LEADER_TIMEOUT,
+            ASK_LEADER_TIMEOUT + wait,
             HeartbeatClient::new(super::authed(channel.clone(), bearer.clone())).ask_leader(
                 pb::AskLeaderRequest {
                     header: super::header(cluster_id, member_id),
+                    unreachable_leader: unreachable.unwrap_or_default().to_owned(),
+                    wait_millis: wait.as_millis() as u32,
                 },
             ),
         )

@@ -22,6 +22,10 @@ pub use crate::proto::v1::heartbeat_server::HeartbeatServer;
 /// Responses queued per stream before a node that does not read is cut off.
 const OUTBOUND_CAPACITY: usize = 64;
 
+/// The longest an `AskLeader` waits for the leadership to change (see the request's
+/// `wait_millis`).
+const MAX_ASK_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct HeartbeatService {
     actors: Arc<ActorRuntime>,
     sessions: SessionContext,
@@ -47,6 +51,21 @@ impl HeartbeatService {
             leadership,
             next_session_id: AtomicU64::new(1),
         }
+    }
+}
+
+impl HeartbeatService {
+    /// Returns once this member knows a leader other than the one at `unreachable` (itself
+    /// only once it serves: a caller sent to a member still loading would be refused), or
+    /// after `wait`.
+    async fn until_another_leader(&self, unreachable: &str, wait: std::time::Duration) {
+        let me = self.leadership.me().id;
+        let mut changes = self.leadership.subscribe();
+        let another = |state: &crate::election::LeadershipState| match &state.leader {
+            Some(leader) if leader.grpc_addr != unreachable => leader.id != me || state.serving,
+            _ => false,
+        };
+        let _ = tokio::time::timeout(wait, changes.wait_for(another)).await;
     }
 }
 
@@ -82,6 +101,12 @@ impl Heartbeat for HeartbeatService {
         let req = request.into_inner();
         instrumented(&self.metrics, "Heartbeat", "AskLeader", async {
             self.limits.check_header(req.header.as_ref())?;
+            if !req.unreachable_leader.is_empty() && req.wait_millis > 0 {
+                let wait = std::time::Duration::from_millis(req.wait_millis.into())
+                    .min(MAX_ASK_LEADER_WAIT);
+                self.until_another_leader(&req.unreachable_leader, wait)
+                    .await;
+            }
             let leader = self.leadership.leader().ok_or_else(|| {
                 Status::unavailable("no metasrv leader is elected yet; retry shortly")
             })?;

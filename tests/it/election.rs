@@ -80,26 +80,36 @@ pub fn start_members_with_env(
     env: &[(&str, &str)],
 ) -> Vec<MetasrvProcess> {
     (1..=n)
-        .map(|id| {
-            let id = id.to_string();
-            let mut args = vec![
-                "--backend",
-                "etcd",
-                "--etcd-endpoints",
-                etcd_endpoints,
-                "--etcd-key-prefix",
-                "/ha",
-                "--cluster-id",
-                "4",
-                "--member-id",
-                id.as_str(),
-                "--heartbeat-interval",
-                "100ms",
-            ];
-            args.extend_from_slice(extra);
-            MetasrvProcess::start(dir, &args, env)
-        })
+        .map(|id| start_member(dir, etcd_endpoints, id, extra, env))
         .collect()
+}
+
+/// Member `id` of the cluster [`start_members`] starts (e.g. to restart one on its ports, given
+/// `--grpc-addr` and `--http-addr` in `extra`).
+pub fn start_member(
+    dir: &std::path::Path,
+    etcd_endpoints: &str,
+    id: u64,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> MetasrvProcess {
+    let id = id.to_string();
+    let mut args = vec![
+        "--backend",
+        "etcd",
+        "--etcd-endpoints",
+        etcd_endpoints,
+        "--etcd-key-prefix",
+        "/ha",
+        "--cluster-id",
+        "4",
+        "--member-id",
+        id.as_str(),
+        "--heartbeat-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    MetasrvProcess::start(dir, &args, env)
 }
 
 /// What a member's /v1/leader says: (is it leader, the leader's id).

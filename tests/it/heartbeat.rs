@@ -708,6 +708,7 @@ async fn ask_leader_names_this_member_and_shutdown_closes_streams() {
     let leader = client
         .ask_leader(pb::AskLeaderRequest {
             header: header(CLUSTER, 0),
+            ..Default::default()
         })
         .await
         .expect("ask leader")
@@ -716,6 +717,38 @@ async fn ask_leader_names_this_member_and_shutdown_closes_streams() {
         .expect("a leader");
     assert_eq!(leader.id, 9);
     assert_eq!(leader.addr, server.grpc_addr.to_string());
+    // A caller that lost a leader asks to wait for another: an answer naming a different leader
+    // comes at once; one naming the lost leader only after the wait (no change came).
+    let ask_after_losing = |lost: String| {
+        let mut client = client.clone();
+        async move {
+            let started = Instant::now();
+            let leader = client
+                .ask_leader(pb::AskLeaderRequest {
+                    header: header(CLUSTER, 0),
+                    unreachable_leader: lost,
+                    wait_millis: 400,
+                })
+                .await
+                .expect("ask leader")
+                .into_inner()
+                .leader
+                .expect("a leader");
+            (leader.id, started.elapsed())
+        }
+    };
+    let (id, took) = ask_after_losing("127.0.0.1:1".into()).await;
+    assert_eq!(id, 9);
+    assert!(
+        took < Duration::from_millis(400),
+        "answered at once: {took:?}"
+    );
+    let (id, took) = ask_after_losing(server.grpc_addr.to_string()).await;
+    assert_eq!(id, 9, "still the only leader");
+    assert!(
+        took >= Duration::from_millis(400),
+        "waited for a change: {took:?}"
+    );
 
     let node = SimDatanode::start(server.channel().await, sim(1, &[1]));
     wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(5)).await;

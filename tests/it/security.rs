@@ -477,6 +477,7 @@ async fn ask_leader(server: &TestServer, security: &ClientSecurity) -> Result<()
     HeartbeatClient::new(channel)
         .ask_leader(pb::AskLeaderRequest {
             header: header(CLUSTER, 0),
+            ..Default::default()
         })
         .await
         .map(|_| ())
