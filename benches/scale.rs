@@ -20,7 +20,8 @@
 //! run; the report gives both and their ratio.
 //!
 //! Run: `cargo bench --bench scale` (flags: --nodes 10000 --tables 1000 --regions 1000
-//! --victim-regions 10000 --seconds 30 --creates 3 --create-regions 1024 --parallel-creates 4).
+//! --victim-regions 10000 --seconds 30 --creates 3 --create-regions 1024 --parallel-creates 4
+//! --full-history).
 //! Needs `etcd`. Without `--bench` (as `cargo test` runs it) a small smoke run.
 
 mod common;
@@ -45,7 +46,20 @@ struct Plan {
     creates: usize,
     create_regions: u32,
     parallel_creates: usize,
+    /// Measure the steady state only once every node's stats history is full (`node_history`
+    /// reports: 5 minutes at the defaults), for the memory of a leader that has run a while.
+    full_history: bool,
 }
+
+/// The stats samples the leader keeps for node 1 now (its `history_len`).
+fn history_len(member: &ServerProcess) -> Option<u64> {
+    let body = member.http_get("/v1/nodes?limit=1")?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["nodes"][0]["history_len"].as_u64()
+}
+
+/// `node_history`'s default.
+const NODE_HISTORY: u64 = 300;
 
 fn member(etcd: &str, id: u64) -> ServerProcess {
     ServerProcess::etcd_member(etcd, "/scale-bench", id, &[])
@@ -115,6 +129,7 @@ fn main() {
         creates: flag(&args, "--creates").unwrap_or(if smoke { 1 } else { 3 }),
         create_regions: flag(&args, "--create-regions").unwrap_or(if smoke { 64 } else { 1024 }),
         parallel_creates: flag(&args, "--parallel-creates").unwrap_or(4),
+        full_history: args.iter().any(|a| a == "--full-history"),
     };
     // The baseline, in the same invocation: the same run at a hundredth of the cluster (the
     // failed node still leads a tenth of the regions it leads in the full run).
@@ -123,6 +138,8 @@ fn main() {
         tables: (plan.tables / 100).max(2),
         victim_regions: (plan.victim_regions / 10).max(1),
         creates: 1,
+        // Its nodes' histories take as long to fill, and hold a hundredth as much.
+        full_history: false,
         ..plan.clone()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -140,6 +157,8 @@ struct Figures {
     victim_regions: usize,
     cores: f64,
     rss: u64,
+    /// Node 1's stats samples when `rss` was measured.
+    samples_held: u64,
     rss_after: u64,
     acks: usize,
     rtt_p50: f64,
@@ -263,11 +282,20 @@ async fn run(plan: Plan) -> Figures {
     for node in nodes.iter().flatten() {
         node.take_round_trips();
     }
+    if plan.full_history {
+        wait_until(
+            "node histories to fill",
+            Duration::from_secs(NODE_HISTORY + 120),
+            || history_len(&members[leader_index]).is_some_and(|len| len >= NODE_HISTORY),
+        )
+        .await;
+    }
     let pid = members[leader_index].pid();
     let (cpu_before, window_start) = (cpu_seconds(pid), Instant::now());
     tokio::time::sleep(Duration::from_secs(plan.seconds)).await;
     let cores = (cpu_seconds(pid) - cpu_before) / window_start.elapsed().as_secs_f64();
     let rss = members[leader_index].rss_bytes();
+    let samples_held = history_len(&members[leader_index]).unwrap_or(0);
     let mut round_trips: Vec<Duration> = nodes
         .iter()
         .flatten()
@@ -276,7 +304,7 @@ async fn run(plan: Plan) -> Figures {
     round_trips.sort_unstable();
     let rtt = |p: f64| percentile(&round_trips, p).map_or(f64::NAN, ms);
     eprintln!(
-        "steady: {cores:.2} cores, RSS {:.0} MiB, heartbeat p50 {:.2} ms p99 {:.2} ms over {} acks",
+        "steady: {cores:.2} cores, RSS {:.0} MiB ({samples_held} of {NODE_HISTORY} history samples per node), heartbeat p50 {:.2} ms p99 {:.2} ms over {} acks",
         mib(rss),
         rtt(0.5),
         rtt(0.99),
@@ -411,6 +439,7 @@ async fn run(plan: Plan) -> Figures {
         victim_regions: victim_regions.len(),
         cores,
         rss,
+        samples_held,
         rss_after,
         acks: round_trips.len(),
         rtt_p50: rtt(0.5),
@@ -563,7 +592,8 @@ fn report(base_plan: &Plan, base: &Figures, plan: &Plan, full: &Figures) {
         None,
     );
     println!(
-        "\n({} / {} heartbeat acknowledgements measured.)",
-        base.acks, full.acks
+        "\n({} / {} heartbeat acknowledgements measured; at the RSS measurement each node's \
+         stats history held {} / {} of its {NODE_HISTORY} samples.)",
+        base.acks, full.acks, base.samples_held, full.samples_held
     );
 }

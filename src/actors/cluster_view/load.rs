@@ -49,11 +49,13 @@ impl RegionLoad {
 }
 
 /// A node's stats history: the newest `capacity` reports, oldest first. Stored packed (40
-/// bytes a sample, where a [`NodeSample`] is 72) in a ring allocated once at its full size: at
-/// 10,000 nodes and 300 samples that is 120 MB, where unpacked samples in a ring left to grow by
-/// doubling (to 512 places) took 370 MB once full. Counts saturate at `u32::MAX` (4 billion
-/// units or regions in one period) and rates keep `f32` precision, which is what a planner
-/// reads them with anyway.
+/// bytes a sample, where a [`NodeSample`] is 72) in a ring that grows by doubling but never past
+/// `capacity`: at 10,000 nodes and 300 samples a full history is 120 MB, where unpacked samples
+/// in a ring left to double (to 512 places) took 370 MB. It is not allocated at its full size
+/// up front: a leader that takes over would fault in (and the kernel zero) all of it at once,
+/// in the burst of 10,000 reconnecting nodes. Counts saturate at `u32::MAX` (4 billion units
+/// or regions in one period) and rates keep `f32` precision, which is what a planner reads
+/// them with anyway.
 #[derive(Debug, Default)]
 pub(super) struct NodeHistory {
     ring: VecDeque<PackedSample>,
@@ -112,9 +114,9 @@ impl NodeHistory {
     /// Appends a report, dropping the oldest once `capacity` are kept.
     pub fn push(&mut self, at_unix_ms: u64, stats: &NodeStats, capacity: usize) {
         let capacity = capacity.max(1);
-        if self.ring.capacity() < capacity {
-            // Once, at the first report (or after the setting grew): exactly the full size.
-            self.ring.reserve_exact(capacity - self.ring.len());
+        if self.ring.len() == self.ring.capacity() && self.ring.len() < capacity {
+            let grown = (self.ring.len() * 2).max(4).min(capacity);
+            self.ring.reserve_exact(grown - self.ring.len());
         }
         while self.ring.len() >= capacity {
             self.ring.pop_front();
@@ -172,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_history_keeps_the_newest_samples_at_its_full_size_from_the_first() {
+    fn a_node_history_keeps_the_newest_samples_and_grows_to_exactly_its_size() {
         let stats = |rcus: u64| NodeStats {
             rcus,
             wcus: 2,
@@ -187,7 +189,16 @@ mod tests {
         for at in 0..5 {
             history.push(at, &stats(at), 3);
         }
-        assert_eq!(history.ring.capacity(), 3, "allocated once, exactly");
+        assert_eq!(history.ring.capacity(), 3, "never past its size");
+        let mut growing = NodeHistory::default();
+        for at in 0..40 {
+            growing.push(at, &stats(at), 300);
+        }
+        assert_eq!(growing.ring.capacity(), 64, "by doubling while it fills");
+        for at in 40..1000 {
+            growing.push(at, &stats(at), 300);
+        }
+        assert_eq!((growing.len(), growing.ring.capacity()), (300, 300));
         let kept: Vec<NodeSample> = history.newest(usize::MAX).collect();
         assert_eq!(
             kept,
