@@ -130,12 +130,30 @@ where
         endpoints: endpoints.to_vec(),
         reason: e.to_string(),
     })?;
-    let mut ordered: Vec<&String> = endpoints.iter().collect();
+    let mut ordered: Vec<String> = endpoints.to_vec();
     if let Some(lost) = unreachable {
-        // Stable: the lost leader first, the others in the order given.
+        // The lost leader first (stable: the others in the order given), by the address it
+        // advertises even where the endpoints spell it otherwise.
+        if !ordered.iter().any(|endpoint| endpoint == lost) {
+            ordered.insert(0, lost.to_owned());
+        }
         ordered.sort_by_key(|endpoint| endpoint.as_str() != lost);
     }
-    for endpoint in ordered {
+    let ask = |channel: Channel, wait: std::time::Duration| {
+        let mut client = HeartbeatClient::new(super::authed(channel, bearer.clone()));
+        let request = pb::AskLeaderRequest {
+            header: super::header(cluster_id, member_id),
+            unreachable_leader: unreachable.unwrap_or_default().to_owned(),
+            wait_millis: wait.as_millis() as u32,
+        };
+        // Bounded: a member that hangs (paused, half-partitioned) must not stall the search.
+        async move {
+            tokio::time::timeout(ASK_LEADER_TIMEOUT + wait, client.ask_leader(request))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer to AskLeader")))
+        }
+    };
+    for endpoint in &ordered {
         let channel = match connect(endpoint).await {
             Ok(channel) => channel,
             Err(e) => {
@@ -147,20 +165,7 @@ where
             Some(lost) if lost != endpoint.as_str() => ASK_LEADER_WAIT,
             _ => std::time::Duration::ZERO,
         };
-        // Bounded: a member that hangs (paused, half-partitioned) must not stall the search.
-        let asked = tokio::time::timeout(
-            ASK_LEADER_TIMEOUT + wait,
-            HeartbeatClient::new(super::authed(channel.clone(), bearer.clone())).ask_leader(
-                pb::AskLeaderRequest {
-                    header: super::header(cluster_id, member_id),
-                    unreachable_leader: unreachable.unwrap_or_default().to_owned(),
-                    wait_millis: wait.as_millis() as u32,
-                },
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer to AskLeader")));
-        let leader = match asked {
+        let leader = match ask(channel.clone(), wait).await {
             Ok(response) => match response.into_inner().leader {
                 Some(leader) => Peer::from(leader),
                 None => {
@@ -183,7 +188,15 @@ where
             return Ok((leader, channel));
         }
         match connect(&leader.addr).await {
-            Ok(channel) => return Ok((leader, channel)),
+            Ok(channel) => {
+                if !wait.is_zero() && leader.addr != unreachable.unwrap_or_default() {
+                    // A member names the next leader once it won, which may be before it
+                    // serves (it loads its state first): the next leader itself answers once it
+                    // serves, so the stream opens then instead of being refused and retried.
+                    let _ = ask(channel.clone(), wait).await;
+                }
+                return Ok((leader, channel));
+            }
             Err(e) => reason = format!("leader {} at {}: {e}", leader.id, leader.addr),
         }
     }

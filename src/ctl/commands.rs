@@ -174,12 +174,17 @@ async fn nodes(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
     // Every page: a listing answers at most 1,000 nodes at a time.
     let mut listed: Vec<Value> = Vec::new();
     let mut path = String::from("/v1/nodes");
+    let mut previous: Option<u64> = None;
     loop {
         let page = ctl.on_leader("GET", &path, None).await?;
         listed.extend(page["nodes"].as_array().into_iter().flatten().cloned());
+        // Pages move forward by id: a member that answers otherwise would loop forever.
         match page["next_after"].as_u64() {
-            Some(after) => path = format!("/v1/nodes?after={after}"),
-            None => break,
+            Some(after) if previous.is_none_or(|previous| after > previous) => {
+                previous = Some(after);
+                path = format!("/v1/nodes?after={after}");
+            }
+            _ => break,
         }
     }
     let answer = json!({ "nodes": listed });

@@ -55,17 +55,35 @@ impl HeartbeatService {
 }
 
 impl HeartbeatService {
-    /// Returns once this member knows a leader other than the one at `unreachable` (itself
-    /// only once it serves: a caller sent to a member still loading would be refused), or
-    /// after `wait`.
+    /// Returns once this member knows a leader other than the one at `unreachable`, or that
+    /// one again after an election (it restarted on its address and won), and itself only
+    /// once it serves (a caller sent to a member still loading would be refused); or after
+    /// `wait`.
     async fn until_another_leader(&self, unreachable: &str, wait: std::time::Duration) {
         let me = self.leadership.me().id;
         let mut changes = self.leadership.subscribe();
-        let another = |state: &crate::election::LeadershipState| match &state.leader {
-            Some(leader) if leader.grpc_addr != unreachable => leader.id != me || state.serving,
-            _ => false,
-        };
-        let _ = tokio::time::timeout(wait, changes.wait_for(another)).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        // Whether the leadership left `unreachable` since the request came.
+        let mut left = false;
+        loop {
+            {
+                let state = changes.borrow_and_update();
+                match &state.leader {
+                    Some(leader) if leader.grpc_addr != unreachable || left => {
+                        if leader.id != me || state.serving {
+                            return;
+                        }
+                    }
+                    Some(_) => {}
+                    None => left = true,
+                }
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // The wait is over, or the member is shutting down.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
     }
 }
 

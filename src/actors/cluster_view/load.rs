@@ -78,6 +78,12 @@ fn saturate(count: u64) -> u32 {
     u32::try_from(count).unwrap_or(u32::MAX)
 }
 
+/// A rate as `f32`, clamped: validation lets finite values up to `f64::MAX` through, and an
+/// infinity would be written as JSON `null` where the API promises a number.
+fn narrow(rate: f64) -> f32 {
+    rate.clamp(f32::MIN as f64, f32::MAX as f64) as f32
+}
+
 impl PackedSample {
     fn pack(at_unix_ms: u64, stats: &NodeStats) -> Self {
         Self {
@@ -86,10 +92,10 @@ impl PackedSample {
             wcus: saturate(stats.wcus),
             table_num: saturate(stats.table_num),
             region_num: saturate(stats.region_num),
-            cpu_usage: stats.cpu_usage as f32,
-            load: stats.load as f32,
-            read_io_rate: stats.read_io_rate as f32,
-            write_io_rate: stats.write_io_rate as f32,
+            cpu_usage: narrow(stats.cpu_usage),
+            load: narrow(stats.load),
+            read_io_rate: narrow(stats.read_io_rate),
+            write_io_rate: narrow(stats.write_io_rate),
         }
     }
 
@@ -214,12 +220,16 @@ mod tests {
             history.newest(1).map(|s| s.at_unix_ms).collect::<Vec<_>>(),
             [4]
         );
-        // A count beyond u32 saturates instead of wrapping.
-        history.push(9, &stats(u64::MAX), 3);
-        assert_eq!(
-            history.newest(1).next().map(|s| s.stats.rcus),
-            Some(u64::from(u32::MAX))
-        );
+        // A count beyond u32 saturates instead of wrapping; a rate beyond f32 is clamped, not
+        // turned into an infinity.
+        let huge = NodeStats {
+            load: f64::MAX,
+            ..stats(u64::MAX)
+        };
+        history.push(9, &huge, 3);
+        let newest = history.newest(1).next().expect("a sample");
+        assert_eq!(newest.stats.rcus, u64::from(u32::MAX));
+        assert_eq!(newest.stats.load, f64::from(f32::MAX));
         // A smaller setting takes effect at the next report.
         history.push(10, &stats(1), 2);
         assert_eq!(history.len(), 2);
