@@ -41,6 +41,51 @@ pub fn assert_no_overlapping_leaders(logs: &[(String, WriteLog)]) {
     }
 }
 
+/// Waits (at most `bound`) until every region of every table in `tables` takes writes through
+/// `frontend`; on timeout panics with the route, what each of `nodes` holds, and `diagnosis`.
+async fn wait_all_writable<F, Fut>(
+    frontend: &metasrv::sim::SimFrontend,
+    tables: &[metasrv::catalog::model::TableName],
+    nodes: &[SimDatanode],
+    bound: Duration,
+    step: u32,
+    diagnosis: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    for table in tables {
+        let started = std::time::Instant::now();
+        loop {
+            let error = match frontend.insert(rows(table, 100)).await {
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            if started.elapsed() > bound {
+                frontend.meta().invalidate(table);
+                let route = frontend.meta().route(table).await;
+                let held: Vec<String> = nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "node {}: holds {:?}, leased {:?}",
+                            n.node_id(),
+                            n.regions(),
+                            n.leased_regions()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "step {step}: {table} not writable after {bound:?}: {error:?}\nroute: {route:?}\n{}\n{}",
+                    held.join("\n"),
+                    diagnosis().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
     let seed: u64 = std::env::var("CHAOS_SEED")
@@ -153,38 +198,20 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
         }
         tables.push(created.await.expect("create task"));
         // The cluster heals by itself: every region of every table takes writes again.
-        for table in &tables {
-            let started = std::time::Instant::now();
-            loop {
-                let error = match frontend.insert(rows(table, 100)).await {
-                    Ok(_) => break,
-                    Err(e) => e,
-                };
-                if started.elapsed() > Duration::from_secs(20) {
-                    frontend.meta().invalidate(table);
-                    let route = frontend.meta().route(table).await;
-                    let held: Vec<String> = nodes
-                        .iter()
-                        .map(|n| {
-                            format!(
-                                "node {}: holds {:?}, leased {:?}",
-                                n.node_id(),
-                                n.regions(),
-                                n.leased_regions()
-                            )
-                        })
-                        .collect();
-                    let (_, procedures) =
-                        http_get(cluster.server.http_addr, "/v1/procedures").await;
-                    let (_, view) = http_get(cluster.server.http_addr, "/v1/nodes").await;
-                    panic!(
-                        "step {step}: {table} not writable after 20s: {error:?}\nroute: {route:?}\n{}\nprocedures: {procedures}\nnodes: {view}",
-                        held.join("\n")
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let http = cluster.server.http_addr;
+        wait_all_writable(
+            &frontend,
+            &tables,
+            &nodes,
+            Duration::from_secs(20),
+            step,
+            || async move {
+                let (_, procedures) = http_get(http, "/v1/procedures").await;
+                let (_, view) = http_get(http, "/v1/nodes").await;
+                format!("procedures: {procedures}\nnodes: {view}")
+            },
+        )
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
@@ -341,37 +368,22 @@ async fn metasrv_leader_and_datanode_faults_together_never_make_two_writers() {
             nodes.insert(index, node);
         }
         // The cluster heals by itself: every region of every table takes writes again.
-        for table in &tables {
-            let started = std::time::Instant::now();
-            loop {
-                let error = match frontend.insert(rows(table, 100)).await {
-                    Ok(_) => break,
-                    Err(e) => e,
-                };
-                if started.elapsed() > Duration::from_secs(30) {
-                    frontend.meta().invalidate(table);
-                    let route = frontend.meta().route(table).await;
-                    let held: Vec<String> = nodes
-                        .iter()
-                        .map(|n| {
-                            format!(
-                                "node {}: holds {:?}, leased {:?}",
-                                n.node_id(),
-                                n.regions(),
-                                n.leased_regions()
-                            )
-                        })
-                        .collect();
-                    let member_logs: Vec<String> = members.iter().map(|m| m.log()).collect();
-                    panic!(
-                        "step {step}: {table} not writable after 30s: {error:?}\nroute: {route:?}\n{}\nmember logs:\n{}",
-                        held.join("\n"),
-                        member_logs.join("\n-----\n")
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let member_logs = || async {
+            members
+                .iter()
+                .map(|m| m.log())
+                .collect::<Vec<_>>()
+                .join("\n-----\n")
+        };
+        wait_all_writable(
+            &frontend,
+            &tables,
+            &nodes,
+            Duration::from_secs(30),
+            step,
+            member_logs,
+        )
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
