@@ -1,13 +1,15 @@
-//! A seeded sequence of datanode faults (kills with quick or slow restarts on the same address,
-//! of one node or two at the same moment, partitions short and long) while a frontend keeps
-//! writing. After each fault the cluster must
-//! become fully writable again by itself; at the end, across every node and every incarnation,
-//! no two nodes ever led a region with overlapping write leases. `CHAOS_SEED=n` replays a run.
+//! Seeded sequences of faults while a frontend keeps writing: datanode kills with quick or slow
+//! restarts on the same address, of one node or two at the same moment, partitions short and
+//! long; and, on etcd with two metasrv processes, the metasrv leader killed with datanodes.
+//! After each fault the cluster must become fully writable again by itself; at the end, across
+//! every node and every incarnation, no two nodes ever led a region with overlapping write
+//! leases. `CHAOS_SEED=n` replays a run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use metasrv::catalog::model::TableName;
 use metasrv::sim::{Rng, SimDatanode, WriteLog};
 
 use crate::harness::http_get;
@@ -41,11 +43,65 @@ pub fn assert_no_overlapping_leaders(logs: &[(String, WriteLog)]) {
     }
 }
 
+/// The run's random source: `CHAOS_SEED=n` replays a run, `default` otherwise.
+fn chaos_rng(default: u64) -> Rng {
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("CHAOS_SEED={seed}");
+    Rng::seeded(seed)
+}
+
+/// A frontend writing to every table without pause (errors ignored) while faults happen.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(frontend: Arc<metasrv::sim::SimFrontend>, tables: Vec<TableName>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            while !stopped.load(Ordering::Relaxed) {
+                for table in &tables {
+                    let _ = frontend.insert(rows(table, 40)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer");
+    }
+}
+
+/// Each node's write log, named as its first incarnation (restarts add their own).
+fn first_incarnation_logs(nodes: &[SimDatanode]) -> Vec<(String, WriteLog)> {
+    nodes
+        .iter()
+        .map(|n| (format!("node {} (1st)", n.node_id()), n.write_log()))
+        .collect()
+}
+
+/// Writes landed across the run (the no-two-writers check is about something).
+fn assert_writes_landed(logs: &[(String, WriteLog)]) {
+    let accepted: usize = logs
+        .iter()
+        .map(|(_, log)| log.accepted_writes().len())
+        .sum();
+    assert!(accepted > 0, "no write was accepted");
+}
+
 /// Waits (at most `bound`) until every region of every table in `tables` takes writes through
 /// `frontend`; on timeout panics with the route, what each of `nodes` holds, and `diagnosis`.
 async fn wait_all_writable<F, Fut>(
     frontend: &metasrv::sim::SimFrontend,
-    tables: &[metasrv::catalog::model::TableName],
+    tables: &[TableName],
     nodes: &[SimDatanode],
     bound: Duration,
     step: u32,
@@ -88,12 +144,7 @@ async fn wait_all_writable<F, Fut>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261125);
-    println!("CHAOS_SEED={seed}");
-    let mut rng = Rng::seeded(seed);
+    let mut rng = chaos_rng(20261125);
 
     let (_fixture, store) = crate::store_conformance::embedded();
     let config = crate::failover::config();
@@ -107,25 +158,11 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
             .expect("create");
     }
     let frontend = Arc::new(cluster.frontend);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (frontend, stop, tables) = (frontend.clone(), stop.clone(), tables.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for table in &tables {
-                    let _ = frontend.insert(rows(table, 40)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let writer = Writer::start(frontend.clone(), tables.to_vec());
 
     let mut nodes: Vec<SimDatanode> = cluster.nodes;
     // Every incarnation's log, kept after it dies.
-    let mut logs: Vec<(String, WriteLog)> = nodes
-        .iter()
-        .map(|n| (format!("node {} (1st)", n.node_id()), n.write_log()))
-        .collect();
+    let mut logs = first_incarnation_logs(&nodes);
     let mut tables = tables.to_vec();
     for step in 1..=6 {
         // A table is created while the fault happens (its OpenRegions race the fault).
@@ -213,15 +250,9 @@ async fn datanode_faults_never_make_two_writers_and_the_cluster_heals() {
         )
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    writer.stop().await;
     assert_no_overlapping_leaders(&logs);
-    // Writes landed across the run.
-    let accepted: usize = logs
-        .iter()
-        .map(|(_, log)| log.accepted_writes().len())
-        .sum();
-    assert!(accepted > 0, "no write was accepted");
+    assert_writes_landed(&logs);
     cluster.server.stop().await;
 }
 
@@ -237,12 +268,7 @@ async fn metasrv_leader_and_datanode_faults_together_never_make_two_writers() {
     use crate::election::{datanodes_on_leader, start_member, wait_for_one_leader};
     use crate::harness::{EtcdProcess, MetasrvProcess};
 
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261126);
-    println!("CHAOS_SEED={seed}");
-    let mut rng = Rng::seeded(seed);
+    let mut rng = chaos_rng(20261126);
     // The etcd and the directory first: bindings drop in reverse, so they outlive the rest.
     let etcd = EtcdProcess::start();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -285,22 +311,8 @@ async fn metasrv_leader_and_datanode_faults_together_never_make_two_writers() {
             .expect("create");
     }
     let frontend = Arc::new(metasrv::sim::SimFrontend::new(meta.clone()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (frontend, stop, tables) = (frontend.clone(), stop.clone(), tables.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for table in &tables {
-                    let _ = frontend.insert(rows(table, 40)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
-    let mut logs: Vec<(String, WriteLog)> = nodes
-        .iter()
-        .map(|n| (format!("node {} (1st)", n.node_id()), n.write_log()))
-        .collect();
+    let writer = Writer::start(frontend.clone(), tables.to_vec());
+    let mut logs = first_incarnation_logs(&nodes);
 
     for step in 1..=4 {
         let leader =
@@ -385,12 +397,7 @@ async fn metasrv_leader_and_datanode_faults_together_never_make_two_writers() {
         )
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    writer.stop().await;
     assert_no_overlapping_leaders(&logs);
-    let accepted: usize = logs
-        .iter()
-        .map(|(_, log)| log.accepted_writes().len())
-        .sum();
-    assert!(accepted > 0, "no write was accepted");
+    assert_writes_landed(&logs);
 }

@@ -8,8 +8,9 @@ use actix::prelude::*;
 use super::*;
 
 impl ClusterView {
-    /// The ids of `page`, in order, with the total and where the next page starts.
-    fn page_ids(&self, page: NodePage) -> (Vec<u64>, usize, Option<u64>) {
+    /// `page` of the nodes in id order, each as `describe` makes it, with the total and where
+    /// the next page starts.
+    fn page_of<T>(&self, page: NodePage, describe: impl Fn(u64, &NodeEntry) -> T) -> Paged<T> {
         let mut ids: Vec<u64> = self
             .nodes
             .keys()
@@ -20,7 +21,14 @@ impl ClusterView {
         let limit = page.limit.max(1);
         let next_after = (ids.len() > limit).then(|| ids[limit - 1]);
         ids.truncate(limit);
-        (ids, self.nodes.len(), next_after)
+        Paged {
+            nodes: ids
+                .into_iter()
+                .filter_map(|id| Some(describe(id, self.nodes.get(&id)?)))
+                .collect(),
+            total: self.nodes.len(),
+            next_after,
+        }
     }
 
     fn snapshot(&self, id: u64, node: &NodeEntry, now: f64) -> NodeSnapshot {
@@ -46,16 +54,7 @@ impl Handler<ListNodes> for ClusterView {
 
     fn handle(&mut self, msg: ListNodes, _ctx: &mut Self::Context) -> Self::Result {
         let now = self.ms_since_epoch(Instant::now());
-        let (ids, total, next_after) = self.page_ids(msg.page);
-        let nodes = ids
-            .into_iter()
-            .filter_map(|id| Some(self.snapshot(id, self.nodes.get(&id)?, now)))
-            .collect();
-        MessageResult(Paged {
-            nodes,
-            total,
-            next_after,
-        })
+        MessageResult(self.page_of(msg.page, |id, node| self.snapshot(id, node, now)))
     }
 }
 
@@ -127,24 +126,12 @@ impl Handler<GetLoadHistory> for ClusterView {
     type Result = MessageResult<GetLoadHistory>;
 
     fn handle(&mut self, msg: GetLoadHistory, _ctx: &mut Self::Context) -> Self::Result {
-        let (ids, total, next_after) = self.page_ids(msg.page);
-        let nodes = ids
-            .into_iter()
-            .filter_map(|id| {
-                let node = self.nodes.get(&id)?;
-                Some(NodeLoad {
-                    id,
-                    addr: node.addr.clone(),
-                    status: node.status,
-                    samples: node.history.newest(msg.samples).collect(),
-                })
-            })
-            .collect();
-        MessageResult(Paged {
-            nodes,
-            total,
-            next_after,
-        })
+        MessageResult(self.page_of(msg.page, |id, node| NodeLoad {
+            id,
+            addr: node.addr.clone(),
+            status: node.status,
+            samples: node.history.newest(msg.samples).collect(),
+        }))
     }
 }
 
