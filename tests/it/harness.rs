@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metasrv::actors::cluster_view::{ClusterView, ListNodes, NodePage, NodeStatus};
+use metasrv::actors::cluster_view::{ClusterView, ListNodes, NodePage, NodeSnapshot, NodeStatus};
 use metasrv::store::etcd::{EtcdConfig, EtcdStore};
 use metasrv::store::KvBackend;
 use metasrv::{Config, Listeners, Metasrv};
@@ -685,17 +685,21 @@ impl Drop for EtcdCluster {
     }
 }
 
+/// Every node an in-process ClusterView knows (None: the view did not answer).
+pub async fn listed_nodes(view: &actix::Addr<ClusterView>) -> Option<Vec<NodeSnapshot>> {
+    let page = NodePage::ALL;
+    view.send(ListNodes { page })
+        .await
+        .ok()
+        .map(|listing| listing.nodes)
+}
+
 /// The status ClusterView gives `node_id` (None: unknown).
 pub async fn node_status(server: &TestServer, node_id: u64) -> Option<NodeStatus> {
-    let nodes = server
-        .cluster_view
-        .send(ListNodes {
-            page: NodePage::ALL,
-        })
+    let nodes = listed_nodes(&server.cluster_view)
         .await
         .expect("cluster view answers");
     nodes
-        .nodes
         .into_iter()
         .find(|n| n.id == node_id)
         .map(|n| n.status)

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler};
 use metasrv::actors::cluster_view::{
-    CloseAllSessions, Instruction, ListNodes, MailboxError, NodeEvent, NodePage, NodeStatus,
-    SendInstruction, Subscribe,
+    CloseAllSessions, Instruction, MailboxError, NodeEvent, NodeStatus, SendInstruction, Subscribe,
 };
 use metasrv::actors::ActorRuntime;
 use metasrv::client::{header, HeartbeatLink, LinkEvent, MetasrvTarget};
@@ -264,14 +263,9 @@ async fn a_killed_node_is_declared_dead_within_the_bound_and_alive_when_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back = SimDatanode::start(channel, sim(7, &[1]));
     wait_status(&server, 7, NodeStatus::Alive, Duration::from_secs(5)).await;
-    let nodes = server
-        .cluster_view
-        .send(ListNodes {
-            page: NodePage::ALL,
-        })
+    let nodes = crate::harness::listed_nodes(&server.cluster_view)
         .await
-        .expect("list")
-        .nodes;
+        .expect("list");
     let entry = nodes.iter().find(|n| n.id == 7).expect("node 7 listed");
     assert_eq!(
         entry.instance_id,
@@ -625,14 +619,7 @@ async fn a_link_reopens_a_cut_stream_without_waiting_for_the_datanodes_next_requ
     wait_for("node 9 connected again", Duration::from_secs(5), || {
         let server = &server;
         async move {
-            let nodes = server
-                .cluster_view
-                .send(ListNodes {
-                    page: NodePage::ALL,
-                })
-                .await
-                .ok()?
-                .nodes;
+            let nodes = crate::harness::listed_nodes(&server.cluster_view).await?;
             nodes.iter().any(|n| n.id == 9 && n.connected).then_some(())
         }
     })
@@ -670,13 +657,7 @@ async fn a_second_stream_for_the_same_node_replaces_the_first() {
             let view = server.cluster_view.clone();
             let instance = second.instance_id().to_owned();
             async move {
-                let nodes = view
-                    .send(ListNodes {
-                        page: NodePage::ALL,
-                    })
-                    .await
-                    .ok()?
-                    .nodes;
+                let nodes = crate::harness::listed_nodes(&view).await?;
                 nodes
                     .iter()
                     .any(|n| n.id == 5 && n.instance_id == instance && n.connected)

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
+use metasrv::actors::cluster_view::NodeStatus;
 use metasrv::client::header;
 use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::heartbeat_client::HeartbeatClient;
@@ -174,13 +174,7 @@ async fn leased_cluster(
         || {
             let view = view.clone();
             async move {
-                let listed = view
-                    .send(ListNodes {
-                        page: NodePage::ALL,
-                    })
-                    .await
-                    .ok()?
-                    .nodes;
+                let listed = crate::harness::listed_nodes(&view).await?;
                 let alive = listed
                     .iter()
                     .filter(|n| n.status == NodeStatus::Alive && n.connected)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metasrv::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
+use metasrv::actors::cluster_view::NodeStatus;
 use metasrv::catalog::model::{TableName, Value};
 use metasrv::catalog::partition::Row;
 use metasrv::client::{header, MetaClient, ReadPriority};
@@ -60,13 +60,7 @@ impl Cluster {
             let view = view.clone();
             let ids = ids.clone();
             async move {
-                let listed = view
-                    .send(ListNodes {
-                        page: NodePage::ALL,
-                    })
-                    .await
-                    .ok()?
-                    .nodes;
+                let listed = crate::harness::listed_nodes(&view).await?;
                 ids.iter()
                     .all(|id| {
                         listed
