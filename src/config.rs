@@ -80,6 +80,8 @@ pub struct Config {
     /// TLS and authentication of metasrv's own listeners (see `src/security/`). Default: none
     /// (plaintext, open: a standalone metasrv needs no setup, and says so at startup).
     pub security: crate::security::SecurityConfig,
+    /// Load-aware rebalancing and the Autoadmin (the Central Nervous System).
+    pub cns: crate::cns::CnsConfig,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -137,6 +139,7 @@ impl Default for Config {
             failure_detector: FailureDetectorConfig::default(),
             etcd: EtcdConfig::default(),
             security: crate::security::SecurityConfig::default(),
+            cns: crate::cns::CnsConfig::default(),
         }
     }
 }
@@ -292,6 +295,14 @@ impl Config {
                 "ETCD_CONNECT_TIMEOUT" => {
                     self.etcd.connect_timeout = duration(&value).map_err(|e| bad(&e))?
                 }
+                "CNS_MODE" => {
+                    self.cns.mode = crate::cns::decisions::Mode::parse(&value)
+                        .ok_or_else(|| bad(&"expected auto, dry-run or approve"))?
+                }
+                "CNS_INTERVAL" => self.cns.interval = duration(&value).map_err(|e| bad(&e))?,
+                "CNS_SETTLE" => self.cns.settle = duration(&value).map_err(|e| bad(&e))?,
+                "CNS_COOLDOWN" => self.cns.cooldown = duration(&value).map_err(|e| bad(&e))?,
+                "CNS_TOLERANCE" => self.cns.tolerance = parse(&value).map_err(|e| bad(&e))?,
                 // Read by the logger, not part of Config.
                 "LOG" => {}
                 _ => return Err(bad(&"unknown METASRV_ variable")),
@@ -366,6 +377,7 @@ impl Config {
             )));
         }
         self.security.validate().map_err(ConfigError::Invalid)?;
+        self.cns.check().map_err(ConfigError::Invalid)?;
         let detector = &self.failure_detector;
         if detector.min_std_deviation.is_zero() {
             return Err(ConfigError::Invalid(

@@ -168,6 +168,7 @@ impl Metasrv {
             failure_detector: config.failure_detector.clone(),
             node_history: config.node_history,
             region_history: config.region_history,
+            ru_prices: config.cns.ru_prices.clone(),
         };
         let ownership = Arc::new(RegionOwnership::default());
         let view = ClusterView::new(

@@ -25,6 +25,8 @@ pub struct NodeStats {
     pub load: f64,
     pub read_io_rate: f64,
     pub write_io_rate: f64,
+    /// Cores the node may use (0: unknown); `cpu_usage` is full at `100 x cpu_cores`.
+    pub cpu_cores: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -44,6 +46,10 @@ pub struct RegionStats {
     pub wcus: u64,
     pub approximate_size: u64,
     pub approximate_rows: u64,
+    /// Bytes scanned from storage in the period.
+    pub scanned_bytes: u64,
+    /// CPU milliseconds spent on the region in the period (saturating: 49 days fit).
+    pub cpu_time_ms: u32,
     pub role: RegionRole,
 }
 
@@ -80,6 +86,9 @@ pub struct Heartbeat {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatsReport {
     pub node: NodeStats,
+    /// The period the report covers (from `report_interval`), if the node said: load per
+    /// second is the report's units over it.
+    pub period_ms: Option<u64>,
     pub regions: Vec<RegionStats>,
     pub replicas: Vec<ReplicaStats>,
 }
@@ -150,6 +159,11 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
     check_rate("load", stat.load, f64::MAX)?;
     check_rate("read_io_rate", stat.read_io_rate, f64::MAX)?;
     check_rate("write_io_rate", stat.write_io_rate, f64::MAX)?;
+    check_rate("cpu_cores", stat.cpu_cores, MAX_CPU_USAGE / 100.0)?;
+    let period_ms = request
+        .report_interval
+        .map(|interval| interval.end_timestamp_millis - interval.start_timestamp_millis)
+        .filter(|&ms| ms > 0);
     if request.region_stats.len() > MAX_REGIONS_PER_HEARTBEAT {
         return Err(format!(
             "heartbeat reports {} regions, over the limit of {MAX_REGIONS_PER_HEARTBEAT}",
@@ -184,6 +198,8 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             wcus: region.wcus,
             approximate_size: region.approximate_size,
             approximate_rows: region.approximate_rows,
+            scanned_bytes: region.scanned_bytes,
+            cpu_time_ms: u32::try_from(region.cpu_time_millis).unwrap_or(u32::MAX),
             role,
         });
     }
@@ -211,7 +227,9 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
                 load: stat.load,
                 read_io_rate: stat.read_io_rate,
                 write_io_rate: stat.write_io_rate,
+                cpu_cores: stat.cpu_cores,
             },
+            period_ms,
             regions,
             replicas,
         }),

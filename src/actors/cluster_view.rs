@@ -117,6 +117,12 @@ pub struct SetDraining {
     pub draining: bool,
 }
 
+/// Every node as the load planners see it (`crate::cns::snapshot`): its load in request
+/// units, learned capacity, CPU share and move candidates. One small record per node.
+#[derive(Message)]
+#[rtype(result = "Vec<crate::cns::snapshot::NodeBrief>")]
+pub struct GetLoadSnapshot;
+
 /// Each node's latest `samples` stats samples, oldest first (the dashboard's load heatmap).
 #[derive(Message)]
 #[rtype(result = "Paged<NodeLoad>")]
@@ -264,6 +270,8 @@ pub struct ClusterViewConfig {
     pub node_history: usize,
     /// Reports a region's load average spans (see [`RegionLoad`]).
     pub region_history: usize,
+    /// How a region's report becomes request units (the load planners' unit).
+    pub ru_prices: crate::cns::unit::RuPrices,
 }
 
 mod instruction;
@@ -271,6 +279,7 @@ mod load;
 mod queries;
 mod registry;
 
+use crate::cns::snapshot::{Best, RegionBrief, CANDIDATES_PER_NODE};
 pub use instruction::{Instruction, MailboxError, SessionHandle};
 use load::NodeHistory;
 pub use load::{NodeSample, RegionLoad};
@@ -295,6 +304,12 @@ struct NodeEntry {
     follower_regions: u32,
     /// The replica states in the node's last report (for the regions it leads).
     replicas: Vec<ReplicaStats>,
+    /// The load planners' view of the last report: RU per second of all its routed regions,
+    /// their total size, and its hottest and coldest leader regions.
+    ru: f64,
+    size: u64,
+    hottest: Vec<RegionBrief>,
+    coldest: Vec<RegionBrief>,
     /// When the last request from the node arrived: every acknowledgement may have renewed
     /// its region leases, so its leases last at most `region_lease` past this (metasrv's clock).
     last_request_at: Option<Instant>,
@@ -316,6 +331,10 @@ impl NodeEntry {
             leader_regions: 0,
             follower_regions: 0,
             replicas: Vec::new(),
+            ru: 0.0,
+            size: 0,
+            hottest: Vec::new(),
+            coldest: Vec::new(),
             last_request_at: None,
         }
     }
@@ -658,28 +677,56 @@ impl Handler<StatsReported> for ClusterView {
             }
         }
         if let Some(report) = heartbeat.report {
-            let Some(node) = self.nodes.get_mut(&node_id) else {
-                return;
-            };
-            node.history
-                .push(at_unix_ms, &report.node, self.config.node_history);
-            node.latest = Some(report.node);
             // Load only for regions some route names: ids come from the network, and a node
             // reporting regions no table owns must not grow this map. Regions of dropped
             // tables are pruned (see `prune_region_histories`). A known region costs one
             // lookup; only a region seen for the first time asks the ownership index.
             let window = self.config.region_history;
+            let seconds = report
+                .period_ms
+                .map_or(self.config.heartbeat_interval.as_secs_f64(), |ms| {
+                    ms as f64 / 1000.0
+                })
+                .max(0.001);
+            let prices = &self.config.ru_prices;
+            let (mut ru_now, mut ru_avg, mut size) = (0.0, 0.0, 0u64);
+            let mut hottest = Best::hottest(CANDIDATES_PER_NODE);
+            let mut coldest = Best::coldest(CANDIDATES_PER_NODE);
             for region in &report.regions {
-                match self.regions.get_mut(&region.region_id) {
-                    Some(load) => load.observe(at_unix_ms, region, window),
-                    None if self.ownership.is_routed(region.region_id) => {
-                        let mut load = RegionLoad::default();
-                        load.observe(at_unix_ms, region, window);
-                        self.regions.insert(region.region_id, load);
-                    }
-                    None => {}
+                let ru = prices.units(
+                    region.rcus,
+                    region.wcus,
+                    region.cpu_time_ms.into(),
+                    region.scanned_bytes,
+                ) / seconds;
+                ru_now += ru;
+                let load = match self.regions.get_mut(&region.region_id) {
+                    Some(load) => load,
+                    None if self.ownership.is_routed(region.region_id) => self
+                        .regions
+                        .entry(region.region_id)
+                        .or_insert_with(RegionLoad::default),
+                    None => continue,
+                };
+                load.observe(at_unix_ms, region, ru, window);
+                let average = f64::from(load.avg_ru);
+                ru_avg += average;
+                size = size.saturating_add(region.approximate_size);
+                if region.role == RegionRole::Leader {
+                    hottest.offer(region.region_id, average, region.approximate_size);
+                    coldest.offer(region.region_id, average, region.approximate_size);
                 }
             }
+            let Some(node) = self.nodes.get_mut(&node_id) else {
+                return;
+            };
+            node.history
+                .push(at_unix_ms, &report.node, ru_now, self.config.node_history);
+            node.latest = Some(report.node);
+            node.ru = ru_avg;
+            node.size = size;
+            node.hottest = hottest.into_vec();
+            node.coldest = coldest.into_vec();
             self.metrics.region_histories.set(self.regions.len() as i64);
             let leaders = report
                 .regions

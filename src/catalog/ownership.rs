@@ -482,6 +482,8 @@ mod tests {
                 wcus: 0,
                 approximate_size: 0,
                 approximate_rows: 0,
+                scanned_bytes: 0,
+                cpu_time_ms: 0,
                 role: RegionRole::Leader,
             })
             .collect()

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use super::load::Workload;
 pub use crate::client::heartbeat::MetasrvTarget;
 use crate::client::heartbeat::{HeartbeatLink, LinkEvent};
 use crate::proto::sim as sim_pb;
@@ -32,6 +33,21 @@ pub struct SimDatanodeConfig {
     pub obey_instructions: bool,
     /// Seed of the stats generator, so runs are reproducible.
     pub seed: u64,
+    /// The load of the regions it leads; `None`: random load (reproducible by `seed`).
+    pub workload: Option<Arc<dyn Workload>>,
+    /// Cores, and how fast they are (0.5: every region takes twice the CPU time): with a
+    /// workload, the node's CPU usage is its regions' CPU time over these.
+    pub cpu_cores: f64,
+    pub cpu_speed: f64,
+    /// Simulated seconds per real second (a compressed clock for scenarios): a report covers
+    /// its real period times this, and says so in its `report_interval`.
+    pub time_scale: f64,
+}
+
+impl std::fmt::Debug for dyn Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Workload")
+    }
 }
 
 impl SimDatanodeConfig {
@@ -44,6 +60,10 @@ impl SimDatanodeConfig {
             regions: Vec::new(),
             obey_instructions: true,
             seed: node_id,
+            workload: None,
+            cpu_cores: 4.0,
+            cpu_speed: 1.0,
+            time_scale: 1.0,
         }
     }
 }
@@ -660,15 +680,41 @@ impl Reporter {
         results: Vec<pb::InstructionResult>,
     ) -> pb::HeartbeatRequest {
         let now = unix_ms();
-        let period_ms = now.saturating_sub(self.last_report_ms).max(1);
+        let real_period_ms = now.saturating_sub(self.last_report_ms).max(1);
         self.last_report_ms = now;
+        let scale = if self.config.time_scale > 0.0 {
+            self.config.time_scale
+        } else {
+            1.0
+        };
+        let period_ms = ((real_period_ms as f64 * scale) as u64).max(1);
         let mut region_stats = Vec::with_capacity(regions.len());
-        let (mut rcus, mut wcus) = (0, 0);
+        let (mut rcus, mut wcus, mut cpu_ms) = (0, 0, 0u64);
         for (&region_id, &role) in regions {
-            let region_rcus = (self.rng.unit() * 200.0) as u64;
-            let region_wcus = (self.rng.unit() * 500.0) as u64;
+            let (region_rcus, region_wcus, region_cpu_ms, scanned) = match &self.config.workload {
+                // A follower serves nothing in the simulation: load follows leadership.
+                Some(_) if role == RegionRole::Follower => (0, 0, 0, 0),
+                Some(workload) => {
+                    let seconds = period_ms as f64 / 1000.0;
+                    let demand = workload.demand(region_id).scaled(seconds);
+                    let speed = self.config.cpu_speed.max(0.01);
+                    (
+                        demand.rcus as u64,
+                        demand.wcus as u64,
+                        (demand.cpu_ms / speed) as u64,
+                        demand.scanned_bytes as u64,
+                    )
+                }
+                None => (
+                    (self.rng.unit() * 200.0) as u64,
+                    (self.rng.unit() * 500.0) as u64,
+                    0,
+                    0,
+                ),
+            };
             rcus += region_rcus;
             wcus += region_wcus;
+            cpu_ms += region_cpu_ms;
             let size = self.region_sizes.entry(region_id).or_insert(64 << 20);
             *size += region_wcus * 1024;
             region_stats.push(pb::RegionStat {
@@ -684,9 +730,18 @@ impl Reporter {
                     RegionRole::Leader => pb::RegionRole::Leader,
                     RegionRole::Follower => pb::RegionRole::Follower,
                 } as i32,
+                cpu_time_millis: region_cpu_ms,
+                scanned_bytes: scanned,
                 attrs: Default::default(),
             });
         }
+        let cores = self.config.cpu_cores.max(0.0);
+        let cpu_usage = if self.config.workload.is_some() {
+            // The regions' CPU over the period, plus 1% of one core of upkeep.
+            (cpu_ms as f64 / period_ms as f64 * 100.0 + 1.0).min(100.0 * cores.max(1.0))
+        } else {
+            10.0 + self.rng.unit() * 70.0
+        };
         pb::HeartbeatRequest {
             header: Some(pb::RequestHeader {
                 cluster_id: self.config.cluster_id,
@@ -706,10 +761,11 @@ impl Reporter {
                 wcus,
                 table_num: regions.len().div_ceil(4) as u64,
                 region_num: regions.len() as u64,
-                cpu_usage: 10.0 + self.rng.unit() * 70.0,
+                cpu_usage,
                 load: self.rng.unit() * 4.0,
                 read_io_rate: rcus as f64 * 4096.0,
                 write_io_rate: wcus as f64 * 1024.0,
+                cpu_cores: cores,
                 attrs: Default::default(),
             }),
             region_stats,

@@ -2,6 +2,7 @@
 
 pub mod datanode;
 pub mod frontend;
+pub mod load;
 pub mod workload;
 
 pub use datanode::{
@@ -9,3 +10,4 @@ pub use datanode::{
     WriteLog, ERROR_KIND_KEY, INVALID_ROUTE,
 };
 pub use frontend::{is_invalid_route, FrontendError, SimFrontend};
+pub use load::{LoadModel, RegionDemand, Workload};

@@ -12,6 +12,8 @@ use crate::stats::{NodeStats, RegionStats};
 pub struct NodeSample {
     pub at_unix_ms: u64,
     pub stats: NodeStats,
+    /// Request units per second the node's regions used (see `crate::cns::unit`).
+    pub ru: f64,
 }
 
 /// A routed region's load as the planners read it: its last report, and averages over about
@@ -26,13 +28,22 @@ pub struct RegionLoad {
     pub approximate_size: u64,
     pub avg_rcus: f32,
     pub avg_wcus: f32,
+    /// Request units per second, averaged like the others (what the load planners read).
+    pub avg_ru: f32,
     /// Reports folded in (saturating).
     pub reports: u32,
 }
 
 impl RegionLoad {
-    /// Folds one report in; `window` is the number of reports the average spans.
-    pub fn observe(&mut self, at_unix_ms: u64, region: &RegionStats, window: usize) {
+    /// Folds one report in: `ru_per_second` is its request units over its period; `window` is
+    /// the number of reports the average spans.
+    pub fn observe(
+        &mut self,
+        at_unix_ms: u64,
+        region: &RegionStats,
+        ru_per_second: f64,
+        window: usize,
+    ) {
         let weight = if self.reports == 0 {
             1.0
         } else {
@@ -40,6 +51,7 @@ impl RegionLoad {
         };
         self.avg_rcus += weight * (region.rcus as f32 - self.avg_rcus);
         self.avg_wcus += weight * (region.wcus as f32 - self.avg_wcus);
+        self.avg_ru += weight * (narrow(ru_per_second) - self.avg_ru);
         self.last_unix_ms = at_unix_ms;
         self.rcus = region.rcus;
         self.wcus = region.wcus;
@@ -49,7 +61,8 @@ impl RegionLoad {
 }
 
 /// A node's stats history: the newest `capacity` reports, oldest first. Stored packed (40
-/// bytes a sample, where a [`NodeSample`] is 72) in a ring that grows by doubling but never past
+/// bytes a sample, where a [`NodeSample`] is 88: times as offsets from a base, the node's cores
+/// once for all samples) in a ring that grows by doubling but never past
 /// `capacity`: at 10,000 nodes and 300 samples a full history is 120 MB, where unpacked samples
 /// in a ring left to double (to 512 places) took 370 MB. It is not allocated at its full size
 /// up front: a leader that takes over would fault in (and the kernel zero) all of it at once,
@@ -59,11 +72,16 @@ impl RegionLoad {
 #[derive(Debug, Default)]
 pub(super) struct NodeHistory {
     ring: VecDeque<PackedSample>,
+    /// Sample times are milliseconds after this (rebased every 49 days).
+    base_unix_ms: u64,
+    /// The cores of the latest report: a node's cores change with a restart on another
+    /// machine at most, and a sample's CPU share is read against them.
+    cpu_cores: f32,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct PackedSample {
-    at_unix_ms: u64,
+    after_base_ms: u32,
     rcus: u32,
     wcus: u32,
     table_num: u32,
@@ -72,6 +90,7 @@ struct PackedSample {
     load: f32,
     read_io_rate: f32,
     write_io_rate: f32,
+    ru: f32,
 }
 
 fn saturate(count: u64) -> u32 {
@@ -85,9 +104,9 @@ fn narrow(rate: f64) -> f32 {
 }
 
 impl PackedSample {
-    fn pack(at_unix_ms: u64, stats: &NodeStats) -> Self {
+    fn pack(after_base_ms: u32, stats: &NodeStats, ru: f64) -> Self {
         Self {
-            at_unix_ms,
+            after_base_ms,
             rcus: saturate(stats.rcus),
             wcus: saturate(stats.wcus),
             table_num: saturate(stats.table_num),
@@ -96,12 +115,14 @@ impl PackedSample {
             load: narrow(stats.load),
             read_io_rate: narrow(stats.read_io_rate),
             write_io_rate: narrow(stats.write_io_rate),
+            ru: narrow(ru),
         }
     }
 
-    fn unpack(&self) -> NodeSample {
+    fn unpack(&self, base_unix_ms: u64, cpu_cores: f32) -> NodeSample {
         NodeSample {
-            at_unix_ms: self.at_unix_ms,
+            at_unix_ms: base_unix_ms + u64::from(self.after_base_ms),
+            ru: self.ru.into(),
             stats: NodeStats {
                 rcus: self.rcus.into(),
                 wcus: self.wcus.into(),
@@ -111,15 +132,27 @@ impl PackedSample {
                 load: self.load.into(),
                 read_io_rate: self.read_io_rate.into(),
                 write_io_rate: self.write_io_rate.into(),
+                cpu_cores: cpu_cores.into(),
             },
         }
     }
 }
 
 impl NodeHistory {
-    /// Appends a report, dropping the oldest once `capacity` are kept.
-    pub fn push(&mut self, at_unix_ms: u64, stats: &NodeStats, capacity: usize) {
+    /// Appends a report (`ru` request units per second), dropping the oldest once `capacity`
+    /// are kept.
+    pub fn push(&mut self, at_unix_ms: u64, stats: &NodeStats, ru: f64, capacity: usize) {
         let capacity = capacity.max(1);
+        if self.ring.is_empty() {
+            self.base_unix_ms = at_unix_ms;
+        }
+        // A wall clock set back gives an offset of 0, not a wrapped one.
+        let mut after_base = at_unix_ms.saturating_sub(self.base_unix_ms);
+        if after_base > u64::from(u32::MAX) {
+            self.rebase(at_unix_ms);
+            after_base = at_unix_ms - self.base_unix_ms;
+        }
+        self.cpu_cores = narrow(stats.cpu_cores);
         if self.ring.len() == self.ring.capacity() && self.ring.len() < capacity {
             let grown = (self.ring.len() * 2).max(4).min(capacity);
             self.ring.reserve_exact(grown - self.ring.len());
@@ -127,7 +160,33 @@ impl NodeHistory {
         while self.ring.len() >= capacity {
             self.ring.pop_front();
         }
-        self.ring.push_back(PackedSample::pack(at_unix_ms, stats));
+        self.ring
+            .push_back(PackedSample::pack(after_base as u32, stats, ru));
+    }
+
+    /// Moves the base to the oldest sample still within reach of `at_unix_ms` (a node that has
+    /// reported for 49 days): samples older than that keep the new base as their time.
+    fn rebase(&mut self, at_unix_ms: u64) {
+        let new_base = at_unix_ms - u64::from(u32::MAX) / 2;
+        for sample in &mut self.ring {
+            let at = self.base_unix_ms + u64::from(sample.after_base_ms);
+            sample.after_base_ms = at.saturating_sub(new_base) as u32;
+        }
+        self.base_unix_ms = new_base;
+    }
+
+    /// `(ru per second, CPU share)` of the newest `count` samples, for learning capacity.
+    pub fn work(&self, count: usize) -> impl Iterator<Item = (f64, f64)> + '_ {
+        let cores = f64::from(self.cpu_cores);
+        self.ring
+            .iter()
+            .skip(self.ring.len().saturating_sub(count))
+            .map(move |s| {
+                (
+                    f64::from(s.ru),
+                    crate::cns::unit::utilization(s.cpu_usage.into(), cores),
+                )
+            })
     }
 
     pub fn len(&self) -> usize {
@@ -139,7 +198,7 @@ impl NodeHistory {
         self.ring
             .iter()
             .skip(self.ring.len().saturating_sub(count))
-            .map(PackedSample::unpack)
+            .map(|sample| sample.unpack(self.base_unix_ms, self.cpu_cores))
     }
 }
 
@@ -155,6 +214,8 @@ mod tests {
             wcus,
             approximate_size: 100,
             approximate_rows: 1,
+            scanned_bytes: 0,
+            cpu_time_ms: 0,
             role: RegionRole::Leader,
         }
     }
@@ -162,18 +223,21 @@ mod tests {
     #[test]
     fn a_region_load_starts_at_its_first_report_and_averages_over_the_window() {
         let mut load = RegionLoad::default();
-        load.observe(10, &report(100, 40), 3);
+        load.observe(10, &report(100, 40), 7.0, 3);
         assert_eq!(
             (load.avg_rcus, load.avg_wcus, load.reports),
             (100.0, 40.0, 1)
         );
         // Window 3: each report weighs 2 / (3 + 1) = 0.5.
-        load.observe(20, &report(200, 0), 3);
-        assert_eq!((load.avg_rcus, load.avg_wcus), (150.0, 20.0));
+        load.observe(20, &report(200, 0), 9.0, 3);
+        assert_eq!(
+            (load.avg_rcus, load.avg_wcus, load.avg_ru),
+            (150.0, 20.0, 8.0)
+        );
         assert_eq!((load.last_unix_ms, load.rcus, load.wcus), (20, 200, 0));
         // A steady load converges to itself.
         for at in 0..50 {
-            load.observe(30 + at, &report(80, 80), 3);
+            load.observe(30 + at, &report(80, 80), 1.0, 3);
         }
         assert!((load.avg_rcus - 80.0).abs() < 0.01, "{load:?}");
         assert_eq!(load.reports, 52);
@@ -190,19 +254,20 @@ mod tests {
             load: 0.25,
             read_io_rate: 1024.0,
             write_io_rate: 2048.0,
+            cpu_cores: 4.0,
         };
         let mut history = NodeHistory::default();
         for at in 0..5 {
-            history.push(at, &stats(at), 3);
+            history.push(at, &stats(at), at as f64, 3);
         }
         assert_eq!(history.ring.capacity(), 3, "never past its size");
         let mut growing = NodeHistory::default();
         for at in 0..40 {
-            growing.push(at, &stats(at), 300);
+            growing.push(at, &stats(at), 0.0, 300);
         }
         assert_eq!(growing.ring.capacity(), 64, "by doubling while it fills");
         for at in 40..1000 {
-            growing.push(at, &stats(at), 300);
+            growing.push(at, &stats(at), 0.0, 300);
         }
         assert_eq!((growing.len(), growing.ring.capacity()), (300, 300));
         let kept: Vec<NodeSample> = history.newest(usize::MAX).collect();
@@ -211,7 +276,8 @@ mod tests {
             (2..5)
                 .map(|at| NodeSample {
                     at_unix_ms: at,
-                    stats: stats(at)
+                    stats: stats(at),
+                    ru: at as f64,
                 })
                 .collect::<Vec<_>>(),
             "values that fit come back exactly"
@@ -226,13 +292,31 @@ mod tests {
             load: f64::MAX,
             ..stats(u64::MAX)
         };
-        history.push(9, &huge, 3);
+        history.push(9, &huge, 0.0, 3);
         let newest = history.newest(1).next().expect("a sample");
         assert_eq!(newest.stats.rcus, u64::from(u32::MAX));
         assert_eq!(newest.stats.load, f64::from(f32::MAX));
         // A smaller setting takes effect at the next report.
-        history.push(10, &stats(1), 2);
+        history.push(10, &stats(1), 0.0, 2);
         assert_eq!(history.len(), 2);
+    }
+
+    #[test]
+    fn sample_times_survive_a_history_longer_than_an_offset_reaches() {
+        let stats = NodeStats::default();
+        let mut history = NodeHistory::default();
+        let start = 1_700_000_000_000;
+        history.push(start, &stats, 1.0, 3);
+        let later = start + 60 * 24 * 3_600_000; // 60 days on: past u32 milliseconds
+        history.push(later, &stats, 2.0, 3);
+        let times: Vec<u64> = history.newest(3).map(|s| s.at_unix_ms).collect();
+        assert_eq!(times[1], later);
+        assert!(times[0] <= later && times[0] >= start, "{times:?}");
+        // A clock set back gives the base, not a wrapped time.
+        let mut back = NodeHistory::default();
+        back.push(start, &stats, 0.0, 3);
+        back.push(start - 5, &stats, 0.0, 3);
+        assert_eq!(back.newest(1).next().map(|s| s.at_unix_ms), Some(start));
     }
 
     #[test]

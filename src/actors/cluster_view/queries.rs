@@ -6,6 +6,8 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::*;
+use crate::cns::snapshot::NodeBrief;
+use crate::cns::unit::learn_capacity;
 
 impl ClusterView {
     /// `page` of the nodes in id order, each as `describe` makes it, with the total and where
@@ -93,6 +95,45 @@ impl Handler<ListCandidates> for ClusterView {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Samples a node's CPU share is averaged over for the planners (ten heartbeats).
+const UTILIZATION_SAMPLES: usize = 10;
+
+impl Handler<GetLoadSnapshot> for ClusterView {
+    type Result = MessageResult<GetLoadSnapshot>;
+
+    fn handle(&mut self, _msg: GetLoadSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let mut nodes: Vec<NodeBrief> = self
+            .nodes
+            .iter()
+            .map(|(&id, n)| {
+                let recent = n.history.len().min(UTILIZATION_SAMPLES).max(1);
+                let utilization = n
+                    .history
+                    .work(UTILIZATION_SAMPLES)
+                    .map(|(_, share)| share)
+                    .sum::<f64>()
+                    / recent as f64;
+                NodeBrief {
+                    node_id: id,
+                    schedulable: n.status == NodeStatus::Alive
+                        && n.session.is_some()
+                        && !self.draining.contains(&id),
+                    ru: n.ru,
+                    capacity: learn_capacity(n.history.work(usize::MAX)),
+                    utilization,
+                    regions: n.leader_regions + n.follower_regions,
+                    leaders: n.leader_regions,
+                    size: n.size,
+                    hottest: n.hottest.clone(),
+                    coldest: n.coldest.clone(),
+                }
+            })
+            .collect();
+        nodes.sort_unstable_by_key(|n| n.node_id);
+        MessageResult(nodes)
     }
 }
 
