@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/metasrv/v1/router.proto",
         "proto/metasrv/v1/election.proto",
         "proto/metasrv/v1/admin.proto",
+        "proto/metasrv/v1/autoadmin.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("metasrv_descriptor.bin"))

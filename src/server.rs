@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
 use crate::actors::election::{ElectionActor, EtcdElection, Resign};
 use crate::actors::heartbeat_session::SessionContext;
+use crate::actors::autoadmin::{Autoadmin, AutoadminHandle};
 use crate::actors::scheduler::{AttachTables, FailoverConfig, Scheduler};
+use crate::cns::decisions::DecisionLog;
 use crate::actors::ActorRuntime;
 use crate::catalog::manager::DdlConfig;
 use crate::catalog::ownership::RegionOwnership;
@@ -25,6 +27,7 @@ use crate::config::{Backend, Config};
 use crate::election::user::{EtcdUserElection, LocalElection, UserElection};
 use crate::election::{Leadership, MemberInfo};
 use crate::grpc::admin::{AdminServer, AdminService};
+use crate::grpc::autoadmin::{AutoadminServer, AutoadminService};
 use crate::grpc::election::{ElectionServer, ElectionService};
 use crate::grpc::heartbeat::{HeartbeatServer, HeartbeatService};
 use crate::grpc::router::{RouterServer, RouterService};
@@ -106,6 +109,7 @@ pub async fn run(
 /// actors (e.g. to send an instruction through the ClusterView's mailbox).
 pub struct Metasrv {
     cluster_view: Addr<ClusterView>,
+    autoadmin: AutoadminHandle,
     election: Addr<ElectionActor>,
     leadership: Arc<Leadership>,
     actors: Arc<ActorRuntime>,
@@ -219,6 +223,34 @@ impl Metasrv {
         scheduler.do_send(AttachTables {
             tables: tables.clone(),
         });
+        let autoadmin = {
+            let log = DecisionLog::shared(config.cns.decisions_kept);
+            let mode = Arc::new(parking_lot::RwLock::new(config.cns.mode));
+            let (cns, view, scheduler, tables, leadership, maintenance, store) = (
+                config.cns.clone(),
+                cluster_view.clone(),
+                scheduler.clone(),
+                tables.clone(),
+                leadership.clone(),
+                maintenance.clone(),
+                store.clone(),
+            );
+            let (actor_log, actor_mode) = (log.clone(), mode.clone());
+            let actor = Autoadmin::start_in_arbiter(actors.planning(), move |_| {
+                Autoadmin::new(
+                    cns,
+                    view,
+                    scheduler,
+                    tables,
+                    leadership,
+                    maintenance,
+                    store,
+                    actor_log,
+                    actor_mode,
+                )
+            });
+            AutoadminHandle { actor, log, mode }
+        };
         let standalone = etcd_election.is_none();
         let election = {
             let (leadership, fenced, tables, view) = (
@@ -302,6 +334,13 @@ impl Metasrv {
             metrics.clone(),
         ))
         .max_decoding_message_size(decode_limit);
+        let autoadmin_service = AutoadminServer::new(AutoadminService::new(
+            autoadmin.clone(),
+            leadership.clone(),
+            limits.clone(),
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(decode_limit);
         let store_service = StoreServer::new(StoreService::new(
             store.clone(),
             leadership.clone(),
@@ -325,6 +364,9 @@ impl Metasrv {
             .await;
         health_reporter
             .set_serving::<AdminServer<AdminService>>()
+            .await;
+        health_reporter
+            .set_serving::<AutoadminServer<AutoadminService>>()
             .await;
         // Both reflection versions: older grpcurl builds and Python's grpcio-reflection only
         // speak v1alpha.
@@ -360,6 +402,7 @@ impl Metasrv {
                 .add_service(router_service)
                 .add_service(election_service)
                 .add_service(admin_service)
+                .add_service(autoadmin_service)
                 .serve_with_incoming_shutdown(nodelay_incoming(listeners.grpc), async move {
                     grpc_token.cancelled().await
                 }),
@@ -378,6 +421,7 @@ impl Metasrv {
             authenticator,
             tables: tables.clone(),
             election: election.clone(),
+            autoadmin: autoadmin.clone(),
         };
         let http_token = token.clone();
         let app = router(http_state).into_make_service_with_connect_info::<PeerNames>();
@@ -398,6 +442,7 @@ impl Metasrv {
         };
         Ok(Self {
             cluster_view,
+            autoadmin,
             election,
             leadership,
             actors,
@@ -409,6 +454,11 @@ impl Metasrv {
 
     pub fn cluster_view(&self) -> &Addr<ClusterView> {
         &self.cluster_view
+    }
+
+    /// The Autoadmin (decisions, mode, planning on demand).
+    pub fn autoadmin(&self) -> &AutoadminHandle {
+        &self.autoadmin
     }
 
     pub fn leadership(&self) -> &Arc<Leadership> {
@@ -423,6 +473,7 @@ impl Metasrv {
     ) -> Result<(), ServerError> {
         let Self {
             cluster_view,
+            autoadmin: _,
             election,
             leadership: _,
             actors,

@@ -8,6 +8,7 @@
 //! pool of arbiters (one thread each) that sessions are spread over, so that the gRPC server's
 //! tokio runtime and the actors never block each other and tests need no actix runtime.
 
+pub mod autoadmin;
 pub mod cluster_view;
 pub mod election;
 pub mod heartbeat_session;
@@ -27,6 +28,8 @@ pub struct ActorRuntime {
     /// The ElectionActor's own thread: its lease keepalive must never queue behind heartbeat
     /// bookkeeping or scheduling.
     election: ArbiterHandle,
+    /// The Autoadmin's own thread: planning thousands of nodes must not delay heartbeats.
+    planning: ArbiterHandle,
     /// Where sessions run, round-robin.
     sessions: Vec<ArbiterHandle>,
     next_session: AtomicUsize,
@@ -44,16 +47,23 @@ impl ActorRuntime {
                 let arbiters = system.block_on(async move {
                     let singletons = actix_rt::Arbiter::new().handle();
                     let election = actix_rt::Arbiter::new().handle();
+                    let planning = actix_rt::Arbiter::new().handle();
                     let sessions: Vec<_> = (0..session_threads)
                         .map(|_| actix_rt::Arbiter::new().handle())
                         .collect();
-                    (actix_rt::System::current(), singletons, election, sessions)
+                    (
+                        actix_rt::System::current(),
+                        singletons,
+                        election,
+                        planning,
+                        sessions,
+                    )
                 });
                 // The receiver only goes away if `start` already gave up.
                 let _ = tx.send(arbiters);
                 let _ = system.run();
             })?;
-        let (system, singletons, election, sessions) = rx
+        let (system, singletons, election, planning, sessions) = rx
             .recv()
             .map_err(|_| std::io::Error::other("the actor system thread died while starting"))?;
         Ok(Self {
@@ -61,6 +71,7 @@ impl ActorRuntime {
             thread: Some(thread),
             singletons,
             election,
+            planning,
             sessions,
             next_session: AtomicUsize::new(0),
         })
@@ -72,6 +83,10 @@ impl ActorRuntime {
 
     pub fn election(&self) -> &ArbiterHandle {
         &self.election
+    }
+
+    pub fn planning(&self) -> &ArbiterHandle {
+        &self.planning
     }
 
     /// The arbiter for the next session (round-robin).

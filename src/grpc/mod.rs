@@ -3,6 +3,7 @@
 //! here, in one place.
 
 pub mod admin;
+pub mod autoadmin;
 pub mod election;
 pub mod heartbeat;
 pub mod router;

@@ -42,10 +42,13 @@ pub struct HttpState {
     pub tables: Arc<crate::catalog::TableManager>,
     /// Hands leadership over (`POST /v1/leader/resign`).
     pub election: actix::Addr<crate::actors::election::ElectionActor>,
+    /// The decision log, the mode, and the actor that approves (`/v1/decisions`).
+    pub autoadmin: crate::actors::autoadmin::AutoadminHandle,
 }
 
 mod cluster;
 mod dashboard;
+mod decisions;
 mod operations;
 
 pub fn router(state: HttpState) -> Router {
@@ -72,6 +75,16 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/tables", get(cluster::tables))
         .route("/v1/tables/{catalog}/{schema}/{table}", get(cluster::table))
         .route("/v1/load", get(cluster::load))
+        .route("/v1/decisions", get(decisions::list))
+        .route("/v1/decisions/events", get(decisions::events))
+        .route("/v1/decisions/{id}", get(decisions::one))
+        .route("/v1/decisions/{id}/approve", post(decisions::approve))
+        .route("/v1/decisions/{id}/reject", post(decisions::reject))
+        .route(
+            "/v1/autoadmin",
+            get(decisions::mode).put(decisions::set_mode),
+        )
+        .route("/v1/autoadmin/plan", post(decisions::plan_now))
         .route("/v1/openapi.json", get(dashboard::openapi))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/{asset}", get(dashboard::asset))

@@ -265,6 +265,10 @@ impl MetasrvProcess {
         if !args.contains(&"--http-addr") {
             command.args(["--http-addr", "127.0.0.1:0"]);
         }
+        // As for in-process servers: the CNS records only, unless the test says otherwise.
+        if !env.iter().any(|(name, _)| *name == "METASRV_CNS_MODE") {
+            command.env("METASRV_CNS_MODE", "dry-run");
+        }
         command
             .args(args)
             .envs(env.iter().copied())
@@ -356,12 +360,19 @@ pub struct TestServer {
     pub http_addr: SocketAddr,
     pub cluster_view: actix::Addr<ClusterView>,
     pub leadership: Arc<metasrv::election::Leadership>,
+    pub autoadmin: metasrv::actors::autoadmin::AutoadminHandle,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
     pub async fn start(store: Arc<dyn KvBackend>, mut config: Config) -> Self {
+        // Tests that do not exercise the CNS keep it recording only: no rebalancing move may
+        // race their own operations (they run past its settle time at most rarely, but then
+        // it must not move a region under them).
+        if config.cns == metasrv::cns::CnsConfig::default() {
+            config.cns.mode = metasrv::cns::decisions::Mode::DryRun;
+        }
         config.grpc_addr = "127.0.0.1:0".parse().expect("valid address");
         config.http_addr = "127.0.0.1:0".parse().expect("valid address");
         let listeners = Listeners::bind(&config).await.expect("can bind port 0");
@@ -372,6 +383,7 @@ impl TestServer {
             .expect("in-process metasrv starts");
         let cluster_view = metasrv.cluster_view().clone();
         let leadership_handle = metasrv.leadership().clone();
+        let autoadmin = metasrv.autoadmin().clone();
         // On etcd the member campaigns first; a single member wins at once.
         let mut leadership = metasrv.leadership().subscribe();
         tokio::time::timeout(READY_DEADLINE, leadership.wait_for(|s| s.serving))
@@ -392,6 +404,7 @@ impl TestServer {
             http_addr,
             cluster_view,
             leadership: leadership_handle,
+            autoadmin,
             shutdown: Some(tx),
             task,
         }
