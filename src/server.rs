@@ -13,16 +13,16 @@ use tokio_util::sync::CancellationToken;
 use actix::{Actor, Addr};
 use tokio::task::JoinHandle;
 
+use crate::actors::autoadmin::{Autoadmin, AutoadminHandle};
 use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ClusterViewConfig};
 use crate::actors::election::{ElectionActor, EtcdElection, Resign};
 use crate::actors::heartbeat_session::SessionContext;
-use crate::actors::autoadmin::{Autoadmin, AutoadminHandle};
 use crate::actors::scheduler::{AttachTables, FailoverConfig, Scheduler};
-use crate::cns::decisions::DecisionLog;
 use crate::actors::ActorRuntime;
 use crate::catalog::manager::DdlConfig;
 use crate::catalog::ownership::RegionOwnership;
 use crate::catalog::{DdlError, TableManager};
+use crate::cns::decisions::DecisionLog;
 use crate::config::{Backend, Config};
 use crate::election::user::{EtcdUserElection, LocalElection, UserElection};
 use crate::election::{Leadership, MemberInfo};

@@ -24,7 +24,7 @@ use crate::actors::cluster_view::{ClusterView, GetLoadSnapshot, NodeEvent, Subsc
 use crate::actors::scheduler::{OperationError, OperationRequest, Scheduler, StartOperation};
 use crate::catalog::TableManager;
 use crate::cns::decisions::{Decision, DecisionStatus, Mode, SharedDecisionLog};
-use crate::cns::planner::{plan, Action, PlanInput, PlanLimits, Proposal};
+use crate::cns::planner::{loads_settled, plan, Action, PlanInput, PlanLimits, Proposal};
 use crate::cns::snapshot::NodeBrief;
 use crate::cns::CnsConfig;
 use crate::election::{Leadership, LeadershipState};
@@ -100,8 +100,11 @@ pub struct Autoadmin {
     /// The term this state belongs to, and when it began serving.
     term: u64,
     term_started: Option<Instant>,
-    /// When each region last moved or was proposed (the cooldown).
+    /// When each region last moved (the cooldown).
     moved_at: HashMap<u64, Instant>,
+    /// When each region was last recorded in dry-run: the same proposal is not recorded
+    /// again within the cooldown (forgotten when the mode changes).
+    dry_run_at: HashMap<u64, Instant>,
     /// Moves running now: decision id -> (region, from, to).
     executing: HashMap<u64, (u64, u64, u64)>,
     /// The cluster's utilization at recent ticks, oldest first.
@@ -112,7 +115,15 @@ pub struct Autoadmin {
     recommended: HashMap<String, Instant>,
     /// A plan is being made (ticks do not overlap).
     planning: bool,
+    /// Each node's RU at the previous round, and the rounds skipped in a row because loads
+    /// were still moving (see `planner::loads_settled`).
+    previous_loads: HashMap<u64, f64>,
+    unsettled_rounds: u32,
 }
+
+/// Rounds skipped in a row for moving loads before the planners run anyway (a load that keeps
+/// drifting must not stop rebalancing for good).
+const MAX_UNSETTLED_ROUNDS: u32 = 3;
 
 /// The most flaps remembered (a flapping fleet must not grow this without bound).
 const MAX_FLAPS: usize = 10_000;
@@ -151,11 +162,14 @@ impl Autoadmin {
             term: 0,
             term_started: None,
             moved_at: HashMap::new(),
+            dry_run_at: HashMap::new(),
             executing: HashMap::new(),
             utilization: VecDeque::new(),
             flaps: VecDeque::new(),
             recommended: HashMap::new(),
             planning: false,
+            previous_loads: HashMap::new(),
+            unsettled_rounds: 0,
         }
     }
 
@@ -189,15 +203,26 @@ impl Autoadmin {
     fn plan_input(&mut self, mut nodes: Vec<NodeBrief>) -> PlanInput {
         let now = Instant::now();
         let cooldown = self.config.cooldown;
-        self.moved_at.retain(|_, at| now.duration_since(*at) < cooldown);
+        self.moved_at
+            .retain(|_, at| now.duration_since(*at) < cooldown);
+        self.dry_run_at
+            .retain(|_, at| now.duration_since(*at) < cooldown);
         let mut frozen: HashSet<u64> = self.moved_at.keys().copied().collect();
+        if self.mode() == Mode::DryRun {
+            frozen.extend(self.dry_run_at.keys());
+        }
         let mut in_flight: HashMap<u64, usize> = HashMap::new();
         for &(region, from, to) in self.executing.values() {
             frozen.insert(region);
             *in_flight.entry(from).or_default() += 1;
             *in_flight.entry(to).or_default() += 1;
         }
-        frozen.extend(self.log.lock().open().filter_map(|d| d.proposal.action.region_id()));
+        frozen.extend(
+            self.log
+                .lock()
+                .open()
+                .filter_map(|d| d.proposal.action.region_id()),
+        );
         // Candidates as the routes have them now: a report can lag a move, and a region an
         // operation holds (a failover, an operator's migration) is not ours to move.
         for node in &mut nodes {
@@ -270,14 +295,13 @@ impl Autoadmin {
                 {
                     continue;
                 }
-                self.recommended.retain(|_, at| now.duration_since(*at) < sustain);
+                self.recommended
+                    .retain(|_, at| now.duration_since(*at) < sustain);
                 self.recommended.insert(key, now);
-                let decision = self.log.lock().record(
-                    proposal,
-                    mode,
-                    DecisionStatus::Recommended,
-                    unix_ms(),
-                );
+                let decision =
+                    self.log
+                        .lock()
+                        .record(proposal, mode, DecisionStatus::Recommended, unix_ms());
                 tracing::info!(decision = decision.id, reason = %decision.proposal.reason, "autoadmin recommends {:?}", decision.proposal.action);
                 decisions.push(decision);
                 continue;
@@ -285,8 +309,9 @@ impl Autoadmin {
             let Some(region_id) = proposal.action.region_id() else {
                 continue;
             };
-            // Proposed again no sooner than the cooldown, whatever the mode.
-            self.moved_at.insert(region_id, now);
+            if mode == Mode::DryRun {
+                self.dry_run_at.insert(region_id, now);
+            }
             let status = match mode {
                 Mode::Auto => DecisionStatus::Executing,
                 Mode::DryRun => DecisionStatus::DryRun,
@@ -309,7 +334,12 @@ impl Autoadmin {
                 region_id,
                 from,
                 to,
-            } => (OperationRequest::MigrateRegion { region_id, to }, region_id, from, to),
+            } => (
+                OperationRequest::MigrateRegion { region_id, to },
+                region_id,
+                from,
+                to,
+            ),
             Action::TransferLeader {
                 region_id,
                 from,
@@ -372,8 +402,7 @@ impl Autoadmin {
                     .cloned()
                     .unwrap_or_else(|| "failed".into())),
                 Err(_) => Err(
-                    "leadership changed while it ran: the next leader resumes its procedure"
-                        .into(),
+                    "leadership changed while it ran: the next leader resumes its procedure".into(),
                 ),
             };
             me.do_send(MoveEnded {
@@ -388,9 +417,12 @@ impl Autoadmin {
         self.term = term;
         self.term_started = Some(Instant::now());
         self.moved_at.clear();
+        self.dry_run_at.clear();
         self.executing.clear();
         self.utilization.clear();
         self.recommended.clear();
+        self.previous_loads.clear();
+        self.unsettled_rounds = 0;
         let store = self.store.clone();
         let configured = self.config.mode;
         let mode = self.mode.clone();
@@ -437,12 +469,22 @@ impl Autoadmin {
         Some(Box::pin(snapshot.into_actor(self).map(
             move |nodes, autoadmin, ctx| {
                 autoadmin.planning = false;
-                let nodes = nodes.map_err(|e| {
-                    AutoadminError::Unavailable(format!("cluster view: {e}"))
-                })?;
+                let nodes =
+                    nodes.map_err(|e| AutoadminError::Unavailable(format!("cluster view: {e}")))?;
                 if autoadmin.term != term || !autoadmin.leadership.is_serving_leader() {
                     return Err(AutoadminError::NotLeader);
                 }
+                let settled = loads_settled(
+                    &autoadmin.previous_loads,
+                    &nodes,
+                    autoadmin.limits.tolerance,
+                );
+                autoadmin.previous_loads = nodes.iter().map(|n| (n.node_id, n.ru)).collect();
+                if !settled && !force && autoadmin.unsettled_rounds < MAX_UNSETTLED_ROUNDS {
+                    autoadmin.unsettled_rounds += 1;
+                    return Ok(Vec::new());
+                }
+                autoadmin.unsettled_rounds = 0;
                 let input = autoadmin.plan_input(nodes);
                 let proposals = plan(&input, &autoadmin.limits);
                 Ok(autoadmin.act(proposals, ctx))
@@ -560,7 +602,9 @@ impl Handler<RejectDecision> for Autoadmin {
             return Err(AutoadminError::NotLeader);
         }
         let decision = self.waiting(msg.id)?;
-        let why = msg.reason.unwrap_or_else(|| "rejected by an operator".into());
+        let why = msg
+            .reason
+            .unwrap_or_else(|| "rejected by an operator".into());
         self.log
             .lock()
             .update(
@@ -609,6 +653,8 @@ impl Handler<SetMode> for Autoadmin {
         Box::pin(saved.into_actor(self).map(move |saved, autoadmin, _| {
             saved.map_err(|e| AutoadminError::Unavailable(format!("cannot save the mode: {e}")))?;
             *autoadmin.mode.write() = mode;
+            // What dry-run recorded was never done: the new mode plans afresh.
+            autoadmin.dry_run_at.clear();
             tracing::info!(mode = mode.name(), "autoadmin mode set");
             Ok(mode)
         }))

@@ -161,6 +161,20 @@ pub struct Proposal {
 
 /// Loads below this difference are equal (RU per second).
 const EPSILON: f64 = 1e-9;
+/// A load move must lower the higher load of its pair by this share of the mean at least.
+const MIN_GAIN: f64 = 0.02;
+/// Learned capacities within this share of the median count as the median.
+const CAPACITY_NOISE: f64 = 0.25;
+
+/// The median of positive values, if any.
+fn median_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut known: Vec<f64> = values.filter(|v| *v > 0.0 && v.is_finite()).collect();
+    if known.is_empty() {
+        return None;
+    }
+    known.sort_by(f64::total_cmp);
+    Some(known[known.len() / 2])
+}
 
 /// The cluster as the planners change it: loads after the moves proposed so far.
 struct Projection<'a> {
@@ -168,7 +182,7 @@ struct Projection<'a> {
     limits: &'a PlanLimits,
     /// Index by node id into `input.nodes`.
     index: HashMap<u64, usize>,
-    /// Capacity relative to the mean learned capacity (1 where not learned).
+    /// Capacity relative to the median learned capacity (1 where not learned or near it).
     relative: Vec<f64>,
     ru: Vec<f64>,
     regions: Vec<f64>,
@@ -184,22 +198,15 @@ struct Projection<'a> {
 
 impl<'a> Projection<'a> {
     fn new(input: &'a PlanInput, limits: &'a PlanLimits) -> Self {
-        let known: Vec<f64> = input
-            .nodes
-            .iter()
-            .filter_map(|n| n.capacity)
-            .filter(|c| *c > 0.0)
-            .collect();
-        let mean_capacity = if known.is_empty() {
-            None
-        } else {
-            Some(known.iter().sum::<f64>() / known.len() as f64)
-        };
+        // Learned capacities count only where they differ from the median by more than
+        // CAPACITY_NOISE: within it, differences are measurement and workload mix, and
+        // equal nodes are better taken as equal.
+        let median = median_of(input.nodes.iter().filter_map(|n| n.capacity));
         let relative = input
             .nodes
             .iter()
-            .map(|n| match (n.capacity, mean_capacity) {
-                (Some(c), Some(mean)) if c > 0.0 => c / mean,
+            .map(|n| match (n.capacity, median) {
+                (Some(c), Some(m)) if c > 0.0 && ((c / m) - 1.0).abs() > CAPACITY_NOISE => c / m,
                 _ => 1.0,
             })
             .collect();
@@ -333,9 +340,8 @@ impl<'a> Projection<'a> {
     }
 
     /// The move of one of node `s`'s candidates that brings the higher load of the pair
-    /// lowest, if any lowers it; a target may not end over `band` unless it ends under the
-    /// source.
-    fn best_move_from(&self, s: usize, band: f64) -> Option<(&'a RegionBrief, usize)> {
+    /// lowest, if any lowers it by at least `min_gain`.
+    fn best_move_from(&self, s: usize, min_gain: f64) -> Option<(&'a RegionBrief, usize)> {
         let load_s = self.load(s);
         type Key = (f64, f64, bool, u64, u64, u64);
         let mut best: Option<(Key, &'a RegionBrief, usize)> = None;
@@ -347,7 +353,9 @@ impl<'a> Projection<'a> {
                 let new_s = (self.ru[s] - region.ru) / self.relative[s];
                 let new_t = (self.ru[t] + region.ru) / self.relative[t];
                 let peak = new_s.max(new_t);
-                if peak >= load_s - EPSILON || new_t > band.max(new_s) + EPSILON {
+                // The pair's higher load must fall, by a share of the mean worth a move:
+                // then the reverse move would raise it again, so no later tick undoes this.
+                if peak > load_s - min_gain {
                     continue;
                 }
                 let to = self.input.nodes[t].node_id;
@@ -491,7 +499,8 @@ fn hot_regions(p: &mut Projection) {
         else {
             return;
         };
-        let Some((region, t)) = p.best_move_from(s, band) else {
+        let min_gain = (mean * MIN_GAIN).max(EPSILON);
+        let Some((region, t)) = p.best_move_from(s, min_gain) else {
             exhausted.insert(s);
             continue;
         };
@@ -741,6 +750,19 @@ fn recommend(input: &PlanInput, limits: &PlanLimits) -> Vec<Proposal> {
         });
     }
     out
+}
+
+/// Whether the nodes' loads held since the previous round (`previous`: RU per node then): no
+/// node's moved by more than `tolerance` of the mean. Region loads are averages that take a
+/// few reports to follow a change; planning on them mid-way moves the wrong regions (the ones
+/// whose average caught up first).
+pub fn loads_settled(previous: &HashMap<u64, f64>, nodes: &[NodeBrief], tolerance: f64) -> bool {
+    let mean = nodes.iter().map(|n| n.ru).sum::<f64>() / nodes.len().max(1) as f64;
+    nodes.iter().all(|n| {
+        previous
+            .get(&n.node_id)
+            .is_some_and(|before| (n.ru - before).abs() <= tolerance * mean)
+    })
 }
 
 /// The imbalance of a set of node loads: max over mean (1 when balanced or idle).
@@ -1098,6 +1120,17 @@ mod tests {
             actions(&plan(&flapping, &PlanLimits::default())),
             [(PlannerKind::Capacity, Action::ReplaceNode { node_id: 2 })]
         );
+    }
+
+    #[test]
+    fn loads_that_still_move_are_not_planned_on() {
+        let nodes = vec![node(1, &[(11, 100.0)]), node(2, &[(21, 100.0)])];
+        let held: HashMap<u64, f64> = [(1, 95.0), (2, 100.0)].into();
+        assert!(loads_settled(&held, &nodes, 0.1));
+        let rising: HashMap<u64, f64> = [(1, 50.0), (2, 100.0)].into();
+        assert!(!loads_settled(&rising, &nodes, 0.1));
+        let joined: HashMap<u64, f64> = [(1, 100.0)].into();
+        assert!(!loads_settled(&joined, &nodes, 0.1), "node 2 is new");
     }
 
     #[test]

@@ -72,9 +72,10 @@ pub(super) async fn list(
         query
             .region
             .is_none_or(|r| d.proposal.action.region_id() == Some(r))
-            && query.status.as_deref().is_none_or(|s| {
-                serde_json::to_value(d.status).is_ok_and(|v| v.as_str() == Some(s))
-            })
+            && query
+                .status
+                .as_deref()
+                .is_none_or(|s| serde_json::to_value(d.status).is_ok_and(|v| v.as_str() == Some(s)))
     };
     let mut decisions = Vec::new();
     let mut before = query.before;
@@ -124,7 +125,11 @@ pub(super) async fn events(
         Ok(limit) => limit,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let page = state.autoadmin.log.lock().events_after(query.after_seq, limit);
+    let page = state
+        .autoadmin
+        .log
+        .lock()
+        .events_after(query.after_seq, limit);
     Json(page).into_response()
 }
 
@@ -178,7 +183,12 @@ pub(super) async fn reject(
         (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let reason = query.reason.map(|r| r.chars().take(500).collect());
-    match state.autoadmin.actor.send(RejectDecision { id, reason }).await {
+    match state
+        .autoadmin
+        .actor
+        .send(RejectDecision { id, reason })
+        .await
+    {
         Ok(Ok(decision)) => Json(json!({ "decision": decision })).into_response(),
         Ok(Err(e)) => autoadmin_status(e, &state),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("autoadmin: {e}")),

@@ -689,7 +689,7 @@ impl Reporter {
         };
         let period_ms = ((real_period_ms as f64 * scale) as u64).max(1);
         let mut region_stats = Vec::with_capacity(regions.len());
-        let (mut rcus, mut wcus, mut cpu_ms) = (0, 0, 0u64);
+        let (mut rcus, mut wcus, mut cpu_ms) = (0, 0, 0.0);
         for (&region_id, &role) in regions {
             let (region_rcus, region_wcus, region_cpu_ms, scanned) = match &self.config.workload {
                 // A follower serves nothing in the simulation: load follows leadership.
@@ -714,7 +714,12 @@ impl Reporter {
             };
             rcus += region_rcus;
             wcus += region_wcus;
-            cpu_ms += region_cpu_ms;
+            // Besides its queries' CPU, the node spends 3 ms of CPU per request unit of I/O
+            // (the unit's own price): so its CPU follows its RU whatever the mix, and the
+            // capacity metasrv learns is its cores, as for a real node with honest prices.
+            let io_units =
+                (region_rcus as f64 * 4.0).max(scanned as f64 / 1024.0) / 64.0 + region_wcus as f64;
+            cpu_ms += region_cpu_ms as f64 + 3.0 * io_units;
             let size = self.region_sizes.entry(region_id).or_insert(64 << 20);
             *size += region_wcus * 1024;
             region_stats.push(pb::RegionStat {
@@ -738,7 +743,7 @@ impl Reporter {
         let cores = self.config.cpu_cores.max(0.0);
         let cpu_usage = if self.config.workload.is_some() {
             // The regions' CPU over the period, plus 1% of one core of upkeep.
-            (cpu_ms as f64 / period_ms as f64 * 100.0 + 1.0).min(100.0 * cores.max(1.0))
+            (cpu_ms / period_ms as f64 * 100.0 + 1.0).min(100.0 * cores.max(1.0))
         } else {
             10.0 + self.rng.unit() * 70.0
         };

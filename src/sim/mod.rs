@@ -3,6 +3,7 @@
 pub mod datanode;
 pub mod frontend;
 pub mod load;
+pub mod scenario;
 pub mod workload;
 
 pub use datanode::{

@@ -360,7 +360,6 @@ pub struct TestServer {
     pub http_addr: SocketAddr,
     pub cluster_view: actix::Addr<ClusterView>,
     pub leadership: Arc<metasrv::election::Leadership>,
-    pub autoadmin: metasrv::actors::autoadmin::AutoadminHandle,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -383,7 +382,6 @@ impl TestServer {
             .expect("in-process metasrv starts");
         let cluster_view = metasrv.cluster_view().clone();
         let leadership_handle = metasrv.leadership().clone();
-        let autoadmin = metasrv.autoadmin().clone();
         // On etcd the member campaigns first; a single member wins at once.
         let mut leadership = metasrv.leadership().subscribe();
         tokio::time::timeout(READY_DEADLINE, leadership.wait_for(|s| s.serving))
@@ -404,7 +402,6 @@ impl TestServer {
             http_addr,
             cluster_view,
             leadership: leadership_handle,
-            autoadmin,
             shutdown: Some(tx),
             task,
         }

@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link, many modules).
 
 mod chaos;
+mod cns;
 mod ctl;
 mod dashboard;
 mod datanode_election;
