@@ -27,6 +27,7 @@ pub(super) async fn run(
         CtlCommand::Procedures { steps } => procedures(ctl, steps, out).await,
         CtlCommand::Maintenance { mode } => maintenance(ctl, mode, out).await,
         CtlCommand::Leader { action } => leader(ctl, action, out).await,
+        CtlCommand::Decisions { action } => super::decisions::run(ctl, action, out).await,
         CtlCommand::Kv { action } => kv(ctl, action, out).await,
         CtlCommand::MigrateRegion {
             region_id,

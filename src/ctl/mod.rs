@@ -4,6 +4,7 @@
 //! say what to do next.
 
 mod commands;
+mod decisions;
 mod http;
 mod output;
 
@@ -80,6 +81,11 @@ pub enum CtlCommand {
         #[arg(value_enum)]
         mode: Option<OnOff>,
     },
+    /// The Autoadmin's decisions (why regions moved, what it recommends), approval, its mode.
+    Decisions {
+        #[command(subcommand)]
+        action: DecisionAction,
+    },
     /// Leadership: `leader resign` hands it to another member.
     Leader {
         #[command(subcommand)]
@@ -120,6 +126,32 @@ pub enum CtlCommand {
 pub enum OnOff {
     On,
     Off,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DecisionAction {
+    /// Newest first.
+    List {
+        /// Only decisions that move this region.
+        #[arg(long)]
+        region: Option<u64>,
+        /// Only decisions in this status (proposed, executing, succeeded, failed, dry_run, ...).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Carries out a decision awaiting approval.
+    Approve { id: u64 },
+    /// Refuses a decision awaiting approval.
+    Reject { id: u64 },
+    /// Shows the mode, or sets it: auto, dry-run or approve.
+    Mode {
+        #[arg(value_enum)]
+        mode: Option<crate::cns::decisions::Mode>,
+    },
+    /// Runs the planners now and shows their decisions.
+    Plan,
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -143,6 +143,34 @@ async fn every_subcommand_works_against_a_two_member_cluster() {
         .starts_with("maintenance off"));
     assert_eq!(json(&endpoints, &["maintenance"]).await["enabled"], false);
 
+    // decisions: the mode (on the leader, whichever member is asked), a planning round, the
+    // listing, and a refusal with the reason
+    assert_eq!(
+        ok(&endpoints, &["decisions", "mode", "approve"])
+            .await
+            .trim(),
+        "autoadmin mode approve"
+    );
+    assert_eq!(
+        json(&endpoints, &["decisions", "mode"]).await["mode"],
+        "approve"
+    );
+    ok(&endpoints, &["decisions", "plan"]).await;
+    let listed = json(&endpoints, &["decisions", "list", "--status", "succeeded"]).await;
+    assert_eq!(
+        listed["decisions"],
+        serde_json::json!([]),
+        "nothing ran: {listed}"
+    );
+    let missing = ctl(&endpoints, &["decisions", "approve", "424242"])
+        .await
+        .expect_err("no such decision");
+    assert!(
+        missing.to_string().contains("no decision 424242"),
+        "{missing}"
+    );
+    ok(&endpoints, &["decisions", "mode", "dry-run"]).await;
+
     // kv, in the user key space
     ok(&endpoints, &["kv", "put", "user/a", "1"]).await;
     ok(&endpoints, &["kv", "put", "user/b", "2"]).await;
