@@ -702,10 +702,9 @@ impl Handler<StatsReported> for ClusterView {
                 ru_now += ru;
                 let load = match self.regions.get_mut(&region.region_id) {
                     Some(load) => load,
-                    None if self.ownership.is_routed(region.region_id) => self
-                        .regions
-                        .entry(region.region_id)
-                        .or_insert_with(RegionLoad::default),
+                    None if self.ownership.is_routed(region.region_id) => {
+                        self.regions.entry(region.region_id).or_default()
+                    }
                     None => continue,
                 };
                 load.observe(at_unix_ms, region, ru, window);

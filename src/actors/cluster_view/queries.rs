@@ -109,7 +109,7 @@ impl Handler<GetLoadSnapshot> for ClusterView {
             .nodes
             .iter()
             .map(|(&id, n)| {
-                let recent = n.history.len().min(UTILIZATION_SAMPLES).max(1);
+                let recent = n.history.len().clamp(1, UTILIZATION_SAMPLES);
                 let utilization = n
                     .history
                     .work(UTILIZATION_SAMPLES)
