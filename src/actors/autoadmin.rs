@@ -104,7 +104,7 @@ pub struct Autoadmin {
     moved_at: HashMap<u64, Instant>,
     /// When each region was last recorded in dry-run: the same proposal is not recorded
     /// again within the cooldown (forgotten when the mode changes).
-    dry_run_at: HashMap<u64, Instant>,
+    dry_run_at: HashMap<u64, (Instant, Action, f64)>,
     /// Moves running now: decision id -> (region, from, to).
     executing: HashMap<u64, (u64, u64, u64)>,
     /// The cluster's utilization at recent ticks, oldest first.
@@ -206,7 +206,7 @@ impl Autoadmin {
         self.moved_at
             .retain(|_, at| now.duration_since(*at) < cooldown);
         self.dry_run_at
-            .retain(|_, at| now.duration_since(*at) < cooldown);
+            .retain(|_, (at, _, _)| now.duration_since(*at) < cooldown);
         let mut frozen: HashSet<u64> = self.moved_at.keys().copied().collect();
         if self.mode() == Mode::DryRun {
             frozen.extend(self.dry_run_at.keys());
@@ -217,12 +217,54 @@ impl Autoadmin {
             *in_flight.entry(from).or_default() += 1;
             *in_flight.entry(to).or_default() += 1;
         }
-        frozen.extend(
-            self.log
-                .lock()
-                .open()
-                .filter_map(|d| d.proposal.action.region_id()),
-        );
+        // Moves recorded but not made (awaiting approval, or recorded in dry-run within the
+        // cooldown) count as made: the next round plans on from them, as it would in auto
+        // mode, instead of proposing more moves for the same imbalance.
+        let mut recorded: Vec<(Action, f64)> = Vec::new();
+        for d in self.log.lock().open() {
+            if let Some(region) = d.proposal.action.region_id() {
+                frozen.insert(region);
+            }
+            if d.status == DecisionStatus::Proposed {
+                let ru = d.proposal.figures.get("region_ru").copied().unwrap_or(0.0);
+                recorded.push((d.proposal.action.clone(), ru));
+            }
+        }
+        if self.mode() == Mode::DryRun {
+            recorded.extend(
+                self.dry_run_at
+                    .values()
+                    .map(|(_, action, ru)| (action.clone(), *ru)),
+            );
+        }
+        for (action, recorded_ru) in &recorded {
+            let Some((from, to)) = action.nodes() else {
+                continue;
+            };
+            // The region's load now (its average may have grown since it was recorded).
+            let ru = nodes
+                .iter()
+                .filter(|n| n.node_id == from)
+                .flat_map(|n| n.hottest.iter().chain(&n.coldest))
+                .find(|r| Some(r.region_id) == action.region_id())
+                .map_or(*recorded_ru, |r| r.ru);
+            let ru = &ru;
+            let migrate = matches!(action, Action::Migrate { .. });
+            for node in nodes.iter_mut() {
+                let sign: i64 = if node.node_id == from {
+                    -1
+                } else if node.node_id == to {
+                    1
+                } else {
+                    continue;
+                };
+                node.ru = (node.ru + sign as f64 * ru).max(0.0);
+                node.leaders = (i64::from(node.leaders) + sign).max(0) as u32;
+                if migrate {
+                    node.regions = (i64::from(node.regions) + sign).max(0) as u32;
+                }
+            }
+        }
         // Candidates as the routes have them now: a report can lag a move, and a region an
         // operation holds (a failover, an operator's migration) is not ours to move.
         for node in &mut nodes {
@@ -310,7 +352,9 @@ impl Autoadmin {
                 continue;
             };
             if mode == Mode::DryRun {
-                self.dry_run_at.insert(region_id, now);
+                let ru = proposal.figures.get("region_ru").copied().unwrap_or(0.0);
+                self.dry_run_at
+                    .insert(region_id, (now, proposal.action.clone(), ru));
             }
             let status = match mode {
                 Mode::Auto => DecisionStatus::Executing,
@@ -578,6 +622,32 @@ impl Handler<ApproveDecision> for Autoadmin {
             return Err(AutoadminError::NotLeader);
         }
         let decision = self.waiting(msg.id)?;
+        // The cluster may have changed while it waited: the region must still be led from
+        // where the decision moves it.
+        if let Some((region, (from, _))) = decision
+            .proposal
+            .action
+            .region_id()
+            .zip(decision.proposal.action.nodes())
+        {
+            let leader = self.tables.region_route(region).map(|(_, r)| r.leader.id);
+            if leader != Some(from) {
+                let why = match leader {
+                    Some(now) => {
+                        format!("no longer possible: node {now} leads region {region} now")
+                    }
+                    None => format!("no longer possible: region {region} has no route"),
+                };
+                self.log.lock().update(
+                    decision.id,
+                    DecisionStatus::Expired,
+                    None,
+                    Some(why.clone()),
+                    unix_ms(),
+                );
+                return Err(AutoadminError::FailedPrecondition(why));
+            }
+        }
         let decision = self
             .log
             .lock()

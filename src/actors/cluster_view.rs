@@ -699,7 +699,14 @@ impl Handler<StatsReported> for ClusterView {
                     region.cpu_time_ms.into(),
                     region.scanned_bytes,
                 ) / seconds;
+                // Every copy's work counts toward what the node served (its capacity is
+                // learned from it), but a region's load is its leader's: a follower's report
+                // would fold another copy's (smaller) load into the same average, and moving
+                // a region moves what its leader serves.
                 ru_now += ru;
+                if region.role != RegionRole::Leader {
+                    continue;
+                }
                 let load = match self.regions.get_mut(&region.region_id) {
                     Some(load) => load,
                     None if self.ownership.is_routed(region.region_id) => {
@@ -711,10 +718,8 @@ impl Handler<StatsReported> for ClusterView {
                 let average = f64::from(load.avg_ru);
                 ru_avg += average;
                 size = size.saturating_add(region.approximate_size);
-                if region.role == RegionRole::Leader {
-                    hottest.offer(region.region_id, average, region.approximate_size);
-                    coldest.offer(region.region_id, average, region.approximate_size);
-                }
+                hottest.offer(region.region_id, average, region.approximate_size);
+                coldest.offer(region.region_id, average, region.approximate_size);
             }
             let Some(node) = self.nodes.get_mut(&node_id) else {
                 return;

@@ -177,7 +177,20 @@ impl DecisionLog {
         };
         self.next_id += 1;
         while self.decisions.len() >= self.capacity {
-            self.decisions.pop_first();
+            // The oldest closed decision goes first: an open one must be able to end.
+            let oldest_closed = self
+                .decisions
+                .values()
+                .find(|d| !d.status.is_open())
+                .map(|d| d.id);
+            match oldest_closed {
+                Some(id) => {
+                    self.decisions.remove(&id);
+                }
+                None => {
+                    self.decisions.pop_first();
+                }
+            }
         }
         self.decisions.insert(decision.id, decision.clone());
         self.publish(decision.clone());
@@ -230,11 +243,13 @@ impl DecisionLog {
     pub fn events_after(&self, after_seq: u64, limit: usize) -> EventPage {
         let oldest = self.events.front().map_or(self.next_seq, |e| e.seq);
         EventPage {
-            truncated: after_seq + 1 < oldest,
+            // A sequence past this log's end comes from another log (another leader's):
+            // everything here is news to that watcher.
+            truncated: after_seq.saturating_add(1) < oldest || after_seq >= self.next_seq,
             events: self
                 .events
                 .iter()
-                .filter(|e| e.seq > after_seq)
+                .filter(|e| e.seq > after_seq || after_seq >= self.next_seq)
                 .take(limit)
                 .cloned()
                 .collect(),
@@ -336,5 +351,22 @@ mod tests {
         );
         assert!(!log.events_after(2, 10).truncated);
         assert_eq!(log.update(1, DecisionStatus::Rejected, None, None, 2), None);
+        // A watcher from another log (another leader's, further along) gets all of this one.
+        let foreign = log.events_after(500, 10);
+        assert!(foreign.truncated);
+        assert_eq!(foreign.events.len(), 3);
+        assert!(log.events_after(u64::MAX, 10).truncated, "no overflow");
+    }
+
+    #[test]
+    fn an_open_decision_outlives_closed_ones_in_a_full_log() {
+        let mut log = DecisionLog::new(2);
+        let open = log.record(proposal(1), Mode::Approve, DecisionStatus::Proposed, 1);
+        log.record(proposal(2), Mode::DryRun, DecisionStatus::DryRun, 1);
+        log.record(proposal(3), Mode::DryRun, DecisionStatus::DryRun, 1);
+        assert!(log.get(open.id).is_some(), "still there to end");
+        assert!(log
+            .update(open.id, DecisionStatus::Rejected, None, None, 2)
+            .is_some());
     }
 }

@@ -147,7 +147,10 @@ impl Autoadmin for AutoadminService {
             let mut leadership = self.leadership.subscribe();
             let term = leadership.borrow().term;
             tokio::spawn(async move {
-                let mut last = req.after_seq;
+                // A sequence from another log (another leader's, further along) must not
+                // hide this log's events: the backlog replays all of them, and live events
+                // count from this log's end.
+                let mut last = req.after_seq.min(backlog.last_seq);
                 let mut truncated = backlog.truncated;
                 for event in &backlog.events {
                     if tx.send(Ok(event_to_pb(event, truncated))).await.is_err() {

@@ -195,8 +195,12 @@ pub(super) async fn reject(
     }
 }
 
-/// `GET /v1/autoadmin`: the mode, and how many decisions are open.
+/// `GET /v1/autoadmin`: the mode, and how many decisions are open (the leader's: a follower's
+/// memory of them is stale).
 pub(super) async fn mode(State(state): State<HttpState>) -> Response {
+    if let Err(status) = state.leadership.require_leader() {
+        return status_response(status);
+    }
     let log = state.autoadmin.log.lock();
     let open = log.open().count();
     Json(json!({

@@ -133,6 +133,19 @@ async fn the_baseline_in_dry_run_records_decisions_and_moves_nothing() {
         "nothing rebalanced:\n{}",
         timeline(&report)
     );
+    // Recorded moves count as made for the next round: dry-run records about what auto would
+    // do (the 3 moves, again once their cooldown has passed, and the count moves they lead
+    // to), not more moves for the same imbalance every round (11 before they counted).
+    assert!(
+        report.decisions.len() <= 3 * report.minimum_moves,
+        "{} dry-run decisions in 70 simulated seconds: {:?}",
+        report.decisions.len(),
+        report
+            .decisions
+            .iter()
+            .map(|d| &d.proposal.action)
+            .collect::<Vec<_>>()
+    );
 }
 
 const CLUSTER: u64 = 0;

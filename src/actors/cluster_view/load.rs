@@ -175,12 +175,16 @@ impl NodeHistory {
         self.base_unix_ms = new_base;
     }
 
-    /// `(ru per second, CPU share)` of the newest `count` samples, for learning capacity.
+    /// `(ru per second, CPU share)` of the newest `count` samples, for learning capacity;
+    /// none if the node does not say its cores: a share of an unknown whole would call a busy
+    /// many-core node overloaded.
     pub fn work(&self, count: usize) -> impl Iterator<Item = (f64, f64)> + '_ {
         let cores = f64::from(self.cpu_cores);
+        let known = if cores > 0.0 { self.ring.len() } else { 0 };
         self.ring
             .iter()
-            .skip(self.ring.len().saturating_sub(count))
+            .take(known)
+            .skip(known.saturating_sub(count))
             .map(move |s| {
                 (
                     f64::from(s.ru),
