@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod catalog;
 pub mod client;
+pub mod clock;
 pub mod cns;
 pub mod config;
 pub mod ctl;

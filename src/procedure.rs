@@ -4,8 +4,8 @@
 //! unfinished ones and resume them, and operators can see them (`GET /v1/procedures`). Each
 //! step is idempotent (a resumed failover only moves regions the dead node still leads).
 
+use crate::clock::unix_ms;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,13 +56,6 @@ pub struct Procedure {
     pub steps_omitted: u64,
     pub started_at_unix_ms: u64,
     pub updated_at_unix_ms: u64,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// Region copies a drain has to move, has moved, and gave up on.

@@ -12,10 +12,11 @@
 //! liveness flaps. A new term starts that state afresh (and reads the mode from the store).
 //! It runs on its own arbiter: planning 10,000 nodes must not delay heartbeats.
 
+use crate::clock::unix_ms;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use parking_lot::RwLock;
@@ -127,13 +128,6 @@ const MAX_UNSETTLED_ROUNDS: u32 = 3;
 
 /// The most flaps remembered (a flapping fleet must not grow this without bound).
 const MAX_FLAPS: usize = 10_000;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
 
 impl Autoadmin {
     #[allow(clippy::too_many_arguments)]

@@ -5,9 +5,10 @@
 //! sessions report through `SessionOpened` / `StatsReported` / `SessionClosed`, readers ask with
 //! `ListNodes`, and subscribers (the Scheduler) receive `NodeEvent`s.
 
+use crate::clock::unix_ms;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -372,13 +373,6 @@ pub struct ClusterView {
     /// Nodes being drained: never candidates for new regions (set by the drain procedure,
     /// again by a new leader when it resumes the drain).
     draining: std::collections::HashSet<u64>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 impl ClusterView {

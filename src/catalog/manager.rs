@@ -11,9 +11,10 @@
 //! 5. commit name, table info and route in ONE transaction guarded by "the name is absent", so
 //!    two concurrent creates of a name cannot both win and a crash never leaves half a table.
 
+use crate::clock::unix_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::Addr;
 use futures::future::join_all;
@@ -274,13 +275,6 @@ impl Drop for RegionLocks<'_> {
             locked.remove(region);
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 fn corrupt(key: &[u8], e: impl std::fmt::Display) -> DdlError {

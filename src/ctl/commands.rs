@@ -72,10 +72,7 @@ fn age(unix_ms: &Value) -> String {
     let Some(then) = unix_ms.as_u64().filter(|ms| *ms > 0) else {
         return "-".into();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let ms = now.saturating_sub(then);
+    let ms = crate::clock::unix_ms().saturating_sub(then);
     match ms {
         0..=9_999 => format!("{:.1}s ago", ms as f64 / 1000.0),
         10_000..=3_599_999 => format!("{}s ago", ms / 1000),

@@ -523,11 +523,7 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
         all
     };
     let mut region_moves: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-    let real_start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as f64)
-        .unwrap_or_default()
-        - started.elapsed().as_secs_f64() * 1000.0;
+    let real_start = crate::clock::unix_ms() as f64 - started.elapsed().as_secs_f64() * 1000.0;
     for d in &decisions {
         if let Some(region) = d.proposal.action.region_id() {
             if matches!(
