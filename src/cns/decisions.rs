@@ -48,7 +48,7 @@ impl Mode {
 }
 
 /// Where a decision stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionStatus {
     /// For the platform (add, remove or replace datanodes): nothing runs here.
@@ -226,11 +226,23 @@ impl DecisionLog {
 
     /// Up to `limit` decisions, newest first, with ids below `before` if given.
     pub fn list(&self, before: Option<u64>, limit: usize) -> Vec<Decision> {
+        self.list_where(before, limit, |_| true)
+    }
+
+    /// [`DecisionLog::list`] of the decisions `keep` keeps (only those are copied).
+    pub fn list_where(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&Decision) -> bool,
+    ) -> Vec<Decision> {
         self.decisions
             .range(..before.unwrap_or(u64::MAX))
             .rev()
+            .map(|(_, d)| d)
+            .filter(|d| keep(d))
             .take(limit)
-            .map(|(_, d)| d.clone())
+            .cloned()
             .collect()
     }
 

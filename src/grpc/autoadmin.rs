@@ -9,8 +9,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{instrumented, RequestLimits};
+use actix::{Addr, Handler, Message};
+
 use crate::actors::autoadmin::{
-    ApproveDecision, AutoadminError, AutoadminHandle, RejectDecision, SetMode,
+    ApproveDecision, Autoadmin as AutoadminActor, AutoadminError, AutoadminHandle, RejectDecision,
+    SetMode,
 };
 use crate::cns::decisions::{Decision, DecisionEvent, Mode};
 use crate::cns::planner::Action;
@@ -46,25 +49,43 @@ impl AutoadminService {
         }
     }
 
-    fn status(&self, error: AutoadminError) -> Status {
-        match error {
-            AutoadminError::NotLeader => self
-                .leadership
-                .require_leader()
-                .err()
-                .unwrap_or_else(|| Status::unavailable(error.to_string())),
-            AutoadminError::NotFound(_) => Status::not_found(error.to_string()),
-            AutoadminError::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
-            AutoadminError::Unavailable(_) => Status::unavailable(error.to_string()),
-        }
-    }
-
     fn response(&self, decision: Decision) -> pb::DecisionResponse {
         pb::DecisionResponse {
             header: self.limits.response_header(),
             decision: Some(decision_to_pb(&decision)),
         }
     }
+}
+
+/// Why the Autoadmin refused, as a status (the redirect to the leader when it is not one).
+pub fn autoadmin_status(error: AutoadminError, leadership: &Leadership) -> Status {
+    match error {
+        AutoadminError::NotLeader => leadership
+            .require_leader()
+            .err()
+            .unwrap_or_else(|| Status::unavailable(error.to_string())),
+        AutoadminError::NotFound(_) => Status::not_found(error.to_string()),
+        AutoadminError::FailedPrecondition(_) => Status::failed_precondition(error.to_string()),
+        AutoadminError::Unavailable(_) => Status::unavailable(error.to_string()),
+    }
+}
+
+/// Sends `message` to the Autoadmin; its refusal (or an unreachable actor) as a status.
+pub async fn ask<M, T>(
+    autoadmin: &Addr<AutoadminActor>,
+    message: M,
+    leadership: &Leadership,
+) -> Result<T, Status>
+where
+    M: Message<Result = Result<T, AutoadminError>> + Send + 'static,
+    T: Send + 'static,
+    AutoadminActor: Handler<M>,
+{
+    autoadmin
+        .send(message)
+        .await
+        .map_err(|e| Status::unavailable(format!("autoadmin: {e}")))?
+        .map_err(|e| autoadmin_status(e, leadership))
 }
 
 /// A decision as the proto has it.
@@ -203,13 +224,12 @@ impl Autoadmin for AutoadminService {
         let req = request.into_inner();
         instrumented(&self.metrics, SERVICE, "ApproveDecision", async {
             self.limits.check_header(req.header.as_ref())?;
-            let decision = self
-                .autoadmin
-                .actor
-                .send(ApproveDecision { id: req.id })
-                .await
-                .map_err(|e| Status::unavailable(format!("autoadmin: {e}")))?
-                .map_err(|e| self.status(e))?;
+            let decision = ask(
+                &self.autoadmin.actor,
+                ApproveDecision { id: req.id },
+                &self.leadership,
+            )
+            .await?;
             Ok(self.response(decision))
         })
         .await
@@ -223,13 +243,12 @@ impl Autoadmin for AutoadminService {
         instrumented(&self.metrics, SERVICE, "RejectDecision", async {
             self.limits.check_header(req.header.as_ref())?;
             let reason = (!req.reason.is_empty()).then(|| req.reason.chars().take(500).collect());
-            let decision = self
-                .autoadmin
-                .actor
-                .send(RejectDecision { id: req.id, reason })
-                .await
-                .map_err(|e| Status::unavailable(format!("autoadmin: {e}")))?
-                .map_err(|e| self.status(e))?;
+            let decision = ask(
+                &self.autoadmin.actor,
+                RejectDecision { id: req.id, reason },
+                &self.leadership,
+            )
+            .await?;
             Ok(self.response(decision))
         })
         .await
@@ -248,13 +267,7 @@ impl Autoadmin for AutoadminService {
                     req.mode
                 ))
             })?;
-            let mode = self
-                .autoadmin
-                .actor
-                .send(SetMode { mode })
-                .await
-                .map_err(|e| Status::unavailable(format!("autoadmin: {e}")))?
-                .map_err(|e| self.status(e))?;
+            let mode = ask(&self.autoadmin.actor, SetMode { mode }, &self.leadership).await?;
             Ok(pb::SetModeResponse {
                 header: self.limits.response_header(),
                 mode: mode.name().into(),

@@ -13,22 +13,49 @@ use serde_json::json;
 
 use super::{error, status_response, HttpState};
 use crate::actors::autoadmin::{
-    ApproveDecision, AutoadminError, PlanNow, RejectDecision, SetMode, PLAN_NOW_TIMEOUT,
+    ApproveDecision, Autoadmin, AutoadminError, PlanNow, RejectDecision, SetMode, PLAN_NOW_TIMEOUT,
 };
-use crate::cns::decisions::Mode;
+use crate::cns::decisions::{DecisionStatus, Mode};
+use crate::grpc::autoadmin::ask;
 
 /// The most decisions or events in one answer.
 const MAX_PAGE: usize = 1000;
 
-fn autoadmin_status(e: AutoadminError, state: &HttpState) -> Response {
-    match e {
-        AutoadminError::NotLeader => match state.leadership.require_leader() {
-            Err(status) => status_response(status),
-            Ok(()) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
-        AutoadminError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
-        AutoadminError::FailedPrecondition(_) => error(StatusCode::CONFLICT, e.to_string()),
-        AutoadminError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+/// A paged read of the leader's log (a follower's is stale: 503 naming the leader): `read`
+/// answers from the query and its page size, once both are good.
+fn read_page<T>(
+    state: &HttpState,
+    query: Result<Query<T>, QueryRejection>,
+    limit: impl FnOnce(&T) -> Option<usize>,
+    read: impl FnOnce(T, usize) -> Response,
+) -> Response {
+    if let Err(status) = state.leadership.require_leader() {
+        return status_response(status);
+    }
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match page_limit(limit(&query)) {
+        Ok(limit) => read(query, limit),
+        Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+/// The answer to a message for the Autoadmin: `answer` of its reply, or its refusal.
+async fn reply<M, T>(
+    state: &HttpState,
+    message: M,
+    answer: impl FnOnce(T) -> serde_json::Value,
+) -> Response
+where
+    M: actix::Message<Result = Result<T, AutoadminError>> + Send + 'static,
+    T: Send + 'static,
+    Autoadmin: actix::Handler<M>,
+{
+    match ask(&state.autoadmin.actor, message, &state.leadership).await {
+        Ok(value) => Json(answer(value)).into_response(),
+        Err(status) => status_response(status),
     }
 }
 
@@ -56,40 +83,30 @@ pub(super) async fn list(
     State(state): State<HttpState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(status) = state.leadership.require_leader() {
-        return status_response(status);
-    }
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let limit = match page_limit(query.limit) {
-        Ok(limit) => limit,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
-    };
-    let log = state.autoadmin.log.lock();
-    let matches = |d: &crate::cns::decisions::Decision| {
-        query
-            .region
-            .is_none_or(|r| d.proposal.action.region_id() == Some(r))
-            && query
-                .status
-                .as_deref()
-                .is_none_or(|s| serde_json::to_value(d.status).is_ok_and(|v| v.as_str() == Some(s)))
-    };
-    let mut decisions = Vec::new();
-    let mut before = query.before;
-    // Filters skip decisions: read in pages until this one is full or the log ends.
-    loop {
-        let page = log.list(before, MAX_PAGE);
-        let Some(last) = page.last() else { break };
-        before = Some(last.id);
-        decisions.extend(page.into_iter().filter(|d| matches(d)));
-        if decisions.len() >= limit {
-            break;
-        }
-    }
-    decisions.truncate(limit);
+    read_page(
+        &state,
+        query,
+        |q| q.limit,
+        |query, limit| decisions_page(&state, query, limit),
+    )
+}
+
+/// Up to `limit` decisions that match the query's filters, newest first.
+fn decisions_page(state: &HttpState, query: ListQuery, limit: usize) -> Response {
+    // An unknown status matches nothing.
+    let status = query
+        .status
+        .map(|s| serde_json::from_value::<DecisionStatus>(serde_json::Value::String(s)).ok());
+    let decisions = state
+        .autoadmin
+        .log
+        .lock()
+        .list_where(query.before, limit, |d| {
+            query
+                .region
+                .is_none_or(|r| d.proposal.action.region_id() == Some(r))
+                && status.is_none_or(|wanted| wanted == Some(d.status))
+        });
     let next_before = (decisions.len() == limit)
         .then(|| decisions.last().map(|d| d.id))
         .flatten();
@@ -114,23 +131,19 @@ pub(super) async fn events(
     State(state): State<HttpState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Response {
-    if let Err(status) = state.leadership.require_leader() {
-        return status_response(status);
-    }
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let limit = match page_limit(query.limit) {
-        Ok(limit) => limit,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
-    };
-    let page = state
-        .autoadmin
-        .log
-        .lock()
-        .events_after(query.after_seq, limit);
-    Json(page).into_response()
+    read_page(
+        &state,
+        query,
+        |q| q.limit,
+        |query, limit| {
+            let page = state
+                .autoadmin
+                .log
+                .lock()
+                .events_after(query.after_seq, limit);
+            Json(page).into_response()
+        },
+    )
 }
 
 type IdPath = Result<Path<u64>, PathRejection>;
@@ -159,11 +172,12 @@ pub(super) async fn approve(State(state): State<HttpState>, path: IdPath) -> Res
         Ok(path) => path,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    match state.autoadmin.actor.send(ApproveDecision { id }).await {
-        Ok(Ok(decision)) => Json(json!({ "decision": decision })).into_response(),
-        Ok(Err(e)) => autoadmin_status(e, &state),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("autoadmin: {e}")),
-    }
+    reply(
+        &state,
+        ApproveDecision { id },
+        |decision| json!({ "decision": decision }),
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -183,16 +197,12 @@ pub(super) async fn reject(
         (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let reason = query.reason.map(|r| r.chars().take(500).collect());
-    match state
-        .autoadmin
-        .actor
-        .send(RejectDecision { id, reason })
-        .await
-    {
-        Ok(Ok(decision)) => Json(json!({ "decision": decision })).into_response(),
-        Ok(Err(e)) => autoadmin_status(e, &state),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("autoadmin: {e}")),
-    }
+    reply(
+        &state,
+        RejectDecision { id, reason },
+        |decision| json!({ "decision": decision }),
+    )
+    .await
 }
 
 /// `GET /v1/autoadmin`: the mode, and how many decisions are open (the leader's: a follower's
@@ -231,21 +241,24 @@ pub(super) async fn set_mode(
             format!("mode={:?}: expected auto, dry-run or approve", query.mode),
         );
     };
-    match state.autoadmin.actor.send(SetMode { mode }).await {
-        Ok(Ok(mode)) => Json(json!({ "mode": mode.name() })).into_response(),
-        Ok(Err(e)) => autoadmin_status(e, &state),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("autoadmin: {e}")),
-    }
+    reply(
+        &state,
+        SetMode { mode },
+        |mode: Mode| json!({ "mode": mode.name() }),
+    )
+    .await
 }
 
 /// `POST /v1/autoadmin/plan`: a planning round now (even before the term has settled); answers
 /// with its decisions.
 pub(super) async fn plan_now(State(state): State<HttpState>) -> Response {
-    let round = tokio::time::timeout(PLAN_NOW_TIMEOUT, state.autoadmin.actor.send(PlanNow)).await;
-    match round {
-        Ok(Ok(Ok(decisions))) => Json(json!({ "decisions": decisions })).into_response(),
-        Ok(Ok(Err(e))) => autoadmin_status(e, &state),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("autoadmin: {e}")),
+    let round = reply(
+        &state,
+        PlanNow,
+        |decisions: Vec<crate::cns::decisions::Decision>| json!({ "decisions": decisions }),
+    );
+    match tokio::time::timeout(PLAN_NOW_TIMEOUT, round).await {
+        Ok(answer) => answer,
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the planning round took over {PLAN_NOW_TIMEOUT:?}"),
