@@ -254,14 +254,16 @@ impl DecisionLog {
     /// Up to `limit` events after `after_seq`, oldest first.
     pub fn events_after(&self, after_seq: u64, limit: usize) -> EventPage {
         let oldest = self.events.front().map_or(self.next_seq, |e| e.seq);
+        // A sequence past this log's end comes from another log (another leader's):
+        // everything here is news to that watcher.
+        let foreign = after_seq >= self.next_seq;
+        let after_seq = if foreign { 0 } else { after_seq };
         EventPage {
-            // A sequence past this log's end comes from another log (another leader's):
-            // everything here is news to that watcher.
-            truncated: after_seq.saturating_add(1) < oldest || after_seq >= self.next_seq,
+            truncated: foreign || after_seq + 1 < oldest,
             events: self
                 .events
                 .iter()
-                .filter(|e| e.seq > after_seq || after_seq >= self.next_seq)
+                .filter(|e| e.seq > after_seq)
                 .take(limit)
                 .cloned()
                 .collect(),

@@ -192,7 +192,7 @@ struct Projection<'a> {
     in_flight_total: usize,
     /// Regions moved by this plan (never twice in one plan).
     moved: HashSet<u64>,
-    /// Regions moved onto each node by this plan (not candidates to move on).
+    /// The proposals so far, in order.
     out: Vec<Proposal>,
 }
 
@@ -395,12 +395,11 @@ pub fn plan(input: &PlanInput, limits: &PlanLimits) -> Vec<Proposal> {
 
 /// Capacities learned, and their median (at least three, or no one is called slow).
 fn median_capacity(input: &PlanInput) -> Option<f64> {
-    let mut known: Vec<f64> = input.nodes.iter().filter_map(|n| n.capacity).collect();
-    if known.len() < 3 {
+    let known = input.nodes.iter().filter_map(|n| n.capacity);
+    if known.clone().count() < 3 {
         return None;
     }
-    known.sort_by(f64::total_cmp);
-    Some(known[known.len() / 2])
+    median_of(known)
 }
 
 fn is_slow(node: &NodeBrief, median: Option<f64>, limits: &PlanLimits) -> bool {

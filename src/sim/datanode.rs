@@ -45,12 +45,6 @@ pub struct SimDatanodeConfig {
     pub time_scale: f64,
 }
 
-impl std::fmt::Debug for dyn Workload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Workload")
-    }
-}
-
 impl SimDatanodeConfig {
     pub fn new(cluster_id: u64, node_id: u64) -> Self {
         Self {

@@ -35,6 +35,13 @@ pub trait Workload: Send + Sync + 'static {
     fn demand(&self, region_id: u64) -> RegionDemand;
 }
 
+/// So that a node's configuration, which holds one, can be printed.
+impl std::fmt::Debug for dyn Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Workload")
+    }
+}
+
 /// A workload set per table (every region of a table alike) and per region (overrides), that a
 /// scenario changes while it runs.
 #[derive(Default)]

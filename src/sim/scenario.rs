@@ -459,6 +459,19 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
         .list(None, 1)
         .first()
         .map_or(0, |d| d.id);
+    // The decisions made since the change, oldest first.
+    let decisions_since_change = || -> Vec<Decision> {
+        let log = autoadmin.log.lock();
+        let mut all = log.list_where(None, usize::MAX, |d| d.id > first_decision);
+        all.reverse();
+        all
+    };
+    let succeeded = |decisions: &[Decision]| {
+        decisions
+            .iter()
+            .filter(|d| d.status == DecisionStatus::Succeeded)
+            .count()
+    };
     let watch_real = options.watch.div_f64(scale);
     let mut timeline = Vec::new();
     let mut reported = first_decision;
@@ -466,17 +479,8 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
         let now = Instant::now();
         let loads = cluster.loads(&prices);
         let values: Vec<f64> = loads.values().copied().collect();
-        let decisions: Vec<Decision> = {
-            let log = autoadmin.log.lock();
-            let mut all = log.list(None, 10_000);
-            all.retain(|d| d.id > first_decision);
-            all.reverse();
-            all
-        };
-        let moves = decisions
-            .iter()
-            .filter(|d| d.status == DecisionStatus::Succeeded)
-            .count();
+        let decisions = decisions_since_change();
+        let moves = succeeded(&decisions);
         let already = reported;
         for d in decisions.iter().filter(|d| d.id > already) {
             say(format!(
@@ -515,13 +519,7 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
     }
 
     // The outcome.
-    let decisions: Vec<Decision> = {
-        let log = autoadmin.log.lock();
-        let mut all = log.list(None, 10_000);
-        all.retain(|d| d.id > first_decision);
-        all.reverse();
-        all
-    };
+    let decisions = decisions_since_change();
     let mut region_moves: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     let real_start = crate::clock::unix_ms() as f64 - started.elapsed().as_secs_f64() * 1000.0;
     for d in &decisions {
@@ -545,10 +543,7 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
         .map_or(Some(0.0), |last_over| {
             timeline.get(last_over + 1).map(|p| p.at)
         });
-    let moves = decisions
-        .iter()
-        .filter(|d| d.status == DecisionStatus::Succeeded)
-        .count();
+    let moves = succeeded(&decisions);
     let write_logs = cluster
         .nodes
         .iter()
