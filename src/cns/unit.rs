@@ -84,15 +84,53 @@ pub const MIN_CAPACITY_SAMPLES: usize = 5;
 /// until enough samples show the node working (fewer than [`MIN_CAPACITY_SAMPLES`] at 5% or
 /// more): planners then take the node as average.
 pub fn learn_capacity(samples: impl IntoIterator<Item = (f64, f64)>) -> Option<f64> {
-    let (mut served, mut used, mut count) = (0.0, 0.0, 0usize);
+    let mut tally = CapacityTally::default();
     for (ru, share) in samples {
-        if share >= MIN_UTILIZATION && ru.is_finite() && ru >= 0.0 && share.is_finite() {
-            served += ru;
-            used += share;
-            count += 1;
+        tally.add(ru, share);
+    }
+    tally.capacity()
+}
+
+/// The sums [`learn_capacity`] divides, kept as samples come and go: a node's history keeps
+/// one, so that a planning round reads each node's capacity without a pass over its history.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CapacityTally {
+    served: f64,
+    used: f64,
+    count: usize,
+}
+
+impl CapacityTally {
+    fn counts(ru: f64, share: f64) -> bool {
+        share >= MIN_UTILIZATION && ru.is_finite() && ru >= 0.0 && share.is_finite()
+    }
+
+    pub fn add(&mut self, ru: f64, share: f64) {
+        if Self::counts(ru, share) {
+            self.served += ru;
+            self.used += share;
+            self.count += 1;
         }
     }
-    (count >= MIN_CAPACITY_SAMPLES && used > 0.0 && served > 0.0).then(|| served / used)
+
+    /// Takes out a sample [`CapacityTally::add`] put in.
+    pub fn remove(&mut self, ru: f64, share: f64) {
+        if Self::counts(ru, share) {
+            self.count = self.count.saturating_sub(1);
+            if self.count == 0 {
+                // No rounding left behind.
+                *self = Self::default();
+            } else {
+                self.served -= ru;
+                self.used -= share;
+            }
+        }
+    }
+
+    pub fn capacity(&self) -> Option<f64> {
+        (self.count >= MIN_CAPACITY_SAMPLES && self.used > 0.0 && self.served > 0.0)
+            .then(|| self.served / self.used)
+    }
 }
 
 #[cfg(test)]

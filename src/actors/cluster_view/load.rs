@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
+use crate::cns::unit::CapacityTally;
 use crate::stats::{NodeStats, RegionStats};
 
 /// One point of a node's stats history.
@@ -77,6 +78,8 @@ pub(super) struct NodeHistory {
     /// The cores of the latest report: a node's cores change with a restart on another
     /// machine at most, and a sample's CPU share is read against them.
     cpu_cores: f32,
+    /// [`NodeHistory::work`] of every sample, summed for the capacity.
+    tally: CapacityTally,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -152,16 +155,48 @@ impl NodeHistory {
             self.rebase(at_unix_ms);
             after_base = at_unix_ms - self.base_unix_ms;
         }
-        self.cpu_cores = narrow(stats.cpu_cores);
+        let cores = narrow(stats.cpu_cores);
+        if cores != self.cpu_cores {
+            // Every sample's share changes with the cores: count them again.
+            self.cpu_cores = cores;
+            self.tally = CapacityTally::default();
+            let work: Vec<(f64, f64)> = self.work(usize::MAX).collect();
+            for (ru, share) in work {
+                self.tally.add(ru, share);
+            }
+        }
         if self.ring.len() == self.ring.capacity() && self.ring.len() < capacity {
             let grown = (self.ring.len() * 2).max(4).min(capacity);
             self.ring.reserve_exact(grown - self.ring.len());
         }
         while self.ring.len() >= capacity {
-            self.ring.pop_front();
+            if let Some(oldest) = self.ring.pop_front() {
+                if let Some((ru, share)) = self.work_of(&oldest) {
+                    self.tally.remove(ru, share);
+                }
+            }
         }
-        self.ring
-            .push_back(PackedSample::pack(after_base as u32, stats, ru));
+        let sample = PackedSample::pack(after_base as u32, stats, ru);
+        if let Some((ru, share)) = self.work_of(&sample) {
+            self.tally.add(ru, share);
+        }
+        self.ring.push_back(sample);
+    }
+
+    /// What `sample` says of the node's work, if its cores are known.
+    fn work_of(&self, sample: &PackedSample) -> Option<(f64, f64)> {
+        let cores = f64::from(self.cpu_cores);
+        (cores > 0.0).then(|| {
+            (
+                f64::from(sample.ru),
+                crate::cns::unit::utilization(sample.cpu_usage.into(), cores),
+            )
+        })
+    }
+
+    /// The node's capacity learned from its whole history (`cns::unit::learn_capacity`).
+    pub fn capacity(&self) -> Option<f64> {
+        self.tally.capacity()
     }
 
     /// Moves the base to the oldest sample still within reach of `at_unix_ms` (a node that has
@@ -179,18 +214,10 @@ impl NodeHistory {
     /// none if the node does not say its cores: a share of an unknown whole would call a busy
     /// many-core node overloaded.
     pub fn work(&self, count: usize) -> impl Iterator<Item = (f64, f64)> + '_ {
-        let cores = f64::from(self.cpu_cores);
-        let known = if cores > 0.0 { self.ring.len() } else { 0 };
         self.ring
             .iter()
-            .take(known)
-            .skip(known.saturating_sub(count))
-            .map(move |s| {
-                (
-                    f64::from(s.ru),
-                    crate::cns::unit::utilization(s.cpu_usage.into(), cores),
-                )
-            })
+            .skip(self.ring.len().saturating_sub(count))
+            .filter_map(|sample| self.work_of(sample))
     }
 
     pub fn len(&self) -> usize {
@@ -321,6 +348,38 @@ mod tests {
         back.push(start, &stats, 0.0, 3);
         back.push(start - 5, &stats, 0.0, 3);
         assert_eq!(back.newest(1).next().map(|s| s.at_unix_ms), Some(start));
+    }
+
+    #[test]
+    fn the_kept_capacity_is_what_the_whole_history_teaches() {
+        let mut history = NodeHistory::default();
+        for at in 0..200u64 {
+            let stats = NodeStats {
+                // Busy and idle spells, so samples both count and do not.
+                cpu_usage: if at % 7 < 2 {
+                    2.0
+                } else {
+                    50.0 + (at % 13) as f64 * 10.0
+                },
+                cpu_cores: if at < 120 { 4.0 } else { 8.0 },
+                ..NodeStats::default()
+            };
+            history.push(at, &stats, 100.0 + (at % 11) as f64 * 25.0, 60);
+            let learned = crate::cns::unit::learn_capacity(history.work(usize::MAX));
+            match (history.capacity(), learned) {
+                (Some(kept), Some(learned)) => {
+                    assert!(
+                        (kept - learned).abs() < 1e-6 * learned,
+                        "{at}: {kept} {learned}"
+                    )
+                }
+                (kept, learned) => assert_eq!(kept, learned, "at {at}"),
+            }
+        }
+        // Unknown cores: nothing to learn from.
+        history.push(300, &NodeStats::default(), 100.0, 60);
+        assert_eq!(history.capacity(), None);
+        assert_eq!(history.work(usize::MAX).count(), 0);
     }
 
     #[test]

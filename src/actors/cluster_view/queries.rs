@@ -7,7 +7,6 @@ use actix::prelude::*;
 
 use super::*;
 use crate::cns::snapshot::NodeBrief;
-use crate::cns::unit::learn_capacity;
 
 impl ClusterView {
     /// `page` of the nodes in id order, each as `describe` makes it, with the total and where
@@ -122,7 +121,7 @@ impl Handler<GetLoadSnapshot> for ClusterView {
                         && n.session.is_some()
                         && !self.draining.contains(&id),
                     ru: n.ru,
-                    capacity: learn_capacity(n.history.work(usize::MAX)),
+                    capacity: n.history.capacity(),
                     utilization,
                     regions: n.leader_regions + n.follower_regions,
                     leaders: n.leader_regions,
