@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/metasrv/v1/autoadmin.proto",
     ];
     tonic_prost_build::configure()
+        // Small per-stream buffers: see src/grpc/codec.rs.
+        .codec_path("crate::grpc::codec::CompactCodec")
         .file_descriptor_set_path(out_dir.join("metasrv_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     // A separate directory: this run would otherwise overwrite metasrv.v1.rs with an empty file.

@@ -174,7 +174,10 @@ impl Metasrv {
             region_history: config.region_history,
             ru_prices: config.cns.ru_prices.clone(),
         };
-        let ownership = Arc::new(RegionOwnership::default());
+        // Twice what a lease wait can need of a resolved grant (one lease plus the margin).
+        let ownership = Arc::new(RegionOwnership::new(
+            2 * (config.region_lease + config.failover_safety_margin),
+        ));
         let view = ClusterView::new(
             view_config,
             store.clone(),

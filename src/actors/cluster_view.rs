@@ -523,7 +523,8 @@ impl Actor for ClusterView {
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         ctx.run_interval(period, |view, _| view.check_liveness());
         ctx.run_interval(REGION_HISTORY_PRUNE_PERIOD, |view, _| {
-            view.prune_region_histories()
+            view.prune_region_histories();
+            view.ownership.forget_old_grants(Instant::now());
         });
     }
 }
@@ -686,6 +687,9 @@ impl Handler<StatsReported> for ClusterView {
             let (mut ru_now, mut ru_avg, mut size) = (0.0, 0.0, 0u64);
             let mut hottest = Best::hottest(CANDIDATES_PER_NODE);
             let mut coldest = Best::coldest(CANDIDATES_PER_NODE);
+            // Taken at the first region not seen before (each report after a takeover).
+            let ownership = self.ownership.clone();
+            let mut routed = None;
             for region in &report.regions {
                 let ru = prices.units(
                     region.rcus,
@@ -703,7 +707,10 @@ impl Handler<StatsReported> for ClusterView {
                 }
                 let load = match self.regions.get_mut(&region.region_id) {
                     Some(load) => load,
-                    None if self.ownership.is_routed(region.region_id) => {
+                    None if routed
+                        .get_or_insert_with(|| ownership.routed())
+                        .contains(&region.region_id) =>
+                    {
                         self.regions.entry(region.region_id).or_default()
                     }
                     None => continue,
@@ -874,6 +881,12 @@ impl Handler<ResetView> for ClusterView {
         }
         self.nodes.clear();
         self.regions.clear();
+        if msg.term != 0 {
+            // Every routed region's load arrives within a heartbeat of a takeover: one
+            // allocation now, rather than a score of rehashes (and fresh pages) in that burst.
+            let routed = self.ownership.routed().len();
+            self.regions.reserve(routed);
+        }
         self.draining.clear();
         // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
         // one may still have given a lease: it counts as resolved now (waits only lengthen).

@@ -3,7 +3,7 @@
 //! change) so that every heartbeat can be answered with a region lease without a KV read.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -11,7 +11,6 @@ use super::model::TableRoute;
 use crate::ids::{IdMap, IdSet};
 use crate::stats::{RegionRole, RegionStats};
 
-#[derive(Default)]
 pub struct RegionOwnership {
     by_node: RwLock<IdMap<IdMap<RegionRole>>>,
     /// Every region some route names.
@@ -27,6 +26,15 @@ pub struct RegionOwnership {
     /// Lease grants and the fences that stop them, under one lock so that a failover knows,
     /// the moment it fences a node, the last lease that node was ever granted (see `fence`).
     grants: parking_lot::Mutex<Grants>,
+    /// How long a resolved lease-granting instruction is remembered per region: past one
+    /// lease (and the safety margin) no wait can need it (see `lead_grant_resolved`).
+    grant_memory: Duration,
+}
+
+impl Default for RegionOwnership {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
 }
 
 #[derive(Default)]
@@ -48,7 +56,14 @@ struct Grants {
     /// Per (node, region), when the last lease-granting instruction for it resolved: a first
     /// write lease it gave counts from before then.
     region_grants: HashMap<(u64, u64), Instant>,
+    /// `region_grants` is pruned of entries older than `grant_memory` when it reaches this
+    /// size (then twice what is left): every region a term ever opened would otherwise stay
+    /// (40 MB a million regions).
+    prune_region_grants_at: usize,
 }
+
+/// The least `prune_region_grants_at`: pruning a small map is not worth a pass.
+const MIN_REGION_GRANTS_PRUNE: usize = 4096;
 
 /// Regions a node reports in another role than the routes give it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +94,19 @@ pub struct Examination {
 }
 
 impl RegionOwnership {
+    /// `grant_memory`: at least one region lease plus the failover safety margin.
+    pub fn new(grant_memory: Duration) -> Self {
+        Self {
+            by_node: RwLock::default(),
+            routed: RwLock::default(),
+            moving: RwLock::default(),
+            withheld_tables: RwLock::default(),
+            term_started_at: parking_lot::Mutex::default(),
+            grants: parking_lot::Mutex::default(),
+            grant_memory,
+        }
+    }
+
     /// Replaces everything with the assignments of `routes`.
     pub fn rebuild<'a>(&self, routes: impl IntoIterator<Item = &'a TableRoute>) {
         let mut by_node: IdMap<IdMap<RegionRole>> = IdMap::default();
@@ -162,9 +190,10 @@ impl RegionOwnership {
             .is_some_and(|regions| !regions.is_empty())
     }
 
-    /// Whether some route names `region_id`.
-    pub fn is_routed(&self, region_id: u64) -> bool {
-        self.routed.read().contains(&region_id)
+    /// Every region some route names, read-locked: for a pass over many regions (a lookup
+    /// each through [`Self::is_routed`] would take the lock each time).
+    pub fn routed(&self) -> parking_lot::RwLockReadGuard<'_, IdSet> {
+        self.routed.read()
     }
 
     /// Keeps in `map` only the regions some route names, under one acquisition of the index
@@ -359,6 +388,18 @@ impl RegionOwnership {
                 .or_insert(at);
             *last = (*last).max(at);
         }
+        if grants.region_grants.len() >= grants.prune_region_grants_at {
+            forget_grants_before(&mut grants, at.checked_sub(self.grant_memory));
+        }
+    }
+
+    /// Forgets resolved grants no lease wait can need any more (called periodically: a burst
+    /// of opens is otherwise kept until the map grows again).
+    pub fn forget_old_grants(&self, now: Instant) {
+        let mut grants = self.grants.lock();
+        if !grants.region_grants.is_empty() {
+            forget_grants_before(&mut grants, now.checked_sub(self.grant_memory));
+        }
     }
 
     /// Whether a lease-granting instruction to `node_id` is still unanswered: until it
@@ -422,6 +463,16 @@ impl RegionOwnership {
     pub fn unfence(&self, node_id: u64) {
         self.grants.lock().fenced.remove(&node_id);
     }
+}
+
+fn forget_grants_before(grants: &mut Grants, horizon: Option<Instant>) {
+    if let Some(horizon) = horizon {
+        grants
+            .region_grants
+            .retain(|_, resolved| *resolved > horizon);
+        grants.region_grants.shrink_to_fit();
+    }
+    grants.prune_region_grants_at = (2 * grants.region_grants.len()).max(MIN_REGION_GRANTS_PRUNE);
 }
 
 fn note(grants: &mut Grants, node_id: u64, at: Instant) {
@@ -645,6 +696,47 @@ mod tests {
         ownership.unfence(1);
         let grant = ownership.grant(1, &reported(&[1, 2]), later);
         assert_eq!(grant.leader_region_ids, vec![1]);
+    }
+
+    #[test]
+    fn resolved_grants_are_forgotten_once_no_lease_wait_needs_them() {
+        let memory = Duration::from_secs(10);
+        let ownership = RegionOwnership::new(memory);
+        let start = Instant::now();
+        // A term that opened many regions long ago, then a few lately.
+        let old = MIN_REGION_GRANTS_PRUNE as u64 - 1;
+        for region in 0..old {
+            ownership.lead_grant_sent(1, region, region);
+            ownership.lead_grant_resolved(1, region, start);
+        }
+        assert_eq!(
+            ownership.region_grant(1, 0),
+            Some(start),
+            "below the prune size"
+        );
+        let late = start + memory + Duration::from_secs(1);
+        for region in old..old + 3 {
+            ownership.lead_grant_sent(1, region, region);
+            ownership.lead_grant_resolved(1, region, late);
+        }
+        // The map reached the prune size at the first late one: the old are gone, the late
+        // kept, and the next prune waits for the map to grow again.
+        assert_eq!(ownership.region_grant(1, 0), None);
+        assert_eq!(ownership.region_grant(1, old - 1), None);
+        for region in old..old + 3 {
+            assert_eq!(ownership.region_grant(1, region), Some(late));
+        }
+        assert_eq!(ownership.grants.lock().region_grants.len(), 3);
+        assert_eq!(
+            ownership.grants.lock().prune_region_grants_at,
+            MIN_REGION_GRANTS_PRUNE
+        );
+        // The periodic pass forgets what a burst left once it is old enough.
+        ownership.forget_old_grants(late + memory - Duration::from_millis(1));
+        assert_eq!(ownership.region_grant(1, old), Some(late));
+        ownership.forget_old_grants(late + memory);
+        assert_eq!(ownership.region_grant(1, old), None);
+        assert!(ownership.grants.lock().region_grants.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -109,7 +109,9 @@ impl Heartbeat for HeartbeatService {
             inbound,
             outbound,
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(responses).map(|outgoing| *outgoing),
+        )))
     }
 
     async fn ask_leader(

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod autoadmin;
+pub mod codec;
 pub mod election;
 pub mod heartbeat;
 pub mod router;
