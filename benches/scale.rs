@@ -36,6 +36,12 @@ use metasrv::client::{ChannelPool, MetaClient, MetasrvTarget};
 use metasrv::sim::workload::host_table;
 use metasrv::sim::{SimDatanode, SimDatanodeConfig};
 
+/// The metasrv binary's allocator here too: 10,000 simulated datanodes share the two cores
+/// with the metasrv under test, and glibc's malloc was among their largest costs in a profile
+/// of the takeover (`BENCH_PERF_TAKEOVER`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone)]
 struct Plan {
     nodes: u64,
@@ -363,12 +369,14 @@ async fn run(plan: Plan) -> Figures {
 
     // ---- 5. Leader takeover after SIGKILL ----------------------------------------------------
     let survivor = 1 - leader_index;
-    // BENCH_PERF_TAKEOVER=<file>: profile the new leader through the takeover (perf record).
+    // BENCH_PERF_TAKEOVER=<file>: profile the whole machine through the takeover (perf
+    // record -a: the new leader, and the datanodes it competes with for the cores); the new
+    // leader's pid is printed for `perf report --pid`.
     let _profiler = std::env::var("BENCH_PERF_TAKEOVER").ok().map(|output| {
-        let pid = members[survivor].pid().to_string();
+        eprintln!("new leader: pid {}", members[survivor].pid());
         let mut perf = std::process::Command::new("perf");
         perf.args([
-            "record", "-F", "499", "-g", "-o", &output, "-p", &pid, "--", "sleep", "10",
+            "record", "-F", "499", "-g", "-a", "-o", &output, "--", "sleep", "10",
         ]);
         let child = perf.spawn().expect("perf runs");
         std::thread::sleep(Duration::from_millis(300));

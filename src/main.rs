@@ -14,6 +14,9 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc rather than glibc's malloc: at a million regions the leader's heap churns through a
 /// report per datanode per second, and glibc's per-thread arenas kept hundreds of MiB freed but
 /// unreturned (the scale benchmark's leader: 1,018 MiB with glibc; see BENCHMARKS.md).
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc
+/// (heaptrack: `BENCH_HEAPTRACK` in the benchmarks).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

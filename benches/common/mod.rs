@@ -162,6 +162,17 @@ impl ServerProcess {
         } else {
             Stdio::null()
         };
+        // BENCH_HEAPTRACK=<dir>: record every server's heap with heaptrack's preload library
+        // (build with `--features system-allocator`: mimalloc bypasses malloc); then
+        // `heaptrack_interpret < <dir>/server-N.raw | gzip > N.gz; heaptrack_print N.gz`.
+        if let Some(out) = std::env::var_os("BENCH_HEAPTRACK") {
+            static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let raw = std::path::Path::new(&out).join(format!("server-{n}.raw"));
+            command
+                .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env("DUMP_HEAPTRACK_OUTPUT", raw);
+        }
         let mut child = command
             .current_dir(dir.path())
             .stdout(Stdio::piped())
@@ -240,6 +251,13 @@ impl ServerProcess {
             .env(
                 "METASRV_LOG",
                 std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            // The CNS plans and records (its cost is measured) but moves nothing: the simulated
+            // datanodes report random loads, and rebalancing them would move regions under
+            // the figures these benchmarks take (`benches/cns.rs` measures the CNS itself).
+            .env(
+                "METASRV_CNS_MODE",
+                std::env::var("BENCH_CNS_MODE").unwrap_or_else(|_| "dry-run".into()),
             );
         Self::spawn(command, "metasrv ready")
     }
