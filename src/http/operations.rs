@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use std::time::Duration;
 
 use super::{error, status_response, HttpState};
 use crate::actors::scheduler::OperationRequest;
@@ -43,10 +44,31 @@ pub(super) struct OperationQuery {
     /// Answer once the procedure has finished.
     #[serde(default)]
     wait: bool,
+    /// How long `wait` waits (default [`DEFAULT_WAIT`], at most [`MAX_WAIT`]).
+    timeout_ms: Option<u64>,
 }
 
-/// Starts an operation; answers 202 with the procedure (200 with the finished one if `wait`).
-async fn start(state: &HttpState, request: OperationRequest, wait: bool) -> Response {
+/// How long `wait=true` waits for the procedure by default: a drain of thousands of regions
+/// can take minutes, and a proxy between the operator and metasrv would cut a request that
+/// hangs that long with no word on the procedure.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// The longest `timeout_ms` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+impl OperationQuery {
+    /// How long to wait for the procedure to finish, if at all.
+    fn wait_for(&self) -> Option<Duration> {
+        self.wait.then(|| {
+            self.timeout_ms
+                .map_or(DEFAULT_WAIT, Duration::from_millis)
+                .min(MAX_WAIT)
+        })
+    }
+}
+
+/// Starts an operation; answers 202 with the procedure, or 200 with the finished one if told
+/// to `wait` and it finishes in time (else 202 with it running).
+async fn start(state: &HttpState, request: OperationRequest, wait: Option<Duration>) -> Response {
     if let Err(status) = state.leadership.require_leader() {
         return status_response(status);
     }
@@ -54,17 +76,22 @@ async fn start(state: &HttpState, request: OperationRequest, wait: bool) -> Resp
         Ok(progress) => progress,
         Err(e) => return status_response(crate::grpc::admin::operation_status(e)),
     };
-    if !wait {
+    let running = |progress: &tokio::sync::watch::Receiver<crate::procedure::Procedure>| {
         let procedure = progress.borrow().clone();
-        return (
+        (
             StatusCode::ACCEPTED,
             Json(json!({ "procedure": procedure })),
         )
-            .into_response();
-    }
-    match crate::grpc::admin::wait_until_finished(progress).await {
-        Ok(procedure) => Json(json!({ "procedure": procedure })).into_response(),
-        Err(status) => status_response(status),
+            .into_response()
+    };
+    let Some(wait) = wait else {
+        return running(&progress);
+    };
+    let watched = progress.clone();
+    match tokio::time::timeout(wait, crate::grpc::admin::wait_until_finished(watched)).await {
+        Ok(Ok(procedure)) => Json(json!({ "procedure": procedure })).into_response(),
+        Ok(Err(status)) => status_response(status),
+        Err(_) => running(&progress),
     }
 }
 
@@ -78,7 +105,7 @@ fn id_and_query(path: IdPath, query: OperationParams) -> Result<(u64, OperationQ
     Ok((id, query))
 }
 
-/// `POST /v1/regions/{region_id}/migrate?to=N[&wait=true]`
+/// `POST /v1/regions/{region_id}/migrate?to=N[&wait=true[&timeout_ms=M]]`
 pub(super) async fn migrate_region(
     State(state): State<HttpState>,
     path: IdPath,
@@ -96,7 +123,7 @@ pub(super) async fn migrate_region(
     }
 }
 
-/// `POST /v1/regions/{region_id}/transfer-leader?to=N[&wait=true]`
+/// `POST /v1/regions/{region_id}/transfer-leader?to=N[&wait=true[&timeout_ms=M]]`
 pub(super) async fn transfer_leader(
     State(state): State<HttpState>,
     path: IdPath,
@@ -126,10 +153,10 @@ async fn move_region(
             "the target node is missing: ?to=<node id>",
         );
     };
-    start(state, request(to), query.wait).await
+    start(state, request(to), query.wait_for()).await
 }
 
-/// `POST /v1/nodes/{node_id}/drain[?wait=true]`
+/// `POST /v1/nodes/{node_id}/drain[?wait=true[&timeout_ms=M]]`
 pub(super) async fn drain_node(
     State(state): State<HttpState>,
     path: IdPath,
@@ -137,7 +164,12 @@ pub(super) async fn drain_node(
 ) -> Response {
     match id_and_query(path, query) {
         Ok((node_id, query)) => {
-            start(&state, OperationRequest::DrainNode { node_id }, query.wait).await
+            start(
+                &state,
+                OperationRequest::DrainNode { node_id },
+                query.wait_for(),
+            )
+            .await
         }
         Err(reason) => error(StatusCode::BAD_REQUEST, reason),
     }

@@ -337,9 +337,17 @@ async fn a_drain_moves_a_hundred_region_copies_off_a_node_with_progress() {
     let writer = spawn_writer(frontend, table.clone(), stop.clone());
 
     let http = cluster.server.http_addr;
-    let (code, body) = http_request(http, "POST", &format!("/v1/nodes/{drained}/drain")).await;
+    // `wait` is bounded: a drain of 100 regions outlasts a zero timeout, and the answer is
+    // then the running procedure.
+    let (code, body) = http_request(
+        http,
+        "POST",
+        &format!("/v1/nodes/{drained}/drain?wait=true&timeout_ms=0"),
+    )
+    .await;
     assert_eq!(code, 202, "{body}");
     let started: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(started["procedure"]["state"], "running", "{body}");
     let id = started["procedure"]["id"]
         .as_str()
         .expect("procedure id")
