@@ -722,6 +722,7 @@ impl Handler<StatsReported> for ClusterView {
                 hottest.offer(region.region_id, average, region.approximate_size);
                 coldest.offer(region.region_id, average, region.approximate_size);
             }
+            drop(routed);
             let Some(node) = self.nodes.get_mut(&node_id) else {
                 return;
             };

@@ -190,8 +190,8 @@ impl RegionOwnership {
             .is_some_and(|regions| !regions.is_empty())
     }
 
-    /// Every region some route names, read-locked: for a pass over many regions (a lookup
-    /// each through [`Self::is_routed`] would take the lock each time).
+    /// Every region some route names, read-locked: a pass over many regions takes the lock
+    /// once rather than once per region. Hold it briefly: route changes wait for it.
     pub fn routed(&self) -> parking_lot::RwLockReadGuard<'_, IdSet> {
         self.routed.read()
     }
@@ -470,7 +470,10 @@ fn forget_grants_before(grants: &mut Grants, horizon: Option<Instant>) {
         grants
             .region_grants
             .retain(|_, resolved| *resolved > horizon);
-        grants.region_grants.shrink_to_fit();
+        // Only once mostly empty: a map shrunk to fit regrows with the next grant.
+        if grants.region_grants.capacity() > 4 * grants.region_grants.len().max(1024) {
+            grants.region_grants.shrink_to_fit();
+        }
     }
     grants.prune_region_grants_at = (2 * grants.region_grants.len()).max(MIN_REGION_GRANTS_PRUNE);
 }

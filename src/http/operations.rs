@@ -76,22 +76,27 @@ async fn start(state: &HttpState, request: OperationRequest, wait: Option<Durati
         Ok(progress) => progress,
         Err(e) => return status_response(crate::grpc::admin::operation_status(e)),
     };
-    let running = |progress: &tokio::sync::watch::Receiver<crate::procedure::Procedure>| {
-        let procedure = progress.borrow().clone();
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "procedure": procedure })),
-        )
-            .into_response()
+    let answer = |code: StatusCode, procedure: crate::procedure::Procedure| {
+        (code, Json(json!({ "procedure": procedure }))).into_response()
     };
     let Some(wait) = wait else {
-        return running(&progress);
+        let procedure = progress.borrow().clone();
+        return answer(StatusCode::ACCEPTED, procedure);
     };
     let watched = progress.clone();
     match tokio::time::timeout(wait, crate::grpc::admin::wait_until_finished(watched)).await {
-        Ok(Ok(procedure)) => Json(json!({ "procedure": procedure })).into_response(),
+        Ok(Ok(procedure)) => answer(StatusCode::OK, procedure),
         Ok(Err(status)) => status_response(status),
-        Err(_) => running(&progress),
+        Err(_) => {
+            // It may have finished just as the wait ran out.
+            let procedure = progress.borrow().clone();
+            let code = if procedure.is_running() {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            answer(code, procedure)
+        }
     }
 }
 
