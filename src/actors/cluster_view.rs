@@ -688,7 +688,7 @@ impl Handler<StatsReported> for ClusterView {
             let mut hottest = Best::hottest(CANDIDATES_PER_NODE);
             let mut coldest = Best::coldest(CANDIDATES_PER_NODE);
             // Taken at the first region not seen before (each report after a takeover).
-            let ownership = self.ownership.clone();
+            let ownership = &self.ownership;
             let mut routed = None;
             for region in &report.regions {
                 let ru = prices.units(

@@ -69,7 +69,7 @@ impl Workload for LoadModel {
         }
         self.tables
             .read()
-            .get(&(region_id >> 32))
+            .get(&crate::catalog::model::table_of_region(region_id))
             .copied()
             .unwrap_or_default()
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::actors::autoadmin::{AutoadminHandle, SetMode};
 use crate::actors::cluster_view::{ListNodes, NodePage, NodeStatus};
-use crate::catalog::model::TableName;
+use crate::catalog::model::{table_of_region, TableName};
 use crate::client::{header, MetaClient};
 use crate::cns::decisions::{Decision, DecisionStatus, Mode};
 use crate::cns::planner::imbalance;
@@ -378,15 +378,17 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
             }
             let base_regions = cluster.create("base", 16).await?;
             let hot = cluster.create("hot", 4).await?;
-            cluster.model.set_table(base_regions[0].0 >> 32, base);
             cluster
                 .model
-                .set_table(hot[0].0 >> 32, demand(2.0, 1.0, 1.0, 0.0));
+                .set_table(table_of_region(base_regions[0].0), base);
+            cluster
+                .model
+                .set_table(table_of_region(hot[0].0), demand(2.0, 1.0, 1.0, 0.0));
             cluster
                 .arrange(&layout(&base_regions, |i| i as u64 % 4 + 1))
                 .await?;
             cluster.arrange(&layout(&hot, |_| 1)).await?;
-            let table = hot[0].0 >> 32;
+            let table = table_of_region(hot[0].0);
             say(
                 "  4 nodes; table base: 16 regions, 4 a node; table hot: 4 regions, all on node 1"
                     .into(),
@@ -401,7 +403,9 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
                 cluster.add_node(id).await?;
             }
             let base_regions = cluster.create("base", 12).await?;
-            cluster.model.set_table(base_regions[0].0 >> 32, base);
+            cluster
+                .model
+                .set_table(table_of_region(base_regions[0].0), base);
             cluster
                 .arrange(&layout(&base_regions, |i| i as u64 % 3 + 1))
                 .await?;
@@ -418,17 +422,17 @@ pub async fn run_scenario(options: ScenarioOptions) -> Result<ScenarioReport, St
             // 10 ms: aggregations over what they scan.
             cluster
                 .model
-                .set_table(heavy[0].0 >> 32, demand(100.0, 0.0, 0.0, 0.0));
+                .set_table(table_of_region(heavy[0].0), demand(100.0, 0.0, 0.0, 0.0));
             cluster
                 .model
-                .set_table(light[0].0 >> 32, demand(100.0, 0.0, 0.0, 0.0));
+                .set_table(table_of_region(light[0].0), demand(100.0, 0.0, 0.0, 0.0));
             cluster
                 .arrange(&layout(&heavy, |i| i as u64 % 2 + 1))
                 .await?;
             cluster
                 .arrange(&layout(&light, |i| i as u64 % 2 + 3))
                 .await?;
-            let (heavy, light) = (heavy[0].0 >> 32, light[0].0 >> 32);
+            let (heavy, light) = (table_of_region(heavy[0].0), table_of_region(light[0].0));
             say("  4 nodes; table heavy: 4 regions on nodes 1-2; table light: 4 regions on nodes 3-4; equal RCU".into());
             Box::new(move |c: &Cluster| {
                 c.model.set_table(heavy, demand(100.0, 0.0, 300.0, 4096.0));
