@@ -120,7 +120,12 @@ fn accepted_table(request: pb::CreateTableRequest, table_id: u64) -> Option<(Tab
         created_at_unix_ms: 0,
     };
     let route = new_route(table_id, placements);
-    Some((TableEntry { info, route }, regions))
+    let entry = TableEntry {
+        info,
+        route,
+        route_revision: 0,
+    };
+    Some((entry, regions))
 }
 
 /// A CreateTable request: refused with a reason, or stored so that it loads back whole.

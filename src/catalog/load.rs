@@ -41,6 +41,9 @@ pub(crate) struct CatalogAssembler {
     infos: HashMap<u64, TableInfo>,
     routes: HashMap<u64, TableRoute>,
     withheld: std::collections::HashSet<u64>,
+    /// The store revision every record was read at (0 on the embedded store): the routes'
+    /// `route_revision`.
+    revision: i64,
 }
 
 impl CatalogAssembler {
@@ -163,7 +166,11 @@ impl CatalogAssembler {
                 self.withheld.insert(id);
                 continue;
             }
-            self.cache.put_table(Arc::new(TableEntry { info, route }));
+            self.cache.put_table(Arc::new(TableEntry {
+                info,
+                route,
+                route_revision: self.revision,
+            }));
         }
         // Info or route that no name refers to: a table half-deleted by hand, say. Not served.
         let orphans: Vec<Vec<u8>> = (self.infos.keys().map(|id| keys::table(*id)))
@@ -248,6 +255,7 @@ async fn load_at_one_revision(store: &dyn KvBackend) -> Result<LoadedCatalog, St
         page.into_iter().for_each(|kv| assembler.name(kv));
     }
     let revision = scan.revision();
+    assembler.revision = revision;
     let steps: [(&str, AddRecord); 4] = [
         (keys::CATALOG_PREFIX, CatalogAssembler::catalog),
         (keys::SCHEMA_PREFIX, CatalogAssembler::schema),
@@ -314,6 +322,7 @@ mod tests {
                     })
                     .collect(),
             },
+            route_revision: 0,
         }
     }
 

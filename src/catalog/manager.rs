@@ -32,7 +32,9 @@ use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
 use crate::proto::v1 as pb;
 use crate::selector::Placement;
 use crate::stats::RegionRole;
-use crate::store::{Compare, KeyValue, KvBackend, StoreError, Txn, TxnOp, TxnOpResult};
+use crate::store::{
+    Compare, KeyRange, KeyValue, KvBackend, RangeRequest, StoreError, Txn, TxnOp, TxnOpResult,
+};
 
 /// The catalog and schema every cluster starts with.
 pub const DEFAULT_CATALOG: &str = "greptime";
@@ -105,6 +107,39 @@ pub enum DdlError {
 pub struct TableEntry {
     pub info: TableInfo,
     pub route: TableRoute,
+    /// A store revision at which the stored route was `route` (etcd), so that the next route
+    /// write compares a revision rather than the whole route (`Compare::UnchangedSince`); 0 if
+    /// none is known (the embedded store keeps none, or the route was read without one): that
+    /// write then compares the stored value.
+    pub route_revision: i64,
+}
+
+/// A table's route as read from the store.
+struct StoredRoute {
+    /// The bytes stored.
+    raw: Vec<u8>,
+    /// As this leader reads them (repaired as the catalog load repairs them).
+    route: TableRoute,
+    /// The revision of the read (0 on the embedded store).
+    revision: i64,
+}
+
+impl StoredRoute {
+    /// The compare that the stored route is still this one: by revision where the store has
+    /// them, else by value.
+    fn unchanged(&self, key: Vec<u8>) -> Compare {
+        if self.revision > 0 {
+            Compare::UnchangedSince {
+                key,
+                revision: self.revision,
+            }
+        } else {
+            Compare::ValueEquals {
+                key,
+                value: self.raw.clone(),
+            }
+        }
+    }
 }
 
 /// What CreateTable asks for.
@@ -576,7 +611,11 @@ impl TableManager {
         let placed = started.elapsed();
         self.open_regions(&name, &route).await?;
         let opened = started.elapsed();
-        let entry = Arc::new(TableEntry { info, route });
+        let mut entry = TableEntry {
+            info,
+            route,
+            route_revision: 0,
+        };
         let committed = self.commit_create(&entry).await;
         tracing::debug!(
             table = %name,
@@ -587,13 +626,15 @@ impl TableManager {
             "create_table phases"
         );
         match committed {
-            Ok(true) => {
+            Ok(Some(revision)) => {
+                entry.route_revision = revision;
+                let entry = Arc::new(entry);
                 self.ownership.add_route(&entry.route);
                 self.cache.write().put_table(entry.clone());
                 tracing::info!(table = %name, table_id, "table created");
                 Ok((true, entry))
             }
-            Ok(false) => {
+            Ok(None) => {
                 // A concurrent create of the same name won: our regions are nobody's.
                 self.close_regions_in_background(&entry.route);
                 let existing = self.load_entry(&name).await?;
@@ -676,9 +717,10 @@ impl TableManager {
         )))
     }
 
-    /// Commits name, info and route in one transaction if the name is still free. Returns
-    /// false if another create took the name first.
-    async fn commit_create(&self, entry: &TableEntry) -> Result<bool, DdlError> {
+    /// Commits name, info and route in one transaction if the name is still free. Returns the
+    /// revision the records landed at (0 if unknown), or `None` if another create took the name
+    /// first.
+    async fn commit_create(&self, entry: &TableEntry) -> Result<Option<i64>, DdlError> {
         let name_key = keys::table_name(&entry.info.name);
         let txn = Txn {
             compare: vec![Compare::Absent {
@@ -694,7 +736,7 @@ impl TableManager {
             failure: vec![],
         };
         match self.store.txn(txn).await {
-            Ok(response) => Ok(response.succeeded),
+            Ok(response) => Ok(response.succeeded.then_some(response.revision)),
             Err(StoreError::Unavailable(reason)) => {
                 // The commit may or may not have landed: look before deciding. If we cannot
                 // look either, leave the opened regions alone (closing a committed table's
@@ -713,8 +755,8 @@ impl TableManager {
                     .next()
                     .map(|kv| kv.value == entry.info.id.to_string().into_bytes());
                 match landed {
-                    Some(true) => Ok(true),
-                    Some(false) => Ok(false),
+                    Some(true) => Ok(Some(0)),
+                    Some(false) => Ok(None),
                     None => {
                         self.close_regions_in_background(&entry.route);
                         Err(DdlError::Store(StoreError::Unavailable(reason)))
@@ -765,6 +807,7 @@ impl TableManager {
         let entry = Arc::new(TableEntry {
             info: serde_json::from_slice(&info_kv.value).map_err(|e| corrupt(&info_kv.key, e))?,
             route,
+            route_revision: 0,
         });
         // What the catalog load would quarantine is not served this way either.
         if entry.info.name != *name {
@@ -1011,22 +1054,30 @@ impl TableManager {
             .map_err(|reason| format!("not moving regions of {}: {reason}", entry.info.name))?;
         let key = keys::table_route(entry.info.id);
         let new = serde_json::to_vec(&route).map_err(|e| e.to_string())?;
-        let mut expected = serde_json::to_vec(&entry.route).map_err(|e| e.to_string())?;
-        let mut respelled = false;
+        // Under the table's lock, the cached route is the stored one unless something outside
+        // this leader changed the KV: then refuse rather than overwrite it. On etcd that is
+        // checked by revision, so a route of 1,000 regions is not sent twice in one request.
+        let mut unchanged = if entry.route_revision > 0 {
+            Compare::UnchangedSince {
+                key: key.clone(),
+                revision: entry.route_revision,
+            }
+        } else {
+            Compare::ValueEquals {
+                key: key.clone(),
+                value: serde_json::to_vec(&entry.route).map_err(|e| e.to_string())?,
+            }
+        };
+        let mut reread = false;
         loop {
-            // Under the table's lock, the cached route is the stored one unless something
-            // outside this leader changed the KV: then refuse rather than overwrite it.
-            match self
-                .store
-                .compare_and_put(key.clone(), Some(expected.clone()), new.clone())
-                .await
-            {
-                Ok(response) if response.success => return Ok(self.install_route(entry, route)),
-                Ok(_) => match self.stored_route(entry).await {
-                    // The same route spelled otherwise (one repaired on load): still ours.
-                    Ok(Some((raw, stored))) if !respelled && stored == entry.route => {
-                        expected = raw;
-                        respelled = true;
+            match self.put_route_if(unchanged, &key, new.clone()).await {
+                Ok(Some(revision)) => return Ok(self.install_route(entry, route, revision)),
+                Ok(None) => match self.stored_route(entry).await {
+                    // The same route, spelled otherwise (one repaired on load) or written again
+                    // unchanged: still ours.
+                    Ok(Some(stored)) if !reread && stored.route == entry.route => {
+                        unchanged = stored.unchanged(key.clone());
+                        reread = true;
                     }
                     _ => {
                         self.refresh_route(entry).await;
@@ -1040,6 +1091,28 @@ impl TableManager {
                 Err(e) => return self.settle_unknown_write(entry, route, e).await,
             }
         }
+    }
+
+    /// Writes a route if `unchanged` holds: the revision it landed at (0 on the embedded
+    /// store), or `None` if the compare failed.
+    async fn put_route_if(
+        &self,
+        unchanged: Compare,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<Option<i64>, StoreError> {
+        let response = self
+            .store
+            .txn(Txn {
+                compare: vec![unchanged],
+                success: vec![TxnOp::Put {
+                    key: key.to_vec(),
+                    value,
+                }],
+                failure: vec![],
+            })
+            .await?;
+        Ok(response.succeeded.then_some(response.revision))
     }
 
     /// After a route write whose outcome is unknown: learns whether it landed, and makes sure
@@ -1057,25 +1130,22 @@ impl TableManager {
         let mut wait = std::time::Duration::from_millis(100);
         for _ in 0..6 {
             match self.stored_route(entry).await {
-                Ok(Some((_, stored))) if stored == route => {
-                    return Ok(self.install_route(entry, route));
+                Ok(Some(stored)) if stored.route == route => {
+                    return Ok(self.install_route(entry, route, stored.revision));
                 }
-                Ok(Some((raw, stored))) if stored == entry.route => {
-                    let mut fenced = stored;
+                Ok(Some(stored)) if stored.route == entry.route => {
+                    let unchanged = stored.unchanged(key.clone());
+                    let mut fenced = stored.route;
                     fenced.version = route.version;
                     let fenced_bytes = serde_json::to_vec(&fenced).map_err(|e| e.to_string())?;
-                    if let Ok(response) = self
-                        .store
-                        .compare_and_put(key.clone(), Some(raw), fenced_bytes)
-                        .await
+                    if let Ok(Some(revision)) =
+                        self.put_route_if(unchanged, &key, fenced_bytes).await
                     {
-                        if response.success {
-                            self.install_route(entry, fenced);
-                            return Err(format!(
-                                "the route write of {} failed ({error}) and did not land",
-                                entry.info.name
-                            ));
-                        }
+                        self.install_route(entry, fenced, revision);
+                        return Err(format!(
+                            "the route write of {} failed ({error}) and did not land",
+                            entry.info.name
+                        ));
                     }
                     // The late write may have landed meanwhile, or the store is away: look again.
                 }
@@ -1097,30 +1167,41 @@ impl TableManager {
         ))
     }
 
-    /// The stored route of `entry`'s table, raw and as this leader reads it (repaired as the
-    /// load repairs it); `None` if there is none or it cannot be decoded.
-    async fn stored_route(
-        &self,
-        entry: &TableEntry,
-    ) -> Result<Option<(Vec<u8>, TableRoute)>, StoreError> {
-        let stored = self
+    /// The stored route of `entry`'s table as this leader reads it (repaired as the load
+    /// repairs it); `None` if there is none or it cannot be decoded.
+    async fn stored_route(&self, entry: &TableEntry) -> Result<Option<StoredRoute>, StoreError> {
+        // A range rather than a get: its response names the revision it read at.
+        let read = self
             .store
-            .batch_get(vec![keys::table_route(entry.info.id)])
-            .await?
-            .into_iter()
-            .next();
-        Ok(stored.and_then(|kv| {
+            .range(RangeRequest {
+                range: KeyRange::single(keys::table_route(entry.info.id)),
+                ..Default::default()
+            })
+            .await?;
+        let revision = read.revision;
+        Ok(read.kvs.into_iter().next().and_then(|kv| {
             let mut route = serde_json::from_slice::<TableRoute>(&kv.value).ok()?;
             super::model::drop_bad_followers(&mut route);
-            Some((kv.value, route))
+            Some(StoredRoute {
+                raw: kv.value,
+                route,
+                revision,
+            })
         }))
     }
 
-    /// Makes `route` the cached route of `entry`'s table, in the cache and the ownership.
-    fn install_route(&self, entry: &TableEntry, route: TableRoute) -> Arc<TableEntry> {
+    /// Makes `route`, stored at `revision`, the cached route of `entry`'s table, in the cache
+    /// and the ownership.
+    fn install_route(
+        &self,
+        entry: &TableEntry,
+        route: TableRoute,
+        revision: i64,
+    ) -> Arc<TableEntry> {
         let updated = Arc::new(TableEntry {
             info: entry.info.clone(),
             route,
+            route_revision: revision,
         });
         self.ownership.remove_route(&entry.route);
         self.ownership.add_route(&updated.route);
@@ -1132,8 +1213,8 @@ impl TableManager {
     /// route write that found another route stored). Best effort: if the store cannot be read,
     /// the cache stays and the next attempt refreshes again. Whether the store could be read.
     async fn refresh_route(&self, entry: &TableEntry) -> bool {
-        let route = match self.stored_route(entry).await {
-            Ok(Some((_, route))) => route,
+        let stored = match self.stored_route(entry).await {
+            Ok(Some(stored)) => stored,
             Ok(None) => return true,
             Err(e) => {
                 tracing::warn!(table = %entry.info.name, "cannot re-read a route: {e}");
@@ -1141,7 +1222,7 @@ impl TableManager {
             }
         };
         // What the load would not serve is not served from here either.
-        if let Err(reason) = super::model::check_route(&entry.info, &route) {
+        if let Err(reason) = super::model::check_route(&entry.info, &stored.route) {
             tracing::error!(table = %entry.info.name, "the stored route does not fit its table: {reason}");
             return true;
         }
@@ -1149,14 +1230,17 @@ impl TableManager {
         let Some(current) = cache.tables.get(&entry.info.name).cloned() else {
             return true;
         };
-        if current.info.id != entry.info.id || current.route == route {
+        if current.info.id != entry.info.id
+            || (current.route == stored.route && current.route_revision == stored.revision)
+        {
             return true;
         }
         self.ownership.remove_route(&current.route);
-        self.ownership.add_route(&route);
+        self.ownership.add_route(&stored.route);
         cache.put_table(Arc::new(TableEntry {
             info: current.info.clone(),
-            route,
+            route: stored.route,
+            route_revision: stored.revision,
         }));
         true
     }

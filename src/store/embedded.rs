@@ -187,6 +187,11 @@ fn holds(
             get_kv(table, key)?.is_some_and(|kv| &kv.value == value)
         }
         Compare::Absent { key } => get_kv(table, key)?.is_none(),
+        Compare::UnchangedSince { .. } => {
+            return Err(StoreError::InvalidArgument(
+                "the embedded store keeps no revisions: compare the value instead".into(),
+            ))
+        }
     })
 }
 
@@ -314,7 +319,11 @@ impl KvBackend for EmbeddedStore {
                     },
                 });
             }
-            Ok(TxnResponse { succeeded, results })
+            Ok(TxnResponse {
+                succeeded,
+                results,
+                revision: 0,
+            })
         })
         .await
     }

@@ -223,15 +223,30 @@ impl EtcdStore {
         KeyValue::new(key.to_vec(), kv.value().to_vec())
     }
 
-    fn etcd_compare(&self, compare: &Compare) -> EtcdCompare {
+    /// etcd's compares for one of ours (one, or two for `UnchangedSince`).
+    fn etcd_compares(&self, compare: &Compare) -> Vec<EtcdCompare> {
         match compare {
-            Compare::ValueEquals { key, value } => {
-                EtcdCompare::value(self.full_key(key), CompareOp::Equal, value.clone())
-            }
+            Compare::ValueEquals { key, value } => vec![EtcdCompare::value(
+                self.full_key(key),
+                CompareOp::Equal,
+                value.clone(),
+            )],
             // A key that does not exist has version 0.
-            Compare::Absent { key } => {
-                EtcdCompare::version(self.full_key(key), CompareOp::Equal, 0)
-            }
+            Compare::Absent { key } => vec![EtcdCompare::version(
+                self.full_key(key),
+                CompareOp::Equal,
+                0,
+            )],
+            // A missing key's mod revision is 0 too, which is below any revision: it must
+            // also exist.
+            Compare::UnchangedSince { key, revision } => vec![
+                EtcdCompare::version(self.full_key(key), CompareOp::Greater, 0),
+                EtcdCompare::mod_revision(
+                    self.full_key(key),
+                    CompareOp::Less,
+                    revision.saturating_add(1),
+                ),
+            ],
         }
     }
 
@@ -271,6 +286,54 @@ impl EtcdStore {
 
     async fn etcd_txn(&self, txn: EtcdTxn) -> StoreResult<etcd_client::TxnResponse> {
         self.kv().txn(txn).await.map_err(map_etcd_error)
+    }
+
+    /// A transaction of reads only, tried once more if it never reached etcd
+    /// ([`read_with_one_retry`]).
+    async fn etcd_read_txn(&self, txn: EtcdTxn) -> StoreResult<etcd_client::TxnResponse> {
+        read_with_one_retry(|| {
+            let (mut kv, txn) = (self.kv(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+}
+
+/// How long a read that found no connection waits before its one retry: enough for the
+/// channel to reconnect to a live etcd, short beside a request deadline.
+const READ_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Runs a read, and runs it once more if it failed because no connection to etcd could be made
+/// (the channel reconnects lazily, and under load a first attempt can meet the reconnect in
+/// progress). Reads change nothing, so repeating one is safe; writes are never repeated here
+/// (their outcome after such an error is for the caller to learn). A read that timed out is
+/// not repeated either: its deadline is already spent.
+async fn read_with_one_retry<T, F, Fut>(read: F) -> StoreResult<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    match read().await {
+        Err(error) if never_reached_etcd(&error) => {
+            tracing::debug!("an etcd read found no connection ({error}); trying once more");
+            tokio::time::sleep(READ_RETRY_DELAY).await;
+            read().await.map_err(map_etcd_error)
+        }
+        result => result.map_err(map_etcd_error),
+    }
+}
+
+/// Whether `error` says the request could not be sent for want of a connection.
+fn never_reached_etcd(error: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match error {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable
+                || (status.code() == tonic::Code::Unknown
+                    && std::error::Error::source(status).is_some())
+        }
+        _ => false,
     }
 }
 
@@ -329,11 +392,11 @@ impl KvBackend for EtcdStore {
         if req.revision > 0 {
             options = options.with_revision(req.revision);
         }
-        let response = self
-            .kv()
-            .get(start, Some(options))
-            .await
-            .map_err(map_etcd_error)?;
+        let response = read_with_one_retry(|| {
+            let (mut kv, start, options) = (self.kv(), start.clone(), options.clone());
+            async move { kv.get(start, Some(options)).await }
+        })
+        .await?;
         Ok(RangeResponse {
             kvs: response.kvs().iter().map(|kv| self.local_kv(kv)).collect(),
             more: response.more(),
@@ -364,7 +427,7 @@ impl KvBackend for EtcdStore {
             .iter()
             .map(|key| EtcdTxnOp::get(self.full_key(key), None))
             .collect();
-        let response = self.etcd_txn(EtcdTxn::new().and_then(ops)).await?;
+        let response = self.etcd_read_txn(EtcdTxn::new().and_then(ops)).await?;
         let mut kvs = Vec::with_capacity(keys.len());
         for op in response.op_responses() {
             if let TxnOpResult::Get { kv: Some(kv) } = self.op_result(op)? {
@@ -432,7 +495,7 @@ impl KvBackend for EtcdStore {
             None => Compare::Absent { key: key.clone() },
         };
         let txn = EtcdTxn::new()
-            .when([self.etcd_compare(&compare)])
+            .when(self.etcd_compares(&compare))
             .and_then([self.etcd_op(&TxnOp::Put {
                 key: key.clone(),
                 value,
@@ -472,7 +535,11 @@ impl KvBackend for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> StoreResult<TxnResponse> {
         validate_txn(&txn)?;
-        let compares: Vec<_> = txn.compare.iter().map(|c| self.etcd_compare(c)).collect();
+        let compares: Vec<_> = txn
+            .compare
+            .iter()
+            .flat_map(|c| self.etcd_compares(c))
+            .collect();
         let success: Vec<_> = txn.success.iter().map(|op| self.etcd_op(op)).collect();
         let failure: Vec<_> = txn.failure.iter().map(|op| self.etcd_op(op)).collect();
         let response = self
@@ -491,6 +558,63 @@ impl KvBackend for EtcdStore {
         Ok(TxnResponse {
             succeeded: response.succeeded(),
             results,
+            revision: response.header().map_or(0, |header| header.revision()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_that_found_no_connection_are_tried_again() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        // What a follower's read met under load in CI: the channel was reconnecting.
+        assert!(never_reached_etcd(&status(
+            tonic::Code::Unavailable,
+            "tcp connect error"
+        )));
+        // A deadline already spent, or an answer from etcd, is not repeated.
+        assert!(!never_reached_etcd(&status(
+            tonic::Code::DeadlineExceeded,
+            "context deadline exceeded"
+        )));
+        assert!(!never_reached_etcd(&status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        )));
+        assert!(!never_reached_etcd(&status(
+            tonic::Code::Unknown,
+            "no source"
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_found_no_connection_runs_once_more_and_no_more() {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let unavailable =
+            || etcd_client::Error::GRpcStatus(tonic::Status::unavailable("tcp connect error"));
+        let recovered = read_with_one_retry(|| {
+            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if attempt == 0 {
+                    Err(unavailable())
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+        assert_eq!(recovered.ok(), Some(1));
+        attempts.store(0, std::sync::atomic::Ordering::SeqCst);
+        let down: StoreResult<u32> = read_with_one_retry(|| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(unavailable()) }
+        })
+        .await;
+        assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

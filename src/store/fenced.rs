@@ -335,21 +335,24 @@ impl KvBackend for FencedStore {
             return Err(self.lost(&fence));
         }
         // The caller's own comparison failed: its failure branch (reads only) runs now.
-        let results = if caller_failure.is_empty() {
-            Vec::new()
-        } else {
-            self.inner
-                .txn(Txn {
-                    compare: vec![],
-                    success: caller_failure,
-                    failure: vec![],
-                })
-                .await?
-                .results
-        };
+        if caller_failure.is_empty() {
+            return Ok(TxnResponse {
+                succeeded: false,
+                results: Vec::new(),
+                revision: response.revision,
+            });
+        }
+        let reads = self
+            .inner
+            .txn(Txn {
+                compare: vec![],
+                success: caller_failure,
+                failure: vec![],
+            })
+            .await?;
         Ok(TxnResponse {
             succeeded: false,
-            results,
+            ..reads
         })
     }
 }

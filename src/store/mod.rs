@@ -226,6 +226,11 @@ pub enum Compare {
     ValueEquals { key: Vec<u8>, value: Vec<u8> },
     /// The key does not exist.
     Absent { key: Vec<u8> },
+    /// The key exists and has not been written since the store's `revision` (etcd: its mod
+    /// revision is at most `revision`): it still holds what a read or write at that revision
+    /// saw. A few bytes where [`Compare::ValueEquals`] would send a large value (a table's
+    /// route) a second time. etcd only: the embedded store keeps no revisions and refuses it.
+    UnchangedSince { key: Vec<u8>, revision: i64 },
 }
 
 /// One operation of a [`Txn`].
@@ -261,6 +266,9 @@ pub struct TxnResponse {
     /// Whether every compare held (and so `success` ran).
     pub succeeded: bool,
     pub results: Vec<TxnOpResult>,
+    /// The store's revision once the transaction ran (etcd: the revision its writes landed
+    /// at, for a later [`Compare::UnchangedSince`]); 0 on the embedded store.
+    pub revision: i64,
 }
 
 /// The metadata store. Implementations must make every acknowledged write durable and every
@@ -337,7 +345,9 @@ pub(crate) fn validate_key(key: &[u8]) -> StoreResult<()> {
 pub(crate) fn validate_txn(txn: &Txn) -> StoreResult<()> {
     for compare in &txn.compare {
         match compare {
-            Compare::ValueEquals { key, .. } | Compare::Absent { key } => validate_key(key)?,
+            Compare::ValueEquals { key, .. }
+            | Compare::Absent { key }
+            | Compare::UnchangedSince { key, .. } => validate_key(key)?,
         }
     }
     for branch in [&txn.success, &txn.failure] {

@@ -15,6 +15,7 @@ use metasrv::proto::v1 as pb;
 use metasrv::proto::v1::admin_client::AdminClient;
 use metasrv::sim::{SimDatanode, SimFrontend};
 use metasrv::stats::RegionRole;
+use metasrv::store::{KeyValue, KvBackend, RangeRequest, StoreResult};
 use metasrv::Config;
 use tonic::Code;
 
@@ -508,8 +509,20 @@ async fn admin_operations_refuse_bad_requests_with_reasons() {
 /// compare it as read and go on, instead of failing every move of the table from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_stored_in_another_spelling_still_moves() {
-    use metasrv::catalog::manager::keys;
     let (_fixture, store) = crate::store_conformance::embedded();
+    route_in_another_spelling_still_moves(store).await;
+}
+
+/// The same on etcd, where route writes compare the route's revision, not its bytes: the
+/// rewrite moved the revision, the leader reads the route again, finds it equal, and moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_stored_in_another_spelling_still_moves_on_etcd() {
+    let (_fixture, store) = crate::store_conformance::etcd("respelled").await;
+    route_in_another_spelling_still_moves(store).await;
+}
+
+async fn route_in_another_spelling_still_moves(store: Arc<dyn KvBackend>) {
+    use metasrv::catalog::manager::keys;
     let configs: Vec<_> = (1..=3).map(crate::router::node).collect();
     let cluster = Cluster::start(store.clone(), config(), &configs).await;
     let table = crate::router::cpu_table("respelled");
@@ -531,7 +544,7 @@ async fn a_route_stored_in_another_spelling_still_moves() {
     let respelled = serde_json::to_vec_pretty(&parsed).expect("JSON");
     assert_ne!(respelled, stored.value);
     store
-        .put(metasrv::store::KeyValue::new(key.clone(), respelled))
+        .put(KeyValue::new(key.clone(), respelled))
         .await
         .expect("respell");
 
@@ -553,5 +566,158 @@ async fn a_route_stored_in_another_spelling_still_moves() {
     let moved = cluster.meta.route(&table).await.expect("route");
     assert!(moved.route.version > route.route.version, "{moved:?}");
     assert_eq!(moved.route.regions[0].leader.id, region.followers[0].id);
+    cluster.server.stop().await;
+}
+
+/// The etcd store, recording the compares of every transaction that writes a table's route.
+struct RecordsRouteCompares {
+    inner: Arc<dyn KvBackend>,
+    compares: parking_lot::Mutex<Vec<metasrv::store::Compare>>,
+}
+
+#[async_trait::async_trait]
+impl KvBackend for RecordsRouteCompares {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn as_etcd(&self) -> Option<&metasrv::store::etcd::EtcdStore> {
+        self.inner.as_etcd()
+    }
+    async fn range(&self, req: RangeRequest) -> StoreResult<metasrv::store::RangeResponse> {
+        self.inner.range(req).await
+    }
+    async fn put(&self, kv: KeyValue) -> StoreResult<Option<KeyValue>> {
+        self.inner.put(kv).await
+    }
+    async fn batch_get(&self, keys: Vec<Vec<u8>>) -> StoreResult<Vec<KeyValue>> {
+        self.inner.batch_get(keys).await
+    }
+    async fn batch_put(&self, kvs: Vec<KeyValue>) -> StoreResult<Vec<KeyValue>> {
+        self.inner.batch_put(kvs).await
+    }
+    async fn batch_delete(&self, keys: Vec<Vec<u8>>) -> StoreResult<Vec<KeyValue>> {
+        self.inner.batch_delete(keys).await
+    }
+    async fn compare_and_put(
+        &self,
+        key: Vec<u8>,
+        expect: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> StoreResult<metasrv::store::CompareAndPutResponse> {
+        self.inner.compare_and_put(key, expect, value).await
+    }
+    async fn delete_range(&self, range: metasrv::store::KeyRange) -> StoreResult<Vec<KeyValue>> {
+        self.inner.delete_range(range).await
+    }
+    async fn txn(&self, txn: metasrv::store::Txn) -> StoreResult<metasrv::store::TxnResponse> {
+        let route_prefix = metasrv::catalog::manager::keys::TABLE_ROUTE_PREFIX.as_bytes();
+        let writes_a_route = txn.success.iter().any(|op| {
+            matches!(op, metasrv::store::TxnOp::Put { key, .. } if key.starts_with(route_prefix))
+        });
+        if writes_a_route {
+            self.compares.lock().extend(txn.compare.iter().cloned());
+        }
+        self.inner.txn(txn).await
+    }
+}
+
+/// On etcd a route write compares the revision the leader last saw, not the route's bytes (a
+/// large table's route is not sent twice). And a route changed in the store behind the
+/// leader's back (by hand, or by a deposed leader's late write) is never overwritten by a move
+/// computed from the leader's older copy: the compare fails and the leader reads the route
+/// again. The transfer then either lands on top of the new route or reports failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_changed_behind_the_leader_is_not_overwritten_on_etcd() {
+    use metasrv::catalog::manager::keys;
+    use metasrv::store::Compare;
+    let (_fixture, etcd) = crate::store_conformance::etcd("changed_behind").await;
+    let recorder = Arc::new(RecordsRouteCompares {
+        inner: etcd,
+        compares: Default::default(),
+    });
+    let store: Arc<dyn KvBackend> = recorder.clone();
+    let configs: Vec<_> = (1..=3).map(crate::router::node).collect();
+    let cluster = Cluster::start(store.clone(), config(), &configs).await;
+    let table = crate::router::cpu_table("changed_behind");
+    let (_, created) = cluster
+        .meta
+        .create_table(crate::router::create_request(&table, 2, 2))
+        .await
+        .expect("create");
+    let transfer = |region: metasrv::catalog::model::RegionRoute| {
+        let cluster = &cluster;
+        async move {
+            procedure_of(
+                admin(cluster)
+                    .await
+                    .transfer_leader(pb::TransferLeaderRequest {
+                        header: header(CLUSTER, 0),
+                        region_id: region.region_id,
+                        to_node: region.followers[0].id,
+                        wait: true,
+                    })
+                    .await
+                    .expect("transfer accepted"),
+            )
+        }
+    };
+    let first = transfer(created.route.regions[1].clone()).await;
+    assert_eq!(first.state, "done", "{first:?}");
+    let compares = std::mem::take(&mut *recorder.compares.lock());
+    assert!(!compares.is_empty(), "the transfer wrote the route");
+    let route_prefix = keys::TABLE_ROUTE_PREFIX.as_bytes();
+    let on_routes: Vec<&Compare> = compares
+        .iter()
+        .filter(|compare| match compare {
+            Compare::ValueEquals { key, .. }
+            | Compare::Absent { key }
+            | Compare::UnchangedSince { key, .. } => key.starts_with(route_prefix),
+        })
+        .collect();
+    assert!(!on_routes.is_empty(), "{compares:?}");
+    for compare in on_routes {
+        assert!(
+            matches!(compare, Compare::UnchangedSince { revision, .. } if *revision > 0),
+            "a route write compared the whole route: {compare:?}"
+        );
+    }
+
+    cluster.meta.invalidate(&table);
+    let before = cluster.meta.route(&table).await.expect("route");
+    let key = keys::table_route(created.info.id);
+    let mut changed = before.route.clone();
+    changed.version += 10;
+    store
+        .put(KeyValue::new(
+            key.clone(),
+            serde_json::to_vec(&changed).expect("JSON"),
+        ))
+        .await
+        .expect("change the route behind the leader");
+
+    let region = before.route.regions[0].clone();
+    let procedure = transfer(region.clone()).await;
+    let stored = store
+        .batch_get(vec![key])
+        .await
+        .expect("read")
+        .into_iter()
+        .next()
+        .expect("the route is stored");
+    let stored: metasrv::catalog::model::TableRoute =
+        serde_json::from_slice(&stored.value).expect("a route");
+    if procedure.state == "done" {
+        assert!(stored.version > changed.version, "{stored:?}");
+        assert_eq!(stored.regions[0].leader.id, region.followers[0].id);
+    } else {
+        assert_eq!(
+            stored, changed,
+            "the route changed behind the leader was overwritten"
+        );
+    }
+    // Either way the leader now serves what the store holds.
+    cluster.meta.invalidate(&table);
+    let served = cluster.meta.route(&table).await.expect("route");
+    assert_eq!(served.route, stored, "{procedure:?}");
     cluster.server.stop().await;
 }

@@ -449,6 +449,107 @@ pub mod cases {
     }
 }
 
+/// `Compare::UnchangedSince` on etcd, plain and fenced: it holds while the key was not written
+/// after the revision (other keys' writes do not matter), fails once it was or if the key is
+/// missing, and every successful write names the revision it landed at.
+async fn unchanged_since_compares_the_mod_revision(store: Arc<dyn KvBackend>) {
+    let put_if = |compare: Vec<Compare>, value: &str| Txn {
+        compare,
+        success: vec![TxnOp::Put {
+            key: b"route".to_vec(),
+            value: value.as_bytes().to_vec(),
+        }],
+        failure: vec![],
+    };
+    let unchanged = |revision: i64| {
+        vec![Compare::UnchangedSince {
+            key: b"route".to_vec(),
+            revision,
+        }]
+    };
+    let missing = store
+        .txn(put_if(unchanged(i64::MAX), "v0"))
+        .await
+        .expect("txn");
+    assert!(!missing.succeeded, "a missing key is not unchanged");
+
+    let first = store.txn(put_if(vec![], "v1")).await.expect("put");
+    assert!(first.succeeded && first.revision > 0, "{first:?}");
+    // Another key's write moves the store's revision, not the route's.
+    let other = store.txn(Txn {
+        compare: vec![],
+        success: vec![TxnOp::Put {
+            key: b"other".to_vec(),
+            value: b"x".to_vec(),
+        }],
+        failure: vec![],
+    });
+    let other = other.await.expect("put other");
+    assert!(other.revision > first.revision);
+    let second = store
+        .txn(put_if(unchanged(first.revision), "v2"))
+        .await
+        .expect("txn");
+    assert!(
+        second.succeeded,
+        "unchanged since its own write: {second:?}"
+    );
+    assert!(second.revision > other.revision);
+    // A writer that read before v2 landed loses.
+    let stale = store
+        .txn(put_if(unchanged(other.revision), "stale"))
+        .await
+        .expect("txn");
+    assert!(
+        !stale.succeeded,
+        "the route was written after that revision"
+    );
+    let read = store
+        .range(RangeRequest {
+            range: KeyRange::single("route"),
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    assert_eq!(read.kvs, vec![kv("route", "v2")]);
+    // A read's revision is as good as a write's.
+    let third = store
+        .txn(put_if(unchanged(read.revision), "v3"))
+        .await
+        .expect("txn");
+    assert!(third.succeeded, "{third:?}");
+}
+
+#[tokio::test]
+async fn unchanged_since_on_etcd() {
+    let (_fixture, store) = etcd("unchanged_since").await;
+    unchanged_since_compares_the_mod_revision(store).await;
+}
+
+#[tokio::test]
+async fn unchanged_since_on_fenced_etcd() {
+    let (_fixture, store) = fenced_etcd("unchanged_since").await;
+    unchanged_since_compares_the_mod_revision(store).await;
+}
+
+/// The embedded store keeps no revisions: it refuses the compare rather than guess.
+#[tokio::test]
+async fn unchanged_since_is_refused_by_the_embedded_store() {
+    let (_fixture, store) = embedded();
+    store.put(kv("route", "v1")).await.expect("put");
+    let result = store
+        .txn(Txn {
+            compare: vec![Compare::UnchangedSince {
+                key: b"route".to_vec(),
+                revision: 1,
+            }],
+            success: vec![],
+            failure: vec![],
+        })
+        .await;
+    assert_invalid(result, "UnchangedSince on the embedded store");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod embedded_backend {
