@@ -110,12 +110,13 @@ pub struct GetNode {
 #[rtype(result = "Vec<Candidate>")]
 pub struct ListCandidates;
 
-/// Marks a node as being drained (or no longer): it is no candidate for new regions.
+/// Cordons a node (`reason`: it is no candidate for new regions) or uncordons it (`None`).
+/// Sent by `registry::set_cordon`, which persists the cordon first.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetDraining {
+pub struct SetCordon {
     pub node_id: u64,
-    pub draining: bool,
+    pub reason: Option<String>,
 }
 
 /// Every node as the load planners see it (`crate::cns::snapshot`): its load in request
@@ -212,6 +213,8 @@ pub struct SeedNodes {
     pub nodes: Vec<RegisteredNode>,
     /// How long a seeded node has to reach this leader before its silence counts.
     pub grace: Duration,
+    /// The persisted cordons (`__meta/cordon/*`).
+    pub cordons: Vec<Cordon>,
 }
 
 /// The nodes the failure detector declared dead.
@@ -260,6 +263,9 @@ pub struct NodeSnapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regions: Option<Arc<Vec<RegionStats>>>,
     pub history_len: usize,
+    /// Why the node takes no new regions, if it is cordoned (by a drain or an operator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cordoned: Option<String>,
 }
 
 /// Tuning of the ClusterView.
@@ -285,7 +291,9 @@ pub use instruction::{Instruction, MailboxError, SessionHandle};
 use load::NodeHistory;
 pub use load::{NodeSample, RegionLoad};
 use registry::Registration;
-pub use registry::{load_registered_nodes, node_key, NODE_PREFIX};
+pub use registry::{
+    load_cordons, load_registered_nodes, node_key, set_cordon, Cordon, CORDON_PREFIX, NODE_PREFIX,
+};
 
 // ---- The actor ------------------------------------------------------------------------------
 
@@ -370,9 +378,9 @@ pub struct ClusterView {
     next_instruction_id: u64,
     /// The high 32 bits of this term's instruction ids (see [`ResetView`]).
     id_epoch: u64,
-    /// Nodes being drained: never candidates for new regions (set by the drain procedure,
-    /// again by a new leader when it resumes the drain).
-    draining: std::collections::HashSet<u64>,
+    /// Cordoned nodes (why): never candidates for new regions. Persisted by whoever cordons
+    /// (a drain, an operator) and seeded again at the start of every term.
+    cordoned: HashMap<u64, String>,
 }
 
 impl ClusterView {
@@ -394,7 +402,7 @@ impl ClusterView {
             pending: HashMap::new(),
             next_instruction_id: 1,
             id_epoch: 0,
-            draining: std::collections::HashSet::new(),
+            cordoned: HashMap::new(),
         }
     }
 
@@ -842,15 +850,14 @@ impl Handler<SendInstruction> for ClusterView {
     }
 }
 
-impl Handler<SetDraining> for ClusterView {
+impl Handler<SetCordon> for ClusterView {
     type Result = ();
 
-    fn handle(&mut self, msg: SetDraining, _ctx: &mut Self::Context) {
-        if msg.draining {
-            self.draining.insert(msg.node_id);
-        } else {
-            self.draining.remove(&msg.node_id);
-        }
+    fn handle(&mut self, msg: SetCordon, _ctx: &mut Self::Context) {
+        match msg.reason {
+            Some(reason) => self.cordoned.insert(msg.node_id, reason),
+            None => self.cordoned.remove(&msg.node_id),
+        };
     }
 }
 
@@ -888,7 +895,7 @@ impl Handler<ResetView> for ClusterView {
             let routed = self.ownership.routed().len();
             self.regions.reserve(routed);
         }
-        self.draining.clear();
+        self.cordoned.clear();
         // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
         // one may still have given a lease: it counts as resolved now (waits only lengthen).
         for (id, pending) in self.pending.drain() {
@@ -905,6 +912,11 @@ impl Handler<SeedNodes> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: SeedNodes, _ctx: &mut Self::Context) {
+        self.cordoned.extend(
+            msg.cordons
+                .into_iter()
+                .map(|cordon| (cordon.node_id, cordon.reason)),
+        );
         let now = Instant::now();
         let silent_from = self.ms_since_epoch(now + msg.grace);
         let mut seeded = 0;

@@ -27,8 +27,8 @@ use tokio::sync::{watch, Semaphore};
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
-    SeedNodes, Subscribe,
+    load_cordons, load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent,
+    RegisteredNode, SeedNodes, Subscribe,
 };
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
@@ -409,7 +409,19 @@ impl StreamHandler<LeadershipState> for Scheduler {
             if let Some(tables) = tables {
                 nodes.extend(nodes_named_by_routes(&tables));
             }
-            view.do_send(SeedNodes { nodes, grace });
+            // Cordons outlive terms: a drained node stays out of placement and rebalancing.
+            let cordons = match load_cordons(procedures.store().as_ref()).await {
+                Ok(cordons) => cordons,
+                Err(e) => {
+                    tracing::error!("cannot read the cordoned nodes: {e}");
+                    Vec::new()
+                }
+            };
+            view.do_send(SeedNodes {
+                nodes,
+                grace,
+                cordons,
+            });
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all
                     .into_iter()
@@ -570,7 +582,7 @@ impl Handler<StartOperation> for Scheduler {
                         .any(|c| c.peer.id == procedure.target_node)
                 {
                     return Err(OperationError::FailedPrecondition(format!(
-                        "node {} is not a live datanode that can take regions (dead, unknown, or being drained)",
+                        "node {} is not a live datanode that can take regions (dead, unknown, or cordoned)",
                         procedure.target_node
                     )));
                 }

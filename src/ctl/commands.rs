@@ -49,7 +49,47 @@ pub(super) async fn run(
             let path = format!("/v1/nodes/{node_id}/drain");
             operation(ctl, &path, !no_wait, out, progress).await
         }
+        CtlCommand::CordonNode { node_id, reason } => {
+            let query = reason.map_or_else(String::new, |r| format!("?reason={}", url_encode(&r)));
+            let path = format!("/v1/nodes/{node_id}/cordon{query}");
+            cordon(ctl, &path, out).await
+        }
+        CtlCommand::UncordonNode { node_id } => {
+            cordon(ctl, &format!("/v1/nodes/{node_id}/uncordon"), out).await
+        }
     }
+}
+
+/// Cordons or uncordons a node; prints what holds now.
+async fn cordon(ctl: &Ctl, path: &str, out: &mut dyn Write) -> Result<(), CtlError> {
+    let answer = ctl.on_leader("POST", path, None).await?;
+    if ctl.format == OutputFormat::Json {
+        return json_out(out, &answer);
+    }
+    let node = text(&answer["node_id"]);
+    if answer["cordoned"] == true {
+        writeln!(
+            out,
+            "node {node} cordoned ({}): it takes no new regions until uncordoned",
+            text(&answer["reason"])
+        )?;
+    } else {
+        writeln!(out, "node {node} uncordoned: it may take new regions")?;
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn json_out(out: &mut dyn Write, value: &Value) -> Result<(), CtlError> {
@@ -208,7 +248,10 @@ async fn nodes(ctl: &Ctl, out: &mut dyn Write) -> Result<(), CtlError> {
         table.row(vec![
             text(&node["id"]),
             text(&node["addr"]),
-            text(&node["status"]),
+            match node["cordoned"].as_str() {
+                Some(_) => format!("{} (cordoned)", text(&node["status"])),
+                None => text(&node["status"]),
+            },
             text(&node["connected"]),
             node["phi"]
                 .as_f64()

@@ -114,12 +114,23 @@ pub enum CtlCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Moves every region copy off a node, with a progress bar until done.
+    /// Moves every region copy off a node, with a progress bar until done. The node stays
+    /// cordoned afterwards (see `uncordon-node`).
     DrainNode {
         node_id: u64,
         #[arg(long)]
         no_wait: bool,
     },
+    /// Keeps new regions off a node (placement, failovers, migrations, the CNS) until
+    /// uncordoned; its own regions stay. Survives leader changes.
+    CordonNode {
+        node_id: u64,
+        /// Why (shown by `nodes`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lets a cordoned (or drained) node take new regions again.
+    UncordonNode { node_id: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

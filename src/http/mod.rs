@@ -69,6 +69,11 @@ pub fn router(state: HttpState) -> Router {
             post(operations::transfer_leader),
         )
         .route("/v1/nodes/{node_id}/drain", post(operations::drain_node))
+        .route("/v1/nodes/{node_id}/cordon", post(operations::cordon_node))
+        .route(
+            "/v1/nodes/{node_id}/uncordon",
+            post(operations::uncordon_node),
+        )
         .route("/v1/maintenance", get(maintenance).put(set_maintenance))
         .route("/v1/members", get(members))
         .route("/v1/leader/resign", post(cluster::resign))

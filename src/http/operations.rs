@@ -1,5 +1,6 @@
 //! Procedures and the operations that start them: `GET /v1/procedures[/{id}]`, region
-//! migration, leader transfer and node drain (each answers with its procedure).
+//! migration, leader transfer and node drain (each answers with its procedure); cordoning a
+//! node (no procedure: one persisted record).
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -177,5 +178,93 @@ pub(super) async fn drain_node(
             .await
         }
         Err(reason) => error(StatusCode::BAD_REQUEST, reason),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct CordonQuery {
+    /// Why (shown in `/v1/nodes`). Default: "cordoned by an operator".
+    reason: Option<String>,
+}
+
+/// The longest cordon reason kept.
+const MAX_REASON_BYTES: usize = 256;
+
+/// `POST /v1/nodes/{node_id}/cordon[?reason=...]`: the node takes no new region (placement,
+/// failover targets, migrations, the CNS) until uncordoned; its own regions stay. Survives
+/// leader changes. A drain cordons its node and leaves it cordoned.
+pub(super) async fn cordon_node(
+    State(state): State<HttpState>,
+    path: IdPath,
+    query: Result<Query<CordonQuery>, QueryRejection>,
+) -> Response {
+    let (node_id, query) = match (path, query) {
+        (Ok(Path(node_id)), Ok(Query(query))) => (node_id, query),
+        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let reason = query
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "cordoned by an operator".into());
+    if reason.len() > MAX_REASON_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the reason is over {MAX_REASON_BYTES} bytes"),
+        );
+    }
+    set_cordon(&state, node_id, Some(reason)).await
+}
+
+/// `POST /v1/nodes/{node_id}/uncordon`: the node may take new regions again.
+pub(super) async fn uncordon_node(State(state): State<HttpState>, path: IdPath) -> Response {
+    match path {
+        Ok(Path(node_id)) => set_cordon(&state, node_id, None).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
+}
+
+async fn set_cordon(state: &HttpState, node_id: u64, reason: Option<String>) -> Response {
+    if let Err(status) = state.leadership.require_leader() {
+        return status_response(status);
+    }
+    // A cordon for a node this leader has never heard of is a typo more often than not; an
+    // uncordon is allowed whatever it names (a stale record of a node long gone).
+    if reason.is_some() {
+        let known = state
+            .cluster_view
+            .send(crate::actors::cluster_view::GetNode { node_id })
+            .await;
+        match known {
+            Ok(Some(_)) => {}
+            Ok(None) => return error(StatusCode::NOT_FOUND, format!("no datanode {node_id}")),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    }
+    let cordon = reason.is_some();
+    match crate::actors::cluster_view::set_cordon(
+        state.store.as_ref(),
+        &state.cluster_view,
+        node_id,
+        reason.clone(),
+    )
+    .await
+    {
+        Ok(was) => {
+            tracing::warn!(
+                node_id,
+                cordon,
+                reason = reason.as_deref().unwrap_or(""),
+                "node cordon changed"
+            );
+            Json(json!({
+                "node_id": node_id,
+                "cordoned": cordon,
+                "reason": reason,
+                "was_cordoned": was,
+            }))
+            .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

@@ -1,8 +1,10 @@
 //! Draining a node: every region copy it holds moves elsewhere (`planner::plan_drain` chooses
 //! where), leaders by region migration, followers by opening a copy on the new node, moving the
 //! route and closing the drained copy. Regions move in parallel (bounded); progress is kept in
-//! the procedure (`total`, `moved`, `failed`) and published as it changes. While the drain runs
-//! the node is no candidate for new regions.
+//! the procedure (`total`, `moved`, `failed`) and published as it changes. The node is cordoned
+//! first (persisted: no new region lands on it, and the CNS does not refill it) and stays
+//! cordoned once drained, until an operator uncordons it: a drain is how a node is emptied
+//! for decommissioning.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,7 @@ use tokio::sync::watch;
 
 use super::migration::{migrate_region, Migration};
 use super::OperationContext;
-use crate::actors::cluster_view::{Instruction, ListCandidates, SetDraining};
+use crate::actors::cluster_view::{set_cordon, Instruction, ListCandidates};
 use crate::catalog::model::{Peer, RegionRoute};
 use crate::planner::{plan_drain, DrainMove};
 use crate::procedure::{Procedure, ProcedureState};
@@ -42,10 +44,23 @@ pub async fn run_drain(
     if !ctx.save(&procedure, Some(&progress)).await {
         return procedure;
     }
-    ctx.cluster_view.do_send(SetDraining {
+    let reason = format!("drained by procedure {}", procedure.id);
+    if let Err(e) = set_cordon(
+        ctx.procedures.store().as_ref(),
+        &ctx.cluster_view,
         node_id,
-        draining: true,
-    });
+        Some(reason),
+    )
+    .await
+    {
+        // Uncordoned, the regions moved off could be placed back on it as they go.
+        procedure.finish(
+            ProcedureState::Failed,
+            format!("cannot cordon node {node_id}: {e}"),
+        );
+        ctx.save(&procedure, Some(&progress)).await;
+        return procedure;
+    }
     let mut last_save = Instant::now();
     for pass in 1..=DRAIN_PASSES {
         let regions = ctx.tables.regions_on(node_id);
@@ -113,10 +128,6 @@ pub async fn run_drain(
             format!("{left} region copies are still on node {node_id}"),
         );
     }
-    ctx.cluster_view.do_send(SetDraining {
-        node_id,
-        draining: false,
-    });
     ctx.save(&procedure, Some(&progress)).await;
     let _ = ctx.procedures.prune().await;
     procedure

@@ -255,6 +255,32 @@ async fn every_subcommand_works_against_a_two_member_cluster() {
             .all(|r| r["leader"]["id"] != drained),
         "node {drained} drained: {route}"
     );
+    // The drained node stays cordoned (shown by `nodes`) until uncordoned.
+    let nodes = ok(&endpoints, &["nodes"]).await;
+    assert!(nodes.contains("(cordoned)"), "{nodes}");
+    let uncordoned = ok(&endpoints, &["uncordon-node", &drained.to_string()]).await;
+    assert!(uncordoned.contains("uncordoned"), "{uncordoned}");
+    let cordoned = ok(
+        &endpoints,
+        &[
+            "cordon-node",
+            &drained.to_string(),
+            "--reason",
+            "new disk & fans",
+        ],
+    )
+    .await;
+    assert!(cordoned.contains("(new disk & fans)"), "{cordoned}");
+    let listed = json(&endpoints, &["nodes"]).await;
+    let node = listed["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["id"] == drained)
+        .cloned()
+        .expect("the drained node is listed");
+    assert_eq!(node["cordoned"], "new disk & fans", "{listed}");
+    ok(&endpoints, &["uncordon-node", &drained.to_string()]).await;
 
     // procedures: both operations, done
     let procedures = ok(&endpoints, &["procedures"]).await;

@@ -379,6 +379,9 @@ async fn a_drain_moves_a_hundred_region_copies_off_a_node_with_progress() {
         "progress only grows: {seen_moved:?}"
     );
     assert!(writes > 0, "writes went on during the drain");
+    // Drained is cordoned, and stays so: no new region, nor the CNS, refills it.
+    let reason = cordon_of(http, drained).await.flatten().expect("cordoned");
+    assert_eq!(reason, format!("drained by procedure {id}"));
 
     cluster.meta.invalidate(&table);
     let route = cluster.meta.route(&table).await.expect("route");
@@ -719,5 +722,93 @@ async fn a_route_changed_behind_the_leader_is_not_overwritten_on_etcd() {
     cluster.meta.invalidate(&table);
     let served = cluster.meta.route(&table).await.expect("route");
     assert_eq!(served.route, stored, "{procedure:?}");
+    cluster.server.stop().await;
+}
+
+/// The regions' leaders and followers of `route`, by node.
+fn holders(route: &metasrv::catalog::model::TableRoute) -> Vec<u64> {
+    route
+        .regions
+        .iter()
+        .flat_map(|r| std::iter::once(r.leader.id).chain(r.followers.iter().map(|f| f.id)))
+        .collect()
+}
+
+/// `cordoned` of node `node_id` in `/v1/nodes` (`None`: listed and not cordoned).
+async fn cordon_of(http: std::net::SocketAddr, node_id: u64) -> Option<Option<String>> {
+    let (code, body) = http_get(http, "/v1/nodes").await;
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let node = json["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == node_id)?
+        .clone();
+    Some(node["cordoned"].as_str().map(str::to_owned))
+}
+
+/// An operator cordons a node: it takes no new region, also under the next leader (a restart
+/// on the same store), until uncordoned; then it does again. A node the leader has never heard
+/// of cannot be cordoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_node_takes_no_new_region_across_leaders_until_uncordoned() {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    let configs: Vec<_> = (1..=3).map(crate::router::node).collect();
+    let cordoned = 2;
+    let cluster = Cluster::start(store.clone(), config(), &configs).await;
+    let http = cluster.server.http_addr;
+    let (code, body) = http_request(
+        http,
+        "POST",
+        &format!("/v1/nodes/{cordoned}/cordon?reason=disk%20replacement"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        cordon_of(http, cordoned).await,
+        Some(Some("disk replacement".into()))
+    );
+    assert_eq!(cordon_of(http, 1).await, Some(None));
+    let (code, body) = http_request(http, "POST", "/v1/nodes/99/cordon").await;
+    assert_eq!(code, 404, "{body}");
+
+    let create = |cluster: &Cluster, name: &'static str| {
+        let meta = cluster.meta.clone();
+        async move {
+            let table = crate::router::cpu_table(name);
+            let (_, created) = meta
+                .create_table(crate::router::create_request(&table, 6, 2))
+                .await
+                .expect("create");
+            holders(&created.route)
+        }
+    };
+    let placed = create(&cluster, "while_cordoned").await;
+    assert!(!placed.contains(&cordoned), "{placed:?}");
+    cluster.server.stop().await;
+    drop(cluster.nodes);
+
+    // A new leader on the same store.
+    let cluster = Cluster::start(store.clone(), config(), &configs).await;
+    let http = cluster.server.http_addr;
+    wait_for(
+        "the new leader to know the cordon",
+        Duration::from_secs(10),
+        || async move {
+            (cordon_of(http, cordoned).await == Some(Some("disk replacement".into()))).then_some(())
+        },
+    )
+    .await;
+    let placed = create(&cluster, "after_the_leader_changed").await;
+    assert!(!placed.contains(&cordoned), "{placed:?}");
+
+    let (code, body) = http_request(http, "POST", &format!("/v1/nodes/{cordoned}/uncordon")).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(answer["was_cordoned"], true, "{body}");
+    assert_eq!(cordon_of(http, cordoned).await, Some(None));
+    // The emptiest node again: placement gives it regions.
+    let placed = create(&cluster, "uncordoned").await;
+    assert!(placed.contains(&cordoned), "{placed:?}");
     cluster.server.stop().await;
 }

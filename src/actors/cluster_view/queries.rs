@@ -46,6 +46,7 @@ impl ClusterView {
             follower_regions: node.follower_regions,
             regions: None,
             history_len: node.history.len(),
+            cordoned: self.cordoned.get(&id).cloned(),
         }
     }
 }
@@ -81,7 +82,7 @@ impl Handler<ListCandidates> for ClusterView {
                 .filter(|(id, n)| {
                     n.status == NodeStatus::Alive
                         && n.session.is_some()
-                        && !self.draining.contains(id)
+                        && !self.cordoned.contains_key(id)
                 })
                 .map(|(&id, n)| Candidate {
                     peer: Peer {
@@ -119,7 +120,7 @@ impl Handler<GetLoadSnapshot> for ClusterView {
                     node_id: id,
                     schedulable: n.status == NodeStatus::Alive
                         && n.session.is_some()
-                        && !self.draining.contains(&id),
+                        && !self.cordoned.contains_key(&id),
                     ru: n.ru,
                     capacity: n.history.capacity(),
                     utilization,
