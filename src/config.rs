@@ -47,6 +47,11 @@ pub struct Config {
     /// elsewhere (covers clock rate differences and transit). Default: `500ms`.
     #[serde(with = "humantime_serde")]
     pub failover_safety_margin: Duration,
+    /// How long a datanode must stay dead before the follower copies it held are made again
+    /// on other nodes (a node that restarts sooner comes back with them). A copy a failover
+    /// dropped is made again at once. Default: `10m`.
+    #[serde(with = "humantime_serde")]
+    pub replica_repair_after: Duration,
     /// How long a datanode has to report the result of an instruction. Default: `10s`.
     #[serde(with = "humantime_serde")]
     pub instruction_timeout: Duration,
@@ -125,6 +130,7 @@ impl Default for Config {
             election_lease_ttl: Duration::from_secs(3),
             region_lease: Duration::from_secs(3),
             failover_safety_margin: Duration::from_millis(500),
+            replica_repair_after: Duration::from_secs(600),
             max_concurrent_failovers: 32,
             instruction_timeout: Duration::from_secs(10),
             orphan_region_grace: Duration::from_secs(60),
@@ -226,6 +232,9 @@ impl Config {
                 }
                 "FAILOVER_SAFETY_MARGIN" => {
                     self.failover_safety_margin = duration(&value).map_err(|e| bad(&e))?
+                }
+                "REPLICA_REPAIR_AFTER" => {
+                    self.replica_repair_after = duration(&value).map_err(|e| bad(&e))?
                 }
                 "REGION_LEASE" => self.region_lease = duration(&value).map_err(|e| bad(&e))?,
                 "INSTRUCTION_TIMEOUT" => {

@@ -9,6 +9,8 @@
 //! (retried after [`retry_delay`]). [`plan_region_moves`] then chooses, per region of a dead
 //! leader, which live node takes it and how.
 
+pub mod replicas;
+
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 

@@ -31,7 +31,8 @@ pub enum ProcedureState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Procedure {
     pub id: String,
-    /// What it does: `region_failover`, `migrate_region`, `transfer_leader` or `drain_node`.
+    /// What it does: `region_failover`, `migrate_region`, `transfer_leader`, `drain_node` or
+    /// `repair_replicas`.
     pub kind: String,
     /// The node a failover or a drain is for; the leader a migration started from.
     pub node_id: u64,
@@ -41,7 +42,7 @@ pub struct Procedure {
     /// The node a migration or a leader transfer moves the region to (0 for the others).
     #[serde(default)]
     pub target_node: u64,
-    /// How far a drain has come.
+    /// How far a drain (or a replica repair) has come.
     #[serde(default)]
     pub progress: Progress,
     /// How many times the reconciler started it (a failover retried after a failure keeps
@@ -70,6 +71,7 @@ pub const REGION_FAILOVER: &str = "region_failover";
 pub const MIGRATE_REGION: &str = "migrate_region";
 pub const TRANSFER_LEADER: &str = "transfer_leader";
 pub const DRAIN_NODE: &str = "drain_node";
+pub const REPAIR_REPLICAS: &str = "repair_replicas";
 
 impl Procedure {
     fn new(kind: &str, node_id: u64) -> Self {
@@ -112,6 +114,11 @@ impl Procedure {
 
     pub fn drain(node_id: u64) -> Self {
         Self::new(DRAIN_NODE, node_id)
+    }
+
+    /// One pass of re-replication (`planner::replicas`): copies made again across nodes.
+    pub fn replica_repair() -> Self {
+        Self::new(REPAIR_REPLICAS, 0)
     }
 
     pub fn is_running(&self) -> bool {

@@ -196,6 +196,7 @@ impl Metasrv {
                 safety_margin: config.failover_safety_margin,
                 instruction_timeout: config.instruction_timeout,
                 reconcile_interval: config.heartbeat_interval.max(Duration::from_millis(50)),
+                replica_repair_after: config.replica_repair_after,
             };
             let procedures = ProcedureStore::new(store.clone());
             let maintenance = maintenance.clone();

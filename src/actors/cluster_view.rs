@@ -193,6 +193,9 @@ pub struct ResetView {
     /// (every member's first term is 1, and a restarted embedded store starts again), so a
     /// late answer to another leader's or another term's instruction must not match by term.
     pub term: u64,
+    /// The persisted cordons, read before the term serves (none when leadership is lost):
+    /// no placement of the term can see a cordoned node as a candidate.
+    pub cordons: Vec<Cordon>,
 }
 
 /// A registered datanode (from `__meta/node/*`), for seeding a new term's view.
@@ -213,14 +216,19 @@ pub struct SeedNodes {
     pub nodes: Vec<RegisteredNode>,
     /// How long a seeded node has to reach this leader before its silence counts.
     pub grace: Duration,
-    /// The persisted cordons (`__meta/cordon/*`).
-    pub cordons: Vec<Cordon>,
 }
 
 /// The nodes the failure detector declared dead.
 #[derive(Message)]
-#[rtype(result = "Vec<u64>")]
+#[rtype(result = "Vec<DeadNode>")]
 pub struct ListDeadNodes;
+
+/// A node declared dead, and for how long this leader has not heard from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadNode {
+    pub node_id: u64,
+    pub silent_for: Duration,
+}
 
 /// A change in a node's liveness, published to subscribers.
 #[derive(Message, Clone, Debug, PartialEq)]
@@ -895,7 +903,11 @@ impl Handler<ResetView> for ClusterView {
             let routed = self.ownership.routed().len();
             self.regions.reserve(routed);
         }
-        self.cordoned.clear();
+        self.cordoned = msg
+            .cordons
+            .into_iter()
+            .map(|cordon| (cordon.node_id, cordon.reason))
+            .collect();
         // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
         // one may still have given a lease: it counts as resolved now (waits only lengthen).
         for (id, pending) in self.pending.drain() {
@@ -912,11 +924,6 @@ impl Handler<SeedNodes> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: SeedNodes, _ctx: &mut Self::Context) {
-        self.cordoned.extend(
-            msg.cordons
-                .into_iter()
-                .map(|cordon| (cordon.node_id, cordon.reason)),
-        );
         let now = Instant::now();
         let silent_from = self.ms_since_epoch(now + msg.grace);
         let mut seeded = 0;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::actors::cluster_view::{CloseAllSessions, ClusterView, ResetView};
+use crate::actors::cluster_view::{load_cordons, CloseAllSessions, ClusterView, Cordon, ResetView};
 use crate::catalog::TableManager;
 use crate::election::{not_leader, Leadership, LeadershipState, MemberInfo};
 use crate::store::fenced::{Fence, FencedStore};
@@ -63,7 +63,9 @@ struct LeaseLost {
 #[rtype(result = "()")]
 struct StateLoaded {
     generation: u64,
-    result: Result<(), String>,
+    /// The persisted cordons, read with the catalog: the view knows them before this term
+    /// places a region.
+    result: Result<Vec<Cordon>, String>,
 }
 
 /// This member's election key is gone or holds another value: it leads no more.
@@ -276,7 +278,10 @@ impl ElectionActor {
                 ));
             }
             self.cluster_view.do_send(CloseAllSessions { status });
-            self.cluster_view.do_send(ResetView { term: 0 });
+            self.cluster_view.do_send(ResetView {
+                term: 0,
+                cordons: Vec::new(),
+            });
         }
         if let Some(keepalive) = self.keepalive.take() {
             keepalive.abort();
@@ -303,9 +308,12 @@ impl ElectionActor {
     fn load_state(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let tables = self.tables.clone();
         let me = ctx.address();
-        let load = self
-            .background
-            .spawn(async move { tables.become_leader().await.map_err(|e| e.to_string()) });
+        let load = self.background.spawn(async move {
+            tables.become_leader().await.map_err(|e| e.to_string())?;
+            load_cordons(tables.store().as_ref())
+                .await
+                .map_err(|e| format!("cannot read the cordoned nodes: {e}"))
+        });
         if let Some(earlier) = self.loading.replace(load.abort_handle()) {
             earlier.abort();
         }
@@ -593,9 +601,12 @@ impl Handler<StateLoaded> for ElectionActor {
             return;
         }
         match msg.result {
-            Ok(()) => {
+            Ok(cordons) => {
                 // A clean view: nodes register again as their streams reconnect here.
-                self.cluster_view.do_send(ResetView { term: self.term });
+                self.cluster_view.do_send(ResetView {
+                    term: self.term,
+                    cordons,
+                });
                 self.set_state(true, Some(self.me.clone()));
                 tracing::info!(member = self.me.id, term = self.term, "serving as leader");
             }

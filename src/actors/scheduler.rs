@@ -27,8 +27,8 @@ use tokio::sync::{watch, Semaphore};
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    load_cordons, load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent,
-    RegisteredNode, SeedNodes, Subscribe,
+    load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
+    SeedNodes, Subscribe,
 };
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
@@ -36,11 +36,13 @@ use crate::metrics::Metrics;
 use crate::operations::drain::run_drain;
 use crate::operations::failover::fail_over_node;
 use crate::operations::migration::run_migration;
+use crate::operations::replicas::run_replica_repair;
 use crate::operations::OperationContext;
+use crate::planner::replicas::{needs_repair, plan_replica_repairs, ReplicaSnapshot};
 use crate::planner::{plan_failovers, retry_delay, FailoverSnapshot, Operator};
 use crate::procedure::{
     load_maintenance, Procedure, ProcedureState, ProcedureStore, DRAIN_NODE, MIGRATE_REGION,
-    REGION_FAILOVER, TRANSFER_LEADER,
+    REGION_FAILOVER, REPAIR_REPLICAS, TRANSFER_LEADER,
 };
 use crate::selector::{Placement, Selector, SelectorKind};
 
@@ -119,6 +121,8 @@ pub struct FailoverConfig {
     pub instruction_timeout: Duration,
     /// How often the reconciler compares routes with the cluster even without an event.
     pub reconcile_interval: Duration,
+    /// How long a node stays dead before its follower copies are made again elsewhere.
+    pub replica_repair_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,15 @@ struct RunningOperation {
     progress: watch::Receiver<Procedure>,
 }
 
+/// An operation's task, as `track_operation` runs it.
+type OperationFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Procedure>>>;
+
+/// The most repairs one re-replication pass plans (the next check plans the rest).
+const REPAIRS_PER_PASS: usize = 4096;
+/// How often, at most, the routes are checked for regions with copies missing (more often
+/// when `replica_repair_after` is short: a quarter of it).
+const REPLICA_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 impl Scheduler {
     pub fn new(
         cluster_view: Addr<ClusterView>,
@@ -219,14 +232,28 @@ impl Scheduler {
         ctx: &mut Context<Self>,
     ) -> Option<watch::Receiver<Procedure>> {
         let operation = self.operation_context()?;
+        Some(
+            self.track_operation(procedure, ctx, move |procedure, progress| {
+                if procedure.kind == DRAIN_NODE {
+                    Box::pin(run_drain(operation, procedure, resumed, progress))
+                } else {
+                    Box::pin(run_migration(operation, procedure, resumed, progress))
+                }
+            }),
+        )
+    }
+
+    /// Runs `start(procedure, progress)` as an operation of this term: listed with its live
+    /// progress, cancelled when the term ends.
+    fn track_operation(
+        &mut self,
+        procedure: Procedure,
+        ctx: &mut Context<Self>,
+        start: impl FnOnce(Procedure, watch::Sender<Procedure>) -> OperationFuture,
+    ) -> watch::Receiver<Procedure> {
         let id = procedure.id.clone();
         let (progress, watcher) = watch::channel(procedure.clone());
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Procedure>>> =
-            if procedure.kind == DRAIN_NODE {
-                Box::pin(run_drain(operation, procedure, resumed, progress))
-            } else {
-                Box::pin(run_migration(operation, procedure, resumed, progress))
-            };
+        let fut = start(procedure, progress);
         let done_id = id.clone();
         let task = ctx.spawn(fut.into_actor(self).map(move |_, scheduler, _| {
             scheduler.operations.remove(&done_id);
@@ -238,7 +265,76 @@ impl Scheduler {
                 progress: watcher.clone(),
             },
         );
-        Some(watcher)
+        watcher
+    }
+
+    /// Looks for regions with fewer live copies than their tables ask for and starts one pass
+    /// of re-replication (`planner::replicas`), unless one runs or maintenance is on.
+    fn check_replicas(&mut self, ctx: &mut Context<Self>) {
+        if !self.ready
+            || !self.leadership.is_serving_leader()
+            || self.maintenance.load(Ordering::Relaxed)
+            || self
+                .operations
+                .values()
+                .any(|op| op.progress.borrow().kind == REPAIR_REPLICAS)
+        {
+            return;
+        }
+        let Some(tables) = self.tables.clone() else {
+            return;
+        };
+        let term = self.serving_term;
+        let view = self.cluster_view.clone();
+        let repair_after = self.failover.replica_repair_after;
+        let gather = async move {
+            let dead = view.send(ListDeadNodes).await.ok()?;
+            let candidates = view.send(ListCandidates).await.ok()?;
+            Some(ReplicaSnapshot {
+                candidates,
+                long_dead: dead
+                    .iter()
+                    .filter(|d| d.silent_for >= repair_after)
+                    .map(|d| d.node_id)
+                    .collect(),
+                dead: dead.iter().map(|d| d.node_id).collect(),
+            })
+        };
+        ctx.spawn(gather.into_actor(self).map(move |snapshot, scheduler, ctx| {
+            let Some(snapshot) = snapshot else {
+                return;
+            };
+            if scheduler.serving_term != term {
+                return;
+            }
+            // One cheap test per routed region; a region an operation holds waits for the
+            // next check.
+            let entries = tables.tables();
+            let regions = entries.iter().flat_map(|entry| {
+                let copies = entry.info.replicas.max(1);
+                let (tables, long_dead) = (&tables, &snapshot.long_dead);
+                entry
+                    .route
+                    .regions
+                    .iter()
+                    .filter(move |r| {
+                        needs_repair(r, copies, long_dead) && !tables.is_locked(r.region_id)
+                    })
+                    .map(move |r| (r, copies))
+            });
+            let repairs = plan_replica_repairs(regions, &snapshot, REPAIRS_PER_PASS);
+            if repairs.is_empty() {
+                return;
+            }
+            let Some(operation) = scheduler.operation_context() else {
+                return;
+            };
+            let procedure = Procedure::replica_repair();
+            tracing::info!(procedure = %procedure.id, regions = repairs.len(), "making lost region copies again");
+            scheduler.track_operation(procedure, ctx, move |procedure, progress| {
+                Box::pin(run_replica_repair(operation, procedure, repairs, progress))
+            });
+        }));
     }
 
     /// The running operation that holds `region_id` or drains `node_id`, if any.
@@ -313,7 +409,7 @@ impl Scheduler {
             let snapshot = FailoverSnapshot {
                 dead: dead
                     .into_iter()
-                    .map(|node_id| (node_id, tables.ownership().leads_any(node_id)))
+                    .map(|dead| (dead.node_id, tables.ownership().leads_any(dead.node_id)))
                     .collect(),
                 running: scheduler.failing_over.keys().copied().collect(),
                 maintenance: scheduler.maintenance.load(Ordering::Relaxed),
@@ -362,6 +458,9 @@ impl Actor for Scheduler {
         ctx.run_interval(self.failover.reconcile_interval, |scheduler, ctx| {
             scheduler.reconcile(ctx)
         });
+        let every = (self.failover.replica_repair_after / 4)
+            .clamp(Duration::from_millis(100), REPLICA_CHECK_EVERY);
+        ctx.run_interval(every, |scheduler, ctx| scheduler.check_replicas(ctx));
     }
 }
 
@@ -409,19 +508,7 @@ impl StreamHandler<LeadershipState> for Scheduler {
             if let Some(tables) = tables {
                 nodes.extend(nodes_named_by_routes(&tables));
             }
-            // Cordons outlive terms: a drained node stays out of placement and rebalancing.
-            let cordons = match load_cordons(procedures.store().as_ref()).await {
-                Ok(cordons) => cordons,
-                Err(e) => {
-                    tracing::error!("cannot read the cordoned nodes: {e}");
-                    Vec::new()
-                }
-            };
-            view.do_send(SeedNodes {
-                nodes,
-                grace,
-                cordons,
-            });
+            view.do_send(SeedNodes { nodes, grace });
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all
                     .into_iter()
@@ -455,6 +542,23 @@ impl StreamHandler<LeadershipState> for Scheduler {
                     MIGRATE_REGION | TRANSFER_LEADER | DRAIN_NODE => {
                         tracing::info!(procedure = %procedure.id, kind = %procedure.kind, "resuming an operation left by the previous leader");
                         scheduler.run_operation(procedure, true, ctx);
+                    }
+                    REPAIR_REPLICAS => {
+                        // Level-triggered: this term's own checks plan whatever is left.
+                        let mut procedure = procedure;
+                        procedure.finish(
+                            ProcedureState::Failed,
+                            "interrupted by a leader change; the new leader plans what is left",
+                        );
+                        let procedures = scheduler.procedures.clone();
+                        ctx.spawn(
+                            async move {
+                                if let Err(e) = procedures.save(&procedure).await {
+                                    tracing::warn!("cannot close an interrupted replica repair: {e}");
+                                }
+                            }
+                            .into_actor(scheduler),
+                        );
                     }
                     other => {
                         tracing::warn!(procedure = %procedure.id, kind = other, "unknown procedure kind left running; ignored");

@@ -403,6 +403,11 @@ impl TableManager {
     }
 
     /// The records the last catalog load could not read.
+    /// The store the catalog lives in (this member's fenced view of it).
+    pub fn store(&self) -> &Arc<dyn KvBackend> {
+        &self.store
+    }
+
     pub fn quarantine(&self) -> &Arc<Quarantine> {
         &self.quarantine
     }
@@ -1230,9 +1235,7 @@ impl TableManager {
         let Some(current) = cache.tables.get(&entry.info.name).cloned() else {
             return true;
         };
-        if current.info.id != entry.info.id
-            || (current.route == stored.route && current.route_revision == stored.revision)
-        {
+        if current.info.id != entry.info.id || current.route == stored.route {
             return true;
         }
         self.ownership.remove_route(&current.route);

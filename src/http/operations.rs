@@ -228,16 +228,16 @@ async fn set_cordon(state: &HttpState, node_id: u64, reason: Option<String>) -> 
     if let Err(status) = state.leadership.require_leader() {
         return status_response(status);
     }
-    // A cordon for a node this leader has never heard of is a typo more often than not; an
-    // uncordon is allowed whatever it names (a stale record of a node long gone).
+    // A cordon for a node that never registered is a typo more often than not; an uncordon
+    // is allowed whatever it names (a stale record of a node long gone).
     if reason.is_some() {
-        let known = state
-            .cluster_view
-            .send(crate::actors::cluster_view::GetNode { node_id })
+        let registered = state
+            .store
+            .batch_get(vec![crate::actors::cluster_view::node_key(node_id)])
             .await;
-        match known {
-            Ok(Some(_)) => {}
-            Ok(None) => return error(StatusCode::NOT_FOUND, format!("no datanode {node_id}")),
+        match registered {
+            Ok(found) if !found.is_empty() => {}
+            Ok(_) => return error(StatusCode::NOT_FOUND, format!("no datanode {node_id}")),
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }

@@ -44,15 +44,7 @@ pub async fn run_drain(
     if !ctx.save(&procedure, Some(&progress)).await {
         return procedure;
     }
-    let reason = format!("drained by procedure {}", procedure.id);
-    if let Err(e) = set_cordon(
-        ctx.procedures.store().as_ref(),
-        &ctx.cluster_view,
-        node_id,
-        Some(reason),
-    )
-    .await
-    {
+    if let Err(e) = cordon(&ctx, node_id, &procedure.id).await {
         // Uncordoned, the regions moved off could be placed back on it as they go.
         procedure.finish(
             ProcedureState::Failed,
@@ -133,6 +125,37 @@ pub async fn run_drain(
     procedure
 }
 
+/// Cordons the drained node, trying a few times (a store that blinks should not fail a drain).
+async fn cordon(
+    ctx: &OperationContext,
+    node_id: u64,
+    procedure_id: &str,
+) -> crate::store::StoreResult<()> {
+    let reason = format!("drained by procedure {procedure_id}");
+    let store = ctx.procedures.store();
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..3 {
+        match set_cordon(
+            store.as_ref(),
+            &ctx.cluster_view,
+            node_id,
+            Some(reason.clone()),
+        )
+        .await
+        {
+            Err(e @ crate::store::StoreError::Unavailable(_)) => {
+                tracing::warn!(node_id, "cannot cordon a drained node yet: {e}");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+    set_cordon(store.as_ref(), &ctx.cluster_view, node_id, Some(reason))
+        .await
+        .map(|_| ())
+}
+
 /// Moves one copy off the drained node, under the region's operation lock.
 async fn carry_out(ctx: &OperationContext, node_id: u64, planned: DrainMove) -> Result<(), String> {
     let region_id = planned.region_id();
@@ -158,33 +181,42 @@ async fn carry_out(ctx: &OperationContext, node_id: u64, planned: DrainMove) -> 
                 .map(|_| ())
         }
         DrainMove::MoveFollower { to, .. } => {
-            move_follower(ctx, region_id, node_id, Some(to)).await
+            replace_follower(ctx, region_id, Some(node_id), Some(to)).await
         }
-        DrainMove::DropFollower { .. } => move_follower(ctx, region_id, node_id, None).await,
+        DrainMove::DropFollower { .. } => {
+            replace_follower(ctx, region_id, Some(node_id), None).await
+        }
         DrainMove::Stuck { .. } => Ok(()),
     }
 }
 
-/// Replaces the follower copy of `region_id` on `from` with one on `to` (or with none): the new
-/// copy opens first, then the route names it, then the old copy closes.
-async fn move_follower(
+/// Replaces the follower copy of `region_id` on `from` with one on `to` (or with none; with no
+/// `from`, adds one on `to` if the region still has fewer copies than its table asks for): the
+/// new copy opens first, then the route names it, then the old copy closes. The caller holds
+/// the region's operation lock.
+pub(super) async fn replace_follower(
     ctx: &OperationContext,
     region_id: u64,
-    from: u64,
+    from: Option<u64>,
     to: Option<Peer>,
 ) -> Result<(), String> {
     let (entry, region) = ctx
         .tables
         .region_route(region_id)
         .ok_or_else(|| format!("region {region_id} is not routed (its table was dropped?)"))?;
-    if !region.followers.iter().any(|f| f.id == from) {
-        // Moved already (a resumed drain).
-        return Ok(());
+    match from {
+        // Moved already (a resumed drain, a repair planned twice).
+        Some(from) if !region.followers.iter().any(|f| f.id == from) => return Ok(()),
+        None if 1 + region.followers.len() >= entry.info.replicas.max(1) as usize => return Ok(()),
+        _ => {}
     }
     // The plan is older than the region's lock: `to` may hold a copy by now (a failover or a
     // migration put one there). Then the copy on `from` is only dropped.
     let to = to
         .filter(|to| to.id != region.leader.id && !region.followers.iter().any(|f| f.id == to.id));
+    if from.is_none() && to.is_none() {
+        return Ok(());
+    }
     let ownership = ctx.tables.ownership();
     if let Some(to) = &to {
         ctx.open_follower(&entry.info.name, region_id, to.id)
@@ -193,7 +225,7 @@ async fn move_follower(
     let mut followers: Vec<Peer> = region
         .followers
         .iter()
-        .filter(|f| f.id != from)
+        .filter(|f| Some(f.id) != from)
         .cloned()
         .collect();
     followers.extend(to.clone());
@@ -212,7 +244,7 @@ async fn move_follower(
     if let Err(e) = moved {
         // The write may have landed although its answer was lost.
         let landed = ctx.tables.region_route(region_id).is_some_and(|(_, r)| {
-            !r.followers.iter().any(|f| f.id == from)
+            !r.followers.iter().any(|f| Some(f.id) == from)
                 && to
                     .as_ref()
                     .is_none_or(|to| r.followers.iter().any(|f| f.id == to.id))
@@ -224,6 +256,8 @@ async fn move_follower(
             return Err(format!("cannot move the route: {e}"));
         }
     }
-    ctx.instruct_in_background(from, Instruction::CloseRegion { region_id });
+    if let Some(from) = from {
+        ctx.instruct_in_background(from, Instruction::CloseRegion { region_id });
+    }
     Ok(())
 }

@@ -19,21 +19,8 @@ use crate::stats::RegionRole;
 /// One region of the dead node with where it goes.
 type PlannedMove = (RegionMove, (Arc<TableEntry>, RegionRoute));
 
-/// Regions of one dead node moving at once, counted in whole tables (see [`tables_at_once`]).
-const REGIONS_AT_ONCE: usize = 4096;
-/// Tables whose regions of one dead node move at once, whatever their size (each table also
-/// takes an operation permit, of `max_concurrent_failovers`).
-const MIN_TABLES_AT_ONCE: usize = 8;
-const MAX_TABLES_AT_ONCE: usize = 32;
-
-/// How many tables' regions move at once when a dead node leads `regions` regions of `tables`
-/// tables. Each round costs about a round trip to the slowest target and a route write,
-/// whatever its size: 8 tables at a time, a node leading 50 regions in each of 200 tables
-/// needs 25 rounds where one leading 500 in each of 20 needs 3.
-fn tables_at_once(regions: usize, tables: usize) -> usize {
-    let per_table = regions.div_ceil(tables.max(1)).max(1);
-    (REGIONS_AT_ONCE / per_table).clamp(MIN_TABLES_AT_ONCE, MAX_TABLES_AT_ONCE)
-}
+/// Tables whose regions of one dead node move at once (each also takes an operation permit).
+const TABLES_AT_ONCE: usize = 8;
 /// The procedure record is written at most this often while regions move.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -132,7 +119,6 @@ async fn move_regions_of_dead_node(
     // wrote the route once per region (10,000 regions: 5 s of route writes). A table's batch
     // takes one operation permit (the permits bound operations, not regions) and several
     // tables move at once; the record is written at most every SAVE_EVERY.
-    let regions_total = planned.len();
     let mut by_table: Vec<Vec<PlannedMove>> = Vec::new();
     let mut table_index: std::collections::HashMap<u64, usize> = Default::default();
     for (planned, (entry, region)) in planned.into_iter().zip(regions) {
@@ -143,7 +129,6 @@ async fn move_regions_of_dead_node(
         by_table[index].push((planned, (entry, region)));
     }
     let f_ref = &f;
-    let at_once = tables_at_once(regions_total, by_table.len());
     let mut outcomes = futures::stream::iter(by_table)
         .map(|batch| async move {
             let _permit = f_ref.permits.acquire().await;
@@ -154,7 +139,7 @@ async fn move_regions_of_dead_node(
             ))
             .await
         })
-        .buffer_unordered(at_once)
+        .buffer_unordered(TABLES_AT_ONCE)
         .flat_map(futures::stream::iter);
     let mut failures = 0;
     let mut last_save = Instant::now();
@@ -307,22 +292,4 @@ async fn move_region(
         }
     }
     Ok(steps)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn many_small_tables_move_more_at_once_than_few_large_ones() {
-        // 10,000 regions in 200 tables of 50: 32 at once (the most), not 8.
-        assert_eq!(tables_at_once(10_000, 200), 32);
-        // 10,000 regions in 20 tables of 500: 8 at once (4,000 regions in flight).
-        assert_eq!(tables_at_once(10_000, 20), 8);
-        // 1,024-region tables: never fewer than 8.
-        assert_eq!(tables_at_once(10_240, 10), 8);
-        // 200 regions of 100 tables: bounded by the most, too.
-        assert_eq!(tables_at_once(200, 100), 32);
-        assert_eq!(tables_at_once(0, 0), 32);
-    }
 }

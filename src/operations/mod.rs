@@ -9,6 +9,7 @@
 pub mod drain;
 pub mod failover;
 pub mod migration;
+pub mod replicas;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -396,3 +396,97 @@ async fn an_orphan_region_is_closed_after_the_grace() {
         .expect("the table takes writes");
     cluster.server.stop().await;
 }
+
+/// Copies lost with a dead datanode are made again: a region whose leader failed over (it led
+/// on with one copy of the two its table asks for) gets a new follower, and a follower on the
+/// dead node is replaced once the node has stayed dead for `replica_repair_after`. Afterwards
+/// every region has two copies on live nodes, each open on its node in its role, and takes
+/// writes; the repair is a procedure like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_lost_with_a_dead_datanode_are_made_again() {
+    let (_fixture, store) = crate::store_conformance::embedded();
+    // Three nodes: placement then makes each lead some regions and follow others.
+    let configs: Vec<_> = (1..=3).map(node).collect();
+    let config = metasrv::Config {
+        replica_repair_after: Duration::from_secs(2),
+        ..config()
+    };
+    let cluster = Cluster::start(store, config, &configs).await;
+    let table = cpu_table("repaired");
+    let (_, created) = cluster
+        .meta
+        .create_table(create_request(&table, 12, 2))
+        .await
+        .expect("create");
+    let dead = 1;
+    let leads = created.route.regions.iter().any(|r| r.leader.id == dead);
+    let follows = created
+        .route
+        .regions
+        .iter()
+        .any(|r| r.followers.iter().any(|f| f.id == dead));
+    assert!(
+        leads && follows,
+        "node {dead} leads and follows: {created:?}"
+    );
+    cluster
+        .frontend
+        .insert(rows(&table, 200))
+        .await
+        .expect("writes before the fault");
+    let mut nodes = cluster.nodes;
+    let logs = logs_of(&nodes);
+    drop(nodes.remove(0));
+
+    let live: HashSet<u64> = nodes.iter().map(SimDatanode::node_id).collect();
+    let route = crate::router::wait_for_route(
+        &cluster.meta,
+        &table,
+        "every region to have two copies on live nodes",
+        Duration::from_secs(30),
+        |route| {
+            route.route.regions.iter().all(|r| {
+                live.contains(&r.leader.id)
+                    && r.followers.len() == 1
+                    && live.contains(&r.followers[0].id)
+                    && r.followers[0].id != r.leader.id
+            })
+        },
+    )
+    .await;
+    wait_for(
+        "each follower copy to be open on its node",
+        Duration::from_secs(10),
+        || {
+            let open = route.route.regions.iter().all(|r| {
+                nodes
+                    .iter()
+                    .find(|n| n.node_id() == r.followers[0].id)
+                    .is_some_and(|n| n.regions().get(&r.region_id) == Some(&RegionRole::Follower))
+            });
+            async move { open.then_some(()) }
+        },
+    )
+    .await;
+    wait_led_by_routed_leaders(&route, &nodes).await;
+    cluster
+        .frontend
+        .insert(rows(&table, 200))
+        .await
+        .expect("writes after the repair");
+    assert_no_overlapping_leaders(&logs);
+    let (code, body) = http_get(cluster.server.http_addr, "/v1/procedures").await;
+    assert_eq!(code, 200, "{body}");
+    let procedures: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let repairs: Vec<&serde_json::Value> = procedures["procedures"]
+        .as_array()
+        .expect("procedures")
+        .iter()
+        .filter(|p| p["kind"] == "repair_replicas")
+        .collect();
+    assert!(
+        repairs.iter().any(|p| p["state"] == "done"),
+        "a finished repair is listed: {body}"
+    );
+    cluster.server.stop().await;
+}

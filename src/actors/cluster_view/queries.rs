@@ -193,11 +193,18 @@ impl Handler<ListDeadNodes> for ClusterView {
     type Result = MessageResult<ListDeadNodes>;
 
     fn handle(&mut self, _msg: ListDeadNodes, _ctx: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
         MessageResult(
             self.nodes
                 .iter()
                 .filter(|(_, n)| n.status == NodeStatus::Dead)
-                .map(|(&id, _)| id)
+                .map(|(&id, n)| DeadNode {
+                    node_id: id,
+                    // Seeded nodes count from their seeding (this term heard nothing earlier).
+                    silent_for: n
+                        .last_request_at
+                        .map_or(Duration::MAX, |at| now.saturating_duration_since(at)),
+                })
                 .collect(),
         )
     }

@@ -81,6 +81,11 @@ pub async fn set_cordon(
     node_id: u64,
     reason: Option<String>,
 ) -> StoreResult<bool> {
+    // One change at a time, write and message together: two racing changes (an operator's
+    // uncordon and a drain's cordon) would otherwise reach the view in the other order than
+    // the store's, and the view would contradict the store for the rest of the term.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let existed = match &reason {
         Some(reason) => {
             let cordon = Cordon {
