@@ -373,6 +373,14 @@ impl Config {
             ));
         }
         self.check_timing_rule()?;
+        // A dead node's followers are replaced only once its leases surely lapsed and it had
+        // a chance to come back; shorter would copy regions on every blip.
+        if self.replica_repair_after < self.region_lease {
+            return Err(ConfigError::Invalid(format!(
+                "replica_repair_after ({:?}) must be at least region_lease ({:?})",
+                self.replica_repair_after, self.region_lease
+            )));
+        }
         if self.instruction_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "instruction_timeout must be positive".into(),
@@ -499,6 +507,19 @@ mod tests {
         assert_eq!(config.etcd.endpoints.len(), 2);
         assert_eq!(config.etcd.request_timeout, Duration::from_secs(2));
         assert_eq!(config.etcd.key_prefix, "/metasrv");
+    }
+
+    #[test]
+    fn replica_repair_waits_at_least_a_region_lease() {
+        let mut config = Config::default();
+        config
+            .apply_env(vars(&[("METASRV_REPLICA_REPAIR_AFTER", "2m")]))
+            .expect("valid env");
+        assert_eq!(config.replica_repair_after, Duration::from_secs(120));
+        assert!(config.validate().is_ok());
+        config.replica_repair_after = config.region_lease / 2;
+        let refused = config.validate().expect_err("shorter than a lease");
+        assert!(refused.to_string().contains("replica_repair_after"), "{refused}");
     }
 
     #[test]

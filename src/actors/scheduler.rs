@@ -36,15 +36,15 @@ use crate::metrics::Metrics;
 use crate::operations::drain::run_drain;
 use crate::operations::failover::fail_over_node;
 use crate::operations::migration::run_migration;
-use crate::operations::replicas::run_replica_repair;
 use crate::operations::OperationContext;
-use crate::planner::replicas::{needs_repair, plan_replica_repairs, ReplicaSnapshot};
 use crate::planner::{plan_failovers, retry_delay, FailoverSnapshot, Operator};
 use crate::procedure::{
     load_maintenance, Procedure, ProcedureState, ProcedureStore, DRAIN_NODE, MIGRATE_REGION,
     REGION_FAILOVER, REPAIR_REPLICAS, TRANSFER_LEADER,
 };
 use crate::selector::{Placement, Selector, SelectorKind};
+
+mod replicas;
 
 // ---- Messages -------------------------------------------------------------------------------
 
@@ -157,6 +157,8 @@ pub struct Scheduler {
     /// Failed failovers: attempts so far, when the next may start, and the procedure record
     /// the next attempt goes on with (one record per failover, not one per attempt).
     retries: HashMap<u64, Retry>,
+    /// Re-replication's state (`scheduler/replicas.rs`).
+    repairs: replicas::RepairState,
     /// Operations asked for by operators (migrations, transfers, drains) running now, by
     /// procedure id.
     operations: HashMap<String, RunningOperation>,
@@ -177,12 +179,6 @@ struct RunningOperation {
 
 /// An operation's task, as `track_operation` runs it.
 type OperationFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Procedure>>>;
-
-/// The most repairs one re-replication pass plans (the next check plans the rest).
-const REPAIRS_PER_PASS: usize = 4096;
-/// How often, at most, the routes are checked for regions with copies missing (more often
-/// when `replica_repair_after` is short: a quarter of it).
-const REPLICA_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 impl Scheduler {
     pub fn new(
@@ -208,6 +204,7 @@ impl Scheduler {
             serving_term: 0,
             ready: false,
             retries: HashMap::new(),
+            repairs: Default::default(),
             operations: HashMap::new(),
             metrics,
         }
@@ -232,15 +229,18 @@ impl Scheduler {
         ctx: &mut Context<Self>,
     ) -> Option<watch::Receiver<Procedure>> {
         let operation = self.operation_context()?;
-        Some(
-            self.track_operation(procedure, ctx, move |procedure, progress| {
+        Some(self.track_operation(
+            procedure,
+            ctx,
+            move |procedure, progress| {
                 if procedure.kind == DRAIN_NODE {
                     Box::pin(run_drain(operation, procedure, resumed, progress))
                 } else {
                     Box::pin(run_migration(operation, procedure, resumed, progress))
                 }
-            }),
-        )
+            },
+            |_, _| {},
+        ))
     }
 
     /// Runs `start(procedure, progress)` as an operation of this term: listed with its live
@@ -250,13 +250,15 @@ impl Scheduler {
         procedure: Procedure,
         ctx: &mut Context<Self>,
         start: impl FnOnce(Procedure, watch::Sender<Procedure>) -> OperationFuture,
+        on_done: impl FnOnce(&mut Scheduler, &Procedure) + 'static,
     ) -> watch::Receiver<Procedure> {
         let id = procedure.id.clone();
         let (progress, watcher) = watch::channel(procedure.clone());
         let fut = start(procedure, progress);
         let done_id = id.clone();
-        let task = ctx.spawn(fut.into_actor(self).map(move |_, scheduler, _| {
+        let task = ctx.spawn(fut.into_actor(self).map(move |finished, scheduler, _| {
             scheduler.operations.remove(&done_id);
+            on_done(scheduler, &finished);
         }));
         self.operations.insert(
             id,
@@ -266,75 +268,6 @@ impl Scheduler {
             },
         );
         watcher
-    }
-
-    /// Looks for regions with fewer live copies than their tables ask for and starts one pass
-    /// of re-replication (`planner::replicas`), unless one runs or maintenance is on.
-    fn check_replicas(&mut self, ctx: &mut Context<Self>) {
-        if !self.ready
-            || !self.leadership.is_serving_leader()
-            || self.maintenance.load(Ordering::Relaxed)
-            || self
-                .operations
-                .values()
-                .any(|op| op.progress.borrow().kind == REPAIR_REPLICAS)
-        {
-            return;
-        }
-        let Some(tables) = self.tables.clone() else {
-            return;
-        };
-        let term = self.serving_term;
-        let view = self.cluster_view.clone();
-        let repair_after = self.failover.replica_repair_after;
-        let gather = async move {
-            let dead = view.send(ListDeadNodes).await.ok()?;
-            let candidates = view.send(ListCandidates).await.ok()?;
-            Some(ReplicaSnapshot {
-                candidates,
-                long_dead: dead
-                    .iter()
-                    .filter(|d| d.silent_for >= repair_after)
-                    .map(|d| d.node_id)
-                    .collect(),
-                dead: dead.iter().map(|d| d.node_id).collect(),
-            })
-        };
-        ctx.spawn(gather.into_actor(self).map(move |snapshot, scheduler, ctx| {
-            let Some(snapshot) = snapshot else {
-                return;
-            };
-            if scheduler.serving_term != term {
-                return;
-            }
-            // One cheap test per routed region; a region an operation holds waits for the
-            // next check.
-            let entries = tables.tables();
-            let regions = entries.iter().flat_map(|entry| {
-                let copies = entry.info.replicas.max(1);
-                let (tables, long_dead) = (&tables, &snapshot.long_dead);
-                entry
-                    .route
-                    .regions
-                    .iter()
-                    .filter(move |r| {
-                        needs_repair(r, copies, long_dead) && !tables.is_locked(r.region_id)
-                    })
-                    .map(move |r| (r, copies))
-            });
-            let repairs = plan_replica_repairs(regions, &snapshot, REPAIRS_PER_PASS);
-            if repairs.is_empty() {
-                return;
-            }
-            let Some(operation) = scheduler.operation_context() else {
-                return;
-            };
-            let procedure = Procedure::replica_repair();
-            tracing::info!(procedure = %procedure.id, regions = repairs.len(), "making lost region copies again");
-            scheduler.track_operation(procedure, ctx, move |procedure, progress| {
-                Box::pin(run_replica_repair(operation, procedure, repairs, progress))
-            });
-        }));
     }
 
     /// The running operation that holds `region_id` or drains `node_id`, if any.
@@ -356,6 +289,9 @@ impl Scheduler {
         if self.failing_over.contains_key(&node_id) {
             return;
         }
+        // A failover goes first: a repair pass holding region locks and permits would make
+        // its moves fail and wait out a backoff.
+        self.interrupt_replica_repair("a failover started", ctx);
         let fut = fail_over_node(procedure, resumed, operation);
         let term = self.serving_term;
         let task = ctx.spawn(fut.into_actor(self).map(move |procedure, scheduler, _| {
@@ -363,6 +299,8 @@ impl Scheduler {
             if scheduler.serving_term != term {
                 return;
             }
+            // Its regions lead on with one copy fewer.
+            scheduler.repairs.wanted = true;
             match procedure.state {
                 ProcedureState::Done => {
                     scheduler.retries.remove(&node_id);
@@ -458,9 +396,9 @@ impl Actor for Scheduler {
         ctx.run_interval(self.failover.reconcile_interval, |scheduler, ctx| {
             scheduler.reconcile(ctx)
         });
-        let every = (self.failover.replica_repair_after / 4)
-            .clamp(Duration::from_millis(100), REPLICA_CHECK_EVERY);
-        ctx.run_interval(every, |scheduler, ctx| scheduler.check_replicas(ctx));
+        ctx.run_interval(replicas::check_every(&self.failover), |scheduler, ctx| {
+            scheduler.check_replicas(ctx)
+        });
     }
 }
 
@@ -484,6 +422,7 @@ impl StreamHandler<LeadershipState> for Scheduler {
             self.serving_term = 0;
             self.ready = false;
             self.retries.clear();
+            self.repairs = Default::default();
         }
         if !state.serving || state.term == self.serving_term {
             return;
@@ -566,6 +505,7 @@ impl StreamHandler<LeadershipState> for Scheduler {
                 }
             }
             scheduler.ready = true;
+            scheduler.repairs.term_began(Instant::now());
             scheduler.reconcile(ctx);
         }));
     }

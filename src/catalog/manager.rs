@@ -402,12 +402,12 @@ impl TableManager {
         Ok(())
     }
 
-    /// The records the last catalog load could not read.
     /// The store the catalog lives in (this member's fenced view of it).
     pub fn store(&self) -> &Arc<dyn KvBackend> {
         &self.store
     }
 
+    /// The records the last catalog load could not read.
     pub fn quarantine(&self) -> &Arc<Quarantine> {
         &self.quarantine
     }

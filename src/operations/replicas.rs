@@ -1,9 +1,9 @@
 //! Carrying out one pass of re-replication (`planner::replicas` decides): each repair opens a
 //! follower copy on its node and names it in the route, in place of a follower on a node dead
-//! for long if there is one (told to close its copy, should it come back); a dead follower no
-//! live node can replace only leaves the route. Repairs run in parallel (bounded), each under
-//! its region's operation lock and an operation permit. A repair that fails is planned again
-//! by the next check, which is level-triggered like the failovers.
+//! for long if there is one (told to close its copy, should it come back). Repairs run in
+//! parallel (bounded), each under its region's operation lock and an operation permit, and
+//! only onto a node that is still alive, streaming and uncordoned when its turn comes. A
+//! repair that fails is planned again by a later check (`actors::scheduler::replicas`).
 
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,13 @@ use tokio::sync::watch;
 
 use super::drain::replace_follower;
 use super::OperationContext;
+use crate::actors::cluster_view::{GetNode, NodeStatus};
 use crate::planner::replicas::ReplicaRepair;
 use crate::procedure::{Procedure, ProcedureState, Progress};
 
-/// Repairs under way at once (the operation permits bound all operations together).
-const PARALLELISM: usize = 32;
+/// Repairs under way at once: a quarter of the default operation permits, so that a pass
+/// never takes them all (and a failover interrupts it anyway).
+const PARALLELISM: usize = 8;
 /// The procedure record is written at most this often while copies are made.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -46,19 +48,17 @@ pub async fn run_replica_repair(
         match outcome {
             Ok(()) => {
                 procedure.progress.moved += 1;
-                if let ReplicaRepair::AddFollower {
+                let ReplicaRepair::AddFollower {
                     region_id,
                     to,
                     replaces,
-                } = &repair
-                {
-                    tracing::info!(
-                        region = region_id,
-                        to = to.id,
-                        replaces = ?replaces,
-                        "a region copy made again"
-                    );
-                }
+                } = &repair;
+                tracing::info!(
+                    region = region_id,
+                    to = to.id,
+                    replaces = ?replaces,
+                    "a region copy made again"
+                );
             }
             Err(reason) => {
                 procedure.progress.failed += 1;
@@ -101,12 +101,14 @@ async fn carry_out(ctx: &OperationContext, repair: ReplicaRepair) -> Result<(), 
     let Some(_lock) = ctx.tables.lock_regions(&[region_id]) else {
         return Err("busy with another operation".into());
     };
-    match repair {
-        ReplicaRepair::AddFollower { to, replaces, .. } => {
-            replace_follower(ctx, region_id, replaces, Some(to)).await
-        }
-        ReplicaRepair::DropFollower { node_id, .. } => {
-            replace_follower(ctx, region_id, Some(node_id), None).await
-        }
+    let ReplicaRepair::AddFollower { to, replaces, .. } = repair;
+    // The plan is older than the lock: the target may have died or been cordoned since.
+    let target = ctx.cluster_view.send(GetNode { node_id: to.id }).await;
+    match target {
+        Ok(Some(node))
+            if node.status == NodeStatus::Alive && node.connected && node.cordoned.is_none() => {}
+        Ok(_) => return Err(format!("node {} can no longer take a copy", to.id)),
+        Err(e) => return Err(format!("the cluster view is unavailable: {e}")),
     }
+    replace_follower(ctx, region_id, replaces, Some(to)).await
 }

@@ -1,8 +1,8 @@
 //! Re-replication: the copies a failover or a dead node took away are made again. A failover
 //! drops the dead leader's copy from the route (the region leads on with one copy fewer than
 //! its table asks for), and a follower on a node that stays dead is a copy in name only. Both
-//! get a new follower on a live node that holds no copy of the region; a dead follower no live
-//! node can replace leaves the route, so that it names only copies that exist.
+//! get a new follower on a live node that holds no copy of the region. A dead follower no live
+//! node can replace stays in the route: should its node come back, the copy is there again.
 //!
 //! A follower's node must have been silent for `replica_repair_after` first: a datanode that
 //! restarts (an upgrade, a reboot) comes back with its copies, and copying them elsewhere
@@ -24,16 +24,12 @@ pub enum ReplicaRepair {
         to: Peer,
         replaces: Option<u64>,
     },
-    /// The route names a follower on `node_id`, dead for long, and no live node can take a
-    /// copy instead: it leaves the route (the region keeps its live copies).
-    DropFollower { region_id: u64, node_id: u64 },
 }
 
 impl ReplicaRepair {
     pub fn region_id(&self) -> u64 {
         match self {
-            ReplicaRepair::AddFollower { region_id, .. }
-            | ReplicaRepair::DropFollower { region_id, .. } => *region_id,
+            ReplicaRepair::AddFollower { region_id, .. } => *region_id,
         }
     }
 }
@@ -98,23 +94,15 @@ pub fn plan_replica_repairs<'a>(
             .iter()
             .find(|(_, id)| !holders.contains(id))
             .copied();
-        match (free, replaces) {
-            (Some((count, id)), _) => {
-                by_load.remove(&(count, id));
-                by_load.insert((count + 1, id));
-                repairs.push(ReplicaRepair::AddFollower {
-                    region_id: region.region_id,
-                    to: peers[&id].clone(),
-                    replaces,
-                });
-            }
-            (None, Some(node_id)) => repairs.push(ReplicaRepair::DropFollower {
+        // None: every live node holds a copy already; nothing to do until a node joins.
+        if let Some((count, id)) = free {
+            by_load.remove(&(count, id));
+            by_load.insert((count + 1, id));
+            repairs.push(ReplicaRepair::AddFollower {
                 region_id: region.region_id,
-                node_id,
-            }),
-            // Under-replicated, and every live node holds a copy already: nothing to do
-            // until a node joins.
-            (None, None) => {}
+                to: peers[&id].clone(),
+                replaces,
+            });
         }
     }
     repairs
@@ -220,17 +208,13 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_follower_nobody_can_replace_leaves_the_route() {
+    fn a_dead_follower_nobody_can_replace_stays_in_the_route() {
         // Every live node holds a copy of region 10 already.
         let routes = [region(10, 2, &[3, 1])];
         let s = snapshot(&[(2, 0), (3, 0)], &[1], &[1]);
-        let plan = plan_replica_repairs(routes.iter().map(|r| (r, 3)), &s, 10);
         assert_eq!(
-            plan,
-            vec![ReplicaRepair::DropFollower {
-                region_id: 10,
-                node_id: 1
-            }]
+            plan_replica_repairs(routes.iter().map(|r| (r, 3)), &s, 10),
+            vec![]
         );
     }
 
