@@ -519,7 +519,10 @@ mod tests {
         assert!(config.validate().is_ok());
         config.replica_repair_after = config.region_lease / 2;
         let refused = config.validate().expect_err("shorter than a lease");
-        assert!(refused.to_string().contains("replica_repair_after"), "{refused}");
+        assert!(
+            refused.to_string().contains("replica_repair_after"),
+            "{refused}"
+        );
     }
 
     #[test]
