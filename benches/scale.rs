@@ -378,9 +378,11 @@ async fn run(plan: Plan) -> Figures {
     // leader's pid is printed for `perf report --pid`.
     let _profiler = std::env::var("BENCH_PERF_TAKEOVER").ok().map(|output| {
         eprintln!("new leader: pid {}", members[survivor].pid());
+        // BENCH_PERF_SECONDS: how long (10 s by default; a takeover can take longer).
+        let seconds = std::env::var("BENCH_PERF_SECONDS").unwrap_or_else(|_| "10".into());
         let mut perf = std::process::Command::new("perf");
         perf.args([
-            "record", "-F", "499", "-g", "-a", "-o", &output, "--", "sleep", "10",
+            "record", "-F", "499", "-g", "-a", "-o", &output, "--", "sleep", &seconds,
         ]);
         let child = perf.spawn().expect("perf runs");
         std::thread::sleep(Duration::from_millis(300));

@@ -15,7 +15,10 @@ use tracing_subscriber::EnvFilter;
 /// report per datanode per second, and glibc's per-thread arenas kept hundreds of MiB freed but
 /// unreturned (the scale benchmark's leader: 1,018 MiB with glibc; see BENCHMARKS.md).
 /// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc
-/// (heaptrack: `BENCH_HEAPTRACK` in the benchmarks).
+/// (heaptrack: `BENCH_HEAPTRACK` in the benchmarks). Built with `no_thp`: mimalloc would ask
+/// for transparent huge pages, and a new leader rebuilding its state then faulted in and
+/// zeroed 2 MiB at a time (a quarter of its CPU through a takeover at full scale, and about
+/// 250 MiB more RSS after it; see BENCHMARKS.md).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
