@@ -812,3 +812,93 @@ async fn a_cordoned_node_takes_no_new_region_across_leaders_until_uncordoned() {
     assert!(placed.contains(&cordoned), "{placed:?}");
     cluster.server.stop().await;
 }
+
+/// SIGKILL the metasrv leader while a drain waits on targets that do not answer: the new
+/// leader finds the drain in the KV, resumes it, and finishes it; the node stays cordoned under
+/// the new leader (the cordon is persisted), holds nothing, and every region is led by exactly
+/// one live node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finishes_a_drain_cut_by_a_crash() {
+    use crate::election::{pair_with_table, wait_for_one_leader, PairWithTable};
+
+    let env = [
+        ("METASRV_INSTRUCTION_TIMEOUT", "2s"),
+        ("METASRV_REGION_LEASE", "2s"),
+        ("METASRV_ACCEPTABLE_HEARTBEAT_PAUSE", "300ms"),
+        ("METASRV_MIN_STD_DEVIATION", "20ms"),
+    ];
+    // The etcd and the directory first: bindings drop in reverse, so they outlive the rest.
+    let PairWithTable {
+        etcd: _etcd,
+        dir: _dir,
+        nodes,
+        meta,
+        mut members,
+        leader,
+        table,
+    } = pair_with_table(&env, "drain_resumed").await;
+    let drained = 1;
+    let route = meta.route(&table).await.expect("route");
+    assert!(
+        route.route.regions.iter().any(|r| r.leader.id == drained),
+        "{route:?}"
+    );
+    // The targets hang: the drain's first moves wait on them.
+    for node in &nodes[1..] {
+        node.ignore_instructions(true);
+    }
+    let leader_http = members[leader].http_addr;
+    let (code, body) =
+        http_request(leader_http, "POST", &format!("/v1/nodes/{drained}/drain")).await;
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).expect("json")["procedure"]["id"]
+        .as_str()
+        .expect("procedure id")
+        .to_string();
+    members[leader].signal_and_wait("KILL");
+    for node in &nodes[1..] {
+        node.ignore_instructions(false);
+    }
+
+    let survivor = &members[1 - leader];
+    wait_for_one_leader(&[survivor], Duration::from_secs(15)).await;
+    let survivor_http = survivor.http_addr;
+    let finished = wait_for(
+        "the new leader to finish the drain",
+        Duration::from_secs(60),
+        || {
+            let path = format!("/v1/procedures/{id}");
+            async move {
+                let (code, body) = http_get(survivor_http, &path).await;
+                let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+                (code == 200 && json["procedure"]["state"] != "running").then_some(json)
+            }
+        },
+    )
+    .await;
+    assert_eq!(finished["procedure"]["state"], "done", "{finished}");
+    let steps = finished["procedure"]["steps"].to_string();
+    assert!(steps.contains("resumed by a new leader"), "{steps}");
+    assert_eq!(
+        cordon_of(survivor_http, drained).await.flatten(),
+        Some(format!("drained by procedure {id}")),
+        "the cordon outlives the leader that set it"
+    );
+    meta.invalidate(&table);
+    let route = meta.route(&table).await.expect("route");
+    assert!(
+        holders(&route.route).iter().all(|n| *n != drained),
+        "{route:?}"
+    );
+    wait_for(
+        "the drained node to hold nothing",
+        Duration::from_secs(10),
+        || {
+            let empty = nodes[0].regions().is_empty();
+            async move { empty.then_some(()) }
+        },
+    )
+    .await;
+    wait_led_by_routed_leaders(&route, &nodes).await;
+    drop(nodes);
+}
