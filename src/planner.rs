@@ -286,17 +286,17 @@ pub fn plan_drain(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn peer(id: u64) -> Peer {
+    pub(crate) fn peer(id: u64) -> Peer {
         Peer {
             id,
             addr: format!("10.0.0.{id}:4001"),
         }
     }
 
-    fn candidate(id: u64, regions: u64) -> Candidate {
+    pub(crate) fn candidate(id: u64, regions: u64) -> Candidate {
         Candidate {
             peer: peer(id),
             regions,
@@ -305,7 +305,7 @@ mod tests {
         }
     }
 
-    fn region(region_id: u64, leader: u64, followers: &[u64]) -> RegionRoute {
+    pub(crate) fn region(region_id: u64, leader: u64, followers: &[u64]) -> RegionRoute {
         RegionRoute {
             region_id,
             region_number: region_id as u32,

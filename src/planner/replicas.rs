@@ -111,31 +111,7 @@ pub fn plan_replica_repairs<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer(id: u64) -> Peer {
-        Peer {
-            id,
-            addr: format!("10.0.0.{id}:4001"),
-        }
-    }
-
-    fn candidate(id: u64, regions: u64) -> Candidate {
-        Candidate {
-            peer: peer(id),
-            regions,
-            rcus: 0,
-            wcus: 0,
-        }
-    }
-
-    fn region(region_id: u64, leader: u64, followers: &[u64]) -> RegionRoute {
-        RegionRoute {
-            region_id,
-            region_number: region_id as u32,
-            leader: peer(leader),
-            followers: followers.iter().map(|f| peer(*f)).collect(),
-        }
-    }
+    use crate::planner::tests::{candidate, peer, region};
 
     fn snapshot(candidates: &[(u64, u64)], dead: &[u64], long_dead: &[u64]) -> ReplicaSnapshot {
         ReplicaSnapshot {
