@@ -11,7 +11,7 @@
 
 pub mod replicas;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::catalog::model::{Peer, RegionRoute};
@@ -211,42 +211,69 @@ impl DrainMove {
     }
 }
 
+/// Live nodes by how many regions they hold, for choosing where a new copy of a region goes:
+/// the node with the fewest that holds no copy of it (ties to the lower id), whose count then
+/// grows by one so that the copies a plan places spread. Used by the drain and by
+/// re-replication (`replicas`).
+pub(crate) struct LeastLoaded<'a> {
+    peers: HashMap<u64, &'a Peer>,
+    by_load: BTreeSet<(u64, u64)>,
+}
+
+impl<'a> LeastLoaded<'a> {
+    pub(crate) fn new(candidates: impl IntoIterator<Item = &'a Candidate>) -> Self {
+        let mut peers = HashMap::new();
+        let mut by_load = BTreeSet::new();
+        for c in candidates {
+            peers.insert(c.peer.id, &c.peer);
+            by_load.insert((c.regions, c.peer.id));
+        }
+        Self { peers, by_load }
+    }
+
+    /// Whether `node_id` is one of the live nodes.
+    pub(crate) fn contains(&self, node_id: u64) -> bool {
+        self.peers.contains_key(&node_id)
+    }
+
+    /// The least-loaded node that is not among `holders`, counted as holding one more region
+    /// from now on; `None` if every node holds a copy. At most `holders.len()` entries are
+    /// skipped before a free one turns up: O(copies + log nodes).
+    pub(crate) fn take_without(&mut self, holders: &HashSet<u64>) -> Option<Peer> {
+        let (count, id) = self
+            .by_load
+            .iter()
+            .find(|(_, id)| !holders.contains(id))
+            .copied()?;
+        self.by_load.remove(&(count, id));
+        self.by_load.insert((count + 1, id));
+        Some(self.peers[&id].clone())
+    }
+}
+
+/// The nodes that hold a copy of `region` (its leader and followers).
+pub(crate) fn holders(region: &RegionRoute) -> HashSet<u64> {
+    std::iter::once(region.leader.id)
+        .chain(region.followers.iter().map(|f| f.id))
+        .collect()
+}
+
 /// Where each copy `node_id` holds of `regions` goes when the node is drained: to the live node
-/// with the fewest regions that holds no copy of the region (counts grow with each move, so the
-/// copies spread). Ties go to the lower node id. O(regions × (copies + log nodes)).
+/// with the fewest regions that holds no copy of the region ([`LeastLoaded`]).
+/// O(regions × (copies + log nodes)).
 pub fn plan_drain(
     node_id: u64,
     regions: &[RegionRoute],
     candidates: &[Candidate],
 ) -> Vec<DrainMove> {
-    let peers: HashMap<u64, &Peer> = candidates
-        .iter()
-        .filter(|c| c.peer.id != node_id)
-        .map(|c| (c.peer.id, &c.peer))
-        .collect();
-    let mut by_load: std::collections::BTreeSet<(u64, u64)> = candidates
-        .iter()
-        .filter(|c| c.peer.id != node_id)
-        .map(|c| (c.regions, c.peer.id))
-        .collect();
+    let mut nodes = LeastLoaded::new(candidates.iter().filter(|c| c.peer.id != node_id));
     let mut moves = Vec::with_capacity(regions.len());
     for region in regions {
-        let holders: HashSet<u64> = std::iter::once(region.leader.id)
-            .chain(region.followers.iter().map(|f| f.id))
-            .collect();
         let leads = region.leader.id == node_id;
         if !leads && !region.followers.iter().any(|f| f.id == node_id) {
             continue;
         }
-        // At most `copies` entries are skipped before a node without a copy turns up.
-        let free = by_load
-            .iter()
-            .find(|(_, id)| !holders.contains(id))
-            .copied();
-        if let Some((count, id)) = free {
-            by_load.remove(&(count, id));
-            by_load.insert((count + 1, id));
-            let to = peers[&id].clone();
+        if let Some(to) = nodes.take_without(&holders(region)) {
             moves.push(if leads {
                 DrainMove::Migrate {
                     region_id: region.region_id,
@@ -269,7 +296,7 @@ pub fn plan_drain(
         let follower = region
             .followers
             .iter()
-            .filter(|f| peers.contains_key(&f.id))
+            .filter(|f| nodes.contains(f.id))
             .min_by_key(|f| f.id);
         moves.push(match follower {
             Some(follower) => DrainMove::Migrate {

@@ -482,23 +482,12 @@ impl StreamHandler<LeadershipState> for Scheduler {
                         tracing::info!(procedure = %procedure.id, kind = %procedure.kind, "resuming an operation left by the previous leader");
                         scheduler.run_operation(procedure, true, ctx);
                     }
-                    REPAIR_REPLICAS => {
-                        // Level-triggered: this term's own checks plan whatever is left.
-                        let mut procedure = procedure;
-                        procedure.finish(
-                            ProcedureState::Failed,
-                            "interrupted by a leader change; the new leader plans what is left",
-                        );
-                        let procedures = scheduler.procedures.clone();
-                        ctx.spawn(
-                            async move {
-                                if let Err(e) = procedures.save(&procedure).await {
-                                    tracing::warn!("cannot close an interrupted replica repair: {e}");
-                                }
-                            }
-                            .into_actor(scheduler),
-                        );
-                    }
+                    // Level-triggered: this term's own checks plan whatever is left.
+                    REPAIR_REPLICAS => scheduler.record_interrupted_repair(
+                        procedure,
+                        "the leader that ran it is gone",
+                        ctx,
+                    ),
                     other => {
                         tracing::warn!(procedure = %procedure.id, kind = other, "unknown procedure kind left running; ignored");
                     }

@@ -104,8 +104,11 @@ async fn start(state: &HttpState, request: OperationRequest, wait: Option<Durati
 type IdPath = Result<Path<u64>, PathRejection>;
 type OperationParams = Result<Query<OperationQuery>, QueryRejection>;
 
-/// The id in the path and the query of an operation, or why either is bad (a 400).
-fn id_and_query(path: IdPath, query: OperationParams) -> Result<(u64, OperationQuery), String> {
+/// The id in the path and the query, or why either is bad (a 400).
+fn id_and_query<Q>(
+    path: IdPath,
+    query: Result<Query<Q>, QueryRejection>,
+) -> Result<(u64, Q), String> {
     let Path(id) = path.map_err(|e| e.body_text())?;
     let Query(query) = query.map_err(|e| e.body_text())?;
     Ok((id, query))
@@ -198,10 +201,9 @@ pub(super) async fn cordon_node(
     path: IdPath,
     query: Result<Query<CordonQuery>, QueryRejection>,
 ) -> Response {
-    let (node_id, query) = match (path, query) {
-        (Ok(Path(node_id)), Ok(Query(query))) => (node_id, query),
-        (Err(e), _) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    let (node_id, query) = match id_and_query(path, query) {
+        Ok(parsed) => parsed,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     let reason = query
         .reason

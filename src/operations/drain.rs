@@ -23,6 +23,8 @@ const DRAIN_PARALLELISM: usize = 32;
 /// Passes over what is left before a drain gives up (a region busy with another operation, a
 /// target that failed, are tried again in the next pass).
 const DRAIN_PASSES: u32 = 3;
+/// Tries at cordoning the drained node, 100 ms apart doubling, before the drain fails.
+const CORDON_ATTEMPTS: u32 = 4;
 /// The procedure record is written at most this often while regions move.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -134,26 +136,25 @@ async fn cordon(
     let reason = format!("drained by procedure {procedure_id}");
     let store = ctx.procedures.store();
     let mut wait = Duration::from_millis(100);
-    for _ in 0..3 {
-        match set_cordon(
+    let mut attempts = 1;
+    loop {
+        let cordoned = set_cordon(
             store.as_ref(),
             &ctx.cluster_view,
             node_id,
             Some(reason.clone()),
         )
-        .await
-        {
-            Err(e @ crate::store::StoreError::Unavailable(_)) => {
+        .await;
+        match cordoned {
+            Err(e @ crate::store::StoreError::Unavailable(_)) if attempts < CORDON_ATTEMPTS => {
                 tracing::warn!(node_id, "cannot cordon a drained node yet: {e}");
                 tokio::time::sleep(wait).await;
                 wait *= 2;
+                attempts += 1;
             }
             other => return other.map(|_| ()),
         }
     }
-    set_cordon(store.as_ref(), &ctx.cluster_view, node_id, Some(reason))
-        .await
-        .map(|_| ())
 }
 
 /// Moves one copy off the drained node, under the region's operation lock.

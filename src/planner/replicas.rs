@@ -9,8 +9,9 @@
 //! meanwhile would only be undone. A missing copy (dropped by a failover) is made at once:
 //! nothing will bring it back.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 
+use super::{holders, LeastLoaded};
 use crate::catalog::model::{Peer, RegionRoute};
 use crate::selector::Candidate;
 
@@ -54,23 +55,14 @@ pub fn needs_repair(region: &RegionRoute, copies: u32, long_dead: &HashSet<u64>)
 
 /// At most `limit` repairs, one per region, for `regions` (each with the copies its table asks
 /// for). A region whose leader is dead is the failover's, and is left alone. New copies go to
-/// the candidate with the fewest regions that holds no copy of the region (counts grow with
-/// each choice, so that they spread; ties to the lower id). O(regions × (copies + log nodes)).
+/// the candidate with the fewest regions that holds no copy of the region
+/// ([`LeastLoaded`]). O(regions × (copies + log nodes)).
 pub fn plan_replica_repairs<'a>(
     regions: impl IntoIterator<Item = (&'a RegionRoute, u32)>,
     snapshot: &ReplicaSnapshot,
     limit: usize,
 ) -> Vec<ReplicaRepair> {
-    let peers: HashMap<u64, &Peer> = snapshot
-        .candidates
-        .iter()
-        .map(|c| (c.peer.id, &c.peer))
-        .collect();
-    let mut by_load: BTreeSet<(u64, u64)> = snapshot
-        .candidates
-        .iter()
-        .map(|c| (c.regions, c.peer.id))
-        .collect();
+    let mut nodes = LeastLoaded::new(&snapshot.candidates);
     let mut repairs = Vec::new();
     for (region, copies) in regions {
         if repairs.len() >= limit {
@@ -86,21 +78,11 @@ pub fn plan_replica_repairs<'a>(
             .iter()
             .map(|f| f.id)
             .find(|id| snapshot.long_dead.contains(id));
-        let holders: HashSet<u64> = std::iter::once(region.leader.id)
-            .chain(region.followers.iter().map(|f| f.id))
-            .collect();
-        // At most `copies` entries are skipped before a node without a copy turns up.
-        let free = by_load
-            .iter()
-            .find(|(_, id)| !holders.contains(id))
-            .copied();
         // None: every live node holds a copy already; nothing to do until a node joins.
-        if let Some((count, id)) = free {
-            by_load.remove(&(count, id));
-            by_load.insert((count + 1, id));
+        if let Some(to) = nodes.take_without(&holders(region)) {
             repairs.push(ReplicaRepair::AddFollower {
                 region_id: region.region_id,
-                to: peers[&id].clone(),
+                to,
                 replaces,
             });
         }

@@ -127,6 +127,26 @@ fn procedure_of(response: tonic::Response<pb::OperationResponse>) -> pb::Procedu
         .expect("the response carries the procedure")
 }
 
+/// Transfers `region`'s leadership to its first follower through the Admin service and waits
+/// for the procedure to finish.
+async fn transfer_to_first_follower(
+    cluster: &Cluster,
+    region: &metasrv::catalog::model::RegionRoute,
+) -> pb::ProcedureInfo {
+    procedure_of(
+        admin(cluster)
+            .await
+            .transfer_leader(pb::TransferLeaderRequest {
+                header: header(CLUSTER, 0),
+                region_id: region.region_id,
+                to_node: region.followers[0].id,
+                wait: true,
+            })
+            .await
+            .expect("transfer accepted"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_under_writes_pauses_them_for_round_trips_not_a_lease() {
     let (_fixture, cluster, table, route) = cluster_with_table(config(), 3, "migrated", 4, 1).await;
@@ -552,18 +572,7 @@ async fn route_in_another_spelling_still_moves(store: Arc<dyn KvBackend>) {
         .expect("respell");
 
     let region = route.route.regions[0].clone();
-    let procedure = procedure_of(
-        admin(&cluster)
-            .await
-            .transfer_leader(pb::TransferLeaderRequest {
-                header: header(CLUSTER, 0),
-                region_id: region.region_id,
-                to_node: region.followers[0].id,
-                wait: true,
-            })
-            .await
-            .expect("transfer accepted"),
-    );
+    let procedure = transfer_to_first_follower(&cluster, &region).await;
     assert_eq!(procedure.state, "done", "{procedure:?}");
     cluster.meta.invalidate(&table);
     let moved = cluster.meta.route(&table).await.expect("route");
@@ -647,24 +656,7 @@ async fn a_route_changed_behind_the_leader_is_not_overwritten_on_etcd() {
         .create_table(crate::router::create_request(&table, 2, 2))
         .await
         .expect("create");
-    let transfer = |region: metasrv::catalog::model::RegionRoute| {
-        let cluster = &cluster;
-        async move {
-            procedure_of(
-                admin(cluster)
-                    .await
-                    .transfer_leader(pb::TransferLeaderRequest {
-                        header: header(CLUSTER, 0),
-                        region_id: region.region_id,
-                        to_node: region.followers[0].id,
-                        wait: true,
-                    })
-                    .await
-                    .expect("transfer accepted"),
-            )
-        }
-    };
-    let first = transfer(created.route.regions[1].clone()).await;
+    let first = transfer_to_first_follower(&cluster, &created.route.regions[1]).await;
     assert_eq!(first.state, "done", "{first:?}");
     let compares = std::mem::take(&mut *recorder.compares.lock());
     assert!(!compares.is_empty(), "the transfer wrote the route");
@@ -699,7 +691,7 @@ async fn a_route_changed_behind_the_leader_is_not_overwritten_on_etcd() {
         .expect("change the route behind the leader");
 
     let region = before.route.regions[0].clone();
-    let procedure = transfer(region.clone()).await;
+    let procedure = transfer_to_first_follower(&cluster, &region).await;
     let stored = store
         .batch_get(vec![key])
         .await

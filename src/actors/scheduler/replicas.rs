@@ -9,7 +9,7 @@
 //! this leader last heard from it, or from the start of its term: a leader change restarts the
 //! count, so followers are never replaced early, only late.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -92,22 +92,39 @@ impl Scheduler {
         let term = self.serving_term;
         let view = self.cluster_view.clone();
         let repair_after = self.failover.replica_repair_after;
+        let wanted = self.repairs.wanted;
+        let fruitless = self.repairs.fruitless.clone();
+        let routes = tables.clone();
         let gather = async move {
             let dead = view.send(ListDeadNodes).await.ok()?;
+            let long_dead: HashSet<u64> = dead
+                .iter()
+                .filter(|d| d.silent_for >= repair_after)
+                .map(|d| d.node_id)
+                .collect();
+            let ownership = routes.ownership();
+            let named_long_dead: BTreeSet<u64> = long_dead
+                .iter()
+                .copied()
+                .filter(|node_id| ownership.knows(*node_id))
+                .collect();
+            let fruitless_again = fruitless
+                .is_some_and(|(nodes, until)| nodes == named_long_dead && Instant::now() < until);
+            // Nothing may have taken copies away: no scan, nor the list of every live node.
+            if !wanted && (named_long_dead.is_empty() || fruitless_again) {
+                return None;
+            }
             let candidates = view.send(ListCandidates).await.ok()?;
-            Some(ReplicaSnapshot {
+            let snapshot = ReplicaSnapshot {
                 candidates,
-                long_dead: dead
-                    .iter()
-                    .filter(|d| d.silent_for >= repair_after)
-                    .map(|d| d.node_id)
-                    .collect(),
+                long_dead,
                 dead: dead.iter().map(|d| d.node_id).collect(),
-            })
+            };
+            Some((snapshot, named_long_dead))
         };
-        ctx.spawn(gather.into_actor(self).map(move |snapshot, scheduler, ctx| {
+        ctx.spawn(gather.into_actor(self).map(move |gathered, scheduler, ctx| {
             scheduler.repairs.checking = false;
-            let Some(snapshot) = snapshot else {
+            let Some((snapshot, named_long_dead)) = gathered else {
                 return;
             };
             if scheduler.serving_term != term
@@ -116,22 +133,7 @@ impl Scheduler {
             {
                 return;
             }
-            let ownership = tables.ownership();
-            let named_long_dead: BTreeSet<u64> = snapshot
-                .long_dead
-                .iter()
-                .copied()
-                .filter(|node_id| ownership.knows(*node_id))
-                .collect();
             let now = Instant::now();
-            let fruitless_again = scheduler
-                .repairs
-                .fruitless
-                .as_ref()
-                .is_some_and(|(nodes, until)| *nodes == named_long_dead && now < *until);
-            if !scheduler.repairs.wanted && (named_long_dead.is_empty() || fruitless_again) {
-                return;
-            }
             scheduler.repairs.wanted = false;
             // One cheap test per routed region; a region an operation holds waits for the
             // next check.
@@ -204,12 +206,23 @@ impl Scheduler {
             return;
         };
         ctx.cancel_future(operation.task);
-        let mut procedure = operation.progress.borrow().clone();
+        let procedure = operation.progress.borrow().clone();
+        tracing::info!(procedure = %id, "replica repair interrupted: {why}");
+        self.record_interrupted_repair(procedure, why, ctx);
+    }
+
+    /// Records a pass that will not go on (a failover interrupted it, or the leader that ran it
+    /// is gone) as failed: what it left is planned again by a later check, not resumed.
+    pub(super) fn record_interrupted_repair(
+        &mut self,
+        mut procedure: Procedure,
+        why: &str,
+        ctx: &mut Context<Self>,
+    ) {
         procedure.finish(
             ProcedureState::Failed,
-            format!("interrupted: {why}; the next check plans what is left"),
+            format!("interrupted: {why}; a later check plans what is left"),
         );
-        tracing::info!(procedure = %id, "replica repair interrupted: {why}");
         let procedures = self.procedures.clone();
         ctx.spawn(
             async move {
