@@ -94,7 +94,11 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool
 
 /// CPU seconds the process has used (user + system), from /proc (USER_HZ is 100 on Linux).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// CPU seconds (user + system) of a `/proc/.../stat` line.
+fn cpu_seconds_of(stat: &str) -> f64 {
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -107,6 +111,109 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds each thread of `pid` has used, with its name, by thread id.
+fn thread_cpu_seconds(pid: u32) -> std::collections::BTreeMap<u32, (String, f64)> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or(String::new(), |(name, _)| name.to_owned());
+        threads.insert(tid, (name, cpu_seconds_of(&stat)));
+    }
+    threads
+}
+
+/// The busiest threads between two [`thread_cpu_seconds`] samples `seconds` apart, as
+/// "name/tid: cores" (the actor arbiters are started in order: ClusterView's first).
+fn busiest_threads(
+    before: &std::collections::BTreeMap<u32, (String, f64)>,
+    after: &std::collections::BTreeMap<u32, (String, f64)>,
+    seconds: f64,
+) -> String {
+    let mut used: Vec<(f64, String)> = after
+        .iter()
+        .map(|(tid, (name, cpu))| {
+            let earlier = before.get(tid).map_or(0.0, |(_, cpu)| *cpu);
+            ((cpu - earlier) / seconds, format!("{name}/{tid}"))
+        })
+        .collect();
+    used.sort_by(|a, b| b.0.total_cmp(&a.0));
+    used.iter()
+        .take(8)
+        .map(|(cores, name)| format!("{name}: {cores:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where the machine's CPU goes over a window: the leader, the other member, this process
+/// (the simulated datanodes), etcd, and the machine's idle and stolen time, in cores.
+struct CpuShares {
+    at: Instant,
+    per_process: Vec<(&'static str, u32, f64)>,
+    /// (idle, steal) jiffies from /proc/stat.
+    machine: (f64, f64),
+}
+
+impl CpuShares {
+    fn start(processes: &[(&'static str, u32)]) -> Self {
+        Self {
+            at: Instant::now(),
+            per_process: processes
+                .iter()
+                .map(|(name, pid)| (*name, *pid, cpu_seconds(*pid)))
+                .collect(),
+            machine: machine_idle_and_steal(),
+        }
+    }
+
+    fn report(&self) -> String {
+        let seconds = self.at.elapsed().as_secs_f64();
+        let mut parts: Vec<String> = self
+            .per_process
+            .iter()
+            .map(|(name, pid, before)| {
+                format!("{name} {:.2}", (cpu_seconds(*pid) - before) / seconds)
+            })
+            .collect();
+        let (idle, steal) = machine_idle_and_steal();
+        // Jiffies are 1/100 s.
+        parts.push(format!("idle {:.2}", (idle - self.machine.0) / 100.0 / seconds));
+        parts.push(format!("stolen {:.2}", (steal - self.machine.1) / 100.0 / seconds));
+        format!("cores: {}", parts.join(", "))
+    }
+}
+
+/// The machine's idle (idle + iowait) and steal jiffies.
+fn machine_idle_and_steal() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    (field(3) + field(4), field(7))
+}
+
+/// Wall-clock milliseconds since the Unix epoch, to line the figures up with the servers' logs
+/// (`BENCH_SERVER_LOG`).
+fn wall_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -298,8 +405,38 @@ async fn run(plan: Plan) -> Figures {
     }
     let pid = members[leader_index].pid();
     let (cpu_before, window_start) = (cpu_seconds(pid), Instant::now());
+    let threads_before = thread_cpu_seconds(pid);
+    let other = members[1 - leader_index].pid();
+    let processes = [
+        ("leader", pid),
+        ("follower", other),
+        ("datanodes", std::process::id()),
+        ("etcd", etcd.pid()),
+    ];
+    let shares = CpuShares::start(&processes);
+    // BENCH_PERF_STEADY=<file>: profile the leader through the steady window.
+    let mut profiler = std::env::var("BENCH_PERF_STEADY").ok().map(|output| {
+        let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
+        std::process::Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-p", &pid, "-o", &output, "--", "sleep"])
+            .arg(&seconds)
+            .spawn()
+            .expect("perf runs")
+    });
     tokio::time::sleep(Duration::from_secs(plan.seconds)).await;
+    if let Some(perf) = profiler.as_mut() {
+        let _ = perf.wait();
+    }
     let cores = (cpu_seconds(pid) - cpu_before) / window_start.elapsed().as_secs_f64();
+    eprintln!("steady: {}", shares.report());
+    eprintln!(
+        "steady: busiest threads of the leader: {}",
+        busiest_threads(
+            &threads_before,
+            &thread_cpu_seconds(pid),
+            window_start.elapsed().as_secs_f64()
+        )
+    );
     let rss = members[leader_index].rss_bytes();
     let samples_held = history_len(&members[leader_index]).unwrap_or(0);
     let mut round_trips: Vec<Duration> = nodes
@@ -335,6 +472,9 @@ async fn run(plan: Plan) -> Figures {
     // ---- 4. Failover of a node leading `victim_regions` regions ----------------------------
     let victim_set: std::collections::HashSet<u64> = victim_regions.iter().copied().collect();
     let killed_at = Instant::now();
+    eprintln!("killing node 1 at unix ms {}", wall_ms());
+    let failover_threads = thread_cpu_seconds(pid);
+    let shares = CpuShares::start(&processes);
     nodes[0].take().expect("node 1").kill();
     let failover = loop {
         assert!(
@@ -369,7 +509,16 @@ async fn run(plan: Plan) -> Figures {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    eprintln!("failover of {} regions: {failover:?}", victim_regions.len());
+    eprintln!("failover: {}", shares.report());
+    eprintln!(
+        "failover of {} regions: {failover:?}; busiest threads of the leader meanwhile: {}",
+        victim_regions.len(),
+        busiest_threads(
+            &failover_threads,
+            &thread_cpu_seconds(pid),
+            failover.as_secs_f64()
+        )
+    );
 
     // ---- 5. Leader takeover after SIGKILL ----------------------------------------------------
     let survivor = 1 - leader_index;
@@ -389,7 +538,12 @@ async fn run(plan: Plan) -> Figures {
         child
     });
     let killed_at = Instant::now();
-    tracing::info!("killing the metasrv leader");
+    eprintln!("killing the metasrv leader at unix ms {}", wall_ms());
+    let shares = CpuShares::start(&[
+        ("new leader", members[survivor].pid()),
+        ("datanodes", std::process::id()),
+        ("etcd", etcd.pid()),
+    ]);
     members[leader_index].kill();
     let leads = wait_until("the other member to lead", Duration::from_secs(60), || {
         is_leader(&members[survivor])
@@ -431,11 +585,25 @@ async fn run(plan: Plan) -> Figures {
     )
     .await;
     let heartbeats = killed_at.elapsed();
+    eprintln!("takeover: {}", shares.report());
     let spread = |times: &[Option<Duration>]| {
         let mut times: Vec<Duration> = times.iter().flatten().copied().collect();
         times.sort_unstable();
         (percentile(&times, 0.5), percentile(&times, 1.0))
     };
+    // Deciles, to see the shape of the reconnection burst and not only its ends.
+    let deciles = |times: &[Option<Duration>]| {
+        let mut times: Vec<Duration> = times.iter().flatten().copied().collect();
+        times.sort_unstable();
+        (1..=10)
+            .map(|d| percentile(&times, d as f64 / 10.0).map_or(f64::NAN, ms).round())
+            .collect::<Vec<_>>()
+    };
+    eprintln!(
+        "takeover deciles (ms): streams reopened {:?}, granted {:?}",
+        deciles(&reconnected),
+        deciles(&granted)
+    );
     let (reconnect_p50, reconnect_max) = spread(&reconnected);
     let (granted_p50, granted_max) = spread(&granted);
     eprintln!(

@@ -173,6 +173,7 @@ impl Metasrv {
             node_history: config.node_history,
             region_history: config.region_history,
             ru_prices: config.cns.ru_prices.clone(),
+            seed_grace: config.region_lease,
         };
         // Twice what a lease wait can need of a resolved grant (one lease plus the margin).
         let ownership = Arc::new(RegionOwnership::new(

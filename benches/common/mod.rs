@@ -312,6 +312,11 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
+    /// The etcd process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Self {
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")

@@ -196,6 +196,10 @@ pub struct ResetView {
     /// The persisted cordons, read before the term serves (none when leadership is lost):
     /// no placement of the term can see a cordoned node as a candidate.
     pub cordons: Vec<Cordon>,
+    /// The registered datanodes, read before the term serves (none when leadership is lost):
+    /// seeded as [`SeedNodes`] would, so a stream that opens with the registration on record
+    /// writes nothing.
+    pub registered: Vec<RegisteredNode>,
 }
 
 /// A registered datanode (from `__meta/node/*`), for seeding a new term's view.
@@ -287,14 +291,20 @@ pub struct ClusterViewConfig {
     pub region_history: usize,
     /// How a region's report becomes request units (the load planners' unit).
     pub ru_prices: crate::cns::unit::RuPrices,
+    /// How long a registered node a new term has not heard from yet has to reach it before
+    /// its silence counts (a region lease: what an earlier leader granted ends by then).
+    pub seed_grace: Duration,
 }
 
 mod instruction;
 mod load;
 mod queries;
+mod reconnection;
 mod registry;
 
 use crate::cns::snapshot::{Best, RegionBrief, CANDIDATES_PER_NODE};
+use instruction::Deadlines;
+use reconnection::Reconnections;
 pub use instruction::{Instruction, MailboxError, SessionHandle};
 use load::NodeHistory;
 pub use load::{NodeSample, RegionLoad};
@@ -330,6 +340,9 @@ struct NodeEntry {
     /// When the last request from the node arrived: every acknowledgement may have renewed
     /// its region leases, so its leases last at most `region_lease` past this (metasrv's clock).
     last_request_at: Option<Instant>,
+    /// Seeded at the term's start and not heard from since: its silence counts only once the
+    /// term's reconnections settled (see [`Reconnections`]).
+    awaiting_first_contact: bool,
 }
 
 impl NodeEntry {
@@ -353,6 +366,7 @@ impl NodeEntry {
             hottest: Vec::new(),
             coldest: Vec::new(),
             last_request_at: None,
+            awaiting_first_contact: false,
         }
     }
 }
@@ -366,6 +380,8 @@ struct PendingInstruction {
     /// answers on the stream it is on, and requests of a broken stream are lost).
     session_id: u64,
     kind: &'static str,
+    /// How long the node had to answer (for the timeout's message).
+    timeout: Duration,
     reply: oneshot::Sender<Result<InstructionOutcome, MailboxError>>,
 }
 
@@ -382,6 +398,8 @@ pub struct ClusterView {
     regions: IdMap<RegionLoad>,
     subscribers: Vec<Recipient<NodeEvent>>,
     pending: HashMap<u64, PendingInstruction>,
+    /// When each pending instruction times out (swept every tenth of an interval).
+    deadlines: Deadlines,
     /// The low 32 bits of the next instruction id; the high 32 are the term's epoch.
     next_instruction_id: u64,
     /// The high 32 bits of this term's instruction ids (see [`ResetView`]).
@@ -389,6 +407,8 @@ pub struct ClusterView {
     /// Cordoned nodes (why): never candidates for new regions. Persisted by whoever cordons
     /// (a drain, an operator) and seeded again at the start of every term.
     cordoned: HashMap<u64, String>,
+    /// This term's reconnections: when seeded nodes' silence starts to count.
+    reconnections: Reconnections,
 }
 
 impl ClusterView {
@@ -408,9 +428,11 @@ impl ClusterView {
             regions: IdMap::default(),
             subscribers: Vec::new(),
             pending: HashMap::new(),
+            deadlines: Deadlines::default(),
             next_instruction_id: 1,
             id_epoch: 0,
             cordoned: HashMap::new(),
+            reconnections: Reconnections::default(),
         }
     }
 
@@ -426,14 +448,54 @@ impl ClusterView {
         }
     }
 
+    /// Fails the instructions whose node did not answer in time.
+    fn expire_instructions(&mut self, now: Instant) {
+        for id in self.deadlines.take_due(now) {
+            // Answered ones left the pending map already.
+            let Some(pending) = self.pending.remove(&id) else {
+                continue;
+            };
+            let PendingInstruction {
+                node_id,
+                opens_leader,
+                kind,
+                timeout,
+                reply,
+                ..
+            } = pending;
+            if opens_leader {
+                self.ownership.lead_grant_resolved(node_id, id, now);
+            }
+            tracing::warn!(
+                node_id,
+                instruction_id = id,
+                kind,
+                ?timeout,
+                "instruction timed out"
+            );
+            self.metrics
+                .instructions
+                .with_label_values(&[kind, "timeout"])
+                .inc();
+            let _ = reply.send(Err(MailboxError::Timeout {
+                node_id,
+                instruction_id: id,
+                timeout,
+            }));
+        }
+    }
+
     /// Re-evaluates phi of every node that is not already dead.
     fn check_liveness(&mut self) {
         let now = self.ms_since_epoch(Instant::now());
         let threshold = self.config.failure_detector.threshold;
         let suspect = self.config.failure_detector.suspect_threshold;
         let mut events = Vec::new();
+        let reconnecting = !self
+            .reconnections
+            .settled(Instant::now(), self.config.seed_grace);
         for (&node_id, node) in &mut self.nodes {
-            if node.status == NodeStatus::Dead {
+            if node.status == NodeStatus::Dead || (reconnecting && node.awaiting_first_contact) {
                 continue;
             }
             let phi = node.detector.phi(now);
@@ -468,7 +530,6 @@ impl ClusterView {
         node_id: u64,
         addr: &str,
         instance_id: &str,
-        ctx: &mut Context<Self>,
     ) {
         let value = serde_json::to_vec(&Registration {
             id: node_id,
@@ -479,14 +540,13 @@ impl ClusterView {
         // A struct of numbers and strings always serializes.
         .unwrap_or_default();
         let store = self.store.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = store.put(KeyValue::new(node_key(node_id), value)).await {
-                    tracing::warn!(node_id, "cannot persist node registration: {e}");
-                }
+        // A task of its own, not a future of this actor's context: actix polls every such
+        // future each time the actor wakes, and 10,000 nodes register at once.
+        actix_rt::spawn(async move {
+            if let Err(e) = store.put(KeyValue::new(node_key(node_id), value)).await {
+                tracing::warn!(node_id, "cannot persist node registration: {e}");
             }
-            .into_actor(self),
-        );
+        });
     }
 }
 
@@ -538,6 +598,7 @@ impl Actor for ClusterView {
         // Check often enough that detection lags phi by at most a tenth of an interval.
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         ctx.run_interval(period, |view, _| view.check_liveness());
+        ctx.run_interval(period, |view, _| view.expire_instructions(Instant::now()));
         ctx.run_interval(REGION_HISTORY_PRUNE_PERIOD, |view, _| {
             view.prune_region_histories();
             view.ownership.forget_old_grants(Instant::now());
@@ -548,7 +609,7 @@ impl Actor for ClusterView {
 impl Handler<SessionOpened> for ClusterView {
     type Result = ();
 
-    fn handle(&mut self, msg: SessionOpened, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: SessionOpened, _ctx: &mut Self::Context) {
         let SessionOpened {
             node_id,
             addr,
@@ -558,6 +619,9 @@ impl Handler<SessionOpened> for ClusterView {
         let mut lost_session = None;
         let changed = match self.nodes.get_mut(&node_id) {
             Some(node) => {
+                if std::mem::take(&mut node.awaiting_first_contact) {
+                    self.reconnections.arrived(Instant::now());
+                }
                 if let Some(old) = node.session.replace(session.clone()) {
                     if old.session_id != session.session_id {
                         tracing::info!(
@@ -592,6 +656,7 @@ impl Handler<SessionOpened> for ClusterView {
             }
             None => {
                 tracing::info!(node_id, %addr, %instance_id, "node registered");
+                self.reconnections.arrived(Instant::now());
                 let detector = PhiAccrualDetector::new(
                     &self.config.failure_detector,
                     self.config.heartbeat_interval,
@@ -606,7 +671,7 @@ impl Handler<SessionOpened> for ClusterView {
             self.fail_instructions_of_session(node_id, old_session);
         }
         if changed {
-            self.persist_registration(node_id, &addr, &instance_id, ctx);
+            self.persist_registration(node_id, &addr, &instance_id);
         }
         // The status gauges follow at the next liveness check (a tenth of an interval): counting
         // every node at every stream opened was quadratic when 10,000 reconnect at once.
@@ -782,7 +847,7 @@ impl Handler<SessionClosed> for ClusterView {
 impl Handler<SendInstruction> for ClusterView {
     type Result = ResponseFuture<Result<InstructionOutcome, MailboxError>>;
 
-    fn handle(&mut self, msg: SendInstruction, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SendInstruction, _ctx: &mut Self::Context) -> Self::Result {
         let SendInstruction {
             node_id,
             instruction,
@@ -823,36 +888,17 @@ impl Handler<SendInstruction> for ClusterView {
                 opens_leader,
                 session_id: session.session_id,
                 kind,
+                timeout,
                 reply,
             },
         );
+        self.deadlines.push(Instant::now() + timeout, id);
+        let pending = &self.pending;
+        self.deadlines
+            .compact(pending.len(), |id| pending.contains_key(&id));
         tracing::debug!(node_id, instruction_id = id, kind, "instruction sent");
         session.deliver.do_send(DeliverInstruction {
             instruction: instruction.to_pb(id),
-        });
-        ctx.run_later(timeout, move |view, _| {
-            if let Some(pending) = view.pending.remove(&id) {
-                if pending.opens_leader {
-                    view.ownership
-                        .lead_grant_resolved(node_id, id, Instant::now());
-                }
-                tracing::warn!(
-                    node_id,
-                    instruction_id = id,
-                    kind,
-                    ?timeout,
-                    "instruction timed out"
-                );
-                view.metrics
-                    .instructions
-                    .with_label_values(&[kind, "timeout"])
-                    .inc();
-                let _ = pending.reply.send(Err(MailboxError::Timeout {
-                    node_id,
-                    instruction_id: id,
-                    timeout,
-                }));
-            }
         });
         Box::pin(async move { answer.await.unwrap_or(Err(MailboxError::Closed(node_id))) })
     }
@@ -897,6 +943,11 @@ impl Handler<ResetView> for ClusterView {
         }
         self.nodes.clear();
         self.regions.clear();
+        self.reconnections = if msg.term == 0 {
+            Reconnections::default()
+        } else {
+            Reconnections::term_started(Instant::now())
+        };
         if msg.term != 0 {
             // Every routed region's load arrives within a heartbeat of a takeover: one
             // allocation now, rather than a score of rehashes (and fresh pages) in that burst.
@@ -908,8 +959,10 @@ impl Handler<ResetView> for ClusterView {
             .into_iter()
             .map(|cordon| (cordon.node_id, cordon.reason))
             .collect();
+        self.seed_nodes(msg.registered, self.config.seed_grace);
         // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
         // one may still have given a lease: it counts as resolved now (waits only lengthen).
+        self.deadlines.clear();
         for (id, pending) in self.pending.drain() {
             if pending.opens_leader {
                 self.ownership
@@ -924,10 +977,17 @@ impl Handler<SeedNodes> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: SeedNodes, _ctx: &mut Self::Context) {
+        self.seed_nodes(msg.nodes, msg.grace);
+    }
+}
+
+impl ClusterView {
+    /// Watches `nodes` this term has not heard from (see [`SeedNodes`]).
+    fn seed_nodes(&mut self, nodes: Vec<RegisteredNode>, grace: Duration) {
         let now = Instant::now();
-        let silent_from = self.ms_since_epoch(now + msg.grace);
+        let silent_from = self.ms_since_epoch(now + grace);
         let mut seeded = 0;
-        for node in msg.nodes {
+        for node in nodes {
             if self.nodes.contains_key(&node.id) {
                 continue;
             }
@@ -941,6 +1001,7 @@ impl Handler<SeedNodes> for ClusterView {
             // Leases an earlier leader granted it began before this term did, so they end
             // within one lease of now (and this leader granted none).
             entry.last_request_at = Some(now);
+            entry.awaiting_first_contact = true;
             self.nodes.insert(node.id, entry);
             seeded += 1;
         }

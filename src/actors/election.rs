@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::actors::cluster_view::{load_cordons, CloseAllSessions, ClusterView, Cordon, ResetView};
+use crate::actors::cluster_view::{
+    load_cordons, load_registered_nodes, CloseAllSessions, ClusterView, Cordon, RegisteredNode,
+    ResetView,
+};
 use crate::catalog::TableManager;
 use crate::election::{not_leader, Leadership, LeadershipState, MemberInfo};
 use crate::store::fenced::{Fence, FencedStore};
@@ -63,9 +66,17 @@ struct LeaseLost {
 #[rtype(result = "()")]
 struct StateLoaded {
     generation: u64,
-    /// The persisted cordons, read with the catalog: the view knows them before this term
-    /// places a region.
-    result: Result<Vec<Cordon>, String>,
+    result: Result<LoadedState, String>,
+}
+
+/// What a term reads besides the catalog before it serves.
+struct LoadedState {
+    /// The persisted cordons: the view knows them before this term places a region.
+    cordons: Vec<Cordon>,
+    /// The registered datanodes: the view knows them before the first stream opens, so the
+    /// thousands that reconnect at once after a takeover find their registration unchanged
+    /// and write nothing (each used to write it again, racing the Scheduler's seeding).
+    registered: Vec<RegisteredNode>,
 }
 
 /// This member's election key is gone or holds another value: it leads no more.
@@ -281,6 +292,7 @@ impl ElectionActor {
             self.cluster_view.do_send(ResetView {
                 term: 0,
                 cordons: Vec::new(),
+                registered: Vec::new(),
             });
         }
         if let Some(keepalive) = self.keepalive.take() {
@@ -310,9 +322,17 @@ impl ElectionActor {
         let me = ctx.address();
         let load = self.background.spawn(async move {
             tables.become_leader().await.map_err(|e| e.to_string())?;
-            load_cordons(tables.store().as_ref())
+            let store = tables.store();
+            let cordons = load_cordons(store.as_ref())
                 .await
-                .map_err(|e| format!("cannot read the cordoned nodes: {e}"))
+                .map_err(|e| format!("cannot read the cordoned nodes: {e}"))?;
+            let registered = load_registered_nodes(store.as_ref())
+                .await
+                .map_err(|e| format!("cannot read the registered nodes: {e}"))?;
+            Ok(LoadedState {
+                cordons,
+                registered,
+            })
         });
         if let Some(earlier) = self.loading.replace(load.abort_handle()) {
             earlier.abort();
@@ -601,11 +621,15 @@ impl Handler<StateLoaded> for ElectionActor {
             return;
         }
         match msg.result {
-            Ok(cordons) => {
-                // A clean view: nodes register again as their streams reconnect here.
+            Ok(LoadedState {
+                cordons,
+                registered,
+            }) => {
+                // A clean view of the registered nodes, each heard from by its stream again.
                 self.cluster_view.do_send(ResetView {
                     term: self.term,
                     cordons,
+                    registered,
                 });
                 self.set_state(true, Some(self.me.clone()));
                 tracing::info!(member = self.me.id, term = self.term, "serving as leader");

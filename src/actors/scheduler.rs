@@ -27,7 +27,7 @@ use tokio::sync::{watch, Semaphore};
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    load_registered_nodes, ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
+    ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
     SeedNodes, Subscribe,
 };
 use crate::catalog::TableManager;
@@ -434,19 +434,20 @@ impl StreamHandler<LeadershipState> for Scheduler {
         let grace = self.failover.region_lease;
         let tables = self.tables.clone();
         let load = async move {
-            // Nodes the routes may name that have not reached this leader (yet): watched from
-            // now on, so that one that died before this term began dies here too. The routes
-            // name them too (a registration is written best effort), so both count.
-            let mut nodes = match load_registered_nodes(procedures.store().as_ref()).await {
-                Ok(nodes) => nodes,
-                Err(e) => {
-                    tracing::error!("cannot read the registered nodes: {e}");
-                    Vec::new()
+            // Nodes the routes name that have not reached this leader (yet) and were never
+            // registered (a registration is written best effort): watched from now on, so that
+            // one that died before this term began dies here too. The registered ones were
+            // seeded with the term's state, before it served.
+            // A pass over every route (a million regions at scale): off this actor's thread,
+            // which ClusterView shares, while the term's first reports arrive.
+            let nodes = match tables {
+                Some(tables) => {
+                    tokio::task::spawn_blocking(move || nodes_named_by_routes(&tables))
+                        .await
+                        .unwrap_or_default()
                 }
+                None => Vec::new(),
             };
-            if let Some(tables) = tables {
-                nodes.extend(nodes_named_by_routes(&tables));
-            }
             view.do_send(SeedNodes { nodes, grace });
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all

@@ -213,15 +213,20 @@ async fn feed_pages(
     add: AddRecord,
 ) -> Result<CatalogAssembler, StoreError> {
     let mut scan = PrefixScan::at_revision(store, prefix.as_bytes(), revision);
-    while let Some(page) = scan.next_page().await? {
-        assembler = tokio::task::spawn_blocking(move || {
-            for kv in page {
+    let mut page = scan.next_page().await?;
+    while let Some(current) = page {
+        // The next page is read while this one decodes: etcd serves one as the other core
+        // parses (a million regions are about 60 MB of routes).
+        let decoded = tokio::task::spawn_blocking(move || {
+            for kv in current {
                 add(&mut assembler, kv);
             }
             assembler
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("decoding a catalog page failed: {e}")))?;
+        });
+        let (decoded, next) = tokio::join!(decoded, scan.next_page());
+        assembler = decoded
+            .map_err(|e| StoreError::Internal(format!("decoding a catalog page failed: {e}")))?;
+        page = next?;
     }
     Ok(assembler)
 }

@@ -106,6 +106,11 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Before metasrv has announced its interval.
 const INITIAL_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a stream (and the first acknowledgement on it) may take at least: longer
+/// than a steady acknowledgement, since a new leader opens every datanode's stream at once.
+/// A member that hangs holds the link this long; it loses its leadership sooner (the election
+/// lease is 3 s by default), and its streams close with it.
+const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct HeartbeatLink {
     requests: mpsc::Sender<(std::time::Instant, pb::HeartbeatRequest)>,
@@ -181,7 +186,7 @@ async fn leader_channel(
     cluster_id: u64,
     node_id: u64,
     hint: Option<String>,
-    mut unreachable: Option<String>,
+    unreachable: Option<String>,
 ) -> Result<(Option<String>, Channel), tonic::Status> {
     let plaintext = super::ClientSecurity::default();
     let (endpoints, security) = match target {
@@ -223,8 +228,10 @@ async fn leader_channel(
             Err(super::ClientError::Status(refused)) => return Err(refused),
             Err(e) => tracing::debug!(node_id, ?backoff, "no metasrv leader yet: {e}"),
         }
-        // The members that could wait for a change have answered without one: poll from here.
-        unreachable = None;
+        // No member knows a leader (an election is under way) or none answered: ask again,
+        // still asking the members to wait for the change (`unreachable` is kept). Polling
+        // instead had 10,000 datanodes ask twice a second, and open streams the next leader
+        // refuses while it loads, on the member that was winning the election meanwhile.
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -241,8 +248,12 @@ async fn run(
     let mut hint: Option<String> = None;
     let mut ack_timeout = INITIAL_ACK_TIMEOUT;
     let mut greeting: Option<pb::HeartbeatRequest> = None;
-    // The leader whose stream broke or would not open without naming another: the next search
-    // asks the other members to answer only once the leadership changed (see `find_leader_via`).
+    // The leader whose stream broke or would not open without naming another: the searches
+    // until a stream opens again ask the other members to answer only once the leadership
+    // changed (see `find_leader_via`). It stays through refusals: a member that won the
+    // election names itself before it serves, and refuses streams until it does; asked again
+    // to wait, it answers the moment it serves, where polling it had every datanode open
+    // streams it refused.
     let mut unreachable: Option<String> = None;
     let bearer = match &target {
         MetasrvTarget::SecureCluster(_, security) => security.bearer(),
@@ -263,7 +274,7 @@ async fn run(
             cluster_id,
             node_id,
             hint.take(),
-            unreachable.take(),
+            unreachable.clone(),
         );
         let (leader_addr, channel) = match found.await {
             Ok(found) => found,
@@ -286,43 +297,53 @@ async fn run(
                 continue;
             }
         };
-        // The stream opens with a request, so that the session registers at once: the newest
-        // the datanode queued while no leader could be found (its send time is where the
-        // leases it earns count from), or else a greeting that names the node and reports
-        // nothing. Waiting for the datanode's next request instead would add up to a
-        // heartbeat interval to every attempt, and a leader change takes several.
-        let mut queued = match (requests.try_recv(), &greeting) {
-            (Ok(queued), _) => queued,
-            (Err(_), Some(greeting)) => (std::time::Instant::now(), greeting.clone()),
-            // Nothing to greet with before the datanode's first request.
-            (Err(_), None) => match requests.recv().await {
-                Some(queued) => queued,
-                None => return,
-            },
+        // The stream opens with a request, so that the session registers at once: a greeting
+        // that names the node and reports nothing, and the datanode sends its full report on
+        // `Connected`. Requests it queued while no leader could be found are stale (and
+        // opening with one of them would make two full reports per reconnection, 10,000 of
+        // them twice over after a takeover). Waiting for the datanode's next request instead
+        // would add up to a heartbeat interval to every attempt, and a leader change takes
+        // several. Before the datanode's first request there is nothing to greet with: the
+        // stream opens with that request (the newest, if several are queued).
+        let (first_sent_at, first) = match &greeting {
+            Some(greeting) => {
+                while requests.try_recv().is_ok() {}
+                (std::time::Instant::now(), greeting.clone())
+            }
+            None => {
+                let mut queued = match requests.recv().await {
+                    Some(queued) => queued,
+                    None => return,
+                };
+                while let Ok(newer) = requests.try_recv() {
+                    queued = newer;
+                }
+                greeting = Some(greeting_of(&queued.1));
+                queued
+            }
         };
-        while let Ok(newer) = requests.try_recv() {
-            queued = newer;
-        }
-        greeting = Some(greeting_of(&queued.1));
-        let (first_sent_at, first) = queued;
-        // When each request on this stream was sent, oldest first, to pair with its ack.
-        // With when each was written to this stream: the acknowledgement deadline counts from
-        // there (a request may have waited in the queue through a reconnection).
-        let mut in_flight =
-            std::collections::VecDeque::from([(first_sent_at, std::time::Instant::now())]);
+        // When each request on this stream was sent, oldest first, to pair with its ack, and
+        // until when its acknowledgement may take (counted from when it was written to this
+        // stream). The first has the opening's allowance: a new leader takes thousands of
+        // streams at once, and a stream given up there only comes back to the same queue.
+        let opening_timeout = ack_timeout.max(OPENING_TIMEOUT);
+        let mut in_flight = std::collections::VecDeque::from([(
+            first_sent_at,
+            std::time::Instant::now() + opening_timeout,
+        )]);
         let (stream_tx, stream_rx) = mpsc::channel(16);
         if stream_tx.send(first).await.is_err() {
             return;
         }
         let opened = tokio::time::timeout(
-            ack_timeout,
+            opening_timeout,
             HeartbeatClient::new(super::authed(channel, bearer.clone()))
                 .heartbeat(ReceiverStream::new(stream_rx)),
         )
         .await
         .unwrap_or_else(|_| {
             Err(tonic::Status::deadline_exceeded(format!(
-                "metasrv did not open the heartbeat stream within {ack_timeout:?}"
+                "metasrv did not open the heartbeat stream within {opening_timeout:?}"
             )))
         });
         let mut responses = match opened {
@@ -334,7 +355,9 @@ async fn run(
                     "opening a heartbeat stream failed: {status}"
                 );
                 hint = crate::election::redirect_target(&status);
-                unreachable = leader_addr.filter(|_| is_unreachable(Some(&status)));
+                if let Some(lost) = leader_addr.filter(|_| is_unreachable(Some(&status))) {
+                    unreachable = Some(lost);
+                }
                 if events
                     .send(LinkEvent::Disconnected {
                         reason: Some(status),
@@ -356,7 +379,7 @@ async fn run(
         let reason = loop {
             let ack_deadline = in_flight
                 .front()
-                .map(|(_, written_at)| tokio::time::Instant::from_std(*written_at + ack_timeout));
+                .map(|(_, deadline)| tokio::time::Instant::from_std(*deadline));
             tokio::select! {
                 _ = tokio::time::sleep_until(ack_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if ack_deadline.is_some() => {
@@ -367,7 +390,7 @@ async fn run(
                 }
                 request = requests.recv() => match request {
                     Some((sent_at, request)) => {
-                        in_flight.push_back((sent_at, std::time::Instant::now()));
+                        in_flight.push_back((sent_at, std::time::Instant::now() + ack_timeout));
                         if stream_tx.send(request).await.is_err() {
                             break None;
                         }

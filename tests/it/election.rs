@@ -206,6 +206,27 @@ pub async fn datanodes_on_leader(
     nodes
 }
 
+/// The datanode registrations stored under the members' prefix, with each one's modification
+/// revision: a registration written again has a new one.
+async fn stored_registrations(etcd_endpoints: &str) -> Vec<(String, i64)> {
+    let endpoints: Vec<&str> = etcd_endpoints.split(',').collect();
+    let mut client = etcd_client::Client::connect(endpoints, None)
+        .await
+        .expect("connect to etcd");
+    let found = client
+        .get(
+            "/ha/4/__meta/node/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("read the registrations");
+    found
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
     let etcd = crate::harness::EtcdCluster::start(3);
@@ -271,6 +292,10 @@ async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
         "the redirect names the leader"
     );
 
+    // The datanodes registered once; a new leader finds them on record and writes nothing.
+    let registered = stored_registrations(&etcd.endpoints()).await;
+    assert_eq!(registered.len(), 3, "{registered:?}");
+
     // Kill the leader.
     let killed_at = Instant::now();
     members[leader].signal_and_wait("KILL");
@@ -291,6 +316,11 @@ async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
     .await;
     let heartbeats_back = killed_at.elapsed();
     println!("takeover: leader after {takeover:?}, heartbeats after {heartbeats_back:?}");
+    assert_eq!(
+        stored_registrations(&etcd.endpoints()).await,
+        registered,
+        "the new leader wrote the datanodes' registrations again"
+    );
     // Default lease TTL 2 s: the target is a leader within 3 s; allow slack for a loaded CI box.
     assert!(
         takeover < Duration::from_secs(6),

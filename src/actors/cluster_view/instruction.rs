@@ -125,3 +125,90 @@ pub enum MailboxError {
     #[error("the heartbeat stream of node {0} ended before it answered")]
     StreamEnded(u64),
 }
+
+/// When each pending instruction times out, earliest first, swept on one timer. A timer per
+/// instruction (`run_later`) is an item of the actor's context, and actix polls every item
+/// each time the actor wakes: with 10,000 instructions in flight (a failover, a seeding of
+/// large tables) every heartbeat ClusterView took cost 10,000 timer polls, for as long as the
+/// instruction timeout, answered or not.
+#[derive(Default)]
+pub(super) struct Deadlines {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(std::time::Instant, u64)>>,
+}
+
+impl Deadlines {
+    pub fn push(&mut self, at: std::time::Instant, id: u64) {
+        self.heap.push(std::cmp::Reverse((at, id)));
+    }
+
+    /// Takes the ids due by `now`, earliest first.
+    pub fn take_due(&mut self, now: std::time::Instant) -> Vec<u64> {
+        let mut due = Vec::new();
+        while let Some(std::cmp::Reverse((at, id))) = self.heap.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            due.push(id);
+        }
+        due
+    }
+
+    /// Once most entries are for instructions already answered (`pending` of them are still
+    /// waiting), keeps only those `is_pending` accepts: the heap stays proportional to what
+    /// waits, not to what was sent within a timeout.
+    pub fn compact(&mut self, pending: usize, is_pending: impl Fn(u64) -> bool) {
+        if self.heap.len() > 2 * pending + 1024 {
+            self.heap
+                .retain(|std::cmp::Reverse((_, id))| is_pending(*id));
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.heap.clear();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deadlines;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn due_ids_come_earliest_first_and_only_once() {
+        let start = Instant::now();
+        let mut deadlines = Deadlines::default();
+        deadlines.push(start + Duration::from_secs(3), 3);
+        deadlines.push(start + Duration::from_secs(1), 1);
+        deadlines.push(start + Duration::from_secs(2), 2);
+        assert!(deadlines.take_due(start).is_empty());
+        assert_eq!(deadlines.take_due(start + Duration::from_secs(2)), vec![1, 2]);
+        assert!(deadlines.take_due(start + Duration::from_secs(2)).is_empty());
+        assert_eq!(deadlines.take_due(start + Duration::from_secs(9)), vec![3]);
+        assert_eq!(deadlines.len(), 0);
+    }
+
+    #[test]
+    fn compaction_drops_answered_instructions_only_once_they_dominate() {
+        let start = Instant::now();
+        let mut deadlines = Deadlines::default();
+        for id in 0..2_000 {
+            deadlines.push(start + Duration::from_secs(10), id);
+        }
+        // 2,000 entries for 1,000 pending: not worth a pass yet.
+        deadlines.compact(1_000, |id| id < 1_000);
+        assert_eq!(deadlines.len(), 2_000);
+        // 2,000 entries for 10 pending: only those stay.
+        deadlines.compact(10, |id| id < 10);
+        assert_eq!(deadlines.len(), 10);
+        assert_eq!(
+            deadlines.take_due(start + Duration::from_secs(10)),
+            (0..10).collect::<Vec<_>>()
+        );
+    }
+}
