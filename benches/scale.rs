@@ -120,7 +120,11 @@ fn thread_cpu_seconds(pid: u32) -> std::collections::BTreeMap<u32, (String, f64)
         return threads;
     };
     for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
             continue;
         };
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
@@ -187,8 +191,14 @@ impl CpuShares {
             .collect();
         let (idle, steal) = machine_idle_and_steal();
         // Jiffies are 1/100 s.
-        parts.push(format!("idle {:.2}", (idle - self.machine.0) / 100.0 / seconds));
-        parts.push(format!("stolen {:.2}", (steal - self.machine.1) / 100.0 / seconds));
+        parts.push(format!(
+            "idle {:.2}",
+            (idle - self.machine.0) / 100.0 / seconds
+        ));
+        parts.push(format!(
+            "stolen {:.2}",
+            (steal - self.machine.1) / 100.0 / seconds
+        ));
         format!("cores: {}", parts.join(", "))
     }
 }
@@ -418,7 +428,9 @@ async fn run(plan: Plan) -> Figures {
     let mut profiler = std::env::var("BENCH_PERF_STEADY").ok().map(|output| {
         let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
         std::process::Command::new("perf")
-            .args(["record", "-F", "499", "-g", "-p", &pid, "-o", &output, "--", "sleep"])
+            .args([
+                "record", "-F", "499", "-g", "-p", &pid, "-o", &output, "--", "sleep",
+            ])
             .arg(&seconds)
             .spawn()
             .expect("perf runs")
@@ -539,6 +551,7 @@ async fn run(plan: Plan) -> Figures {
     });
     let killed_at = Instant::now();
     eprintln!("killing the metasrv leader at unix ms {}", wall_ms());
+    let survivor_threads = thread_cpu_seconds(members[survivor].pid());
     let shares = CpuShares::start(&[
         ("new leader", members[survivor].pid()),
         ("datanodes", std::process::id()),
@@ -586,6 +599,14 @@ async fn run(plan: Plan) -> Figures {
     .await;
     let heartbeats = killed_at.elapsed();
     eprintln!("takeover: {}", shares.report());
+    eprintln!(
+        "takeover: busiest threads of the new leader: {}",
+        busiest_threads(
+            &survivor_threads,
+            &thread_cpu_seconds(members[survivor].pid()),
+            heartbeats.as_secs_f64()
+        )
+    );
     let spread = |times: &[Option<Duration>]| {
         let mut times: Vec<Duration> = times.iter().flatten().copied().collect();
         times.sort_unstable();
@@ -596,7 +617,11 @@ async fn run(plan: Plan) -> Figures {
         let mut times: Vec<Duration> = times.iter().flatten().copied().collect();
         times.sort_unstable();
         (1..=10)
-            .map(|d| percentile(&times, d as f64 / 10.0).map_or(f64::NAN, ms).round())
+            .map(|d| {
+                percentile(&times, d as f64 / 10.0)
+                    .map_or(f64::NAN, ms)
+                    .round()
+            })
             .collect::<Vec<_>>()
     };
     eprintln!(

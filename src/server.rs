@@ -202,6 +202,7 @@ impl Metasrv {
             let procedures = ProcedureStore::new(store.clone());
             let maintenance = maintenance.clone();
             let metrics = metrics.clone();
+            let background = tokio::runtime::Handle::current();
             Scheduler::start_in_arbiter(actors.singletons(), move |_| {
                 Scheduler::new(
                     view,
@@ -212,6 +213,7 @@ impl Metasrv {
                     maintenance,
                     metrics,
                 )
+                .with_operation_runtime(background)
             })
         };
         let tables = Arc::new(TableManager::new(

@@ -304,10 +304,10 @@ mod registry;
 
 use crate::cns::snapshot::{Best, RegionBrief, CANDIDATES_PER_NODE};
 use instruction::Deadlines;
-use reconnection::Reconnections;
 pub use instruction::{Instruction, MailboxError, SessionHandle};
 use load::NodeHistory;
 pub use load::{NodeSample, RegionLoad};
+use reconnection::Reconnections;
 use registry::Registration;
 pub use registry::{
     load_cordons, load_registered_nodes, node_key, set_cordon, Cordon, CORDON_PREFIX, NODE_PREFIX,
@@ -525,12 +525,7 @@ impl ClusterView {
 
     /// Persists the node's registration; only on first sight or when address or instance
     /// change, so heartbeats themselves never touch the KV.
-    fn persist_registration(
-        &self,
-        node_id: u64,
-        addr: &str,
-        instance_id: &str,
-    ) {
+    fn persist_registration(&self, node_id: u64, addr: &str, instance_id: &str) {
         let value = serde_json::to_vec(&Registration {
             id: node_id,
             addr: addr.to_owned(),

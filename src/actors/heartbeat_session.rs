@@ -309,6 +309,7 @@ impl HeartbeatSession {
             Ok(heartbeat) => heartbeat,
             Err(reason) => return self.refuse(reason, ctx),
         };
+        let opening = self.node_id.is_none();
         match self.node_id {
             None => {
                 self.node_id = Some(heartbeat.node_id);
@@ -336,7 +337,7 @@ impl HeartbeatSession {
         }
         if in_doubt {
             // Stats still count (liveness), but nothing is granted or scheduled.
-            return self.acknowledge(heartbeat, received_at, None, "in_doubt", ctx);
+            return self.acknowledge(heartbeat, received_at, None, "in_doubt", opening, ctx);
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
@@ -374,27 +375,43 @@ impl HeartbeatSession {
                 duration_millis: self.region_lease_millis,
             }
         });
-        self.acknowledge(heartbeat, received_at, region_lease, "ok", ctx);
+        self.acknowledge(heartbeat, received_at, region_lease, "ok", opening, ctx);
     }
 
     /// Forwards the stats and answers the request with `region_lease` (None: no grant).
+    /// `opening`: the stream's first request.
     fn acknowledge(
         &mut self,
         heartbeat: stats::Heartbeat,
         received_at: Instant,
         region_lease: Option<pb::RegionLease>,
         outcome: &str,
+        opening: bool,
         ctx: &mut Context<Self>,
     ) {
-        // Backpressure: this stream's next request is read only once ClusterView has taken
-        // this one. A client that sends faster than ClusterView absorbs is slowed down by its
-        // own stream's flow control instead of growing ClusterView's mailbox without bound.
-        let reported = self.cluster_view.send(StatsReported {
+        let reported = StatsReported {
             session_id: self.session_id,
             heartbeat,
             received_at,
-        });
-        ctx.wait(reported.into_actor(self).map(|_, _, _| ()));
+        };
+        if opening {
+            // The stream's first request (a greeting, after a reconnection) does not hold the
+            // next: the full report that follows it is granted without queueing behind
+            // ClusterView's mailbox, which 10,000 streams fill at once after a takeover. A
+            // session still has at most two messages there.
+            self.cluster_view.do_send(reported);
+        } else {
+            // Backpressure: this stream's next request is read only once ClusterView has taken
+            // this one. A client that sends faster than ClusterView absorbs is slowed down by
+            // its own stream's flow control instead of growing ClusterView's mailbox without
+            // bound.
+            ctx.wait(
+                self.cluster_view
+                    .send(reported)
+                    .into_actor(self)
+                    .map(|_, _, _| ()),
+            );
+        }
         let response = pb::HeartbeatResponse {
             header: self.header(),
             instructions: Vec::new(),

@@ -27,8 +27,7 @@ use tokio::sync::{watch, Semaphore};
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode,
-    SeedNodes, Subscribe,
+    ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode, SeedNodes, Subscribe,
 };
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
@@ -147,6 +146,9 @@ pub struct Scheduler {
     maintenance: Arc<AtomicBool>,
     /// Bounds the regions moved at once.
     permits: Arc<Semaphore>,
+    /// The server's runtime, where failovers run (off this actor's thread); None: this
+    /// actor's own.
+    background: Option<tokio::runtime::Handle>,
     /// Nodes whose regions are being failed over now, with the task doing it.
     failing_over: HashMap<u64, SpawnHandle>,
     /// The leadership term the running failovers belong to (0: none).
@@ -180,6 +182,37 @@ struct RunningOperation {
 /// An operation's task, as `track_operation` runs it.
 type OperationFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Procedure>>>;
 
+/// A task on another runtime, awaited from an actor: dropping it (the actor cancelled the
+/// future that awaits it) aborts the task.
+struct OnRuntime<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> OnRuntime<T> {
+    fn spawn(
+        runtime: &tokio::runtime::Handle,
+        task: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Self {
+        Self(runtime.spawn(task))
+    }
+}
+
+impl<T> std::future::Future for OnRuntime<T> {
+    /// `None` if the task panicked.
+    type Output = Option<T>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(Result::ok)
+    }
+}
+
+impl<T> Drop for OnRuntime<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Scheduler {
     pub fn new(
         cluster_view: Addr<ClusterView>,
@@ -207,7 +240,14 @@ impl Scheduler {
             repairs: Default::default(),
             operations: HashMap::new(),
             metrics,
+            background: None,
         }
+    }
+
+    /// Runs failovers on `runtime` (the server's) rather than on this actor's thread.
+    pub fn with_operation_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.background = Some(runtime);
+        self
     }
 
     fn operation_context(&self) -> Option<OperationContext> {
@@ -292,7 +332,20 @@ impl Scheduler {
         // A failover goes first: a repair pass holding region locks and permits would make
         // its moves fail and wait out a backoff.
         self.interrupt_replica_repair("a failover started", ctx);
-        let fut = fail_over_node(procedure, resumed, operation);
+        // On the server's runtime, not this actor's thread: ClusterView shares it, and a
+        // 10,000-region failover's route writes and bookkeeping would queue every heartbeat
+        // and every instruction result it waits for behind them. Cancelling the term's
+        // future (the term ended) aborts the task.
+        let runtime = self
+            .background
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        let task = OnRuntime::spawn(
+            &runtime,
+            fail_over_node(procedure.clone(), resumed, operation),
+        );
+        // Panicked: counts as interrupted, retried like a failed attempt.
+        let fut = async move { task.await.unwrap_or(procedure) };
         let term = self.serving_term;
         let task = ctx.spawn(fut.into_actor(self).map(move |procedure, scheduler, _| {
             scheduler.failing_over.remove(&node_id);
@@ -441,11 +494,9 @@ impl StreamHandler<LeadershipState> for Scheduler {
             // A pass over every route (a million regions at scale): off this actor's thread,
             // which ClusterView shares, while the term's first reports arrive.
             let nodes = match tables {
-                Some(tables) => {
-                    tokio::task::spawn_blocking(move || nodes_named_by_routes(&tables))
-                        .await
-                        .unwrap_or_default()
-                }
+                Some(tables) => tokio::task::spawn_blocking(move || nodes_named_by_routes(&tables))
+                    .await
+                    .unwrap_or_default(),
                 None => Vec::new(),
             };
             view.do_send(SeedNodes { nodes, grace });

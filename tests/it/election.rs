@@ -223,7 +223,12 @@ async fn stored_registrations(etcd_endpoints: &str) -> Vec<(String, i64)> {
     found
         .kvs()
         .iter()
-        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()))
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            )
+        })
         .collect()
 }
 

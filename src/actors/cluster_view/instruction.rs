@@ -187,8 +187,13 @@ mod tests {
         deadlines.push(start + Duration::from_secs(1), 1);
         deadlines.push(start + Duration::from_secs(2), 2);
         assert!(deadlines.take_due(start).is_empty());
-        assert_eq!(deadlines.take_due(start + Duration::from_secs(2)), vec![1, 2]);
-        assert!(deadlines.take_due(start + Duration::from_secs(2)).is_empty());
+        assert_eq!(
+            deadlines.take_due(start + Duration::from_secs(2)),
+            vec![1, 2]
+        );
+        assert!(deadlines
+            .take_due(start + Duration::from_secs(2))
+            .is_empty());
         assert_eq!(deadlines.take_due(start + Duration::from_secs(9)), vec![3]);
         assert_eq!(deadlines.len(), 0);
     }

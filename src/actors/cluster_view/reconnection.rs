@@ -81,7 +81,12 @@ mod tests {
         while at < start + GRACE * 6 {
             reconnections.arrived(at);
             let limit = start + GRACE * MAX_HOLD_GRACES;
-            assert_eq!(reconnections.settled(at, GRACE), at >= limit, "at {:?}", at - start);
+            assert_eq!(
+                reconnections.settled(at, GRACE),
+                at >= limit,
+                "at {:?}",
+                at - start
+            );
             at += Duration::from_millis(500);
         }
     }
