@@ -887,7 +887,11 @@ impl Handler<SendInstruction> for ClusterView {
                 reply,
             },
         );
-        self.deadlines.push(Instant::now() + timeout, id);
+        // A timeout too long to add (a misconfiguration) never fires; the stream's end or a
+        // new term still ends the instruction.
+        if let Some(deadline) = Instant::now().checked_add(timeout) {
+            self.deadlines.push(deadline, id);
+        }
         let pending = &self.pending;
         self.deadlines
             .compact(pending.len(), |id| pending.contains_key(&id));

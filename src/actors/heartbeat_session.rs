@@ -398,7 +398,8 @@ impl HeartbeatSession {
             // The stream's first request (a greeting, after a reconnection) does not hold the
             // next: the full report that follows it is granted without queueing behind
             // ClusterView's mailbox, which 10,000 streams fill at once after a takeover. A
-            // session still has at most two messages there.
+            // session still has at most three messages there (SessionOpened, this one and the
+            // next request's).
             self.cluster_view.do_send(reported);
         } else {
             // Backpressure: this stream's next request is read only once ClusterView has taken

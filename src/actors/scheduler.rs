@@ -340,13 +340,21 @@ impl Scheduler {
             .background
             .clone()
             .unwrap_or_else(tokio::runtime::Handle::current);
-        let task = OnRuntime::spawn(
-            &runtime,
-            fail_over_node(procedure.clone(), resumed, operation),
-        );
-        // Panicked: counts as interrupted, retried like a failed attempt.
-        let fut = async move { task.await.unwrap_or(procedure) };
+        // The task stops itself the moment the term ends, before the Scheduler (whose thread
+        // ClusterView shares) gets to cancel it: a member re-elected at once holds a new fence
+        // its writes would pass, and this term's lease waits are not the next term's.
+        let mut leadership = self.leadership.subscribe();
         let term = self.serving_term;
+        let work = fail_over_node(procedure.clone(), resumed, operation);
+        let task = OnRuntime::spawn(&runtime, async move {
+            tokio::select! {
+                biased;
+                _ = leadership.wait_for(|state| !state.serving || state.term != term) => None,
+                done = work => Some(done),
+            }
+        });
+        // Panicked or stopped with its term: counts as interrupted (the next term resumes it).
+        let fut = async move { task.await.flatten().unwrap_or(procedure) };
         let task = ctx.spawn(fut.into_actor(self).map(move |procedure, scheduler, _| {
             scheduler.failing_over.remove(&node_id);
             if scheduler.serving_term != term {
@@ -499,7 +507,6 @@ impl StreamHandler<LeadershipState> for Scheduler {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
-            view.do_send(SeedNodes { nodes, grace });
             let running: Vec<Procedure> = match procedures.list().await {
                 Ok(all) => all
                     .into_iter()
@@ -514,13 +521,15 @@ impl StreamHandler<LeadershipState> for Scheduler {
                 Ok(on) => maintenance.store(on, Ordering::Relaxed),
                 Err(e) => tracing::error!("cannot read the maintenance flag: {e}"),
             }
-            running
+            (nodes, running)
         };
         let term = state.term;
-        ctx.spawn(load.into_actor(self).map(move |running, scheduler, ctx| {
+        ctx.spawn(load.into_actor(self).map(move |(nodes, running), scheduler, ctx| {
+            // A term that ended meanwhile seeds nothing (its view is another term's now).
             if scheduler.serving_term != term {
                 return;
             }
+            view.do_send(SeedNodes { nodes, grace });
             for procedure in running {
                 match procedure.kind.as_str() {
                     REGION_FAILOVER => {

@@ -99,15 +99,16 @@ pub enum LinkEvent {
 /// member little (the answer is in memory).
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
-/// How long a request may wait for its acknowledgement (or the stream for its opening) before
-/// the link gives the stream up and looks for the leader again: a metasrv that hangs (paused,
-/// partitioned behind an open socket) must not hold the datanode. Twice the heartbeat interval
-/// metasrv announces, and never less than this.
+/// How long a request may wait for its acknowledgement before the link gives the stream up and
+/// looks for the leader again: a metasrv that hangs (paused, partitioned behind an open socket)
+/// must not hold the datanode. Twice the heartbeat interval metasrv announces, and never less
+/// than this (the opening of a stream has [`OPENING_TIMEOUT`]).
 const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Before metasrv has announced its interval.
 const INITIAL_ACK_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long opening a stream (and the first acknowledgement on it) may take at least: longer
-/// than a steady acknowledgement, since a new leader opens every datanode's stream at once.
+/// How long opening a stream (and the acknowledgements of the requests written before the
+/// first acknowledgement) may take at least: longer than a steady acknowledgement, since a new
+/// leader opens every datanode's stream at once.
 /// A member that hangs holds the link this long; it loses its leadership sooner (the election
 /// lease is 3 s by default), and its streams close with it.
 const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -355,7 +356,10 @@ async fn run(
                     "opening a heartbeat stream failed: {status}"
                 );
                 hint = crate::election::redirect_target(&status);
-                if let Some(lost) = leader_addr.filter(|_| is_unreachable(Some(&status))) {
+                if hint.is_some() {
+                    // The refusal names the leader: ask it first, as the one that serves.
+                    unreachable = None;
+                } else if let Some(lost) = leader_addr.filter(|_| is_unreachable(Some(&status))) {
                     unreachable = Some(lost);
                 }
                 if events
@@ -383,14 +387,21 @@ async fn run(
             tokio::select! {
                 _ = tokio::time::sleep_until(ack_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if ack_deadline.is_some() => {
-                    tracing::warn!(node_id, ?ack_timeout, "metasrv does not acknowledge heartbeats; looking for the leader again");
+                    tracing::warn!(node_id, ?ack_timeout, ?opening_timeout, "metasrv does not acknowledge heartbeats; looking for the leader again");
                     break Some(tonic::Status::deadline_exceeded(format!(
-                        "metasrv did not acknowledge a heartbeat within {ack_timeout:?}"
+                        "metasrv did not acknowledge a heartbeat in time ({ack_timeout:?}, \
+                         {opening_timeout:?} for the stream's first)"
                     )));
                 }
                 request = requests.recv() => match request {
                     Some((sent_at, request)) => {
-                        in_flight.push_back((sent_at, std::time::Instant::now() + ack_timeout));
+                        // Acknowledgements come in order: no deadline before the one ahead
+                        // (the full report right after a greeting shares its allowance).
+                        let deadline = in_flight.back().map_or_else(
+                            || std::time::Instant::now() + ack_timeout,
+                            |(_, ahead)| (std::time::Instant::now() + ack_timeout).max(*ahead),
+                        );
+                        in_flight.push_back((sent_at, deadline));
                         if stream_tx.send(request).await.is_err() {
                             break None;
                         }

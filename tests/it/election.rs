@@ -298,8 +298,19 @@ async fn killing_the_leader_hands_over_heartbeats_routes_and_ddl() {
     );
 
     // The datanodes registered once; a new leader finds them on record and writes nothing.
-    let registered = stored_registrations(&etcd.endpoints()).await;
-    assert_eq!(registered.len(), 3, "{registered:?}");
+    let etcd_endpoints = etcd.endpoints();
+    let registered = wait_for(
+        "the three datanodes' registrations",
+        Duration::from_secs(10),
+        || {
+            let endpoints = etcd_endpoints.clone();
+            async move {
+                let stored = stored_registrations(&endpoints).await;
+                (stored.len() == 3).then_some(stored)
+            }
+        },
+    )
+    .await;
 
     // Kill the leader.
     let killed_at = Instant::now();
