@@ -296,6 +296,7 @@ pub struct ClusterViewConfig {
     pub seed_grace: Duration,
 }
 
+mod backlog;
 mod instruction;
 mod load;
 mod queries;
@@ -303,6 +304,7 @@ mod reconnection;
 mod registry;
 
 use crate::cns::snapshot::{Best, RegionBrief, CANDIDATES_PER_NODE};
+use backlog::Backlog;
 use instruction::Deadlines;
 pub use instruction::{Instruction, MailboxError, SessionHandle};
 use load::NodeHistory;
@@ -409,6 +411,8 @@ pub struct ClusterView {
     cordoned: HashMap<u64, String>,
     /// This term's reconnections: when seeded nodes' silence starts to count.
     reconnections: Reconnections,
+    /// How far behind the reports it has taken are: liveness is judged as of them.
+    backlog: Backlog,
 }
 
 impl ClusterView {
@@ -433,6 +437,7 @@ impl ClusterView {
             id_epoch: 0,
             cordoned: HashMap::new(),
             reconnections: Reconnections::default(),
+            backlog: Backlog::default(),
         }
     }
 
@@ -487,7 +492,8 @@ impl ClusterView {
 
     /// Re-evaluates phi of every node that is not already dead.
     fn check_liveness(&mut self) {
-        let now = self.ms_since_epoch(Instant::now());
+        // As of the reports taken so far: one still in the mailbox is no silence.
+        let now = self.ms_since_epoch(self.backlog.judge_at(Instant::now()));
         let threshold = self.config.failure_detector.threshold;
         let suspect = self.config.failure_detector.suspect_threshold;
         let mut events = Vec::new();
@@ -683,6 +689,7 @@ impl Handler<StatsReported> for ClusterView {
             received_at,
         } = msg;
         let now_ms = self.ms_since_epoch(received_at);
+        self.backlog.taken(received_at, Instant::now());
         let at_unix_ms = unix_ms();
         let Some(node) = self.nodes.get_mut(&heartbeat.node_id) else {
             return;
@@ -942,6 +949,7 @@ impl Handler<ResetView> for ClusterView {
         }
         self.nodes.clear();
         self.regions.clear();
+        self.backlog = Backlog::default();
         self.reconnections = if msg.term == 0 {
             Reconnections::default()
         } else {
