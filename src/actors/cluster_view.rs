@@ -211,15 +211,13 @@ pub struct RegisteredNode {
 }
 
 /// Adds the registered nodes this term has not heard from: they are watched by the failure
-/// detector from now on (silent for `grace` past now, they die like any node that stopped
+/// detector from now on (silent for `seed_grace` past now, they die like any node that stopped
 /// heartbeating), so that a node that died just before a leader change is failed over too.
 /// Nodes already known are left as they are.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SeedNodes {
     pub nodes: Vec<RegisteredNode>,
-    /// How long a seeded node has to reach this leader before its silence counts.
-    pub grace: Duration,
 }
 
 /// The nodes the failure detector declared dead.
@@ -457,20 +455,10 @@ impl ClusterView {
     fn expire_instructions(&mut self, now: Instant) {
         for id in self.deadlines.take_due(now) {
             // Answered ones left the pending map already.
-            let Some(pending) = self.pending.remove(&id) else {
+            let Some(pending) = self.pending.get(&id) else {
                 continue;
             };
-            let PendingInstruction {
-                node_id,
-                opens_leader,
-                kind,
-                timeout,
-                reply,
-                ..
-            } = pending;
-            if opens_leader {
-                self.ownership.lead_grant_resolved(node_id, id, now);
-            }
+            let (node_id, kind, timeout) = (pending.node_id, pending.kind, pending.timeout);
             tracing::warn!(
                 node_id,
                 instruction_id = id,
@@ -478,28 +466,40 @@ impl ClusterView {
                 ?timeout,
                 "instruction timed out"
             );
-            self.metrics
-                .instructions
-                .with_label_values(&[kind, "timeout"])
-                .inc();
-            let _ = reply.send(Err(MailboxError::Timeout {
+            let error = MailboxError::Timeout {
                 node_id,
                 instruction_id: id,
                 timeout,
-            }));
+            };
+            self.fail_pending(id, "timeout", error, now);
         }
+    }
+
+    /// Ends pending instruction `id` with `error` (counted under `outcome`). A lease-granting
+    /// one may still have given a lease: it counts as resolved now (waits only lengthen).
+    fn fail_pending(&mut self, id: u64, outcome: &str, error: MailboxError, now: Instant) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        if pending.opens_leader {
+            self.ownership.lead_grant_resolved(pending.node_id, id, now);
+        }
+        self.metrics
+            .instructions
+            .with_label_values(&[pending.kind, outcome])
+            .inc();
+        let _ = pending.reply.send(Err(error));
     }
 
     /// Re-evaluates phi of every node that is not already dead.
     fn check_liveness(&mut self) {
+        let wall = Instant::now();
         // As of the reports taken so far: one still in the mailbox is no silence.
-        let now = self.ms_since_epoch(self.backlog.judge_at(Instant::now()));
+        let now = self.ms_since_epoch(self.backlog.judge_at(wall));
         let threshold = self.config.failure_detector.threshold;
         let suspect = self.config.failure_detector.suspect_threshold;
         let mut events = Vec::new();
-        let reconnecting = !self
-            .reconnections
-            .settled(Instant::now(), self.config.seed_grace);
+        let reconnecting = !self.reconnections.settled(wall, self.config.seed_grace);
         for (&node_id, node) in &mut self.nodes {
             if node.status == NodeStatus::Dead || (reconnecting && node.awaiting_first_contact) {
                 continue;
@@ -564,30 +564,21 @@ impl ClusterView {
     /// Fails at once the instructions written to a stream that ended: their answers cannot
     /// come, and waiting out their timeout would only delay the caller (a create, a failover).
     fn fail_instructions_of_session(&mut self, node_id: u64, session_id: u64) {
-        let lost: Vec<u64> = self
+        let lost: Vec<(u64, &'static str)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.node_id == node_id && p.session_id == session_id)
-            .map(|(id, _)| *id)
+            .map(|(id, p)| (*id, p.kind))
             .collect();
-        for id in lost {
-            if let Some(pending) = self.pending.remove(&id) {
-                if pending.opens_leader {
-                    self.ownership
-                        .lead_grant_resolved(node_id, id, Instant::now());
-                }
-                tracing::info!(
-                    node_id,
-                    instruction_id = id,
-                    kind = pending.kind,
-                    "instruction lost with its stream"
-                );
-                self.metrics
-                    .instructions
-                    .with_label_values(&[pending.kind, "stream_ended"])
-                    .inc();
-                let _ = pending.reply.send(Err(MailboxError::StreamEnded(node_id)));
-            }
+        for (id, kind) in lost {
+            tracing::info!(
+                node_id,
+                instruction_id = id,
+                kind,
+                "instruction lost with its stream"
+            );
+            let error = MailboxError::StreamEnded(node_id);
+            self.fail_pending(id, "stream_ended", error, Instant::now());
         }
     }
 }
@@ -966,7 +957,7 @@ impl Handler<ResetView> for ClusterView {
             .into_iter()
             .map(|cordon| (cordon.node_id, cordon.reason))
             .collect();
-        self.seed_nodes(msg.registered, self.config.seed_grace);
+        self.seed_nodes(msg.registered);
         // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
         // one may still have given a lease: it counts as resolved now (waits only lengthen).
         self.deadlines.clear();
@@ -984,15 +975,15 @@ impl Handler<SeedNodes> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: SeedNodes, _ctx: &mut Self::Context) {
-        self.seed_nodes(msg.nodes, msg.grace);
+        self.seed_nodes(msg.nodes);
     }
 }
 
 impl ClusterView {
     /// Watches `nodes` this term has not heard from (see [`SeedNodes`]).
-    fn seed_nodes(&mut self, nodes: Vec<RegisteredNode>, grace: Duration) {
+    fn seed_nodes(&mut self, nodes: Vec<RegisteredNode>) {
         let now = Instant::now();
-        let silent_from = self.ms_since_epoch(now + grace);
+        let silent_from = self.ms_since_epoch(now + self.config.seed_grace);
         let mut seeded = 0;
         for node in nodes {
             if self.nodes.contains_key(&node.id) {

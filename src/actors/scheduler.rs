@@ -492,7 +492,6 @@ impl StreamHandler<LeadershipState> for Scheduler {
         let procedures = self.procedures.clone();
         let maintenance = self.maintenance.clone();
         let view = self.cluster_view.clone();
-        let grace = self.failover.region_lease;
         let tables = self.tables.clone();
         let load = async move {
             // Nodes the routes name that have not reached this leader (yet) and were never
@@ -529,7 +528,7 @@ impl StreamHandler<LeadershipState> for Scheduler {
             if scheduler.serving_term != term {
                 return;
             }
-            view.do_send(SeedNodes { nodes, grace });
+            view.do_send(SeedNodes { nodes });
             for procedure in running {
                 match procedure.kind.as_str() {
                     REGION_FAILOVER => {
