@@ -3,6 +3,7 @@
 //! node's write leases may still run. Where each region goes comes from
 //! `planner::plan_region_moves`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +20,13 @@ use crate::stats::RegionRole;
 /// One region of the dead node with where it goes.
 type PlannedMove = (RegionMove, (Arc<TableEntry>, RegionRoute));
 
-/// Tables whose regions of one dead node move at once (each also takes an operation permit,
-/// 32 by default). 8 at a time moved a node leading 500 regions in each of 20 tables in three
-/// waves, each as long as its slowest region (about 0.9 s apiece at 10,000 nodes); all 20 at
-/// once moved them in one of 1.4 s.
-const TABLES_AT_ONCE: usize = 32;
+/// The most batches one dead node's regions move in. Each batch is a set of whole tables and
+/// takes one operation permit (32 by default), and every batch moves at once, so a node's
+/// regions move in one wave whatever its tables' sizes. Batching by a count of tables moved
+/// a node leading 50 regions in each of 200 tables in seven waves, each as long as its slowest
+/// region (7.1 s at 10,000 nodes); batching 500 regions of each of 20 tables 8 tables at a
+/// time, in three.
+const MAX_BATCHES: usize = 32;
 /// The procedure record is written at most this often while regions move.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
@@ -116,23 +119,20 @@ async fn move_regions_of_dead_node(
         .flatten();
     let routes: Vec<RegionRoute> = regions.iter().map(|(_, region)| region.clone()).collect();
     let planned = plan_region_moves(&routes, &candidates, replicas.as_deref());
-    // Regions move a table at a time, a table's regions all at once: their instructions go out
-    // together (a node gets its share in one response) and their route moves are group
-    // committed into one or two writes of the table's route, where moving them one by one
-    // wrote the route once per region (10,000 regions: 5 s of route writes). A table's batch
-    // takes one operation permit (the permits bound operations, not regions) and several
-    // tables move at once; the record is written at most every SAVE_EVERY.
-    let mut by_table: Vec<Vec<PlannedMove>> = Vec::new();
-    let mut table_index: std::collections::HashMap<u64, usize> = Default::default();
-    for (planned, (entry, region)) in planned.into_iter().zip(regions) {
-        let index = *table_index.entry(entry.info.id).or_insert_with(|| {
-            by_table.push(Vec::new());
-            by_table.len() - 1
-        });
-        by_table[index].push((planned, (entry, region)));
-    }
+    // A table's regions move together: their instructions go out together (a node gets its
+    // share in one response) and their route moves are group committed into one or two
+    // writes of the table's route, where moving them one by one wrote the route once per
+    // region (10,000 regions: 5 s of route writes). Tables are packed into at most
+    // MAX_BATCHES batches of about equal regions; a batch takes one operation permit (the
+    // permits bound operations, not regions) and the batches move at once. The record is
+    // written at most every SAVE_EVERY.
+    let batches = batch_by_group(
+        planned.into_iter().zip(regions),
+        |(_, (entry, _)): &PlannedMove| entry.info.id,
+        MAX_BATCHES,
+    );
     let f_ref = &f;
-    let mut outcomes = futures::stream::iter(by_table)
+    let mut outcomes = futures::stream::iter(batches)
         .map(|batch| async move {
             let _permit = f_ref.permits.acquire().await;
             futures::future::join_all(batch.into_iter().map(
@@ -142,7 +142,7 @@ async fn move_regions_of_dead_node(
             ))
             .await
         })
-        .buffer_unordered(TABLES_AT_ONCE)
+        .buffer_unordered(MAX_BATCHES)
         .flat_map(futures::stream::iter);
     let mut failures = 0;
     let mut last_save = Instant::now();
@@ -173,6 +173,36 @@ async fn move_regions_of_dead_node(
     f.save(&procedure, None).await;
     let _ = f.procedures.prune().await;
     procedure
+}
+
+/// Packs `items` into at most `max_batches` batches of whole groups (items with the same
+/// `group`, a table) with about as many items each: largest groups first, each to the batch
+/// with the fewest items so far. A group's items keep their order.
+fn batch_by_group<T>(
+    items: impl IntoIterator<Item = T>,
+    group: impl Fn(&T) -> u64,
+    max_batches: usize,
+) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut index_of: HashMap<u64, usize> = HashMap::new();
+    for item in items {
+        let index = *index_of.entry(group(&item)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[index].push(item);
+    }
+    // Stable: groups of equal size keep their order.
+    groups.sort_by_key(|items| std::cmp::Reverse(items.len()));
+    let mut batches: Vec<Vec<T>> = Vec::new();
+    for items in groups {
+        if batches.len() < max_batches.max(1) {
+            batches.push(items);
+        } else if let Some(smallest) = batches.iter_mut().min_by_key(|batch| batch.len()) {
+            smallest.extend(items);
+        }
+    }
+    batches
 }
 
 /// Moves one region of the dead node to its planned target; returns the step lines, as `Err`
@@ -295,4 +325,55 @@ async fn move_region(
         }
     }
     Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_by_group;
+
+    /// (table, region) pairs: `tables` tables of `regions` regions each.
+    fn moves(tables: u64, regions: u64) -> Vec<(u64, u64)> {
+        (0..tables)
+            .flat_map(|t| (0..regions).map(move |r| (t, t * 1000 + r)))
+            .collect()
+    }
+
+    #[test]
+    fn many_small_tables_move_in_at_most_the_batch_count_of_equal_batches() {
+        let batches = batch_by_group(moves(200, 50), |(table, _)| *table, 32);
+        assert_eq!(batches.len(), 32);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        // 200 tables of 50 over 32 batches: 6 or 7 tables each.
+        assert!(sizes.iter().all(|&n| n == 300 || n == 350), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 10_000);
+        // Whole tables: each table's regions are in exactly one batch, in order.
+        for table in 0..200 {
+            let holding: Vec<&Vec<(u64, u64)>> = batches
+                .iter()
+                .filter(|batch| batch.iter().any(|(t, _)| *t == table))
+                .collect();
+            assert_eq!(holding.len(), 1, "table {table} split across batches");
+            let regions: Vec<u64> = holding[0]
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, r)| *r)
+                .collect();
+            assert_eq!(
+                regions,
+                (0..50).map(|r| table * 1000 + r).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn few_tables_take_a_batch_each_and_the_largest_go_first() {
+        let mut items = moves(3, 2);
+        items.extend((0..5).map(|r| (9, 9000 + r)));
+        let batches = batch_by_group(items, |(table, _)| *table, 32);
+        let tables: Vec<u64> = batches.iter().map(|batch| batch[0].0).collect();
+        assert_eq!(tables, vec![9, 0, 1, 2]);
+        assert!(batch_by_group(Vec::<(u64, u64)>::new(), |(t, _)| *t, 32).is_empty());
+        // A batch count of zero still moves everything, in one batch.
+        assert_eq!(batch_by_group(moves(3, 2), |(t, _)| *t, 0).len(), 1);
+    }
 }
