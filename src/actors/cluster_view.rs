@@ -305,7 +305,7 @@ use crate::cns::snapshot::{Best, RegionBrief, CANDIDATES_PER_NODE};
 use backlog::Backlog;
 use instruction::Deadlines;
 pub use instruction::{Instruction, MailboxError, SessionHandle};
-use load::NodeHistory;
+use load::{LeaderLoads, NodeHistory};
 pub use load::{NodeSample, RegionLoad};
 use reconnection::Reconnections;
 use registry::Registration;
@@ -331,6 +331,8 @@ struct NodeEntry {
     follower_regions: u32,
     /// The replica states in the node's last report (for the regions it leads).
     replicas: Vec<ReplicaStats>,
+    /// The load of the routed regions it leads, as of its last report.
+    loads: LeaderLoads,
     /// The load planners' view of the last report: RU per second of all its routed regions,
     /// their total size, and its hottest and coldest leader regions.
     ru: f64,
@@ -361,6 +363,7 @@ impl NodeEntry {
             leader_regions: 0,
             follower_regions: 0,
             replicas: Vec::new(),
+            loads: LeaderLoads::default(),
             ru: 0.0,
             size: 0,
             hottest: Vec::new(),
@@ -393,11 +396,11 @@ pub struct ClusterView {
     metrics: Arc<Metrics>,
     /// The monotonic origin of detector times.
     epoch: Instant,
-    nodes: HashMap<u64, NodeEntry>,
-    /// Load of routed regions only (ids come from the network).
-    regions: IdMap<RegionLoad>,
+    nodes: IdMap<NodeEntry>,
+    /// Entries in every node's [`LeaderLoads`] (the `region_histories` gauge).
+    region_loads: usize,
     subscribers: Vec<Recipient<NodeEvent>>,
-    pending: HashMap<u64, PendingInstruction>,
+    pending: IdMap<PendingInstruction>,
     /// When each pending instruction times out (swept every tenth of an interval).
     deadlines: Deadlines,
     /// The low 32 bits of the next instruction id; the high 32 are the term's epoch.
@@ -426,10 +429,10 @@ impl ClusterView {
             ownership,
             metrics,
             epoch: Instant::now(),
-            nodes: HashMap::new(),
-            regions: IdMap::default(),
+            nodes: IdMap::default(),
+            region_loads: 0,
             subscribers: Vec::new(),
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             deadlines: Deadlines::default(),
             next_instruction_id: 1,
             id_epoch: 0,
@@ -507,6 +510,9 @@ impl ClusterView {
             let phi = node.detector.phi(now);
             if phi >= threshold {
                 node.status = NodeStatus::Dead;
+                // Its regions move: their load starts over on their new leaders.
+                self.region_loads -= node.loads.len();
+                node.loads.clear();
                 events.push(NodeEvent::Dead { node_id, phi });
             } else if phi >= suspect && node.status == NodeStatus::Alive {
                 node.status = NodeStatus::Suspect;
@@ -551,16 +557,10 @@ impl ClusterView {
     }
 }
 
-/// How often histories of regions no route names any more are dropped.
-const REGION_HISTORY_PRUNE_PERIOD: Duration = Duration::from_secs(10);
+/// How often grants that can no longer matter are forgotten.
+const GRANT_PRUNE_PERIOD: Duration = Duration::from_secs(10);
 
 impl ClusterView {
-    /// Drops the histories of regions no route names any more (dropped tables).
-    fn prune_region_histories(&mut self) {
-        self.ownership.retain_routed(&mut self.regions);
-        self.metrics.region_histories.set(self.regions.len() as i64);
-    }
-
     /// Fails at once the instructions written to a stream that ended: their answers cannot
     /// come, and waiting out their timeout would only delay the caller (a create, a failover).
     fn fail_instructions_of_session(&mut self, node_id: u64, session_id: u64) {
@@ -591,8 +591,7 @@ impl Actor for ClusterView {
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         ctx.run_interval(period, |view, _| view.check_liveness());
         ctx.run_interval(period, |view, _| view.expire_instructions(Instant::now()));
-        ctx.run_interval(REGION_HISTORY_PRUNE_PERIOD, |view, _| {
-            view.prune_region_histories();
+        ctx.run_interval(GRANT_PRUNE_PERIOD, |view, _| {
             view.ownership.forget_old_grants(Instant::now());
         });
     }
@@ -746,10 +745,10 @@ impl Handler<StatsReported> for ClusterView {
             }
         }
         if let Some(report) = heartbeat.report {
-            // Load only for regions some route names: ids come from the network, and a node
-            // reporting regions no table owns must not grow this map. Regions of dropped
-            // tables are pruned (see `prune_region_histories`). A known region costs one
-            // lookup; only a region seen for the first time asks the ownership index.
+            // A node's leader regions keep their load with the node (`LeaderLoads`): folding a
+            // report in walks it in step with the report. Only a region the node did not lead
+            // at its last report asks the ownership index whether a route names it (ids come
+            // from the network: a node reporting regions no table owns gets no entry for them).
             let window = self.config.region_history;
             let seconds = report
                 .period_ms
@@ -758,12 +757,8 @@ impl Handler<StatsReported> for ClusterView {
                 })
                 .max(0.001);
             let prices = &self.config.ru_prices;
-            let (mut ru_now, mut ru_avg, mut size) = (0.0, 0.0, 0u64);
-            let mut hottest = Best::hottest(CANDIDATES_PER_NODE);
-            let mut coldest = Best::coldest(CANDIDATES_PER_NODE);
-            // Taken at the first region not seen before (each report after a takeover).
-            let ownership = &self.ownership;
-            let mut routed = None;
+            let mut ru_now = 0.0;
+            let mut leaders = Vec::with_capacity(report.regions.len());
             for region in &report.regions {
                 let ru = prices.units(
                     region.rcus,
@@ -776,30 +771,34 @@ impl Handler<StatsReported> for ClusterView {
                 // would fold another copy's (smaller) load into the same average, and moving
                 // a region moves what its leader serves.
                 ru_now += ru;
-                if region.role != RegionRole::Leader {
-                    continue;
+                if region.role == RegionRole::Leader {
+                    leaders.push((region, ru));
                 }
-                let load = match self.regions.get_mut(&region.region_id) {
-                    Some(load) => load,
-                    None if routed
-                        .get_or_insert_with(|| ownership.routed())
-                        .contains(&region.region_id) =>
-                    {
-                        self.regions.entry(region.region_id).or_default()
-                    }
-                    None => continue,
-                };
-                load.observe(at_unix_ms, region, ru, window);
-                let average = f64::from(load.avg_ru);
-                ru_avg += average;
-                size = size.saturating_add(region.approximate_size);
-                hottest.offer(region.region_id, average, region.approximate_size);
-                coldest.offer(region.region_id, average, region.approximate_size);
             }
-            drop(routed);
+            let leader_count = leaders.len();
             let Some(node) = self.nodes.get_mut(&node_id) else {
                 return;
             };
+            let held_before = node.loads.len();
+            let ownership = &self.ownership;
+            let mut routed = None;
+            node.loads.fold(leaders, at_unix_ms, window, |region_id| {
+                routed
+                    .get_or_insert_with(|| ownership.routed())
+                    .contains(&region_id)
+            });
+            drop(routed);
+            self.region_loads = self.region_loads + node.loads.len() - held_before;
+            let (mut ru_avg, mut size) = (0.0, 0u64);
+            let mut hottest = Best::hottest(CANDIDATES_PER_NODE);
+            let mut coldest = Best::coldest(CANDIDATES_PER_NODE);
+            for (region_id, load) in node.loads.iter() {
+                let average = f64::from(load.avg_ru);
+                ru_avg += average;
+                size = size.saturating_add(load.approximate_size);
+                hottest.offer(*region_id, average, load.approximate_size);
+                coldest.offer(*region_id, average, load.approximate_size);
+            }
             node.history
                 .push(at_unix_ms, &report.node, ru_now, self.config.node_history);
             node.latest = Some(report.node);
@@ -807,14 +806,9 @@ impl Handler<StatsReported> for ClusterView {
             node.size = size;
             node.hottest = hottest.into_vec();
             node.coldest = coldest.into_vec();
-            self.metrics.region_histories.set(self.regions.len() as i64);
-            let leaders = report
-                .regions
-                .iter()
-                .filter(|r| r.role == RegionRole::Leader)
-                .count();
-            node.leader_regions = leaders as u32;
-            node.follower_regions = (report.regions.len() - leaders) as u32;
+            self.metrics.region_histories.set(self.region_loads as i64);
+            node.leader_regions = leader_count as u32;
+            node.follower_regions = (report.regions.len() - leader_count) as u32;
             node.regions = Arc::new(report.regions);
             node.replicas = report.replicas;
         }
@@ -939,19 +933,14 @@ impl Handler<ResetView> for ClusterView {
             }
         }
         self.nodes.clear();
-        self.regions.clear();
+        self.region_loads = 0;
+        self.metrics.region_histories.set(0);
         self.backlog = Backlog::default();
         self.reconnections = if msg.term == 0 {
             Reconnections::default()
         } else {
             Reconnections::term_started(Instant::now())
         };
-        if msg.term != 0 {
-            // Every routed region's load arrives within a heartbeat of a takeover: one
-            // allocation now, rather than a score of rehashes (and fresh pages) in that burst.
-            let routed = self.ownership.routed().len();
-            self.regions.reserve(routed);
-        }
         self.cordoned = msg
             .cordons
             .into_iter()

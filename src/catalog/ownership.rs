@@ -196,13 +196,6 @@ impl RegionOwnership {
         self.routed.read()
     }
 
-    /// Keeps in `map` only the regions some route names, under one acquisition of the index
-    /// (a million regions are pruned in one pass, not a million lock round trips).
-    pub fn retain_routed<V>(&self, map: &mut crate::ids::IdMap<V>) {
-        let routed = self.routed.read();
-        map.retain(|id, _| routed.contains(id));
-    }
-
     /// Whether the routes make `node_id` lead any region.
     pub fn leads_any(&self, node_id: u64) -> bool {
         self.by_node
