@@ -424,9 +424,12 @@ async fn run(plan: Plan) -> Figures {
         ("etcd", etcd.pid()),
     ];
     let shares = CpuShares::start(&processes);
-    // BENCH_PERF_STEADY=<file>: profile the leader through the steady window.
+    // BENCH_PERF_STEADY=<file>: profile the leader and this process (the simulated
+    // datanodes, which share the cores) through the steady window; `perf report --pid`
+    // separates them.
     let mut profiler = std::env::var("BENCH_PERF_STEADY").ok().map(|output| {
-        let (pid, seconds) = (pid.to_string(), plan.seconds.to_string());
+        let pid = format!("{pid},{}", std::process::id());
+        let seconds = plan.seconds.to_string();
         std::process::Command::new("perf")
             .args([
                 "record", "-F", "499", "-g", "-p", &pid, "-o", &output, "--", "sleep",

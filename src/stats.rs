@@ -2,7 +2,7 @@
 //! protobuf `HeartbeatRequest` into them. Pure: the `HeartbeatSession` calls [`validate`] and
 //! refuses the stream with the returned reason.
 
-use std::collections::HashSet;
+use crate::ids::IdSet;
 use std::net::SocketAddr;
 
 use serde::Serialize;
@@ -170,18 +170,17 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             request.region_stats.len()
         ));
     }
-    let mut seen = HashSet::with_capacity(request.region_stats.len());
     let mut regions = Vec::with_capacity(request.region_stats.len());
+    // Ids in increasing order (as datanodes list them) cannot repeat; only a report out of
+    // order pays for a set to find a repeated one.
+    let mut in_order = true;
     for region in request.region_stats {
         if region.region_id == 0 {
             return Err("region_stats has region_id 0".into());
         }
-        if !seen.insert(region.region_id) {
-            return Err(format!(
-                "region {} is reported twice in one heartbeat",
-                region.region_id
-            ));
-        }
+        in_order &= regions
+            .last()
+            .is_none_or(|last: &RegionStats| last.region_id < region.region_id);
         let role = match pb::RegionRole::try_from(region.role) {
             Ok(pb::RegionRole::Leader) => RegionRole::Leader,
             Ok(pb::RegionRole::Follower) => RegionRole::Follower,
@@ -202,6 +201,15 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             cpu_time_ms: u32::try_from(region.cpu_time_millis).unwrap_or(u32::MAX),
             role,
         });
+    }
+    if !in_order {
+        let mut seen = IdSet::with_capacity_and_hasher(regions.len(), Default::default());
+        if let Some(repeated) = regions.iter().find(|r| !seen.insert(r.region_id)) {
+            return Err(format!(
+                "region {} is reported twice in one heartbeat",
+                repeated.region_id
+            ));
+        }
     }
     let replicas = request
         .replica_stats
@@ -340,6 +348,11 @@ mod tests {
             (
                 "twice",
                 Box::new(|r| r.region_stats.push(r.region_stats[0].clone())),
+            ),
+            (
+                // Adjacent repeats break the increasing order too.
+                "twice",
+                Box::new(|r| r.region_stats.insert(0, r.region_stats[0].clone())),
             ),
             ("no role", Box::new(|r| r.region_stats[0].role = 0)),
             (

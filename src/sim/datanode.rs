@@ -3,7 +3,8 @@
 //! Tests, examples and benchmarks use it in place of a real datanode.
 
 use crate::clock::unix_ms;
-use std::collections::{BTreeMap, HashMap};
+use crate::ids::IdMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,19 +132,19 @@ struct Shared {
     rows: BTreeMap<u64, u64>,
     accepted: Vec<AcceptedWrite>,
     /// Until when each region's lease lasts (this node's monotonic clock): reads.
-    leases: HashMap<u64, Instant>,
+    leases: IdMap<Instant>,
     /// Until when the node may write each region: only leader grants, a leader OpenRegion and
     /// an UpgradeRegion extend it (a follower grant does not, whatever role the node thinks
     /// it has).
-    write_leases: HashMap<u64, Instant>,
+    write_leases: IdMap<Instant>,
     /// See [`WriteLog::write_horizon`] and [`WriteLog::leading_since`].
-    write_horizon: HashMap<u64, Instant>,
-    leading_since: HashMap<u64, Instant>,
+    write_horizon: IdMap<Instant>,
+    leading_since: IdMap<Instant>,
     /// See [`WriteLog::leader_periods`]; the last period of a region is its current one.
     periods: Vec<(u64, Instant, Instant)>,
     /// Where each region's last period is in `periods` (every lease renewal extends it: a
     /// search from the end would cost a pass over the node's periods per region renewed).
-    last_period: HashMap<u64, usize>,
+    last_period: IdMap<usize>,
     died_at: Option<Instant>,
     /// Renewals that found the lease of a region the node holds already lapsed.
     lease_lapses: u64,
@@ -651,7 +652,7 @@ struct Reporter {
     instance_id: String,
     rng: Rng,
     last_report_ms: u64,
-    region_sizes: BTreeMap<u64, u64>,
+    region_sizes: IdMap<u64>,
 }
 
 impl Reporter {
@@ -786,7 +787,7 @@ pub fn sample_request(config: &SimDatanodeConfig, instance_id: &str) -> pb::Hear
         config: config.clone(),
         instance_id: instance_id.to_owned(),
         last_report_ms: unix_ms().saturating_sub(config.interval.as_millis() as u64),
-        region_sizes: BTreeMap::new(),
+        region_sizes: IdMap::default(),
     };
     let regions = config
         .regions
@@ -908,7 +909,7 @@ async fn run(
         config: config.clone(),
         instance_id,
         last_report_ms: unix_ms(),
-        region_sizes: BTreeMap::new(),
+        region_sizes: IdMap::default(),
     };
     let record = |event: SimEvent| {
         shared.lock().events.push(event);
