@@ -220,6 +220,38 @@ fn machine_idle_and_steal() -> (f64, f64) {
 
 /// Wall-clock milliseconds since the Unix epoch, to line the figures up with the servers' logs
 /// (`BENCH_SERVER_LOG`).
+/// How many of `nodes` lost a heartbeat stream so far, by reason (code and the start of the
+/// message), most frequent first: a node should lose none outside the takeover.
+fn disconnections(nodes: &[Option<SimDatanode>]) -> String {
+    let mut by_reason: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut nodes_hit = 0;
+    for node in nodes.iter().flatten() {
+        let mut hit = false;
+        for event in node.events() {
+            if let metasrv::sim::datanode::SimEvent::Disconnected { reason } = event {
+                hit = true;
+                let reason = reason.map_or_else(
+                    || "ended".to_owned(),
+                    |status| {
+                        let message: String = status.message().chars().take(70).collect();
+                        format!("{:?}: {message}", status.code())
+                    },
+                );
+                *by_reason.entry(reason).or_default() += 1;
+            }
+        }
+        nodes_hit += usize::from(hit);
+    }
+    let mut reasons: Vec<(String, usize)> = by_reason.into_iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    let listed: Vec<String> = reasons
+        .iter()
+        .take(4)
+        .map(|(reason, n)| format!("{n} x {reason}"))
+        .collect();
+    format!("{nodes_hit} nodes lost a stream [{}]", listed.join("; "))
+}
+
 fn wall_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -445,6 +477,10 @@ async fn run(plan: Plan) -> Figures {
     let cores = (cpu_seconds(pid) - cpu_before) / window_start.elapsed().as_secs_f64();
     eprintln!("steady: {}", shares.report());
     eprintln!(
+        "by the end of the steady window: {}",
+        disconnections(&nodes)
+    );
+    eprintln!(
         "steady: busiest threads of the leader: {}",
         busiest_threads(
             &threads_before,
@@ -525,6 +561,7 @@ async fn run(plan: Plan) -> Figures {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     eprintln!("failover: {}", shares.report());
+    eprintln!("by the end of the failover: {}", disconnections(&nodes));
     eprintln!(
         "failover of {} regions: {failover:?}; busiest threads of the leader meanwhile: {}",
         victim_regions.len(),
@@ -639,6 +676,7 @@ async fn run(plan: Plan) -> Figures {
          max {reconnect_max:?}, granted p50 {granted_p50:?} max {granted_max:?}, every node \
          granted {heartbeats:?}"
     );
+    eprintln!("by the end of the takeover: {}", disconnections(&nodes));
     let rss_after = members[survivor].rss_bytes();
 
     drop(nodes);
