@@ -747,8 +747,9 @@ impl Handler<StatsReported> for ClusterView {
         if let Some(report) = heartbeat.report {
             // A node's leader regions keep their load with the node (`LeaderLoads`): folding a
             // report in walks it in step with the report. Only a region the node did not lead
-            // at its last report asks the ownership index whether a route names it (ids come
-            // from the network: a node reporting regions no table owns gets no entry for them).
+            // at its last report asks whether the routes give it to this node (ids come from
+            // the network: a node reporting regions no route gives it gets no entry for them;
+            // one being moved here gets one once the route names it).
             let window = self.config.region_history;
             let seconds = report
                 .period_ms
@@ -781,13 +782,14 @@ impl Handler<StatsReported> for ClusterView {
             };
             let held_before = node.loads.len();
             let ownership = &self.ownership;
-            let mut routed = None;
+            let mut routed_here = None;
             node.loads.fold(leaders, at_unix_ms, window, |region_id| {
-                routed
-                    .get_or_insert_with(|| ownership.routed())
-                    .contains(&region_id)
+                routed_here
+                    .get_or_insert_with(|| ownership.routed_to(node_id))
+                    .as_ref()
+                    .is_some_and(|regions| regions.contains_key(&region_id))
             });
-            drop(routed);
+            drop(routed_here);
             self.region_loads = self.region_loads + node.loads.len() - held_before;
             let (mut ru_avg, mut size) = (0.0, 0u64);
             let mut hottest = Best::hottest(CANDIDATES_PER_NODE);

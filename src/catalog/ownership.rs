@@ -190,6 +190,17 @@ impl RegionOwnership {
             .is_some_and(|regions| !regions.is_empty())
     }
 
+    /// The regions the routes give `node_id`, with their roles, read-locked (`None`: none).
+    /// A node's own map is a few hundred entries where the set of every routed region is a
+    /// million: a report's lookups stay in cache. Hold it briefly: route changes wait for it.
+    pub fn routed_to(
+        &self,
+        node_id: u64,
+    ) -> Option<parking_lot::MappedRwLockReadGuard<'_, IdMap<RegionRole>>> {
+        parking_lot::RwLockReadGuard::try_map(self.by_node.read(), |by_node| by_node.get(&node_id))
+            .ok()
+    }
+
     /// Every region some route names, read-locked: a pass over many regions takes the lock
     /// once rather than once per region. Hold it briefly: route changes wait for it.
     pub fn routed(&self) -> parking_lot::RwLockReadGuard<'_, IdSet> {
