@@ -243,7 +243,7 @@ fn disconnections(nodes: &[Option<SimDatanode>]) -> String {
         nodes_hit += usize::from(hit);
     }
     let mut reasons: Vec<(String, usize)> = by_reason.into_iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(&a.1));
+    reasons.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let listed: Vec<String> = reasons
         .iter()
         .take(4)

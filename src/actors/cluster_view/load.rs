@@ -93,10 +93,7 @@ impl LeaderLoads {
         mut admit: impl FnMut(u64) -> bool,
     ) {
         let mut next = 0;
-        // Set at the first region out of step: the entries kept so far, the rest of the old
-        // ones and where each of those is.
-        let mut rebuilding: Option<(Vec<(u64, RegionLoad)>, Vec<(u64, RegionLoad)>, IdMap<usize>)> =
-            None;
+        let mut rebuilding: Option<Rebuild> = None;
         for (region, ru) in leaders {
             let region_id = region.region_id;
             if rebuilding.is_none() {
@@ -108,26 +105,29 @@ impl LeaderLoads {
                     }
                 }
                 let rest = self.loads.split_off(next);
-                let index = rest
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (id, _))| (*id, i))
-                    .collect();
-                rebuilding = Some((std::mem::take(&mut self.loads), rest, index));
+                rebuilding = Some(Rebuild {
+                    index: rest
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (id, _))| (*id, i))
+                        .collect(),
+                    rest,
+                    kept: std::mem::take(&mut self.loads),
+                });
             }
-            let Some((kept, rest, index)) = rebuilding.as_mut() else {
+            let Some(rebuild) = rebuilding.as_mut() else {
                 continue;
             };
-            let mut load = match index.remove(&region_id) {
-                Some(i) => rest[i].1,
+            let mut load = match rebuild.index.remove(&region_id) {
+                Some(i) => rebuild.rest[i].1,
                 None if admit(region_id) => RegionLoad::default(),
                 None => continue,
             };
             load.observe(at_unix_ms, region, ru, window);
-            kept.push((region_id, load));
+            rebuild.kept.push((region_id, load));
         }
         match rebuilding {
-            Some((kept, _, _)) => self.loads = kept,
+            Some(rebuild) => self.loads = rebuild.kept,
             None => self.loads.truncate(next),
         }
     }
@@ -144,6 +144,15 @@ impl LeaderLoads {
     pub fn clear(&mut self) {
         self.loads = Vec::new();
     }
+}
+
+/// A fold gone out of step with the held loads, from the first region out of step on.
+struct Rebuild {
+    /// This report's entries so far, in its order.
+    kept: Vec<(u64, RegionLoad)>,
+    /// The old entries from the first out of step on, and where each id is among them.
+    rest: Vec<(u64, RegionLoad)>,
+    index: IdMap<usize>,
 }
 
 /// A node's stats history: the newest `capacity` reports, oldest first. Stored packed (40
