@@ -132,7 +132,7 @@ async fn move_regions_of_dead_node(
         MAX_BATCHES,
     );
     let f_ref = &f;
-    let mut outcomes = futures::stream::iter(batches)
+    let outcomes = futures::stream::iter(batches)
         .map(|batch| async move {
             let _permit = f_ref.permits.acquire().await;
             futures::future::join_all(batch.into_iter().map(
@@ -144,24 +144,38 @@ async fn move_regions_of_dead_node(
         })
         .buffer_unordered(MAX_BATCHES)
         .flat_map(futures::stream::iter);
-    let mut failures = 0;
-    let mut last_save = Instant::now();
-    while let Some(outcome) = outcomes.next().await {
-        let steps = match outcome {
-            Ok(steps) => steps,
-            Err(steps) => {
-                failures += 1;
-                steps
+    // The moves and the record of their steps run side by side: a stream moves only while it
+    // is polled, so recording (a save of a record of thousands of steps) inline between two
+    // outcomes held every move still under way. The channel holds at most one outcome per
+    // region of the node.
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    // Owns the sender: once every outcome is sent it is dropped, and the recorder's loop ends.
+    let moving = outcomes.for_each(move |outcome| {
+        let _ = done.send(outcome);
+        std::future::ready(())
+    });
+    let recording = async {
+        let mut failures = 0;
+        let mut last_save = Instant::now();
+        while let Some(outcome) = finished.recv().await {
+            let steps = match outcome {
+                Ok(steps) => steps,
+                Err(steps) => {
+                    failures += 1;
+                    steps
+                }
+            };
+            for step in steps {
+                procedure.step(step);
             }
-        };
-        for step in steps {
-            procedure.step(step);
+            if last_save.elapsed() >= SAVE_EVERY {
+                last_save = Instant::now();
+                f.save(&procedure, None).await;
+            }
         }
-        if last_save.elapsed() >= SAVE_EVERY {
-            last_save = Instant::now();
-            f.save(&procedure, None).await;
-        }
-    }
+        failures
+    };
+    let ((), failures) = futures::join!(moving, recording);
     if failures == 0 {
         procedure.finish(ProcedureState::Done, "every region moved");
     } else {
