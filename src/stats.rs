@@ -170,17 +170,28 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             request.region_stats.len()
         ));
     }
-    let mut regions = Vec::with_capacity(request.region_stats.len());
-    // Ids in increasing order (as datanodes list them) cannot repeat; only a report out of
-    // order pays for a set to find a repeated one.
-    let mut in_order = true;
+    let mut regions: Vec<RegionStats> = Vec::with_capacity(request.region_stats.len());
+    // Ids in increasing order (as datanodes list them) cannot repeat: only from the first id
+    // out of order on does a set of the ids seen find a repeated one (each error still named
+    // at the region where it is).
+    let mut seen: Option<IdSet> = None;
     for region in request.region_stats {
         if region.region_id == 0 {
             return Err("region_stats has region_id 0".into());
         }
-        in_order &= regions
-            .last()
-            .is_none_or(|last: &RegionStats| last.region_id < region.region_id);
+        let in_order = seen.is_none()
+            && regions
+                .last()
+                .is_none_or(|last| last.region_id < region.region_id);
+        if !in_order {
+            let seen = seen.get_or_insert_with(|| regions.iter().map(|r| r.region_id).collect());
+            if !seen.insert(region.region_id) {
+                return Err(format!(
+                    "region {} is reported twice in one heartbeat",
+                    region.region_id
+                ));
+            }
+        }
         let role = match pb::RegionRole::try_from(region.role) {
             Ok(pb::RegionRole::Leader) => RegionRole::Leader,
             Ok(pb::RegionRole::Follower) => RegionRole::Follower,
@@ -201,15 +212,6 @@ pub fn validate(request: pb::HeartbeatRequest, cluster_id: u64) -> Result<Heartb
             cpu_time_ms: u32::try_from(region.cpu_time_millis).unwrap_or(u32::MAX),
             role,
         });
-    }
-    if !in_order {
-        let mut seen = IdSet::with_capacity_and_hasher(regions.len(), Default::default());
-        if let Some(repeated) = regions.iter().find(|r| !seen.insert(r.region_id)) {
-            return Err(format!(
-                "region {} is reported twice in one heartbeat",
-                repeated.region_id
-            ));
-        }
     }
     let replicas = request
         .replica_stats
@@ -353,6 +355,19 @@ mod tests {
                 // Adjacent repeats break the increasing order too.
                 "twice",
                 Box::new(|r| r.region_stats.insert(0, r.region_stats[0].clone())),
+            ),
+            (
+                // Named where it is: a repeat before a region without a role.
+                "twice",
+                Box::new(|r| {
+                    let first = r.region_stats[0].clone();
+                    r.region_stats.push(first.clone());
+                    r.region_stats.push(pb::RegionStat {
+                        region_id: first.region_id + 1,
+                        role: 0,
+                        ..first
+                    });
+                }),
             ),
             ("no role", Box::new(|r| r.region_stats[0].role = 0)),
             (

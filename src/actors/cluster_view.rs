@@ -519,6 +519,7 @@ impl ClusterView {
                 events.push(NodeEvent::Suspect { node_id, phi });
             }
         }
+        self.metrics.region_histories.set(self.region_loads as i64);
         for event in events {
             self.publish(event);
         }
@@ -557,10 +558,33 @@ impl ClusterView {
     }
 }
 
-/// How often grants that can no longer matter are forgotten.
-const GRANT_PRUNE_PERIOD: Duration = Duration::from_secs(10);
+/// How often grants that can no longer matter are forgotten, and loads of regions the routes
+/// no longer give their node dropped.
+const PRUNE_PERIOD: Duration = Duration::from_secs(10);
 
 impl ClusterView {
+    /// Drops the loads of regions the routes no longer give the node that reports them (a
+    /// dropped table whose close the node missed, a leader a migration left behind): a
+    /// region is checked against the routes when it arrives in a node's report, not while it
+    /// stays there. Each node is looked up in its own routed regions.
+    fn prune_loads(&mut self) {
+        for (&node_id, node) in &mut self.nodes {
+            if node.loads.len() == 0 {
+                continue;
+            }
+            let before = node.loads.len();
+            let routed = self.ownership.routed_to(node_id);
+            node.loads.retain(|region_id| {
+                routed
+                    .as_ref()
+                    .is_some_and(|regions| regions.contains_key(&region_id))
+            });
+            drop(routed);
+            self.region_loads -= before - node.loads.len();
+        }
+        self.metrics.region_histories.set(self.region_loads as i64);
+    }
+
     /// Fails at once the instructions written to a stream that ended: their answers cannot
     /// come, and waiting out their timeout would only delay the caller (a create, a failover).
     fn fail_instructions_of_session(&mut self, node_id: u64, session_id: u64) {
@@ -591,8 +615,9 @@ impl Actor for ClusterView {
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         ctx.run_interval(period, |view, _| view.check_liveness());
         ctx.run_interval(period, |view, _| view.expire_instructions(Instant::now()));
-        ctx.run_interval(GRANT_PRUNE_PERIOD, |view, _| {
+        ctx.run_interval(PRUNE_PERIOD, |view, _| {
             view.ownership.forget_old_grants(Instant::now());
+            view.prune_loads();
         });
     }
 }

@@ -141,6 +141,11 @@ impl LeaderLoads {
         self.loads.len()
     }
 
+    /// Keeps only the regions `keep` accepts, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.loads.retain(|(region_id, _)| keep(*region_id));
+    }
+
     pub fn clear(&mut self) {
         self.loads = Vec::new();
     }
@@ -422,6 +427,10 @@ mod tests {
         assert!(loads.len() <= 2);
         fold(&mut loads, &[]);
         assert_eq!(loads.len(), 0);
+        // Pruning keeps the order of what it keeps.
+        fold(&mut loads, &[(1, 10), (2, 20), (3, 30)]);
+        loads.retain(|id| id != 2);
+        assert_eq!(held(&loads), [(1, 10.0, 1), (3, 30.0, 1)]);
     }
 
     #[test]
