@@ -569,7 +569,7 @@ impl ClusterView {
     /// stays there. Each node is looked up in its own routed regions.
     fn prune_loads(&mut self) {
         for (&node_id, node) in &mut self.nodes {
-            if node.loads.len() == 0 {
+            if node.loads.is_empty() {
                 continue;
             }
             let before = node.loads.len();

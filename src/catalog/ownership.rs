@@ -201,12 +201,6 @@ impl RegionOwnership {
             .ok()
     }
 
-    /// Every region some route names, read-locked: a pass over many regions takes the lock
-    /// once rather than once per region. Hold it briefly: route changes wait for it.
-    pub fn routed(&self) -> parking_lot::RwLockReadGuard<'_, IdSet> {
-        self.routed.read()
-    }
-
     /// Whether the routes make `node_id` lead any region.
     pub fn leads_any(&self, node_id: u64) -> bool {
         self.by_node

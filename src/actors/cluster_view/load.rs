@@ -141,6 +141,10 @@ impl LeaderLoads {
         self.loads.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.loads.is_empty()
+    }
+
     /// Keeps only the regions `keep` accepts, in order.
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
         self.loads.retain(|(region_id, _)| keep(*region_id));
