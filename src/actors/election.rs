@@ -25,7 +25,7 @@ use crate::actors::cluster_view::{
     load_cordons, load_registered_nodes, CloseAllSessions, ClusterView, Cordon, RegisteredNode,
     ResetView,
 };
-use crate::catalog::TableManager;
+use crate::catalog::{StandbyCatalog, TableManager};
 use crate::election::{not_leader, Leadership, LeadershipState, MemberInfo};
 use crate::store::fenced::{Fence, FencedStore};
 
@@ -145,6 +145,9 @@ pub struct ElectionActor {
     /// The catalog load in progress: aborted when its campaign is abandoned, so that a late
     /// load of an earlier term never replaces a newer catalog (or a running failover's fence).
     loading: Option<tokio::task::AbortHandle>,
+    /// The copy of the catalog kept while this member does not lead (etcd only), handed to
+    /// the catalog load when it wins (see `catalog::standby`).
+    standby: Option<StandbyCatalog>,
 }
 
 impl ElectionActor {
@@ -174,6 +177,14 @@ impl ElectionActor {
             fence_key: None,
             background,
             loading: None,
+            standby: None,
+        }
+    }
+
+    /// Keeps a copy of the catalog while this member does not lead, if none is kept yet.
+    fn stand_by(&mut self) {
+        if self.etcd.is_some() && self.standby.is_none() {
+            self.standby = StandbyCatalog::start(self.tables.store().clone(), &self.background);
         }
     }
 
@@ -305,6 +316,7 @@ impl ElectionActor {
             loading.abort();
         }
         self.revoke_lease();
+        self.stand_by();
         self.campaign(ctx, Duration::from_millis(100));
     }
 
@@ -320,15 +332,30 @@ impl ElectionActor {
     fn load_state(&mut self, generation: u64, ctx: &mut Context<Self>) {
         let tables = self.tables.clone();
         let me = ctx.address();
+        let standby = self.standby.take();
         let load = self.background.spawn(async move {
-            tables.become_leader().await.map_err(|e| e.to_string())?;
             let store = tables.store();
-            let cordons = load_cordons(store.as_ref())
-                .await
-                .map_err(|e| format!("cannot read the cordoned nodes: {e}"))?;
-            let registered = load_registered_nodes(store.as_ref())
-                .await
-                .map_err(|e| format!("cannot read the registered nodes: {e}"))?;
+            // The nodes are read while the catalog loads: neither needs the other.
+            let (catalog, cordons, registered) = tokio::join!(
+                tables.become_leader(standby),
+                load_cordons(store.as_ref()),
+                async {
+                    let started = Instant::now();
+                    let registered = load_registered_nodes(store.as_ref()).await;
+                    if let Ok(registered) = &registered {
+                        tracing::info!(
+                            nodes = registered.len(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "registered nodes read"
+                        );
+                    }
+                    registered
+                },
+            );
+            catalog.map_err(|e| e.to_string())?;
+            let cordons = cordons.map_err(|e| format!("cannot read the cordoned nodes: {e}"))?;
+            let registered =
+                registered.map_err(|e| format!("cannot read the registered nodes: {e}"))?;
             Ok(LoadedState {
                 cordons,
                 registered,
@@ -558,6 +585,7 @@ impl Actor for ElectionActor {
             }
             Some(etcd) => {
                 self.set_state(false, None);
+                self.stand_by();
                 ctx.spawn(observe(etcd, ctx.address()).into_actor(self));
                 self.campaign(ctx, Duration::ZERO);
             }

@@ -6,7 +6,7 @@
 //! load on one bad record would step down, and so would every other member after it: one bad
 //! byte would leave the cluster without a leader.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -33,14 +33,20 @@ fn lossy(key: &[u8]) -> String {
 /// Builds a catalog from records as the loader reads them: pure, so that the fuzzer runs the
 /// very code a leader runs on what it finds in the KV (`crate::inputs::catalog_records`). Every
 /// record that cannot be decoded or does not fit the others is quarantined; nothing is fatal.
+///
+/// Records are kept by key until `finish`, and a key may be written again or removed
+/// (`apply`): a follower's standby copy (`super::standby`) follows the KV's changes through the
+/// same code a cold load runs.
 #[derive(Default)]
 pub(crate) struct CatalogAssembler {
     cache: Cache,
-    quarantined: Vec<QuarantinedRecord>,
-    names: Vec<KeyValue>,
+    /// Table name key -> its value (a table id, resolved in `finish`).
+    names: BTreeMap<Vec<u8>, Vec<u8>>,
     infos: HashMap<u64, TableInfo>,
     routes: HashMap<u64, TableRoute>,
-    withheld: std::collections::HashSet<u64>,
+    /// Records set aside as they were read, by key: why, and the table their key names (its
+    /// regions are then left alone).
+    set_aside: BTreeMap<Vec<u8>, (String, Option<u64>)>,
     /// The store revision every record was read at (0 on the embedded store): the routes'
     /// `route_revision`.
     revision: i64,
@@ -50,7 +56,7 @@ impl CatalogAssembler {
     /// A key under `keys::CATALOG_PREFIX`.
     pub(crate) fn catalog(&mut self, kv: KeyValue) {
         let Some(name) = kv.key.strip_prefix(keys::CATALOG_PREFIX.as_bytes()) else {
-            return self.quarantine(&kv.key, "not a catalog key");
+            return self.set_aside(kv.key, "not a catalog key".into(), None);
         };
         self.cache.catalogs.insert(lossy(name));
     }
@@ -70,67 +76,128 @@ impl CatalogAssembler {
                     .or_default()
                     .insert(schema.to_owned());
             }
-            None => self.quarantine(&kv.key, "no catalog/schema separator"),
+            None => self.set_aside(kv.key, "no catalog/schema separator".into(), None),
         }
     }
 
     /// A table info record (under `keys::TABLE_PREFIX`).
     pub(crate) fn info(&mut self, kv: KeyValue) {
         let info_id: fn(&TableInfo) -> u64 = |info| info.id;
-        if let Some((id, info)) = self.decode(keys::TABLE_PREFIX, kv, info_id) {
-            self.infos.insert(id, info);
-        }
+        let decoded = self.decode(keys::TABLE_PREFIX, kv, info_id);
+        keep(&mut self.infos, decoded);
     }
 
     /// A table route record (under `keys::TABLE_ROUTE_PREFIX`).
     pub(crate) fn route(&mut self, kv: KeyValue) {
         let route_id: fn(&TableRoute) -> u64 = |route| route.table_id;
-        if let Some((id, route)) = self.decode(keys::TABLE_ROUTE_PREFIX, kv, route_id) {
-            self.routes.insert(id, route);
-        }
+        let decoded = self.decode(keys::TABLE_ROUTE_PREFIX, kv, route_id);
+        keep(&mut self.routes, decoded);
     }
 
     /// A table name record (under `keys::TABLE_NAME_PREFIX`); resolved in `finish`.
     pub(crate) fn name(&mut self, kv: KeyValue) {
-        self.names.push(kv);
+        self.names.insert(kv.key, kv.value);
     }
 
-    fn quarantine(&mut self, key: &[u8], reason: impl Into<String>) {
-        self.quarantined.push(QuarantinedRecord {
-            key: lossy(key),
-            reason: reason.into(),
-        });
+    /// A change to a table record (name, info or route) after the load: `Some` value written,
+    /// `None` deleted. Keys outside those three prefixes are ignored.
+    pub(crate) fn apply(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let prefixes: [(&str, AddRecord); 3] = [
+            (keys::TABLE_NAME_PREFIX, CatalogAssembler::name),
+            (keys::TABLE_ROUTE_PREFIX, CatalogAssembler::route),
+            (keys::TABLE_PREFIX, CatalogAssembler::info),
+        ];
+        let Some((prefix, add)) = prefixes
+            .into_iter()
+            .find(|(prefix, _)| key.starts_with(prefix.as_bytes()))
+        else {
+            return;
+        };
+        match value {
+            Some(value) => add(self, KeyValue::new(key, value)),
+            None => {
+                let id = key.strip_prefix(prefix.as_bytes()).and_then(keys::parse_id);
+                match prefix {
+                    keys::TABLE_NAME_PREFIX => {
+                        self.names.remove(&key);
+                    }
+                    keys::TABLE_ROUTE_PREFIX => {
+                        id.map(|id| self.routes.remove(&id));
+                    }
+                    _ => {
+                        id.map(|id| self.infos.remove(&id));
+                    }
+                }
+                self.set_aside.remove(&key);
+            }
+        }
     }
 
-    /// Decodes a record keyed by the id that follows `prefix`; what does not decode, or whose
-    /// key names another id than `id_of` finds inside, is quarantined.
+    /// The store revision the records are as of.
+    pub(crate) fn set_revision(&mut self, revision: i64) {
+        self.revision = revision;
+    }
+
+    pub(crate) fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// How many table records (names, infos, routes) are held.
+    pub(crate) fn table_records(&self) -> usize {
+        self.names.len() + self.infos.len() + self.routes.len()
+    }
+
+    fn set_aside(&mut self, key: Vec<u8>, reason: String, table_id: Option<u64>) {
+        self.set_aside.insert(key, (reason, table_id));
+    }
+
+    /// Decodes a record keyed by the id that follows `prefix`: the id its key names, and the
+    /// record if it decodes and its key names the id `id_of` finds inside. What does not is
+    /// set aside (and a good record read earlier under that key is dropped).
     fn decode<T: DeserializeOwned>(
         &mut self,
         prefix: &str,
         kv: KeyValue,
         id_of: fn(&T) -> u64,
-    ) -> Option<(u64, T)> {
+    ) -> (Option<u64>, Option<T>) {
         let key_id = kv
             .key
             .strip_prefix(prefix.as_bytes())
             .and_then(keys::parse_id);
         let reason = match (serde_json::from_slice::<T>(&kv.value), key_id) {
-            (Ok(value), Some(id)) if id_of(&value) == id => return Some((id, value)),
+            (Ok(value), Some(id)) if id_of(&value) == id => {
+                self.set_aside.remove(&kv.key);
+                return (key_id, Some(value));
+            }
             (Ok(value), _) => format!("the record is for table {}", id_of(&value)),
             (Err(e), _) => format!("cannot decode: {e}"),
         };
-        self.quarantine(&kv.key, reason);
-        // The table its key names is withheld (its regions are left alone).
-        self.withheld.extend(key_id);
-        None
+        self.set_aside(kv.key, reason, key_id);
+        (key_id, None)
     }
 
     /// Joins names with their info and route; what is left over or does not fit is
     /// quarantined.
     pub(crate) fn finish(mut self) -> LoadedCatalog {
-        for kv in std::mem::take(&mut self.names) {
-            let Some(id) = keys::parse_id(&kv.value) else {
-                self.quarantine(&kv.key, "the value is not a table id");
+        let mut quarantined: Vec<QuarantinedRecord> = Vec::new();
+        let mut withheld = std::collections::HashSet::new();
+        for (key, (reason, table_id)) in std::mem::take(&mut self.set_aside) {
+            quarantined.push(QuarantinedRecord {
+                key: lossy(&key),
+                reason,
+            });
+            // The table its key names is withheld (its regions are left alone).
+            withheld.extend(table_id);
+        }
+        let mut quarantine = |key: &[u8], reason: String| {
+            quarantined.push(QuarantinedRecord {
+                key: lossy(key),
+                reason,
+            })
+        };
+        for (key, value) in std::mem::take(&mut self.names) {
+            let Some(id) = keys::parse_id(&value) else {
+                quarantine(&key, "the value is not a table id".into());
                 continue;
             };
             // Name, info and route are committed in one transaction: all three exist or none,
@@ -145,15 +212,15 @@ impl CatalogAssembler {
                     };
                     let reason =
                         format!("table {id} is not served: its {missing} unreadable or missing");
-                    self.quarantine(&kv.key, reason);
-                    self.withheld.insert(id);
+                    quarantine(&key, reason);
+                    withheld.insert(id);
                     continue;
                 }
             };
-            if keys::table_name(&info.name) != kv.key {
+            if keys::table_name(&info.name) != key {
                 let reason = format!("table {id} is not served: its info names it {}", info.name);
-                self.quarantine(&kv.key, reason);
-                self.withheld.insert(id);
+                quarantine(&key, reason);
+                withheld.insert(id);
                 continue;
             }
             let mut route = route;
@@ -162,8 +229,8 @@ impl CatalogAssembler {
                 tracing::warn!(table_id = id, dropped, "dropped followers that repeat a region's leader or another follower from a stored route");
             }
             if let Err(reason) = check_route(&info, &route) {
-                self.quarantine(&kv.key, format!("table {id} is not served: {reason}"));
-                self.withheld.insert(id);
+                quarantine(&key, format!("table {id} is not served: {reason}"));
+                withheld.insert(id);
                 continue;
             }
             self.cache.put_table(Arc::new(TableEntry {
@@ -173,30 +240,37 @@ impl CatalogAssembler {
             }));
         }
         // Info or route that no name refers to: a table half-deleted by hand, say. Not served.
-        let orphans: Vec<Vec<u8>> = (self.infos.keys().map(|id| keys::table(*id)))
-            .chain(self.routes.keys().map(|id| keys::table_route(*id)))
-            .collect();
-        let orphan_ids: Vec<u64> = self
-            .infos
-            .keys()
-            .chain(self.routes.keys())
-            .copied()
-            .collect();
-        self.withheld.extend(orphan_ids);
-        for key in orphans {
-            self.quarantine(&key, "no table name refers to it");
+        for id in self.infos.keys() {
+            quarantine(&keys::table(*id), "no table name refers to it".into());
         }
-        self.quarantined.sort_by(|a, b| a.key.cmp(&b.key));
+        for id in self.routes.keys() {
+            quarantine(&keys::table_route(*id), "no table name refers to it".into());
+        }
+        withheld.extend(self.infos.keys().chain(self.routes.keys()).copied());
+        quarantined.sort_by(|a, b| a.key.cmp(&b.key));
         // A served table is never withheld (a stray record with its id was set aside alone).
-        let served: Vec<u64> = self.cache.served_tables().map(|(_, e)| e.info.id).collect();
-        for id in served {
-            self.withheld.remove(&id);
+        for (_, entry) in self.cache.served_tables() {
+            withheld.remove(&entry.info.id);
         }
         LoadedCatalog {
             cache: self.cache,
-            quarantined: self.quarantined,
-            withheld: self.withheld,
+            quarantined,
+            withheld,
         }
+    }
+}
+
+/// Keeps a decoded record under the id its key names, or drops what that key held if the
+/// record was set aside.
+fn keep<T>(records: &mut HashMap<u64, T>, (key_id, record): (Option<u64>, Option<T>)) {
+    match (key_id, record) {
+        (Some(id), Some(record)) => {
+            records.insert(id, record);
+        }
+        (Some(id), None) => {
+            records.remove(&id);
+        }
+        (None, _) => {}
     }
 }
 
@@ -253,23 +327,53 @@ pub(super) async fn load_catalog(store: &dyn KvBackend) -> Result<LoadedCatalog,
 }
 
 async fn load_at_one_revision(store: &dyn KvBackend) -> Result<LoadedCatalog, StoreError> {
+    let assembler = read_table_records(store).await?;
+    let assembler = read_catalogs_and_schemas(store, assembler).await?;
+    finish_off_thread(assembler).await
+}
+
+/// Reads every table record (names, infos, routes) at one revision, the one the first scan
+/// read at (the assembler's revision from then on).
+pub(super) async fn read_table_records(
+    store: &dyn KvBackend,
+) -> Result<CatalogAssembler, StoreError> {
     let mut assembler = CatalogAssembler::default();
-    // The first scan fixes the revision every later one reads at.
     let mut scan = PrefixScan::new(store, keys::TABLE_NAME_PREFIX.as_bytes());
     while let Some(page) = scan.next_page().await? {
         page.into_iter().for_each(|kv| assembler.name(kv));
     }
     let revision = scan.revision();
-    assembler.revision = revision;
-    let steps: [(&str, AddRecord); 4] = [
-        (keys::CATALOG_PREFIX, CatalogAssembler::catalog),
-        (keys::SCHEMA_PREFIX, CatalogAssembler::schema),
+    assembler.set_revision(revision);
+    let steps: [(&str, AddRecord); 2] = [
         (keys::TABLE_PREFIX, CatalogAssembler::info),
         (keys::TABLE_ROUTE_PREFIX, CatalogAssembler::route),
     ];
     for (prefix, add) in steps {
         assembler = feed_pages(store, prefix, revision, assembler, add).await?;
     }
+    Ok(assembler)
+}
+
+/// Reads every catalog and schema record at the assembler's revision.
+pub(super) async fn read_catalogs_and_schemas(
+    store: &dyn KvBackend,
+    mut assembler: CatalogAssembler,
+) -> Result<CatalogAssembler, StoreError> {
+    let revision = assembler.revision;
+    let steps: [(&str, AddRecord); 2] = [
+        (keys::CATALOG_PREFIX, CatalogAssembler::catalog),
+        (keys::SCHEMA_PREFIX, CatalogAssembler::schema),
+    ];
+    for (prefix, add) in steps {
+        assembler = feed_pages(store, prefix, revision, assembler, add).await?;
+    }
+    Ok(assembler)
+}
+
+/// [`CatalogAssembler::finish`] on the blocking pool (it walks every region).
+pub(super) async fn finish_off_thread(
+    assembler: CatalogAssembler,
+) -> Result<LoadedCatalog, StoreError> {
     tokio::task::spawn_blocking(move || assembler.finish())
         .await
         .map_err(|e| StoreError::Internal(format!("assembling the catalog failed: {e}")))
@@ -356,6 +460,119 @@ mod tests {
 
     fn named(entry: TableEntry) -> (Vec<u8>, TableEntry) {
         (keys::table_name(&entry.info.name), entry)
+    }
+
+    /// A table's three records, as its creation writes them.
+    fn records(entry: &TableEntry) -> [KeyValue; 3] {
+        let id = entry.info.id;
+        [
+            KeyValue::new(keys::table_name(&entry.info.name), id.to_string()),
+            KeyValue::new(
+                keys::table(id),
+                serde_json::to_vec(&entry.info).expect("encodes"),
+            ),
+            KeyValue::new(
+                keys::table_route(id),
+                serde_json::to_vec(&entry.route).expect("encodes"),
+            ),
+        ]
+    }
+
+    /// What a load serves and sets aside: each table's id and route, the quarantined keys
+    /// and reasons, and the withheld tables.
+    fn served(loaded: LoadedCatalog) -> (Vec<(u64, TableRoute)>, Vec<(String, String)>, Vec<u64>) {
+        let mut tables: Vec<(u64, TableRoute)> = loaded
+            .cache
+            .served_tables()
+            .map(|(_, entry)| (entry.info.id, entry.route.clone()))
+            .collect();
+        tables.sort_by_key(|(id, _)| *id);
+        let quarantined = loaded
+            .quarantined
+            .into_iter()
+            .map(|r| (r.key, r.reason))
+            .collect();
+        let mut withheld: Vec<u64> = loaded.withheld.into_iter().collect();
+        withheld.sort();
+        (tables, quarantined, withheld)
+    }
+
+    /// A standby copy: loaded, then changed key by key as a watch delivers the changes
+    /// (tables created, dropped, moved; records corrupted and repaired). It must serve and
+    /// set aside exactly what a cold load of the resulting records does.
+    #[test]
+    fn changes_applied_after_a_load_give_what_a_load_of_the_result_gives() {
+        let mut copy = CatalogAssembler::default();
+        for id in [7, 8, 9, 11] {
+            let [name, info, route] = records(&table(id, 3));
+            copy.name(name);
+            copy.info(info);
+            copy.route(route);
+        }
+        let put = |copy: &mut CatalogAssembler, kv: KeyValue| copy.apply(kv.key, Some(kv.value));
+        // Table 8 dropped: its three keys deleted.
+        for kv in records(&table(8, 3)) {
+            copy.apply(kv.key, None);
+        }
+        // Table 7's regions moved to node 3.
+        let mut moved = table(7, 3);
+        for region in &mut moved.route.regions {
+            region.leader = Peer {
+                id: 3,
+                addr: "n3:4001".into(),
+            };
+        }
+        moved.route.version = 2;
+        put(&mut copy, records(&moved)[2].clone());
+        // Table 10 created.
+        for kv in records(&table(10, 2)) {
+            put(&mut copy, kv);
+        }
+        // Table 9's route overwritten with something unreadable; table 11's info too, then
+        // repaired.
+        put(
+            &mut copy,
+            KeyValue::new(keys::table_route(9), b"{broken".to_vec()),
+        );
+        put(
+            &mut copy,
+            KeyValue::new(keys::table(11), b"{broken".to_vec()),
+        );
+        put(&mut copy, records(&table(11, 3))[1].clone());
+        // Keys outside the table records (the hand-over marker) are not records.
+        copy.apply(b"__meta/table_handover".to_vec(), Some(b"{}".to_vec()));
+
+        let mut cold = CatalogAssembler::default();
+        for entry in [moved.clone(), table(10, 2), table(11, 3)] {
+            let [name, info, route] = records(&entry);
+            cold.name(name);
+            cold.info(info);
+            cold.route(route);
+        }
+        let [name, info, _] = records(&table(9, 3));
+        cold.name(name);
+        cold.info(info);
+        cold.route(KeyValue::new(keys::table_route(9), b"{broken".to_vec()));
+
+        let (copy, cold) = (served(copy.finish()), served(cold.finish()));
+        assert_eq!(copy, cold);
+        let (tables, quarantined, withheld) = copy;
+        let ids: Vec<u64> = tables.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![7, 10, 11]);
+        assert_eq!(tables[0].1, moved.route, "the move is served");
+        let keys: Vec<&str> = quarantined.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "__meta/table_name/greptime/public/t9",
+                "__meta/table_route/9"
+            ]
+        );
+        assert_eq!(
+            withheld,
+            vec![9],
+            "the unreadable table's regions are left alone"
+        );
     }
 
     #[test]

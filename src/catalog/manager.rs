@@ -27,6 +27,7 @@ use super::model::{
 use super::ownership::RegionOwnership;
 use super::partition::validate_table;
 use super::quarantine::Quarantine;
+use super::standby::{CatalogLoad, LoadSource, StandbyCatalog};
 use crate::actors::cluster_view::{ClusterView, Instruction, SendInstruction};
 use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
 use crate::proto::v1 as pb;
@@ -45,6 +46,9 @@ const FIRST_TABLE_ID: u64 = 1024;
 const ID_BATCH: u64 = 100;
 /// The most copies of a region.
 const MAX_REPLICAS: u32 = 16;
+/// How long a new leader waits for its standby copy to reach its hand-over marker before it
+/// loads the catalog cold instead: a copy that keeps up answers within a round trip.
+const HAND_OVER_PATIENCE: Duration = Duration::from_secs(1);
 
 pub mod keys {
     //! The KV layout of the catalog (see ARCHITECTURE.md).
@@ -268,6 +272,8 @@ pub struct TableManager {
     locked_regions: parking_lot::Mutex<std::collections::HashSet<u64>>,
     /// Records the last load set aside.
     quarantine: Arc<Quarantine>,
+    /// How the catalog was last loaded as leader.
+    last_load: parking_lot::Mutex<Option<CatalogLoad>>,
     /// Serializes route changes per table (striped by table id: bounded, no per-table state).
     route_locks: Vec<tokio::sync::Mutex<()>>,
     /// Route moves waiting for their stripe's lock; its holder writes them all.
@@ -335,6 +341,7 @@ impl TableManager {
             ids: tokio::sync::Mutex::new((0, 0)),
             locked_regions: parking_lot::Mutex::new(std::collections::HashSet::new()),
             quarantine: Arc::new(Quarantine::default()),
+            last_load: parking_lot::Mutex::new(None),
             route_locks: (0..ROUTE_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -365,13 +372,48 @@ impl TableManager {
     /// Called when this member becomes leader: loads the catalog from the KV (a previous leader
     /// may have changed it), forgets id batches of earlier terms, and creates the default
     /// catalog and schema if missing.
-    pub async fn become_leader(&self) -> Result<(), DdlError> {
+    /// Makes this member's catalog the leader's: from `standby`, its copy kept while it stood
+    /// by, if that can be handed over (see `super::standby`), else read cold from the store.
+    pub async fn become_leader(&self, standby: Option<StandbyCatalog>) -> Result<(), DdlError> {
         *self.ids.lock().await = (0, 0);
         // Moves queued by an earlier term's operations are not this term's to write.
         for queue in &self.route_queues {
             queue.lock().clear();
         }
-        self.reload().await?;
+        let started = std::time::Instant::now();
+        let handed_over = match standby {
+            Some(standby) => standby
+                .hand_over(self.store.as_ref(), HAND_OVER_PATIENCE)
+                .await
+                .map_err(|reason| {
+                    tracing::warn!("the standby copy of the catalog is not used ({reason}); loading the catalog from the store");
+                })
+                .ok(),
+            None => None,
+        };
+        let source = match handed_over {
+            Some(_) => LoadSource::Standby,
+            None => LoadSource::Store,
+        };
+        let loaded = match handed_over {
+            Some(loaded) => loaded,
+            None => super::load::load_catalog(self.store.as_ref()).await?,
+        };
+        let tables = loaded.cache.tables.len();
+        self.install(loaded);
+        let load = CatalogLoad {
+            source,
+            tables,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            at_unix_ms: unix_ms(),
+        };
+        tracing::info!(
+            tables,
+            elapsed_ms = load.elapsed_ms,
+            ?source,
+            "catalog loaded"
+        );
+        *self.last_load.lock() = Some(load);
         self.create_catalog(DEFAULT_CATALOG, true).await?;
         self.create_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA, true)
             .await?;
@@ -394,17 +436,27 @@ impl TableManager {
     /// read are quarantined, never fatal.
     pub async fn reload(&self) -> Result<(), DdlError> {
         let loaded = super::load::load_catalog(self.store.as_ref()).await?;
+        self.install(loaded);
+        Ok(())
+    }
+
+    /// Serves `loaded` from now on.
+    fn install(&self, loaded: super::load::LoadedCatalog) {
         self.ownership
             .rebuild(loaded.cache.tables.values().map(|entry| &entry.route));
         self.ownership.withhold_tables(loaded.withheld);
         *self.cache.write() = loaded.cache;
         self.quarantine.replace(loaded.quarantined);
-        Ok(())
     }
 
     /// The store the catalog lives in (this member's fenced view of it).
     pub fn store(&self) -> &Arc<dyn KvBackend> {
         &self.store
+    }
+
+    /// How the catalog was last loaded as leader (`None` before the first time).
+    pub fn last_load(&self) -> Option<CatalogLoad> {
+        self.last_load.lock().clone()
     }
 
     /// The records the last catalog load could not read.

@@ -7,5 +7,7 @@ pub mod model;
 pub mod ownership;
 pub mod partition;
 pub mod quarantine;
+pub mod standby;
 
 pub use manager::{DdlError, TableEntry, TableManager};
+pub use standby::StandbyCatalog;

@@ -175,6 +175,9 @@ async fn health(State(state): State<HttpState>) -> Response {
         // Records this member could not read when it loaded the catalog: their tables are
         // not served until the records are repaired (the member itself works).
         "quarantined": state.quarantine.records(),
+        // How this member's catalog was loaded when it last became leader: from its standby
+        // copy, or read from the store (and how long that took).
+        "catalog_load": state.tables.last_load(),
     });
     let code = if store_error.is_none() {
         StatusCode::OK

@@ -21,4 +21,5 @@ mod process;
 mod reconciler;
 mod router;
 mod security;
+mod standby;
 mod store_conformance;
