@@ -480,7 +480,9 @@ mod tests {
 
     /// What a load serves and sets aside: each table's id and route, the quarantined keys
     /// and reasons, and the withheld tables.
-    fn served(loaded: LoadedCatalog) -> (Vec<(u64, TableRoute)>, Vec<(String, String)>, Vec<u64>) {
+    type Served = (Vec<(u64, TableRoute)>, Vec<(String, String)>, Vec<u64>);
+
+    fn served(loaded: LoadedCatalog) -> Served {
         let mut tables: Vec<(u64, TableRoute)> = loaded
             .cache
             .served_tables()
