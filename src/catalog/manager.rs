@@ -400,7 +400,9 @@ impl TableManager {
             None => super::load::load_catalog(self.store.as_ref()).await?,
         };
         let tables = loaded.cache.tables.len();
+        let installing = std::time::Instant::now();
         self.install(loaded);
+        let install_ms = installing.elapsed().as_millis() as u64;
         let load = CatalogLoad {
             source,
             tables,
@@ -410,6 +412,7 @@ impl TableManager {
         tracing::info!(
             tables,
             elapsed_ms = load.elapsed_ms,
+            install_ms,
             ?source,
             "catalog loaded"
         );

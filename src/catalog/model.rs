@@ -266,13 +266,21 @@ pub const MAX_TABLE_ID: u64 = u32::MAX as u64;
 pub fn drop_bad_followers(route: &mut TableRoute) -> usize {
     let mut dropped = 0;
     for region in &mut route.regions {
-        let mut seen = std::collections::HashSet::with_capacity(region.followers.len() + 1);
-        seen.insert(region.leader.id);
+        // A region has a handful of copies: comparing with the ones kept so far allocates
+        // nothing (a new leader checks a million regions before it serves).
+        let leader = region.leader.id;
         let before = region.followers.len();
-        region
-            .followers
-            .retain(|follower| follower.id != 0 && seen.insert(follower.id));
-        dropped += before - region.followers.len();
+        let mut kept = 0;
+        for index in 0..before {
+            let id = region.followers[index].id;
+            let repeated = region.followers[..kept].iter().any(|f| f.id == id);
+            if id != 0 && id != leader && !repeated {
+                region.followers.swap(kept, index);
+                kept += 1;
+            }
+        }
+        region.followers.truncate(kept);
+        dropped += before - kept;
     }
     dropped
 }
@@ -303,9 +311,12 @@ pub fn check_route(info: &TableInfo, route: &TableRoute) -> Result<(), String> {
             route.regions.len()
         ));
     }
-    let mut numbers = std::collections::HashSet::with_capacity(route.regions.len());
+    // Numbers are below `expected`, which is the route's length: one flag each (a new
+    // leader checks a million regions before it serves).
+    let mut seen = vec![false; route.regions.len()];
     for region in &route.regions {
-        if region.region_number >= expected || !numbers.insert(region.region_number) {
+        let number = region.region_number;
+        if number >= expected || std::mem::replace(&mut seen[number as usize], true) {
             return Err(format!(
                 "region number {} is out of range or given twice",
                 region.region_number
@@ -327,10 +338,13 @@ pub fn check_region_copies(region: &RegionRoute) -> Result<(), String> {
     if region.leader.id == 0 {
         return Err(format!("region {} has no leader", region.region_id));
     }
-    let mut copies = std::collections::HashSet::with_capacity(region.followers.len() + 1);
-    copies.insert(region.leader.id);
-    for follower in &region.followers {
-        if follower.id == 0 || !copies.insert(follower.id) {
+    // A handful of copies: compared pairwise, nothing allocated.
+    for (index, follower) in region.followers.iter().enumerate() {
+        let repeated = follower.id == region.leader.id
+            || region.followers[..index]
+                .iter()
+                .any(|f| f.id == follower.id);
+        if follower.id == 0 || repeated {
             return Err(format!(
                 "region {} names node {} twice or as 0",
                 region.region_id, follower.id

@@ -109,14 +109,46 @@ impl RegionOwnership {
 
     /// Replaces everything with the assignments of `routes`.
     pub fn rebuild<'a>(&self, routes: impl IntoIterator<Item = &'a TableRoute>) {
-        let mut by_node: IdMap<IdMap<RegionRole>> = IdMap::default();
-        let mut routed = IdSet::default();
-        for route in routes {
-            assign(&mut by_node, route);
-            routed.extend(route.regions.iter().map(|r| r.region_id));
-        }
-        *self.by_node.write() = by_node;
-        *self.routed.write() = routed;
+        // A new leader builds this for a million regions before it serves: every map sized
+        // once (no rehashing as it grows), and the set of routed regions on a second thread.
+        let routes: Vec<&TableRoute> = routes.into_iter().collect();
+        let regions: usize = routes.iter().map(|route| route.regions.len()).sum();
+        let (by_node, routed) = std::thread::scope(|scope| {
+            let routed = scope.spawn(|| {
+                let mut routed = IdSet::default();
+                routed.reserve(regions);
+                for route in &routes {
+                    routed.extend(route.regions.iter().map(|r| r.region_id));
+                }
+                routed
+            });
+            let mut copies: IdMap<usize> = IdMap::default();
+            for region in routes.iter().flat_map(|route| &route.regions) {
+                *copies.entry(region.leader.id).or_default() += 1;
+                for follower in &region.followers {
+                    *copies.entry(follower.id).or_default() += 1;
+                }
+            }
+            let mut by_node: IdMap<IdMap<RegionRole>> = IdMap::default();
+            by_node.reserve(copies.len());
+            for (node, count) in copies {
+                let mut regions = IdMap::default();
+                regions.reserve(count);
+                by_node.insert(node, regions);
+            }
+            for route in &routes {
+                assign(&mut by_node, route);
+            }
+            // It only inserts; were it to panic, the panic is this thread's.
+            let routed = routed
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (by_node, routed)
+        });
+        let old_by_node = std::mem::replace(&mut *self.by_node.write(), by_node);
+        let old_routed = std::mem::replace(&mut *self.routed.write(), routed);
+        // Freed outside the locks.
+        drop((old_by_node, old_routed));
         // A new term: its own grants, fences and moves start from nothing (an abandoned
         // failover of an earlier term may have left some).
         *self.grants.lock() = Grants::default();

@@ -99,6 +99,7 @@ impl StandbyCatalog {
             marker: marker.clone(),
             reply,
         };
+        let started = std::time::Instant::now();
         if self.requests.send(request).await.is_err() {
             return Err("the standby copy stopped".into());
         }
@@ -115,12 +116,21 @@ impl StandbyCatalog {
                 ))
             }
         };
+        let marker_ms = started.elapsed().as_millis() as u64;
         let assembler = load::read_catalogs_and_schemas(store, assembler)
             .await
             .map_err(|e| format!("cannot read the catalogs and schemas: {e}"))?;
-        load::finish_off_thread(assembler)
+        let read_ms = started.elapsed().as_millis() as u64;
+        let loaded = load::finish_off_thread(assembler)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            marker_ms,
+            read_ms,
+            assembled_ms = started.elapsed().as_millis() as u64,
+            "the standby copy of the catalog is handed over"
+        );
+        Ok(loaded)
     }
 }
 

@@ -103,8 +103,12 @@ pub(crate) async fn find_leader_after(
 }
 
 /// How long a member may hold an `AskLeader` that names a leader the caller could not reach,
-/// waiting for the next one (the request's `wait_millis`).
-pub(crate) const ASK_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// waiting for the next one (the request's `wait_millis`). Longer than an election after a
+/// leader's death (its 3 s lease, up to half a second more for etcd to expire it) and the next
+/// leader's load, so that a datanode asks once per election: with 2 s, every datanode asked
+/// again while the next leader loaded (10,000 answers, failed streams and new asks, on the
+/// cores the load needed).
+pub(crate) const ASK_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// [`find_leader_with`] over channels made by `connect` (a fresh connection, or one of a
 /// [`super::ChannelPool`]'s shared ones). `unreachable`: the address of a leader the caller

@@ -24,7 +24,7 @@ const OUTBOUND_CAPACITY: usize = 64;
 
 /// The longest an `AskLeader` waits for the leadership to change (see the request's
 /// `wait_millis`).
-const MAX_ASK_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const MAX_ASK_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(6);
 
 pub struct HeartbeatService {
     actors: Arc<ActorRuntime>,
