@@ -938,10 +938,14 @@ async fn run(
                     (connected, opened_once) = (true, true);
                     shared.lock().last_connected_at = Some(Instant::now());
                     record(SimEvent::Connected);
-                    // A fresh, full report right away on the new stream.
+                    // A fresh, full report right away on the new stream; it is this
+                    // interval's, so the next comes a whole interval later (10,000 nodes that
+                    // reconnect at once after a takeover would otherwise report twice within
+                    // a second, on the cores the new leader needs).
                     if !send_report(&link, &mut reporter, &shared).await {
                         return;
                     }
+                    ticker.reset();
                 }
                 Some(LinkEvent::Response { response, request_sent_at }) => {
                     shared.lock().responses += 1;
