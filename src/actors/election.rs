@@ -334,28 +334,32 @@ impl ElectionActor {
         let me = ctx.address();
         let standby = self.standby.take();
         let load = self.background.spawn(async move {
-            let store = tables.store();
-            // The nodes are read while the catalog loads: neither needs the other.
-            let (catalog, cordons, registered) = tokio::join!(
-                tables.become_leader(standby),
-                load_cordons(store.as_ref()),
-                async {
-                    let started = Instant::now();
-                    let registered = load_registered_nodes(store.as_ref()).await;
-                    if let Ok(registered) = &registered {
-                        tracing::info!(
-                            nodes = registered.len(),
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "registered nodes read"
-                        );
-                    }
-                    registered
-                },
-            );
-            catalog.map_err(|e| e.to_string())?;
-            let cordons = cordons.map_err(|e| format!("cannot read the cordoned nodes: {e}"))?;
-            let registered =
-                registered.map_err(|e| format!("cannot read the registered nodes: {e}"))?;
+            let store = tables.store().clone();
+            // The nodes are read beside the catalog, in a task of their own (installing the
+            // catalog holds its thread for a while): neither needs the other.
+            let nodes = tokio::spawn(async move {
+                let started = Instant::now();
+                let cordons = load_cordons(store.as_ref())
+                    .await
+                    .map_err(|e| format!("cannot read the cordoned nodes: {e}"))?;
+                let registered = load_registered_nodes(store.as_ref())
+                    .await
+                    .map_err(|e| format!("cannot read the registered nodes: {e}"))?;
+                tracing::info!(
+                    nodes = registered.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "registered nodes read"
+                );
+                Ok::<_, String>((cordons, registered))
+            });
+            let mut nodes = AbortOnDrop(nodes);
+            tables
+                .become_leader(standby)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (cordons, registered) = (&mut nodes.0)
+                .await
+                .map_err(|e| format!("reading the nodes failed: {e}"))??;
             Ok(LoadedState {
                 cordons,
                 registered,
@@ -373,6 +377,15 @@ impl ElectionActor {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Aborts a task when dropped: the node reads of a load that is itself aborted stop with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

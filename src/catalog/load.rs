@@ -116,7 +116,7 @@ impl CatalogAssembler {
         match value {
             Some(value) => add(self, KeyValue::new(key, value)),
             None => {
-                let id = key.strip_prefix(prefix.as_bytes()).and_then(keys::parse_id);
+                let id = key.strip_prefix(prefix.as_bytes()).and_then(canonical_id);
                 match prefix {
                     keys::TABLE_NAME_PREFIX => {
                         self.names.remove(&key);
@@ -163,14 +163,15 @@ impl CatalogAssembler {
         let key_id = kv
             .key
             .strip_prefix(prefix.as_bytes())
-            .and_then(keys::parse_id);
-        let reason = match (serde_json::from_slice::<T>(&kv.value), key_id) {
-            (Ok(value), Some(id)) if id_of(&value) == id => {
+            .and_then(canonical_id);
+        let reason = match (key_id, serde_json::from_slice::<T>(&kv.value)) {
+            (None, _) => "its key does not end in a table id".to_owned(),
+            (Some(id), Ok(value)) if id_of(&value) == id => {
                 self.set_aside.remove(&kv.key);
                 return (key_id, Some(value));
             }
-            (Ok(value), _) => format!("the record is for table {}", id_of(&value)),
-            (Err(e), _) => format!("cannot decode: {e}"),
+            (Some(_), Ok(value)) => format!("the record is for table {}", id_of(&value)),
+            (Some(_), Err(e)) => format!("cannot decode: {e}"),
         };
         self.set_aside(kv.key, reason, key_id);
         (key_id, None)
@@ -258,6 +259,14 @@ impl CatalogAssembler {
             withheld,
         }
     }
+}
+
+/// The table id a key ends in, spelled as metasrv writes it (decimal, no sign or leading
+/// zero): `07` would name table 7 a second time, and which of two such keys wins would depend
+/// on the order they were read or changed in.
+fn canonical_id(suffix: &[u8]) -> Option<u64> {
+    let id = keys::parse_id(suffix)?;
+    (id.to_string().as_bytes() == suffix).then_some(id)
 }
 
 /// Keeps a decoded record under the id its key names, or drops what that key held if the
@@ -575,6 +584,29 @@ mod tests {
             vec![9],
             "the unreadable table's regions are left alone"
         );
+    }
+
+    #[test]
+    fn a_key_that_spells_an_id_otherwise_is_set_aside_and_touches_no_table() {
+        let mut copy = CatalogAssembler::default();
+        let [name, info, route] = records(&table(7, 2));
+        copy.name(name);
+        copy.info(info.clone());
+        copy.route(route);
+        // `07` and `+7` parse as 7: neither may replace or delete table 7's record.
+        copy.apply(b"__meta/table/07".to_vec(), Some(info.value.clone()));
+        copy.apply(b"__meta/table/07".to_vec(), None);
+        copy.apply(b"__meta/table/+7".to_vec(), Some(b"{broken".to_vec()));
+        let (tables, quarantined, withheld) = served(copy.finish());
+        assert_eq!(tables.len(), 1, "table 7 is served");
+        assert_eq!(
+            quarantined,
+            vec![(
+                "__meta/table/+7".to_owned(),
+                "its key does not end in a table id".to_owned()
+            )]
+        );
+        assert!(withheld.is_empty());
     }
 
     #[test]

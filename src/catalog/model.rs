@@ -263,6 +263,10 @@ pub const MAX_TABLE_ID: u64 = u32::MAX as u64;
 /// and returns how many it dropped. Such a follower only ever stood for a copy that is there
 /// anyway (or nowhere), so a route an older version stored with one is repaired on load rather
 /// than refused: refusing would stop serving the whole table.
+/// More copies of a region than any table may ask for (metasrv allows 16): only a damaged
+/// record has them.
+const FEW_COPIES: usize = 64;
+
 pub fn drop_bad_followers(route: &mut TableRoute) -> usize {
     let mut dropped = 0;
     for region in &mut route.regions {
@@ -270,6 +274,14 @@ pub fn drop_bad_followers(route: &mut TableRoute) -> usize {
         // nothing (a new leader checks a million regions before it serves).
         let leader = region.leader.id;
         let before = region.followers.len();
+        if before > FEW_COPIES {
+            // Only a damaged record has this many: pairwise would be quadratic.
+            let mut seen = std::collections::HashSet::with_capacity(before + 1);
+            seen.insert(leader);
+            region.followers.retain(|f| f.id != 0 && seen.insert(f.id));
+            dropped += before - region.followers.len();
+            continue;
+        }
         let mut kept = 0;
         for index in 0..before {
             let id = region.followers[index].id;
@@ -337,6 +349,13 @@ pub fn check_route(info: &TableInfo, route: &TableRoute) -> Result<(), String> {
 pub fn check_region_copies(region: &RegionRoute) -> Result<(), String> {
     if region.leader.id == 0 {
         return Err(format!("region {} has no leader", region.region_id));
+    }
+    if region.followers.len() > FEW_COPIES {
+        return Err(format!(
+            "region {} has {} followers",
+            region.region_id,
+            region.followers.len()
+        ));
     }
     // A handful of copies: compared pairwise, nothing allocated.
     for (index, follower) in region.followers.iter().enumerate() {

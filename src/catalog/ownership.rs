@@ -113,15 +113,18 @@ impl RegionOwnership {
         // once (no rehashing as it grows), and the set of routed regions on a second thread.
         let routes: Vec<&TableRoute> = routes.into_iter().collect();
         let regions: usize = routes.iter().map(|route| route.regions.len()).sum();
+        let build_routed = |routes: &[&TableRoute]| {
+            let mut routed = IdSet::default();
+            routed.reserve(regions);
+            for route in routes {
+                routed.extend(route.regions.iter().map(|r| r.region_id));
+            }
+            routed
+        };
         let (by_node, routed) = std::thread::scope(|scope| {
-            let routed = scope.spawn(|| {
-                let mut routed = IdSet::default();
-                routed.reserve(regions);
-                for route in &routes {
-                    routed.extend(route.regions.iter().map(|r| r.region_id));
-                }
-                routed
-            });
+            let routed = std::thread::Builder::new()
+                .name("routed-regions".into())
+                .spawn_scoped(scope, || build_routed(&routes));
             let mut copies: IdMap<usize> = IdMap::default();
             for region in routes.iter().flat_map(|route| &route.regions) {
                 *copies.entry(region.leader.id).or_default() += 1;
@@ -139,10 +142,14 @@ impl RegionOwnership {
             for route in &routes {
                 assign(&mut by_node, route);
             }
-            // It only inserts; were it to panic, the panic is this thread's.
-            let routed = routed
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let routed = match routed {
+                // It only inserts; were it to panic, the panic is this thread's.
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had: build it here.
+                Err(_) => build_routed(&routes),
+            };
             (by_node, routed)
         });
         let old_by_node = std::mem::replace(&mut *self.by_node.write(), by_node);

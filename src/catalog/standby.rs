@@ -177,7 +177,9 @@ async fn keep_copy(store: Arc<dyn KvBackend>, mut requests: mpsc::Receiver<HandO
 }
 
 /// Applies every change after the assembler's revision until a hand-over request's marker
-/// arrives. A watch that ends is opened again from the last revision applied.
+/// arrives. A watch that ends is opened again from the last revision applied; one that keeps
+/// ending without bringing anything new (a response too large to decode, a permission
+/// withdrawn) makes the copy be read again rather than spin.
 async fn follow(
     etcd: &EtcdStore,
     mut assembler: CatalogAssembler,
@@ -187,9 +189,11 @@ async fn follow(
     watched.extend_from_slice(FOLLOWED_PREFIX.as_bytes());
     let mut applied = assembler.revision();
     let mut pending: Option<HandOverRequest> = None;
-    // The last marker seen, with its revision: the request may be read after its marker.
-    let mut last_marker: Option<(Vec<u8>, i64)> = None;
+    // The last marker seen: the request may be read after its marker.
+    let mut last_marker: Option<Vec<u8>> = None;
+    let mut fruitless_watches = 0;
     loop {
+        let opened_at = applied;
         let options = etcd_client::WatchOptions::new()
             .with_prefix()
             .with_start_revision(applied + 1);
@@ -199,56 +203,126 @@ async fn follow(
             .max_decoding_message_size(ETCD_DECODE_LIMIT)
             .watch(watched.clone(), Some(options))
             .await;
-        let mut stream = match opened {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!("cannot watch the catalog: {e}; trying again");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                request = requests.recv(), if pending.is_none() => match request {
-                    Some(request) => pending = Some(request),
-                    None => return Stop::Done,
-                },
-                message = stream.message() => match message {
-                    Ok(Some(response)) => {
-                        if response.canceled() {
-                            if response.compact_revision() > 0 {
-                                return Stop::Reload(format!(
-                                    "the changes after revision {applied} were compacted"
-                                ));
+        let ended = match opened {
+            Ok(mut stream) => loop {
+                tokio::select! {
+                    request = requests.recv(), if pending.is_none() => match request {
+                        Some(request) => pending = Some(request),
+                        None => return Stop::Done,
+                    },
+                    message = stream.message() => match message {
+                        Ok(Some(response)) => {
+                            if response.canceled() {
+                                if response.compact_revision() > 0 {
+                                    return Stop::Reload(format!(
+                                        "the changes after revision {applied} were compacted"
+                                    ));
+                                }
+                                break format!("etcd cancelled it: {}", response.cancel_reason());
                             }
-                            break;
+                            let changes = changes_of(etcd.prefix(), &response, &mut last_marker);
+                            applied = applied.max(changes.revision);
+                            assembler = match apply_off_thread_if_large(assembler, changes).await {
+                                Some(assembler) => assembler,
+                                None => return Stop::Reload("applying changes failed".into()),
+                            };
                         }
-                        for event in response.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            let key = kv.key().strip_prefix(etcd.prefix()).unwrap_or(kv.key());
-                            if key == HAND_OVER_MARKER.as_bytes() {
-                                last_marker = Some((kv.value().to_vec(), kv.mod_revision()));
-                            } else if event.event_type() == etcd_client::EventType::Put {
-                                assembler.apply(key.to_vec(), Some(kv.value().to_vec()));
-                            } else {
-                                assembler.apply(key.to_vec(), None);
-                            }
-                            applied = applied.max(kv.mod_revision());
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
-                },
-            }
-            if let (Some(request), Some((marker, revision))) = (&pending, &last_marker) {
-                if *marker == request.marker {
-                    assembler.set_revision(*revision);
+                        Ok(None) => break "the stream ended".to_owned(),
+                        Err(e) => break e.to_string(),
+                    },
+                }
+                let handed_over = matches!(
+                    (&pending, &last_marker),
+                    (Some(request), Some(marker)) if *marker == request.marker
+                );
+                if handed_over {
+                    // Every change up to `applied` is in (etcd never splits a revision across
+                    // responses), the marker's among them: one exact state of the KV.
+                    assembler.set_revision(applied);
                     if let Some(request) = pending.take() {
                         let _ = request.reply.send(assembler);
                     }
                     return Stop::Done;
                 }
-            }
+            },
+            Err(e) => format!("cannot open it: {e}"),
+        };
+        fruitless_watches = if applied > opened_at {
+            0
+        } else {
+            fruitless_watches + 1
+        };
+        if fruitless_watches >= MAX_FRUITLESS_WATCHES {
+            return Stop::Reload(format!(
+                "the watch of the catalog ended {fruitless_watches} times with nothing new: {ended}"
+            ));
         }
-        tracing::debug!(applied, "the catalog watch ended; opening it again");
+        tracing::debug!(
+            applied,
+            "the catalog watch ended ({ended}); opening it again"
+        );
+        if fruitless_watches > 0 {
+            tokio::time::sleep(RETRY).await;
+        }
     }
+}
+
+/// Watches opened in a row that bring nothing new before the copy is read again.
+const MAX_FRUITLESS_WATCHES: u32 = 3;
+
+/// Changes applied on the blocking pool from this many bytes of values (a route of a
+/// thousand regions is about 60 KB of JSON; the async threads must not decode seconds of it).
+const LARGE_CHANGES: usize = 256 * 1024;
+
+/// The record changes of one watch response, in order, and the highest revision among them.
+struct Changes {
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    bytes: usize,
+    revision: i64,
+}
+
+/// The changes of `response` (keys relative to `prefix`); a hand-over marker among them is
+/// kept in `last_marker` instead.
+fn changes_of(
+    prefix: &[u8],
+    response: &etcd_client::WatchResponse,
+    last_marker: &mut Option<Vec<u8>>,
+) -> Changes {
+    let mut changes = Changes {
+        records: Vec::with_capacity(response.events().len()),
+        bytes: 0,
+        revision: 0,
+    };
+    for event in response.events() {
+        let Some(kv) = event.kv() else { continue };
+        changes.revision = changes.revision.max(kv.mod_revision());
+        let key = kv.key().strip_prefix(prefix).unwrap_or(kv.key());
+        if key == HAND_OVER_MARKER.as_bytes() {
+            *last_marker = Some(kv.value().to_vec());
+            continue;
+        }
+        let value =
+            (event.event_type() == etcd_client::EventType::Put).then(|| kv.value().to_vec());
+        changes.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+        changes.records.push((key.to_vec(), value));
+    }
+    changes
+}
+
+/// Applies `changes` to the copy, on the blocking pool if they are large; `None` if that task
+/// failed (the copy went with it).
+async fn apply_off_thread_if_large(
+    mut assembler: CatalogAssembler,
+    changes: Changes,
+) -> Option<CatalogAssembler> {
+    let apply = move || {
+        for (key, value) in changes.records {
+            assembler.apply(key, value);
+        }
+        assembler
+    };
+    if changes.bytes < LARGE_CHANGES {
+        return Some(apply());
+    }
+    tokio::task::spawn_blocking(apply).await.ok()
 }

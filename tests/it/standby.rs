@@ -118,8 +118,10 @@ async fn a_follower_takes_over_with_its_standby_copy_and_serves_every_change() {
     let (_, health) = http_get(successor.http_addr, "/health").await;
     let health: serde_json::Value = serde_json::from_str(&health).expect("health is JSON");
     assert_eq!(
-        health["catalog_load"]["source"], "standby",
-        "the new leader used its standby copy: {health}"
+        health["catalog_load"]["source"],
+        "standby",
+        "the new leader used its standby copy: {health}\n{}",
+        successor.log()
     );
     assert_eq!(health["catalog_load"]["tables"], served.len(), "{health}");
     let quarantined: Vec<&str> = health["quarantined"]
