@@ -561,8 +561,7 @@ async fn run(plan: Plan) -> Figures {
                     .all(|r| {
                         r.leader.id != 1
                             && nodes[(r.leader.id - 1) as usize].as_ref().is_some_and(|n| {
-                                n.role_of(r.region_id)
-                                    == Some(metasrv::stats::RegionRole::Leader)
+                                n.role_of(r.region_id) == Some(metasrv::stats::RegionRole::Leader)
                             })
                     });
                 if all_led_again {
