@@ -57,6 +57,19 @@ struct Plan {
     full_history: bool,
 }
 
+/// Starts `perf record` of the whole machine into `output` for `BENCH_PERF_SECONDS` (10 by
+/// default), and gives it 300 ms to start.
+fn profile_machine(output: &str) -> std::process::Child {
+    let seconds = std::env::var("BENCH_PERF_SECONDS").unwrap_or_else(|_| "10".into());
+    let mut perf = std::process::Command::new("perf");
+    perf.args([
+        "record", "-F", "499", "-g", "-a", "-o", output, "--", "sleep", &seconds,
+    ]);
+    let child = perf.spawn().expect("perf runs");
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
 /// The stats samples the leader keeps for node 1 now (its `history_len`).
 fn history_len(member: &ServerProcess) -> Option<u64> {
     let body = member.http_get("/v1/nodes?limit=1")?;
@@ -521,6 +534,17 @@ async fn run(plan: Plan) -> Figures {
     }
 
     // ---- 4. Failover of a node leading `victim_regions` regions ----------------------------
+    // BENCH_PERF_FAILOVER=<file>: profile the whole machine through the failover (the leader,
+    // the datanodes and etcd share the cores); the pids are printed for `perf report --pid`.
+    let failover_profiler = std::env::var("BENCH_PERF_FAILOVER").ok().map(|output| {
+        eprintln!(
+            "failover profile: leader pid {}, datanodes pid {}, etcd pid {}",
+            pid,
+            std::process::id(),
+            etcd.pid()
+        );
+        profile_machine(&output)
+    });
     let victim_set: std::collections::HashSet<u64> = victim_regions.iter().copied().collect();
     let killed_at = Instant::now();
     eprintln!("killing node 1 at unix ms {}", wall_ms());
@@ -574,6 +598,10 @@ async fn run(plan: Plan) -> Figures {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    if let Some(mut profiler) = failover_profiler {
+        // The takeover's profile must not overlap it.
+        let _ = profiler.wait();
+    }
     eprintln!("failover: {}", shares.report());
     eprintln!("by the end of the failover: {}", disconnections(&nodes));
     eprintln!(
@@ -593,15 +621,7 @@ async fn run(plan: Plan) -> Figures {
     // leader's pid is printed for `perf report --pid`.
     let _profiler = std::env::var("BENCH_PERF_TAKEOVER").ok().map(|output| {
         eprintln!("new leader: pid {}", members[survivor].pid());
-        // BENCH_PERF_SECONDS: how long (10 s by default; a takeover can take longer).
-        let seconds = std::env::var("BENCH_PERF_SECONDS").unwrap_or_else(|_| "10".into());
-        let mut perf = std::process::Command::new("perf");
-        perf.args([
-            "record", "-F", "499", "-g", "-a", "-o", &output, "--", "sleep", &seconds,
-        ]);
-        let child = perf.spawn().expect("perf runs");
-        std::thread::sleep(Duration::from_millis(300));
-        child
+        profile_machine(&output)
     });
     let killed_at = Instant::now();
     eprintln!("killing the metasrv leader at unix ms {}", wall_ms());
