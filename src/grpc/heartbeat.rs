@@ -119,14 +119,18 @@ impl Heartbeat for HeartbeatService {
         request: Request<pb::AskLeaderRequest>,
     ) -> Result<Response<pb::AskLeaderResponse>, Status> {
         let req = request.into_inner();
+        // The wait for the next leader comes before the measured part: it is the caller's
+        // choice, not the request's latency (every election would put seconds into
+        // AskLeader's histogram). A request the header check refuses does not wait.
+        let waits = !req.unreachable_leader.is_empty() && req.wait_millis > 0;
+        if waits && self.limits.check_header(req.header.as_ref()).is_ok() {
+            let wait =
+                std::time::Duration::from_millis(req.wait_millis.into()).min(MAX_ASK_LEADER_WAIT);
+            self.until_another_leader(&req.unreachable_leader, wait)
+                .await;
+        }
         instrumented(&self.metrics, "Heartbeat", "AskLeader", async {
             self.limits.check_header(req.header.as_ref())?;
-            if !req.unreachable_leader.is_empty() && req.wait_millis > 0 {
-                let wait = std::time::Duration::from_millis(req.wait_millis.into())
-                    .min(MAX_ASK_LEADER_WAIT);
-                self.until_another_leader(&req.unreachable_leader, wait)
-                    .await;
-            }
             let leader = self.leadership.leader().ok_or_else(|| {
                 Status::unavailable("no metasrv leader is elected yet; retry shortly")
             })?;

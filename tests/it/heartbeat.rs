@@ -730,6 +730,22 @@ async fn ask_leader_names_this_member_and_shutdown_closes_streams() {
         took >= Duration::from_millis(400),
         "waited for a change: {took:?}"
     );
+    // The wait is the caller's choice, not AskLeader's latency: the histogram holds no
+    // request of 400 ms.
+    let (_, metrics) = crate::harness::http_get(server.http_addr, "/metrics").await;
+    let latency_sum = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("metasrv_grpc_request_duration_seconds_sum")
+                && line.contains("method=\"AskLeader\"")
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|sum| sum.parse::<f64>().ok())
+        .expect("AskLeader's latency sum in /metrics");
+    assert!(
+        latency_sum < 0.3,
+        "three AskLeaders, one waited 400 ms, took {latency_sum} s in all: {metrics}"
+    );
 
     let node = SimDatanode::start(server.channel().await, sim(1, &[1]));
     wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(5)).await;
