@@ -351,28 +351,34 @@ pub(super) async fn read_table_records(
     while let Some(page) = scan.next_page().await? {
         page.into_iter().for_each(|kv| assembler.name(kv));
     }
-    let revision = scan.revision();
-    assembler.set_revision(revision);
-    let steps: [(&str, AddRecord); 2] = [
-        (keys::TABLE_PREFIX, CatalogAssembler::info),
+    assembler.set_revision(scan.revision());
+    let steps = [
+        (keys::TABLE_PREFIX, CatalogAssembler::info as AddRecord),
         (keys::TABLE_ROUTE_PREFIX, CatalogAssembler::route),
     ];
-    for (prefix, add) in steps {
-        assembler = feed_pages(store, prefix, revision, assembler, add).await?;
-    }
-    Ok(assembler)
+    feed_prefixes(store, assembler, steps).await
 }
 
 /// Reads every catalog and schema record at the assembler's revision.
 pub(super) async fn read_catalogs_and_schemas(
     store: &dyn KvBackend,
-    mut assembler: CatalogAssembler,
+    assembler: CatalogAssembler,
 ) -> Result<CatalogAssembler, StoreError> {
-    let revision = assembler.revision;
-    let steps: [(&str, AddRecord); 2] = [
-        (keys::CATALOG_PREFIX, CatalogAssembler::catalog),
+    let steps = [
+        (keys::CATALOG_PREFIX, CatalogAssembler::catalog as AddRecord),
         (keys::SCHEMA_PREFIX, CatalogAssembler::schema),
     ];
+    feed_prefixes(store, assembler, steps).await
+}
+
+/// Feeds every value under each prefix, in turn, to its record method, at the assembler's
+/// revision.
+async fn feed_prefixes(
+    store: &dyn KvBackend,
+    mut assembler: CatalogAssembler,
+    steps: [(&str, AddRecord); 2],
+) -> Result<CatalogAssembler, StoreError> {
+    let revision = assembler.revision;
     for (prefix, add) in steps {
         assembler = feed_pages(store, prefix, revision, assembler, add).await?;
     }
@@ -449,12 +455,10 @@ mod tests {
     fn load(entries: &[(Vec<u8>, TableEntry)]) -> (Vec<u64>, Vec<String>) {
         let mut assembler = CatalogAssembler::default();
         for (name_key, entry) in entries {
-            let id = entry.info.id;
-            assembler.name(KeyValue::new(name_key.clone(), id.to_string()));
-            let info = serde_json::to_vec(&entry.info).expect("encodes");
-            assembler.info(KeyValue::new(keys::table(id), info));
-            let route = serde_json::to_vec(&entry.route).expect("encodes");
-            assembler.route(KeyValue::new(keys::table_route(id), route));
+            let [name, info, route] = records(entry);
+            assembler.name(KeyValue::new(name_key.clone(), name.value));
+            assembler.info(info);
+            assembler.route(route);
         }
         let loaded = assembler.finish();
         let mut served: Vec<u64> = loaded

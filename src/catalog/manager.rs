@@ -369,11 +369,10 @@ impl TableManager {
         })
     }
 
-    /// Called when this member becomes leader: loads the catalog from the KV (a previous leader
-    /// may have changed it), forgets id batches of earlier terms, and creates the default
-    /// catalog and schema if missing.
-    /// Makes this member's catalog the leader's: from `standby`, its copy kept while it stood
-    /// by, if that can be handed over (see `super::standby`), else read cold from the store.
+    /// Called when this member becomes leader: takes the catalog over from `standby`, the copy
+    /// it kept while it stood by, if that can be handed over (see `super::standby`), else loads
+    /// it from the KV (a previous leader may have changed it); forgets id batches of earlier
+    /// terms, and creates the default catalog and schema if missing.
     pub async fn become_leader(&self, standby: Option<StandbyCatalog>) -> Result<(), DdlError> {
         *self.ids.lock().await = (0, 0);
         // Moves queued by an earlier term's operations are not this term's to write.
@@ -391,13 +390,12 @@ impl TableManager {
                 .ok(),
             None => None,
         };
-        let source = match handed_over {
-            Some(_) => LoadSource::Standby,
-            None => LoadSource::Store,
-        };
-        let loaded = match handed_over {
-            Some(loaded) => loaded,
-            None => super::load::load_catalog(self.store.as_ref()).await?,
+        let (loaded, source) = match handed_over {
+            Some(loaded) => (loaded, LoadSource::Standby),
+            None => (
+                super::load::load_catalog(self.store.as_ref()).await?,
+                LoadSource::Store,
+            ),
         };
         let tables = loaded.cache.tables.len();
         let installing = std::time::Instant::now();

@@ -259,14 +259,14 @@ pub fn table_of_region(region_id: u64) -> u64 {
 /// The largest table id: region ids keep the table id in their high 32 bits.
 pub const MAX_TABLE_ID: u64 = u32::MAX as u64;
 
-/// Drops followers a route should not have (node 0, the region's leader, a node named twice)
-/// and returns how many it dropped. Such a follower only ever stood for a copy that is there
-/// anyway (or nowhere), so a route an older version stored with one is repaired on load rather
-/// than refused: refusing would stop serving the whole table.
 /// More copies of a region than any table may ask for (metasrv allows 16): only a damaged
 /// record has them.
 const FEW_COPIES: usize = 64;
 
+/// Drops followers a route should not have (node 0, the region's leader, a node named twice)
+/// and returns how many it dropped. Such a follower only ever stood for a copy that is there
+/// anyway (or nowhere), so a route an older version stored with one is repaired on load rather
+/// than refused: refusing would stop serving the whole table.
 pub fn drop_bad_followers(route: &mut TableRoute) -> usize {
     let mut dropped = 0;
     for region in &mut route.regions {

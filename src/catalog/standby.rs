@@ -10,7 +10,8 @@
 //! a marker of its own under the watched prefix and takes the copy only once the marker arrives.
 //! The watch delivers a prefix's changes in revision order, and every write of an earlier leader
 //! landed before the marker (the fence guards each of them), so the copy then holds every record
-//! as of the marker's revision. Catalogs and schemas (a few keys) are read at that revision. A
+//! as of the last revision it applied, the marker's or later (etcd never splits a revision
+//! across responses). Catalogs and schemas (a few keys) are read at that revision. A
 //! copy that is still loading, broken, or slower than `patience` is not used: the leader loads
 //! cold, as it did before this existed.
 
@@ -109,7 +110,7 @@ impl StandbyCatalog {
             .map_err(|e| format!("cannot write the hand-over marker: {e}"))?;
         let assembler = match tokio::time::timeout(patience, answer).await {
             Ok(Ok(assembler)) => assembler,
-            Ok(Err(_)) => return Err("the standby copy was still loading".into()),
+            Ok(Err(_)) => return Err("the standby copy was being read (at start, or again)".into()),
             Err(_) => {
                 return Err(format!(
                     "the standby copy did not reach the marker within {patience:?}"

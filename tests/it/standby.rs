@@ -26,6 +26,27 @@ async fn fresh_route(
     Ok(cached.route.clone())
 }
 
+/// Migrates `region` through `member`'s HTTP API to the next of the three datanodes, waits
+/// for it to finish, and returns the node it moved to.
+async fn migrate_to_next_node(
+    member: &MetasrvProcess,
+    region: &metasrv::catalog::model::RegionRoute,
+) -> u64 {
+    let to = (region.leader.id % 3) + 1;
+    let (code, body) = http_request(
+        member.http_addr,
+        "POST",
+        &format!("/v1/regions/{}/migrate?to={to}&wait=true", region.region_id),
+    )
+    .await;
+    assert_eq!(
+        code, 200,
+        "migration of region {} on member {}: {body}",
+        region.region_id, member.http_addr
+    );
+    to
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_over_with_its_standby_copy_and_serves_every_change() {
     let pair = pair_with_table(&[], "standby_first").await;
@@ -56,15 +77,7 @@ async fn a_follower_takes_over_with_its_standby_copy_and_serves_every_change() {
         .into_inner();
     assert!(dropped.dropped);
     let moved = fresh_route(leader, &created[0]).await.expect("a route");
-    let region = &moved.regions[0];
-    let to = (region.leader.id % 3) + 1;
-    let (code, body) = http_request(
-        leader.http_addr,
-        "POST",
-        &format!("/v1/regions/{}/migrate?to={to}&wait=true", region.region_id),
-    )
-    .await;
-    assert_eq!(code, 200, "migration: {body}");
+    let to = migrate_to_next_node(leader, &moved.regions[0]).await;
     let moved = fresh_route(leader, &created[0]).await.expect("a route");
     assert_eq!(
         moved.regions[0].leader.id, to,
@@ -157,15 +170,7 @@ async fn a_follower_takes_over_with_its_standby_copy_and_serves_every_change() {
     meta.create_table(create_request(&cpu_table("standby_after"), 2, 1))
         .await
         .expect("DDL on the new leader");
-    let region = &before[1].regions[1];
-    let to = (region.leader.id % 3) + 1;
-    let (code, body) = http_request(
-        successor.http_addr,
-        "POST",
-        &format!("/v1/regions/{}/migrate?to={to}&wait=true", region.region_id),
-    )
-    .await;
-    assert_eq!(code, 200, "a migration on the new leader: {body}");
+    let to = migrate_to_next_node(successor, &before[1].regions[1]).await;
     let moved = fresh_route(successor, &created[0]).await.expect("a route");
     assert_eq!(moved.regions[1].leader.id, to);
 }
