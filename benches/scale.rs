@@ -58,13 +58,23 @@ struct Plan {
 }
 
 /// Starts `perf record` of the whole machine into `output` for `BENCH_PERF_SECONDS` (10 by
-/// default), and gives it 300 ms to start.
-fn profile_machine(output: &str) -> std::process::Child {
+/// default), and gives it 300 ms to start. With `BENCH_PERF_DWARF` set, it records `process`
+/// alone with DWARF call graphs instead: the frame-pointer stacks of `-g` lose the callers of
+/// `memmove` and of most of the standard library.
+fn profile_machine(output: &str, process: u32) -> std::process::Child {
     let seconds = std::env::var("BENCH_PERF_SECONDS").unwrap_or_else(|_| "10".into());
     let mut perf = std::process::Command::new("perf");
-    perf.args([
-        "record", "-F", "499", "-g", "-a", "-o", output, "--", "sleep", &seconds,
-    ]);
+    if std::env::var_os("BENCH_PERF_DWARF").is_some() {
+        let pid = process.to_string();
+        perf.args([
+            "record", "-F", "199", "--call-graph", "dwarf", "-p", &pid, "-o", output, "--",
+            "sleep", &seconds,
+        ]);
+    } else {
+        perf.args([
+            "record", "-F", "499", "-g", "-a", "-o", output, "--", "sleep", &seconds,
+        ]);
+    }
     let child = perf.spawn().expect("perf runs");
     std::thread::sleep(Duration::from_millis(300));
     child
@@ -543,7 +553,7 @@ async fn run(plan: Plan) -> Figures {
             std::process::id(),
             etcd.pid()
         );
-        profile_machine(&output)
+        profile_machine(&output, pid)
     });
     let victim_set: std::collections::HashSet<u64> = victim_regions.iter().copied().collect();
     let killed_at = Instant::now();
@@ -621,7 +631,7 @@ async fn run(plan: Plan) -> Figures {
     // leader's pid is printed for `perf report --pid`.
     let _profiler = std::env::var("BENCH_PERF_TAKEOVER").ok().map(|output| {
         eprintln!("new leader: pid {}", members[survivor].pid());
-        profile_machine(&output)
+        profile_machine(&output, members[survivor].pid())
     });
     let killed_at = Instant::now();
     eprintln!("killing the metasrv leader at unix ms {}", wall_ms());

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub quarantined_records: IntGauge,
     /// Regions whose stats history the leader keeps (routed regions only).
     pub region_histories: IntGauge,
+    /// How long the last report ClusterView took had waited for it, in milliseconds.
+    pub cluster_view_lag_ms: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -174,8 +176,13 @@ impl Metrics {
             "metasrv_region_histories",
             "Regions whose stats history the leader keeps (routed regions only)",
         );
+        let cluster_view_lag_ms = gauge(
+            "metasrv_cluster_view_lag_milliseconds",
+            "How long the last heartbeat report the cluster view took had waited in its mailbox",
+        );
         Self {
             region_histories,
+            cluster_view_lag_ms,
             quarantined_records,
             region_failovers,
             region_failover_seconds,

@@ -414,7 +414,12 @@ pub struct ClusterView {
     reconnections: Reconnections,
     /// How far behind the reports it has taken are: liveness is judged as of them.
     backlog: Backlog,
+    /// When the log last said the view was behind.
+    last_lag_warning: Option<Instant>,
 }
+
+/// A report that waited this long in the mailbox is worth a line in the log.
+const LAG_WORTH_A_WARNING: Duration = Duration::from_millis(250);
 
 impl ClusterView {
     pub fn new(
@@ -439,6 +444,7 @@ impl ClusterView {
             cordoned: HashMap::new(),
             reconnections: Reconnections::default(),
             backlog: Backlog::default(),
+            last_lag_warning: None,
         }
     }
 
@@ -451,6 +457,23 @@ impl ClusterView {
         self.subscribers.retain(|s| s.connected());
         for subscriber in &self.subscribers {
             subscriber.do_send(event.clone());
+        }
+    }
+
+    /// Publishes how long a report waited in the mailbox, and says so in the log (once a second
+    /// at most) when it waited long enough to slow liveness and instructions down.
+    fn note_lag(&mut self, lag: Duration, now: Instant) {
+        self.metrics.cluster_view_lag_ms.set(lag.as_millis() as i64);
+        if lag >= LAG_WORTH_A_WARNING
+            && self
+                .last_lag_warning
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+        {
+            self.last_lag_warning = Some(now);
+            tracing::warn!(
+                lag_ms = lag.as_millis() as u64,
+                "the cluster view is behind the heartbeats"
+            );
         }
     }
 
@@ -704,7 +727,9 @@ impl Handler<StatsReported> for ClusterView {
             received_at,
         } = msg;
         let now_ms = self.ms_since_epoch(received_at);
-        self.backlog.taken(received_at, Instant::now());
+        let taken_at = Instant::now();
+        self.backlog.taken(received_at, taken_at);
+        self.note_lag(taken_at.saturating_duration_since(received_at), taken_at);
         let at_unix_ms = unix_ms();
         let Some(node) = self.nodes.get_mut(&heartbeat.node_id) else {
             return;
