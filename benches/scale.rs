@@ -67,8 +67,18 @@ fn profile_machine(output: &str, process: u32) -> std::process::Child {
     if std::env::var_os("BENCH_PERF_DWARF").is_some() {
         let pid = process.to_string();
         perf.args([
-            "record", "-F", "199", "--call-graph", "dwarf", "-p", &pid, "-o", output, "--",
-            "sleep", &seconds,
+            "record",
+            "-F",
+            "199",
+            "--call-graph",
+            "dwarf",
+            "-p",
+            &pid,
+            "-o",
+            output,
+            "--",
+            "sleep",
+            &seconds,
         ]);
     } else {
         perf.args([

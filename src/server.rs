@@ -185,10 +185,12 @@ impl Metasrv {
             ownership.clone(),
             metrics.clone(),
         );
+        let mailbox = view.mailbox();
         let cluster_view = ClusterView::start_in_arbiter(actors.singletons(), move |_| view);
         let maintenance = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scheduler = {
             let view = cluster_view.clone();
+            let mailbox = mailbox.clone();
             let selector = config.selector;
             let leadership = leadership.clone();
             let failover = FailoverConfig {
@@ -206,6 +208,7 @@ impl Metasrv {
             Scheduler::start_in_arbiter(actors.singletons(), move |_| {
                 Scheduler::new(
                     view,
+                    mailbox,
                     selector,
                     leadership,
                     failover,
@@ -304,6 +307,7 @@ impl Metasrv {
             ownership,
             tables: tables.clone(),
             cluster_view: cluster_view.clone(),
+            mailbox: mailbox.clone(),
             metrics: metrics.clone(),
             leadership: leadership.clone(),
         };

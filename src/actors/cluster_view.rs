@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
-use crate::actors::heartbeat_session::{CloseSession, DeliverInstruction};
+use crate::actors::heartbeat_session::CloseSession;
 use crate::catalog::model::Peer;
 use crate::catalog::ownership::RegionOwnership;
 use crate::failure_detector::{FailureDetectorConfig, PhiAccrualDetector};
@@ -297,16 +296,17 @@ pub struct ClusterViewConfig {
 mod backlog;
 mod instruction;
 mod load;
+pub mod mailbox;
 mod queries;
 mod reconnection;
 mod registry;
 
 use crate::cns::snapshot::{Best, RegionBrief, CANDIDATES_PER_NODE};
 use backlog::Backlog;
-use instruction::Deadlines;
 pub use instruction::{Instruction, MailboxError, SessionHandle};
 use load::{LeaderLoads, NodeHistory};
 pub use load::{NodeSample, RegionLoad};
+pub use mailbox::Mailbox;
 use reconnection::Reconnections;
 use registry::Registration;
 pub use registry::{
@@ -374,20 +374,6 @@ impl NodeEntry {
     }
 }
 
-struct PendingInstruction {
-    node_id: u64,
-    /// An OpenRegion as leader: the node may hold a first write lease from it (even if its
-    /// answer never comes), which a failover of the node must wait out.
-    opens_leader: bool,
-    /// The stream it was written to: if that stream ends, no answer can come (a datanode
-    /// answers on the stream it is on, and requests of a broken stream are lost).
-    session_id: u64,
-    kind: &'static str,
-    /// How long the node had to answer (for the timeout's message).
-    timeout: Duration,
-    reply: oneshot::Sender<Result<InstructionOutcome, MailboxError>>,
-}
-
 pub struct ClusterView {
     config: ClusterViewConfig,
     store: Arc<dyn KvBackend>,
@@ -400,13 +386,9 @@ pub struct ClusterView {
     /// Entries in every node's [`LeaderLoads`] (the `region_histories` gauge).
     region_loads: usize,
     subscribers: Vec<Recipient<NodeEvent>>,
-    pending: IdMap<PendingInstruction>,
-    /// When each pending instruction times out (swept every tenth of an interval).
-    deadlines: Deadlines,
-    /// The low 32 bits of the next instruction id; the high 32 are the term's epoch.
-    next_instruction_id: u64,
-    /// The high 32 bits of this term's instruction ids (see [`ResetView`]).
-    id_epoch: u64,
+    /// The instructions in flight (shared with the sessions and the operations); its
+    /// timeouts are swept here every tenth of an interval.
+    mailbox: Arc<Mailbox>,
     /// Cordoned nodes (why): never candidates for new regions. Persisted by whoever cordons
     /// (a drain, an operator) and seeded again at the start of every term.
     cordoned: HashMap<u64, String>,
@@ -429,6 +411,7 @@ impl ClusterView {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            mailbox: Arc::new(Mailbox::new(ownership.clone(), metrics.clone())),
             config,
             store,
             ownership,
@@ -437,10 +420,6 @@ impl ClusterView {
             nodes: IdMap::default(),
             region_loads: 0,
             subscribers: Vec::new(),
-            pending: IdMap::default(),
-            deadlines: Deadlines::default(),
-            next_instruction_id: 1,
-            id_epoch: 0,
             cordoned: HashMap::new(),
             reconnections: Reconnections::default(),
             backlog: Backlog::default(),
@@ -477,44 +456,9 @@ impl ClusterView {
         }
     }
 
-    /// Fails the instructions whose node did not answer in time.
-    fn expire_instructions(&mut self, now: Instant) {
-        for id in self.deadlines.take_due(now) {
-            // Answered ones left the pending map already.
-            let Some(pending) = self.pending.get(&id) else {
-                continue;
-            };
-            let (node_id, kind, timeout) = (pending.node_id, pending.kind, pending.timeout);
-            tracing::warn!(
-                node_id,
-                instruction_id = id,
-                kind,
-                ?timeout,
-                "instruction timed out"
-            );
-            let error = MailboxError::Timeout {
-                node_id,
-                instruction_id: id,
-                timeout,
-            };
-            self.fail_pending(id, "timeout", error, now);
-        }
-    }
-
-    /// Ends pending instruction `id` with `error` (counted under `outcome`). A lease-granting
-    /// one may still have given a lease: it counts as resolved now (waits only lengthen).
-    fn fail_pending(&mut self, id: u64, outcome: &str, error: MailboxError, now: Instant) {
-        let Some(pending) = self.pending.remove(&id) else {
-            return;
-        };
-        if pending.opens_leader {
-            self.ownership.lead_grant_resolved(pending.node_id, id, now);
-        }
-        self.metrics
-            .instructions
-            .with_label_values(&[pending.kind, outcome])
-            .inc();
-        let _ = pending.reply.send(Err(error));
+    /// The instructions in flight, for the sessions and the operations to share.
+    pub fn mailbox(&self) -> Arc<Mailbox> {
+        self.mailbox.clone()
     }
 
     /// Re-evaluates phi of every node that is not already dead.
@@ -607,27 +551,6 @@ impl ClusterView {
         }
         self.metrics.region_histories.set(self.region_loads as i64);
     }
-
-    /// Fails at once the instructions written to a stream that ended: their answers cannot
-    /// come, and waiting out their timeout would only delay the caller (a create, a failover).
-    fn fail_instructions_of_session(&mut self, node_id: u64, session_id: u64) {
-        let lost: Vec<(u64, &'static str)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.node_id == node_id && p.session_id == session_id)
-            .map(|(id, p)| (*id, p.kind))
-            .collect();
-        for (id, kind) in lost {
-            tracing::info!(
-                node_id,
-                instruction_id = id,
-                kind,
-                "instruction lost with its stream"
-            );
-            let error = MailboxError::StreamEnded(node_id);
-            self.fail_pending(id, "stream_ended", error, Instant::now());
-        }
-    }
 }
 
 impl Actor for ClusterView {
@@ -637,7 +560,7 @@ impl Actor for ClusterView {
         // Check often enough that detection lags phi by at most a tenth of an interval.
         let period = (self.config.heartbeat_interval / 10).max(Duration::from_millis(10));
         ctx.run_interval(period, |view, _| view.check_liveness());
-        ctx.run_interval(period, |view, _| view.expire_instructions(Instant::now()));
+        ctx.run_interval(period, |view, _| view.mailbox.expire(Instant::now()));
         ctx.run_interval(PRUNE_PERIOD, |view, _| {
             view.ownership.forget_old_grants(Instant::now());
             view.prune_loads();
@@ -655,7 +578,8 @@ impl Handler<SessionOpened> for ClusterView {
             instance_id,
             session,
         } = msg;
-        let mut lost_session = None;
+        // Instructions go to the newest stream; those written to the one it replaces fail.
+        self.mailbox.set_session(node_id, Some(session.clone()));
         let changed = match self.nodes.get_mut(&node_id) {
             Some(node) => {
                 if std::mem::take(&mut node.awaiting_first_contact) {
@@ -674,7 +598,6 @@ impl Handler<SessionOpened> for ClusterView {
                                 "replaced by a newer heartbeat stream of the same node",
                             ),
                         });
-                        lost_session = Some(old.session_id);
                     }
                 }
                 let changed = node.addr != addr || node.instance_id != instance_id;
@@ -706,9 +629,6 @@ impl Handler<SessionOpened> for ClusterView {
                 true
             }
         };
-        if let Some(old_session) = lost_session {
-            self.fail_instructions_of_session(node_id, old_session);
-        }
         if changed {
             self.persist_registration(node_id, &addr, &instance_id);
         }
@@ -754,46 +674,7 @@ impl Handler<StatsReported> for ClusterView {
         let recovered = node.status != NodeStatus::Alive;
         node.status = NodeStatus::Alive;
         let node_id = heartbeat.node_id;
-        // Results first: a create waits on them, the stats bookkeeping can follow.
-        for outcome in heartbeat.results {
-            match self.pending.remove(&outcome.instruction_id) {
-                Some(pending) if pending.node_id == node_id => {
-                    if pending.opens_leader {
-                        self.ownership.lead_grant_resolved(
-                            node_id,
-                            outcome.instruction_id,
-                            received_at,
-                        );
-                    }
-                    let label = if outcome.success {
-                        "success"
-                    } else {
-                        "failure"
-                    };
-                    self.metrics
-                        .instructions
-                        .with_label_values(&[pending.kind, label])
-                        .inc();
-                    let _ = pending.reply.send(Ok(outcome));
-                }
-                Some(pending) => {
-                    // Another node answered for this id: keep waiting for the right one.
-                    tracing::warn!(
-                        node_id,
-                        instruction_id = outcome.instruction_id,
-                        "result from the wrong node ignored"
-                    );
-                    self.pending.insert(outcome.instruction_id, pending);
-                }
-                None => {
-                    tracing::debug!(
-                        node_id,
-                        instruction_id = outcome.instruction_id,
-                        "result for an unknown or expired instruction"
-                    );
-                }
-            }
-        }
+        // Instruction results were resolved by the session, through the mailbox.
         if let Some(report) = heartbeat.report {
             // A node's leader regions keep their load with the node (`LeaderLoads`): folding a
             // report in walks it in step with the report. Only a region the node did not lead
@@ -879,7 +760,7 @@ impl Handler<SessionClosed> for ClusterView {
                 node.session = None;
             }
         }
-        self.fail_instructions_of_session(msg.node_id, msg.session_id);
+        self.mailbox.stream_ended(msg.node_id, msg.session_id);
     }
 }
 
@@ -892,58 +773,7 @@ impl Handler<SendInstruction> for ClusterView {
             instruction,
             timeout,
         } = msg;
-        let session = self.nodes.get(&node_id).and_then(|n| n.session.clone());
-        let Some(session) = session else {
-            self.metrics
-                .instructions
-                .with_label_values(&[instruction.kind(), "not_connected"])
-                .inc();
-            return Box::pin(async move { Err(MailboxError::NodeNotConnected(node_id)) });
-        };
-        let id = (self.id_epoch << 32) | (self.next_instruction_id & 0xffff_ffff);
-        self.next_instruction_id = (self.next_instruction_id + 1) & 0xffff_ffff;
-        if self.next_instruction_id == 0 {
-            self.next_instruction_id = 1;
-        }
-        let (reply, answer) = oneshot::channel();
-        let kind = instruction.kind();
-        // Both start a first write lease on the node, counted from its receipt.
-        let opens_leader = match &instruction {
-            Instruction::OpenRegion {
-                region_id,
-                role: RegionRole::Leader,
-                ..
-            }
-            | Instruction::UpgradeRegion { region_id, .. } => {
-                self.ownership.lead_grant_sent(node_id, id, *region_id);
-                true
-            }
-            _ => false,
-        };
-        self.pending.insert(
-            id,
-            PendingInstruction {
-                node_id,
-                opens_leader,
-                session_id: session.session_id,
-                kind,
-                timeout,
-                reply,
-            },
-        );
-        // A timeout too long to add (a misconfiguration) never fires; the stream's end or a
-        // new term still ends the instruction.
-        if let Some(deadline) = Instant::now().checked_add(timeout) {
-            self.deadlines.push(deadline, id);
-        }
-        let pending = &self.pending;
-        self.deadlines
-            .compact(pending.len(), |id| pending.contains_key(&id));
-        tracing::debug!(node_id, instruction_id = id, kind, "instruction sent");
-        session.deliver.do_send(DeliverInstruction {
-            instruction: instruction.to_pb(id),
-        });
-        Box::pin(async move { answer.await.unwrap_or(Err(MailboxError::Closed(node_id))) })
+        Box::pin(self.mailbox.send(node_id, instruction, timeout))
     }
 }
 
@@ -970,13 +800,8 @@ impl Handler<ResetView> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: ResetView, _ctx: &mut Self::Context) {
-        self.id_epoch = if msg.term == 0 {
-            0
-        } else {
-            // Non-zero, so no id of a term is ever 0 in its high half.
-            u64::from((uuid::Uuid::new_v4().as_u128() as u32).max(1))
-        };
-        self.next_instruction_id = 1;
+        // Every instruction in flight ends; this term's ids get a new epoch.
+        self.mailbox.reset(msg.term);
         for node in self.nodes.values_mut() {
             if let Some(session) = node.session.take() {
                 session.close.do_send(CloseSession {
@@ -999,15 +824,6 @@ impl Handler<ResetView> for ClusterView {
             .map(|cordon| (cordon.node_id, cordon.reason))
             .collect();
         self.seed_nodes(msg.registered);
-        // Dropping the pending replies tells their callers the mailbox closed. A lease-granting
-        // one may still have given a lease: it counts as resolved now (waits only lengthen).
-        self.deadlines.clear();
-        for (id, pending) in self.pending.drain() {
-            if pending.opens_leader {
-                self.ownership
-                    .lead_grant_resolved(pending.node_id, id, Instant::now());
-            }
-        }
         self.update_status_gauges();
     }
 }
@@ -1058,8 +874,9 @@ impl Handler<CloseAllSessions> for ClusterView {
     type Result = ();
 
     fn handle(&mut self, msg: CloseAllSessions, _ctx: &mut Self::Context) {
-        for node in self.nodes.values_mut() {
+        for (node_id, node) in self.nodes.iter_mut() {
             if let Some(session) = node.session.take() {
+                self.mailbox.set_session(*node_id, None);
                 session.close.do_send(CloseSession {
                     status: msg.status.clone(),
                 });

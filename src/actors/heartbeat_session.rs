@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::actors::cluster_view::{
-    ClusterView, Instruction, SendInstruction, SessionClosed, SessionHandle, SessionOpened,
-    StatsReported,
+    ClusterView, Instruction, Mailbox, SessionClosed, SessionHandle, SessionOpened, StatsReported,
 };
 use crate::catalog::model::table_of_region;
 use crate::catalog::ownership::{RegionOwnership, RoleMismatches};
@@ -73,6 +72,8 @@ pub struct SessionContext {
     /// To name the table of a region the node must open again.
     pub tables: Arc<TableManager>,
     pub cluster_view: Addr<ClusterView>,
+    /// The instructions in flight: results are resolved here, as they are read.
+    pub mailbox: Arc<Mailbox>,
     pub metrics: Arc<Metrics>,
     pub leadership: Arc<Leadership>,
 }
@@ -84,6 +85,11 @@ pub struct HeartbeatSession {
     region_lease_millis: u64,
     ownership: Arc<RegionOwnership>,
     cluster_view: Addr<ClusterView>,
+    mailbox: Arc<Mailbox>,
+    /// A report was handed to ClusterView and not taken yet.
+    report_in_flight: bool,
+    /// The newest report that came meanwhile (it replaces an older one: see `forward`).
+    next_report: Option<StatsReported>,
     outbound: Outbound,
     metrics: Arc<Metrics>,
     /// Set by the first valid heartbeat; the stream may not change it later.
@@ -110,6 +116,24 @@ pub struct HeartbeatSession {
 }
 
 impl HeartbeatSession {
+    /// Instructs this stream's node: registered in the mailbox as written to this stream and
+    /// queued here, without a round through ClusterView (which may not have taken this stream
+    /// as the node's yet). Written at the next flush; nobody waits for the result.
+    fn instruct_node(&mut self, node_id: u64, instruction: Instruction) {
+        if self.queued.len() >= MAX_QUEUED_INSTRUCTIONS {
+            // Bounded like the instructions of others (see DeliverInstruction): the stream
+            // closes at the next delivery; until then these are not sent.
+            return;
+        }
+        let (id, _answer) = self.mailbox.register(
+            node_id,
+            self.session_id,
+            &instruction,
+            self.instruction_timeout,
+        );
+        self.queued.push_back(instruction.to_pb(id));
+    }
+
     /// Regions the node has reported for longer than the grace while no route named them and
     /// no move targeted them (what a refused or failed create opened, also on a node that was
     /// away when it was refused; a drop the node missed): it is told to close them, once.
@@ -133,11 +157,7 @@ impl HeartbeatSession {
                 "closing an orphan region: no route has named it for {:?}",
                 self.orphan_region_grace
             );
-            self.cluster_view.do_send(SendInstruction {
-                node_id,
-                instruction: Instruction::CloseRegion { region_id },
-                timeout: self.instruction_timeout,
-            });
+            self.instruct_node(node_id, Instruction::CloseRegion { region_id });
         }
     }
 
@@ -191,11 +211,7 @@ impl HeartbeatSession {
                 ?routed_role,
                 "the node reports another role than the routes give it: reconciling"
             );
-            self.cluster_view.do_send(SendInstruction {
-                node_id,
-                instruction,
-                timeout: self.instruction_timeout,
-            });
+            self.instruct_node(node_id, instruction);
         }
     }
 
@@ -219,6 +235,9 @@ impl HeartbeatSession {
                 region_lease_millis: context.region_lease_millis,
                 ownership: context.ownership,
                 cluster_view: context.cluster_view,
+                mailbox: context.mailbox,
+                report_in_flight: false,
+                next_report: None,
                 outbound,
                 metrics: context.metrics,
                 node_id: None,
@@ -309,7 +328,6 @@ impl HeartbeatSession {
             Ok(heartbeat) => heartbeat,
             Err(reason) => return self.refuse(reason, ctx),
         };
-        let opening = self.node_id.is_none();
         match self.node_id {
             None => {
                 self.node_id = Some(heartbeat.node_id);
@@ -337,7 +355,7 @@ impl HeartbeatSession {
         }
         if in_doubt {
             // Stats still count (liveness), but nothing is granted or scheduled.
-            return self.acknowledge(heartbeat, received_at, None, "in_doubt", opening, ctx);
+            return self.acknowledge(heartbeat, received_at, None, "in_doubt", ctx);
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
@@ -362,11 +380,7 @@ impl HeartbeatSession {
                         region_id,
                         "closing a region the node no longer owns"
                     );
-                    self.cluster_view.do_send(SendInstruction {
-                        node_id: heartbeat.node_id,
-                        instruction: Instruction::CloseRegion { region_id },
-                        timeout: self.instruction_timeout,
-                    });
+                    self.instruct_node(heartbeat.node_id, Instruction::CloseRegion { region_id });
                 }
             }
             pb::RegionLease {
@@ -375,44 +389,35 @@ impl HeartbeatSession {
                 duration_millis: self.region_lease_millis,
             }
         });
-        self.acknowledge(heartbeat, received_at, region_lease, "ok", opening, ctx);
+        self.acknowledge(heartbeat, received_at, region_lease, "ok", ctx);
     }
 
     /// Forwards the stats and answers the request with `region_lease` (None: no grant).
-    /// `opening`: the stream's first request.
     fn acknowledge(
         &mut self,
         heartbeat: stats::Heartbeat,
         received_at: Instant,
         region_lease: Option<pb::RegionLease>,
         outcome: &str,
-        opening: bool,
         ctx: &mut Context<Self>,
     ) {
-        let reported = StatsReported {
-            session_id: self.session_id,
-            heartbeat,
+        let mut heartbeat = heartbeat;
+        // Results first, and here: a create or a failover waits on them, and they must not
+        // queue behind 10,000 nodes' reports in ClusterView's mailbox.
+        self.mailbox.resolve(
+            heartbeat.node_id,
+            self.session_id,
+            std::mem::take(&mut heartbeat.results),
             received_at,
-        };
-        if opening {
-            // The stream's first request (a greeting, after a reconnection) does not hold the
-            // next: the full report that follows it is granted without queueing behind
-            // ClusterView's mailbox, which 10,000 streams fill at once after a takeover. A
-            // session still has at most three messages there (SessionOpened, this one and the
-            // next request's).
-            self.cluster_view.do_send(reported);
-        } else {
-            // Backpressure: this stream's next request is read only once ClusterView has taken
-            // this one. A client that sends faster than ClusterView absorbs is slowed down by
-            // its own stream's flow control instead of growing ClusterView's mailbox without
-            // bound.
-            ctx.wait(
-                self.cluster_view
-                    .send(reported)
-                    .into_actor(self)
-                    .map(|_, _, _| ()),
-            );
-        }
+        );
+        self.forward(
+            StatsReported {
+                session_id: self.session_id,
+                heartbeat,
+                received_at,
+            },
+            ctx,
+        );
         let response = pb::HeartbeatResponse {
             header: self.header(),
             instructions: Vec::new(),
@@ -420,6 +425,8 @@ impl HeartbeatSession {
             region_lease,
         };
         self.send_ack(response, ctx);
+        // Instructions this request gave rise to (instruct_node) follow the acknowledgement.
+        self.flush(ctx);
         self.metrics.heartbeats.with_label_values(&[outcome]).inc();
         self.metrics
             .heartbeat_handle_seconds
@@ -428,6 +435,39 @@ impl HeartbeatSession {
 }
 
 impl HeartbeatSession {
+    /// Hands `reported` to ClusterView, one at a time: while one waits in its mailbox, the
+    /// newest that came meanwhile waits here and replaces an older one (a report is the node's
+    /// state as of then; the newest says everything the dropped one said about liveness and
+    /// load). A results-only request does not replace a report (its results were resolved
+    /// already). So a stream has at most one message in ClusterView's mailbox and one here,
+    /// and, unlike waiting for ClusterView before reading the next request, a backlog there
+    /// never delays this stream's acknowledgements and results: with 10,000 nodes on a
+    /// saturated machine that wait ran past the nodes' acknowledgement timeouts, and they
+    /// dropped their streams in the middle of a failover.
+    fn forward(&mut self, reported: StatsReported, ctx: &mut Context<Self>) {
+        if self.report_in_flight {
+            let keep_waiting = self.next_report.as_ref().is_some_and(|waiting| {
+                waiting.heartbeat.report.is_some() && reported.heartbeat.report.is_none()
+            });
+            if !keep_waiting {
+                self.next_report = Some(reported);
+            }
+            return;
+        }
+        self.report_in_flight = true;
+        ctx.spawn(
+            self.cluster_view
+                .send(reported)
+                .into_actor(self)
+                .map(|_, session, ctx| {
+                    session.report_in_flight = false;
+                    if let Some(next) = session.next_report.take() {
+                        session.forward(next, ctx);
+                    }
+                }),
+        );
+    }
+
     /// Regions the routes give the node that it does not report (it restarted, or lost them):
     /// it is asked once per stream to open them again, in the routed role. Reported regions
     /// leave the asked set, so a region lost again later is asked for again.
@@ -448,16 +488,15 @@ impl HeartbeatSession {
                 ?role,
                 "asking a node to open a routed region it does not report"
             );
-            self.cluster_view.do_send(SendInstruction {
+            self.instruct_node(
                 node_id,
-                instruction: Instruction::OpenRegion {
+                Instruction::OpenRegion {
                     region_id,
                     table: (&entry.info.name).into(),
                     role,
                     lease_millis: self.region_lease_millis,
                 },
-                timeout: self.instruction_timeout,
-            });
+            );
         }
     }
 }

@@ -27,7 +27,8 @@ use tokio::sync::{watch, Semaphore};
 use actix::prelude::*;
 
 use crate::actors::cluster_view::{
-    ClusterView, ListCandidates, ListDeadNodes, NodeEvent, RegisteredNode, SeedNodes, Subscribe,
+    ClusterView, ListCandidates, ListDeadNodes, Mailbox, NodeEvent, RegisteredNode, SeedNodes,
+    Subscribe,
 };
 use crate::catalog::TableManager;
 use crate::election::{Leadership, LeadershipState};
@@ -137,6 +138,8 @@ pub enum SchedulerError {
 
 pub struct Scheduler {
     cluster_view: Addr<ClusterView>,
+    /// Where the operations' instructions go.
+    mailbox: Arc<Mailbox>,
     selector: Selector,
     leadership: Arc<Leadership>,
     failover: FailoverConfig,
@@ -216,6 +219,7 @@ impl<T> Drop for OnRuntime<T> {
 impl Scheduler {
     pub fn new(
         cluster_view: Addr<ClusterView>,
+        mailbox: Arc<Mailbox>,
         selector: SelectorKind,
         leadership: Arc<Leadership>,
         failover: FailoverConfig,
@@ -226,6 +230,7 @@ impl Scheduler {
         let permits = Arc::new(Semaphore::new(failover.max_concurrent.max(1)));
         Self {
             cluster_view,
+            mailbox,
             selector: Selector::new(selector),
             leadership,
             failover,
@@ -255,6 +260,7 @@ impl Scheduler {
             metrics: self.metrics.clone(),
             tables: self.tables.clone()?,
             cluster_view: self.cluster_view.clone(),
+            mailbox: self.mailbox.clone(),
             procedures: self.procedures.clone(),
             permits: self.permits.clone(),
             config: self.failover.clone(),

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use super::OperationContext;
 use crate::actors::cluster_view::{GetReplicaReport, Instruction, ListCandidates};
 use crate::catalog::manager::{LeaderMove, TableEntry};
-use crate::catalog::DdlError;
 use crate::catalog::model::{Peer, RegionRoute};
+use crate::catalog::DdlError;
 use crate::planner::{plan_region_moves, RegionMove};
 use crate::procedure::{Procedure, ProcedureState};
 use crate::stats::RegionRole;
@@ -243,8 +243,8 @@ async fn move_batch(f: &OperationContext, dead: u64, batch: Vec<PlannedMove>) ->
     let mut writes = 0;
     let mut last_confirmed = None;
     loop {
-        let collected = instructing.is_empty()
-            || write_at.is_some_and(|at| at <= tokio::time::Instant::now());
+        let collected =
+            instructing.is_empty() || write_at.is_some_and(|at| at <= tokio::time::Instant::now());
         if !confirmed.is_empty() && collected {
             writes += 1;
             writing.push(finish_moves(f, dead, std::mem::take(&mut confirmed)));

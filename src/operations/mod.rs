@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use tokio::sync::{watch, Semaphore};
 
-use crate::actors::cluster_view::{ClusterView, GetLeaseExpiry, Instruction, SendInstruction};
+use crate::actors::cluster_view::{ClusterView, GetLeaseExpiry, Instruction, Mailbox};
 use crate::actors::scheduler::FailoverConfig;
 use crate::catalog::TableManager;
 use crate::metrics::Metrics;
@@ -32,6 +32,8 @@ pub struct OperationContext {
     pub metrics: Arc<Metrics>,
     pub tables: Arc<TableManager>,
     pub cluster_view: Addr<ClusterView>,
+    /// Where instructions go (straight to the nodes' streams, not through ClusterView).
+    pub mailbox: Arc<Mailbox>,
     pub procedures: ProcedureStore,
     /// Bounds the regions moved at once, across every operation.
     pub permits: Arc<Semaphore>,
@@ -44,32 +46,26 @@ impl OperationContext {
     pub async fn instruct(&self, node_id: u64, instruction: Instruction) -> Result<(), String> {
         let kind = instruction.kind();
         match self
-            .cluster_view
-            .send(SendInstruction {
-                node_id,
-                instruction,
-                timeout: self.config.instruction_timeout,
-            })
+            .mailbox
+            .send(node_id, instruction, self.config.instruction_timeout)
             .await
         {
-            Ok(Ok(result)) if result.success => Ok(()),
-            Ok(Ok(result)) => Err(format!(
+            Ok(result) if result.success => Ok(()),
+            Ok(result) => Err(format!(
                 "node {node_id} refused {kind}: {}",
                 result.error.unwrap_or_default()
             )),
-            Ok(Err(e)) => Err(format!("{kind}: {e}")),
-            Err(e) => Err(format!("{kind}: the cluster view is unavailable: {e}")),
+            Err(e) => Err(format!("{kind}: {e}")),
         }
     }
 
     /// Sends `instruction` without waiting for its result (an undo or a clean-up whose failure
     /// leaves nothing unsafe: the session closes stale regions anyway).
     pub fn instruct_in_background(&self, node_id: u64, instruction: Instruction) {
-        self.cluster_view.do_send(SendInstruction {
-            node_id,
-            instruction,
-            timeout: self.config.instruction_timeout,
-        });
+        // On its way once sent; nobody waits for the answer.
+        let _answer = self
+            .mailbox
+            .send(node_id, instruction, self.config.instruction_timeout);
     }
 
     /// Opens `region_id` of `table` on `to` as a follower, marked as moving there (so that its
