@@ -446,10 +446,11 @@ impl HeartbeatSession {
     /// dropped their streams in the middle of a failover.
     fn forward(&mut self, reported: StatsReported, ctx: &mut Context<Self>) {
         if self.report_in_flight {
-            let keep_waiting = self.next_report.as_ref().is_some_and(|waiting| {
-                waiting.heartbeat.report.is_some() && reported.heartbeat.report.is_none()
-            });
-            if !keep_waiting {
+            let waiting_is_report = self
+                .next_report
+                .as_ref()
+                .map(|waiting| waiting.heartbeat.report.is_some());
+            if replaces_waiting(waiting_is_report, reported.heartbeat.report.is_some()) {
                 self.next_report = Some(reported);
             }
             return;
@@ -609,11 +610,37 @@ impl HeartbeatSession {
     }
 }
 
+/// Whether a request's stats (a report, or results only: `incoming_is_report`) take the place
+/// of those waiting to go to ClusterView (`None`: nothing waits). The newest wins, except that
+/// results alone never displace a report: their results were resolved already, and the report
+/// says all the results-only request would (the node was alive then) and its stats too.
+fn replaces_waiting(waiting_is_report: Option<bool>, incoming_is_report: bool) -> bool {
+    incoming_is_report || waiting_is_report != Some(true)
+}
+
 impl Handler<CloseSession> for HeartbeatSession {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
         let _ = self.outbound.try_send(Box::new(Err(msg.status)));
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replaces_waiting;
+
+    #[test]
+    fn the_newest_report_waits_and_results_alone_never_displace_one() {
+        // Nothing waits: whatever comes waits.
+        assert!(replaces_waiting(None, true));
+        assert!(replaces_waiting(None, false));
+        // A newer report replaces an older report or a results-only request.
+        assert!(replaces_waiting(Some(true), true));
+        assert!(replaces_waiting(Some(false), true));
+        // Results alone replace results alone, never a report.
+        assert!(replaces_waiting(Some(false), false));
+        assert!(!replaces_waiting(Some(true), false));
     }
 }

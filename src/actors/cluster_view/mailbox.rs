@@ -359,3 +359,86 @@ impl Mailbox {
         let _ = pending.reply.send(Err(error));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox() -> Mailbox {
+        Mailbox::new(
+            Arc::new(RegionOwnership::new(Duration::from_secs(10))),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn upgrade(region_id: u64) -> Instruction {
+        Instruction::UpgradeRegion {
+            region_id,
+            lease_millis: 3000,
+        }
+    }
+
+    fn outcome(instruction_id: u64) -> InstructionOutcome {
+        InstructionOutcome {
+            instruction_id,
+            success: true,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_counts_only_from_the_stream_its_instruction_was_written_to() {
+        let mailbox = mailbox();
+        let (id, answer) = mailbox.register(7, 1, &upgrade(70), Duration::from_secs(5));
+        assert!(mailbox.ownership.has_pending_lead_grant(7));
+        // Another stream of the node, and another node on the same stream number: ignored.
+        mailbox.resolve(7, 2, vec![outcome(id)], Instant::now());
+        mailbox.resolve(8, 1, vec![outcome(id)], Instant::now());
+        assert!(mailbox.ownership.has_pending_lead_grant(7));
+        mailbox.resolve(7, 1, vec![outcome(id)], Instant::now());
+        assert_eq!(answer.await, Ok(outcome(id)));
+        assert!(!mailbox.ownership.has_pending_lead_grant(7));
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_stream_is_not_connected() {
+        let answer = mailbox().send(9, upgrade(90), Duration::from_secs(5));
+        assert_eq!(answer.await, Err(MailboxError::NodeNotConnected(9)));
+    }
+
+    #[tokio::test]
+    async fn what_a_stream_held_fails_when_it_ends_and_nothing_else() {
+        let mailbox = mailbox();
+        let (_, lost) = mailbox.register(7, 1, &upgrade(70), Duration::from_secs(5));
+        let (kept_id, kept) = mailbox.register(7, 2, &upgrade(71), Duration::from_secs(5));
+        mailbox.stream_ended(7, 1);
+        assert_eq!(lost.await, Err(MailboxError::StreamEnded(7)));
+        mailbox.resolve(7, 2, vec![outcome(kept_id)], Instant::now());
+        assert_eq!(kept.await, Ok(outcome(kept_id)));
+    }
+
+    #[tokio::test]
+    async fn unanswered_instructions_time_out_and_a_new_term_ends_the_rest() {
+        let mailbox = mailbox();
+        let start = Instant::now();
+        let (id, late) = mailbox.register(7, 1, &upgrade(70), Duration::from_millis(100));
+        let (_, cut) = mailbox.register(8, 1, &upgrade(80), Duration::from_secs(60));
+        mailbox.expire(start + Duration::from_secs(1));
+        assert_eq!(
+            late.await,
+            Err(MailboxError::Timeout {
+                node_id: 7,
+                instruction_id: id,
+                timeout: Duration::from_millis(100),
+            })
+        );
+        assert!(mailbox.ownership.has_pending_lead_grant(8));
+        mailbox.reset(2);
+        assert_eq!(cut.await, Err(MailboxError::Closed(8)));
+        assert!(!mailbox.ownership.has_pending_lead_grant(8));
+        // The new term's ids carry its epoch in their high half.
+        let (next, _) = mailbox.register(7, 3, &upgrade(70), Duration::from_secs(5));
+        assert_ne!(next >> 32, 0);
+        assert_eq!(next & 0xffff_ffff, 1);
+    }
+}
