@@ -217,6 +217,8 @@ impl<T> Drop for OnRuntime<T> {
 }
 
 impl Scheduler {
+    // Every one is a separate shared part the server wires in (one call site).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cluster_view: Addr<ClusterView>,
         mailbox: Arc<Mailbox>,
