@@ -274,8 +274,9 @@ pub struct TableManager {
     quarantine: Arc<Quarantine>,
     /// How the catalog was last loaded as leader.
     last_load: parking_lot::Mutex<Option<CatalogLoad>>,
-    /// Serializes route changes per table (striped by table id: bounded, no per-table state).
-    route_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes route changes per table (striped by table id: bounded, no per-table state),
+    /// holding when the stripe's last write of moves ended.
+    route_locks: Vec<tokio::sync::Mutex<Option<std::time::Instant>>>,
     /// Route moves waiting for their stripe's lock; its holder writes them all.
     route_queues: Vec<parking_lot::Mutex<Vec<RouteMove>>>,
 }
@@ -312,6 +313,10 @@ struct RouteMove {
 
 /// Stripes of the per-table route lock.
 const ROUTE_LOCK_STRIPES: usize = 64;
+/// How long a move waits for others when its stripe is in a burst of moves (see
+/// `move_region_leaders`), unless [`BURST_BATCH`] are queued already.
+const BURST_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+const BURST_BATCH: usize = 16;
 
 /// Holds region locks until dropped (see [`TableManager::lock_regions`]).
 pub struct RegionLocks<'a> {
@@ -353,7 +358,7 @@ impl TableManager {
             quarantine: Arc::new(Quarantine::default()),
             last_load: parking_lot::Mutex::new(None),
             route_locks: (0..ROUTE_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
+                .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             route_queues: (0..ROUTE_LOCK_STRIPES)
                 .map(|_| parking_lot::Mutex::new(Vec::new()))
@@ -1058,12 +1063,24 @@ impl TableManager {
             }
         }
         futures::future::join_all(stripes.into_iter().map(|stripe| async move {
-            let _serialized = self.route_locks[stripe].lock().await;
+            let mut last_write = self.route_locks[stripe].lock().await;
+            // In a burst of moves (a drain, a failover: the stripe wrote moments ago), a lone
+            // move waits a little for others: each write carries a whole route (about 110 KB
+            // at 1,000 regions), and moves confirmed a few milliseconds apart would each
+            // write it. A move outside a burst goes at once.
+            let queued = self.route_queues[stripe].lock().len();
+            if queued > 0
+                && queued < BURST_BATCH
+                && last_write.is_some_and(|at| at.elapsed() < BURST_LINGER * 4)
+            {
+                tokio::time::sleep(BURST_LINGER).await;
+            }
             // Whoever holds the lock writes every move queued by then (ours, unless an earlier
             // holder took them along).
             let batch = std::mem::take(&mut *self.route_queues[stripe].lock());
             if !batch.is_empty() {
                 self.write_route_moves(batch).await;
+                *last_write = Some(std::time::Instant::now());
             }
         }))
         .await;
