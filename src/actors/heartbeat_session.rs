@@ -86,10 +86,6 @@ pub struct HeartbeatSession {
     ownership: Arc<RegionOwnership>,
     cluster_view: Addr<ClusterView>,
     mailbox: Arc<Mailbox>,
-    /// A report was handed to ClusterView and not taken yet.
-    report_in_flight: bool,
-    /// The newest report that came meanwhile (it replaces an older one: see `forward`).
-    next_report: Option<StatsReported>,
     outbound: Outbound,
     metrics: Arc<Metrics>,
     /// Set by the first valid heartbeat; the stream may not change it later.
@@ -236,8 +232,6 @@ impl HeartbeatSession {
                 ownership: context.ownership,
                 cluster_view: context.cluster_view,
                 mailbox: context.mailbox,
-                report_in_flight: false,
-                next_report: None,
                 outbound,
                 metrics: context.metrics,
                 node_id: None,
@@ -324,6 +318,7 @@ impl HeartbeatSession {
                 return;
             }
         };
+        let opening = self.node_id.is_none();
         let heartbeat = match stats::validate(request, self.cluster_id) {
             Ok(heartbeat) => heartbeat,
             Err(reason) => return self.refuse(reason, ctx),
@@ -355,7 +350,7 @@ impl HeartbeatSession {
         }
         if in_doubt {
             // Stats still count (liveness), but nothing is granted or scheduled.
-            return self.acknowledge(heartbeat, received_at, None, "in_doubt", ctx);
+            return self.acknowledge(heartbeat, received_at, None, "in_doubt", opening, ctx);
         }
         // A report is answered with the lease of the regions the routes give this node; a
         // results-only request leaves the lease as it was.
@@ -389,16 +384,18 @@ impl HeartbeatSession {
                 duration_millis: self.region_lease_millis,
             }
         });
-        self.acknowledge(heartbeat, received_at, region_lease, "ok", ctx);
+        self.acknowledge(heartbeat, received_at, region_lease, "ok", opening, ctx);
     }
 
     /// Forwards the stats and answers the request with `region_lease` (None: no grant).
+    /// `opening`: the stream's first request.
     fn acknowledge(
         &mut self,
         heartbeat: stats::Heartbeat,
         received_at: Instant,
         region_lease: Option<pb::RegionLease>,
         outcome: &str,
+        opening: bool,
         ctx: &mut Context<Self>,
     ) {
         let mut heartbeat = heartbeat;
@@ -410,14 +407,30 @@ impl HeartbeatSession {
             std::mem::take(&mut heartbeat.results),
             received_at,
         );
-        self.forward(
-            StatsReported {
-                session_id: self.session_id,
-                heartbeat,
-                received_at,
-            },
-            ctx,
-        );
+        let reported = StatsReported {
+            session_id: self.session_id,
+            heartbeat,
+            received_at,
+        };
+        if opening {
+            // The stream's first request (a greeting, after a reconnection) does not hold the
+            // next: the full report that follows it is granted without queueing behind
+            // ClusterView's mailbox, which 10,000 streams fill at once after a takeover. A
+            // session still has at most three messages there (SessionOpened, this one and the
+            // next request's).
+            self.cluster_view.do_send(reported);
+        } else {
+            // Backpressure: this stream's next request is read only once ClusterView has taken
+            // this one. A client that sends faster than ClusterView absorbs is slowed down by
+            // its own stream's flow control instead of growing ClusterView's mailbox without
+            // bound. (Results were resolved above, but the next request's wait here.)
+            ctx.wait(
+                self.cluster_view
+                    .send(reported)
+                    .into_actor(self)
+                    .map(|_, _, _| ()),
+            );
+        }
         let response = pb::HeartbeatResponse {
             header: self.header(),
             instructions: Vec::new(),
@@ -435,40 +448,6 @@ impl HeartbeatSession {
 }
 
 impl HeartbeatSession {
-    /// Hands `reported` to ClusterView, one at a time: while one waits in its mailbox, the
-    /// newest that came meanwhile waits here and replaces an older one (a report is the node's
-    /// state as of then; the newest says everything the dropped one said about liveness and
-    /// load). A results-only request does not replace a report (its results were resolved
-    /// already). So a stream has at most one message in ClusterView's mailbox and one here,
-    /// and, unlike waiting for ClusterView before reading the next request, a backlog there
-    /// never delays this stream's acknowledgements and results: with 10,000 nodes on a
-    /// saturated machine that wait ran past the nodes' acknowledgement timeouts, and they
-    /// dropped their streams in the middle of a failover.
-    fn forward(&mut self, reported: StatsReported, ctx: &mut Context<Self>) {
-        if self.report_in_flight {
-            let waiting_is_report = self
-                .next_report
-                .as_ref()
-                .map(|waiting| waiting.heartbeat.report.is_some());
-            if replaces_waiting(waiting_is_report, reported.heartbeat.report.is_some()) {
-                self.next_report = Some(reported);
-            }
-            return;
-        }
-        self.report_in_flight = true;
-        ctx.spawn(
-            self.cluster_view
-                .send(reported)
-                .into_actor(self)
-                .map(|_, session, ctx| {
-                    session.report_in_flight = false;
-                    if let Some(next) = session.next_report.take() {
-                        session.forward(next, ctx);
-                    }
-                }),
-        );
-    }
-
     /// Regions the routes give the node that it does not report (it restarted, or lost them):
     /// it is asked once per stream to open them again, in the routed role. Reported regions
     /// leave the asked set, so a region lost again later is asked for again.
@@ -610,37 +589,11 @@ impl HeartbeatSession {
     }
 }
 
-/// Whether a request's stats (a report, or results only: `incoming_is_report`) take the place
-/// of those waiting to go to ClusterView (`None`: nothing waits). The newest wins, except that
-/// results alone never displace a report: their results were resolved already, and the report
-/// says all the results-only request would (the node was alive then) and its stats too.
-fn replaces_waiting(waiting_is_report: Option<bool>, incoming_is_report: bool) -> bool {
-    incoming_is_report || waiting_is_report != Some(true)
-}
-
 impl Handler<CloseSession> for HeartbeatSession {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
         let _ = self.outbound.try_send(Box::new(Err(msg.status)));
         ctx.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replaces_waiting;
-
-    #[test]
-    fn the_newest_report_waits_and_results_alone_never_displace_one() {
-        // Nothing waits: whatever comes waits.
-        assert!(replaces_waiting(None, true));
-        assert!(replaces_waiting(None, false));
-        // A newer report replaces an older report or a results-only request.
-        assert!(replaces_waiting(Some(true), true));
-        assert!(replaces_waiting(Some(false), true));
-        // Results alone replace results alone, never a report.
-        assert!(replaces_waiting(Some(false), false));
-        assert!(!replaces_waiting(Some(true), false));
     }
 }
