@@ -391,14 +391,13 @@ impl HeartbeatSession {
     /// `opening`: the stream's first request.
     fn acknowledge(
         &mut self,
-        heartbeat: stats::Heartbeat,
+        mut heartbeat: stats::Heartbeat,
         received_at: Instant,
         region_lease: Option<pb::RegionLease>,
         outcome: &str,
         opening: bool,
         ctx: &mut Context<Self>,
     ) {
-        let mut heartbeat = heartbeat;
         // Results first, and here: a create or a failover waits on them, and they must not
         // queue behind 10,000 nodes' reports in ClusterView's mailbox.
         self.mailbox.resolve(
@@ -423,7 +422,7 @@ impl HeartbeatSession {
             // Backpressure: this stream's next request is read only once ClusterView has taken
             // this one. A client that sends faster than ClusterView absorbs is slowed down by
             // its own stream's flow control instead of growing ClusterView's mailbox without
-            // bound. (Results were resolved above, but the next request's wait here.)
+            // bound. (This request's results were resolved above; the next request's wait.)
             ctx.wait(
                 self.cluster_view
                     .send(reported)

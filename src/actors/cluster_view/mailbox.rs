@@ -80,9 +80,23 @@ impl Mailbox {
         instruction: Instruction,
         timeout: Duration,
     ) -> impl Future<Output = Result<InstructionOutcome, MailboxError>> + Send + 'static {
-        let session = self.state.lock().sessions.get(&node_id).cloned();
-        let written = session.map(|session| {
-            let (id, answer) = self.register(node_id, session.session_id, &instruction, timeout);
+        let written = {
+            let mut state = self.state.lock();
+            let session = state.sessions.get(&node_id).cloned();
+            // Looked up and registered under one lock: a stream replaced in between would
+            // get an instruction whose failure waits for that stream's end.
+            session.map(|session| {
+                let registered = self.register_in(
+                    &mut state,
+                    node_id,
+                    session.session_id,
+                    &instruction,
+                    timeout,
+                );
+                (session, registered)
+            })
+        };
+        let written = written.map(|(session, (id, answer))| {
             session.deliver.do_send(DeliverInstruction {
                 instruction: instruction.to_pb(id),
             });
@@ -116,9 +130,24 @@ impl Mailbox {
         u64,
         impl Future<Output = Result<InstructionOutcome, MailboxError>> + Send + 'static,
     ) {
+        let mut state = self.state.lock();
+        self.register_in(&mut state, node_id, session_id, instruction, timeout)
+    }
+
+    /// [`Self::register`], with the state locked by the caller.
+    fn register_in(
+        &self,
+        state: &mut State,
+        node_id: u64,
+        session_id: u64,
+        instruction: &Instruction,
+        timeout: Duration,
+    ) -> (
+        u64,
+        impl Future<Output = Result<InstructionOutcome, MailboxError>> + Send + 'static,
+    ) {
         let kind = instruction.kind();
         let (reply, answer) = oneshot::channel();
-        let mut state = self.state.lock();
         let id = (state.id_epoch << 32) | (state.next_instruction_id & 0xffff_ffff);
         state.next_instruction_id = (state.next_instruction_id + 1) & 0xffff_ffff;
         if state.next_instruction_id == 0 {
@@ -156,9 +185,8 @@ impl Mailbox {
         }
         let State {
             pending, deadlines, ..
-        } = &mut *state;
+        } = state;
         deadlines.compact(pending.len(), |id| pending.contains_key(&id));
-        drop(state);
         tracing::debug!(node_id, instruction_id = id, kind, "instruction sent");
         let answer = async move { answer.await.unwrap_or(Err(MailboxError::Closed(node_id))) };
         (id, answer)
@@ -227,6 +255,7 @@ impl Mailbox {
     /// Makes `session` the stream instructions to `node_id` go to (`None`: it has none). The
     /// instructions written to a stream it replaces fail: their answers cannot come.
     pub fn set_session(&self, node_id: u64, session: Option<SessionHandle>) {
+        let new_id = session.as_ref().map(|s| s.session_id);
         let replaced = {
             let mut state = self.state.lock();
             match session {
@@ -234,17 +263,9 @@ impl Mailbox {
                 None => state.sessions.remove(&node_id),
             }
         };
-        if let Some(old) = replaced {
-            let still_current = self
-                .state
-                .lock()
-                .sessions
-                .get(&node_id)
-                .map(|s| s.session_id)
-                == Some(old.session_id);
-            if !still_current {
-                self.stream_ended(node_id, old.session_id);
-            }
+        // The same stream told again is not replaced.
+        if let Some(old) = replaced.filter(|old| Some(old.session_id) != new_id) {
+            self.stream_ended(node_id, old.session_id);
         }
     }
 
