@@ -574,6 +574,93 @@ async fn bad_streams_are_closed_with_a_reason_without_disturbing_others() {
     server.stop().await;
 }
 
+/// A node that writes heartbeats as fast as it can and never reads its answers: metasrv stops
+/// reading its stream once the answers back up (its writes wait on the stream's flow control,
+/// nothing piles up in metasrv), and cuts it off once it has read nothing for a region lease.
+/// The other nodes carry on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_reads_its_stream_is_slowed_then_cut_off_alone() {
+    let (_fixture, store) = embedded();
+    let config = Config {
+        region_lease: Duration::from_secs(1),
+        ..config()
+    };
+    let server = TestServer::start(store, config).await;
+    let good = SimDatanode::start(server.channel().await, sim(1, &[1]));
+    wait_status(&server, 1, NodeStatus::Alive, Duration::from_secs(5)).await;
+
+    // A small receive window: the unread answers fill it after a few dozen.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
+        .expect("endpoint")
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024));
+    let channel = endpoint.connect().await.expect("connects");
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    let flood = tokio_stream::iter(std::iter::repeat_with(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        good_request(9)
+    }));
+    let responses = HeartbeatClient::new(channel)
+        .heartbeat(flood)
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    wait_status(&server, 9, NodeStatus::Alive, Duration::from_secs(5)).await;
+
+    // Cut off: the node is no longer connected, within the lease and a generous margin.
+    let started = Instant::now();
+    wait_for(
+        "the node that does not read to be cut off",
+        Duration::from_secs(10),
+        || {
+            let view = server.cluster_view.clone();
+            async move {
+                let nodes = crate::harness::listed_nodes(&view).await?;
+                nodes
+                    .iter()
+                    .any(|n| n.id == 9 && !n.connected)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Slowed by its own stream: metasrv read about as many heartbeats as answers fit in the
+    // stream's queue and the node's window (~150 here), of the tens of thousands it offered.
+    let (_, metrics) = http_get(server.http_addr, "/metrics").await;
+    let read = metric_value(&metrics, r#"metasrv_heartbeats_total{outcome="ok"}"#);
+    let offered = sent.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    assert!(
+        read < 1_000.0,
+        "metasrv read {read} heartbeats of {offered} offered in {:?}: its reading was not paused",
+        started.elapsed()
+    );
+    assert!(
+        metrics.contains("metasrv_heartbeat_sessions 1"),
+        "only the good node's stream is left: {metrics}"
+    );
+    drop(responses);
+
+    // The good node was never cut off and is still alive.
+    assert!(
+        !good
+            .events()
+            .iter()
+            .any(|e| matches!(e, SimEvent::Disconnected { .. })),
+        "{:?}",
+        good.events()
+    );
+    assert_eq!(node_status(&server, 1).await, Some(NodeStatus::Alive));
+    server.stop().await;
+}
+
+/// The value of the sample named `name` (with its labels) in a Prometheus text page.
+fn metric_value(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+}
+
 /// A leader change cuts streams several times over (the old leader dies, the new one is not
 /// serving yet); a link that reopened only with the datanode's next request would add up to a
 /// heartbeat interval to each attempt. This datanode sends one request, ever.

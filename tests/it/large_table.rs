@@ -75,7 +75,20 @@ async fn a_1024_region_table_with_3_copies_is_created_drained_and_dropped_on_etc
         .iter()
         .filter(|r| r.leader.id == 1 || r.followers.iter().any(|f| f.id == 1))
         .count();
-    assert_eq!(on_node_1, 768, "3,072 copies spread evenly over 4 nodes");
+    let per_node: Vec<usize> = (1..=4)
+        .map(|id| {
+            route
+                .route
+                .regions
+                .iter()
+                .filter(|r| r.leader.id == id || r.followers.iter().any(|f| f.id == id))
+                .count()
+        })
+        .collect();
+    assert_eq!(
+        on_node_1, 768,
+        "3,072 copies spread evenly over 4 nodes: copies per node {per_node:?}"
+    );
 
     // Drained: node 1's 768 copies move to the one node of each region that has none.
     let http = cluster.server.http_addr;
