@@ -478,11 +478,11 @@ fn seed_heartbeats() -> Vec<(&'static str, pb::HeartbeatRequest)> {
         region_stats: (1..=2)
             .map(|n| pb::RegionStat {
                 region_id: (7 << 32) | n,
-                table_name: Some(pb::TableName {
+                table_name: Some(Box::new(pb::TableName {
                     catalog_name: "greptime".into(),
                     schema_name: "public".into(),
                     table_name: "cpu".into(),
-                }),
+                })),
                 rcus: 5,
                 wcus: 10,
                 approximate_size: 1 << 20,

@@ -45,6 +45,8 @@ pub struct CloseSession {
 
 /// The most instructions one response carries.
 pub const INSTRUCTIONS_PER_RESPONSE: usize = 256;
+/// How long a closing status waits for room on a full stream before the stream ends without it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The most instructions queued for one node before its stream is closed.
 const MAX_QUEUED_INSTRUCTIONS: usize = 100_000;
 
@@ -295,17 +297,38 @@ impl HeartbeatSession {
         );
     }
 
-    fn refuse(&self, reason: String, ctx: &mut Context<Self>) {
+    fn refuse(&mut self, reason: String, ctx: &mut Context<Self>) {
         tracing::warn!(session = self.session_id, node = ?self.node_id, %reason, "closing a heartbeat stream on bad input");
         self.metrics
             .heartbeats
             .with_label_values(&["invalid"])
             .inc();
-        // Best effort: if the channel is full the stream ends without the reason.
-        let _ = self
-            .outbound
-            .try_send(Box::new(Err(Status::invalid_argument(reason))));
-        ctx.stop();
+        self.close_with(Status::invalid_argument(reason), ctx);
+    }
+
+    /// Ends the stream with `status`. If the stream is full, the status waits a moment for
+    /// room (a redirect to the new leader, "replaced", a reason for a refusal are worth a
+    /// wait: without them the node only sees its stream end), then the stream ends anyway.
+    fn close_with(&mut self, status: Status, ctx: &mut Context<Self>) {
+        let outgoing = match self.outbound.try_send(Box::new(Err(status))) {
+            Err(mpsc::error::TrySendError::Full(outgoing)) => outgoing,
+            _ => {
+                ctx.stop();
+                return;
+            }
+        };
+        let outbound = self.outbound.clone();
+        ctx.wait(
+            async move {
+                if let Ok(Ok(permit)) =
+                    tokio::time::timeout(CLOSE_GRACE, outbound.reserve_owned()).await
+                {
+                    permit.send(outgoing);
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
     }
 
     fn on_request(&mut self, request: pb::HeartbeatRequest, ctx: &mut Context<Self>) {
@@ -321,8 +344,7 @@ impl HeartbeatSession {
             Standing::InDoubt => true,
             Standing::NotLeading(redirect) => {
                 tracing::info!(session = self.session_id, node = ?self.node_id, "not the leader: closing a heartbeat stream");
-                let _ = self.outbound.try_send(Box::new(Err(redirect)));
-                ctx.stop();
+                self.close_with(redirect, ctx);
                 return;
             }
         };
@@ -533,8 +555,7 @@ impl StreamHandler<Result<pb::HeartbeatRequest, Status>> for HeartbeatSession {
             Err(status) => {
                 // The node went away or sent undecodable bytes; tell it why if it still listens.
                 tracing::debug!(session = self.session_id, node = ?self.node_id, %status, "heartbeat stream failed");
-                let _ = self.outbound.try_send(Box::new(Err(status)));
-                ctx.stop();
+                self.close_with(status, ctx);
             }
         }
     }
@@ -548,12 +569,12 @@ impl Handler<DeliverInstruction> for HeartbeatSession {
             // Bounded: a node this far behind cannot be scheduled; its pending instructions
             // fail with the stream, and it reconnects.
             tracing::warn!(session = self.session_id, node = ?self.node_id, "too many instructions queued for a node; closing its stream");
-            let _ = self
-                .outbound
-                .try_send(Box::new(Err(Status::resource_exhausted(
+            self.close_with(
+                Status::resource_exhausted(
                     "too many instructions are queued for this node; reconnect",
-                ))));
-            ctx.stop();
+                ),
+                ctx,
+            );
             return;
         }
         self.queued.push_back(msg.instruction);
@@ -619,8 +640,7 @@ impl Handler<CloseSession> for HeartbeatSession {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        let _ = self.outbound.try_send(Box::new(Err(msg.status)));
-        ctx.stop();
+        self.close_with(msg.status, ctx);
     }
 }
 

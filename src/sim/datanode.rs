@@ -140,6 +140,8 @@ struct Shared {
     /// See [`WriteLog::write_horizon`] and [`WriteLog::leading_since`].
     write_horizon: IdMap<Instant>,
     leading_since: IdMap<Instant>,
+    /// How many times the node became the leader of a region (see [`SimDatanode::promotions`]).
+    promotions: u64,
     /// See [`WriteLog::leader_periods`]; the last period of a region is its current one.
     periods: Vec<(u64, Instant, Instant)>,
     /// Where each region's last period is in `periods` (every lease renewal extends it: a
@@ -198,6 +200,7 @@ impl Shared {
     fn became_leader(&mut self, region_id: u64) {
         let now = Instant::now();
         self.leading_since.insert(region_id, now);
+        self.promotions += 1;
         self.last_period.insert(region_id, self.periods.len());
         self.periods.push((region_id, now, now));
         if let Some(lease) = self.write_leases.get(&region_id).copied() {
@@ -470,6 +473,13 @@ impl SimDatanode {
             .into_iter()
             .map(|us| Duration::from_micros(us.into()))
             .collect()
+    }
+
+    /// How many times the node has become the leader of a region (opened as leader, or
+    /// promoted), its starting regions included: a cheap way to wait for a failover's
+    /// promotions without asking metasrv for routes.
+    pub fn promotions(&self) -> u64 {
+        self.shared.lock().promotions
     }
 
     /// The role in which the node holds `region_id`, if it does.
