@@ -223,7 +223,7 @@ impl Metasrv {
             store.clone(),
             ownership.clone(),
             scheduler.clone(),
-            cluster_view.clone(),
+            mailbox.clone(),
             DdlConfig {
                 max_regions_per_table: config.max_regions_per_table,
                 open_region_timeout: config.instruction_timeout,

@@ -28,7 +28,7 @@ use super::ownership::RegionOwnership;
 use super::partition::validate_table;
 use super::quarantine::Quarantine;
 use super::standby::{CatalogLoad, LoadSource, StandbyCatalog};
-use crate::actors::cluster_view::{ClusterView, Instruction, SendInstruction};
+use crate::actors::cluster_view::{Instruction, Mailbox};
 use crate::actors::scheduler::{AllocateRegions, Scheduler, SchedulerError};
 use crate::proto::v1 as pb;
 use crate::selector::Placement;
@@ -263,7 +263,8 @@ pub struct TableManager {
     store: Arc<dyn KvBackend>,
     ownership: Arc<RegionOwnership>,
     scheduler: Addr<Scheduler>,
-    cluster_view: Addr<ClusterView>,
+    /// OpenRegion and CloseRegion of creates and drops go straight to the node's stream.
+    mailbox: Arc<Mailbox>,
     config: DdlConfig,
     cache: RwLock<Cache>,
     /// The unused part of the last id batch: [next, end).
@@ -343,14 +344,14 @@ impl TableManager {
         store: Arc<dyn KvBackend>,
         ownership: Arc<RegionOwnership>,
         scheduler: Addr<Scheduler>,
-        cluster_view: Addr<ClusterView>,
+        mailbox: Arc<Mailbox>,
         config: DdlConfig,
     ) -> Self {
         Self {
             store,
             ownership,
             scheduler,
-            cluster_view,
+            mailbox,
             config,
             cache: RwLock::new(Cache::default()),
             ids: tokio::sync::Mutex::new((0, 0)),
@@ -748,29 +749,28 @@ impl TableManager {
             .collect();
         let timeout = self.config.open_region_timeout;
         let outcomes = join_all(copies.iter().map(|(peer, region_id, role)| {
-            self.cluster_view.send(SendInstruction {
-                node_id: peer.id,
-                instruction: Instruction::OpenRegion {
+            self.mailbox.send(
+                peer.id,
+                Instruction::OpenRegion {
                     region_id: *region_id,
                     table: table.clone(),
                     role: *role,
                     lease_millis: self.config.region_lease.as_millis() as u64,
                 },
                 timeout,
-            })
+            )
         }))
         .await;
         let mut failures = Vec::new();
         for ((peer, region_id, _), outcome) in copies.iter().zip(outcomes) {
             match outcome {
-                Ok(Ok(result)) if result.success => {}
-                Ok(Ok(result)) => failures.push(format!(
+                Ok(result) if result.success => {}
+                Ok(result) => failures.push(format!(
                     "datanode {} refused to open region {region_id}: {}",
                     peer.id,
                     result.error.unwrap_or_default()
                 )),
-                Ok(Err(e)) => failures.push(format!("region {region_id}: {e}")),
-                Err(e) => failures.push(format!("region {region_id}: cluster view: {e}")),
+                Err(e) => failures.push(format!("region {region_id}: {e}")),
             }
         }
         if failures.is_empty() {
@@ -1403,16 +1403,13 @@ impl TableManager {
                     .map(move |peer| (peer.id, r.region_id))
             })
             .map(|(node_id, region_id)| {
-                self.cluster_view.send(SendInstruction {
-                    node_id,
-                    instruction: Instruction::CloseRegion { region_id },
-                    timeout,
-                })
+                self.mailbox
+                    .send(node_id, Instruction::CloseRegion { region_id }, timeout)
             })
             .collect();
         tokio::spawn(async move {
             for outcome in join_all(sends).await {
-                if let Ok(Err(e)) = outcome {
+                if let Err(e) = outcome {
                     tracing::debug!("closing a region failed: {e}");
                 }
             }
