@@ -172,3 +172,91 @@ async fn a_1024_region_table_with_3_copies_is_created_drained_and_dropped_on_etc
     assert!(left.is_empty(), "the drop left keys behind: {left:?}");
     cluster.server.stop().await;
 }
+
+/// A failover of a node leading one region in each of about 110 tables, on etcd: the moved
+/// routes go out several tables to a transaction (under etcd's 128 operations), not one
+/// transaction per table; every region ends led by a live node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_across_many_tables_writes_their_routes_together_on_etcd() {
+    const TABLES: usize = 330;
+    let etcd = EtcdProcess::start();
+    let prefix = "/many_tables";
+    let store: Arc<dyn KvBackend> = etcd.store(prefix, CLUSTER).await;
+    let mut cluster = Cluster::start(
+        store,
+        crate::failover::config(),
+        &[node(1), node(2), node(3)],
+    )
+    .await;
+    let tables: Vec<_> = (0..TABLES)
+        .map(|i| cpu_table(&format!("many_{i}")))
+        .collect();
+    let mut on_node_1 = Vec::new();
+    for table in &tables {
+        let (_, route) = cluster
+            .meta
+            .create_table(create_request(table, 1, 1))
+            .await
+            .expect("create");
+        if route.route.regions[0].leader.id == 1 {
+            on_node_1.push((table.clone(), route.info.id));
+        }
+    }
+    assert!(
+        on_node_1.len() > 100,
+        "node 1 leads a region in more tables than one transaction takes: {}",
+        on_node_1.len()
+    );
+
+    cluster.nodes.remove(0).kill();
+    let moved: Vec<_> = on_node_1.iter().map(|(table, _)| table.clone()).collect();
+    wait_for(
+        "every region of node 1 led by a live node",
+        Duration::from_secs(30),
+        || {
+            let meta = cluster.meta.clone();
+            let moved = moved.clone();
+            async move {
+                for chunk in moved.chunks(100) {
+                    for table in chunk {
+                        meta.invalidate(table);
+                    }
+                    let routes = meta.routes(chunk).await.ok()?;
+                    if routes
+                        .iter()
+                        .any(|r| r.route.regions.iter().any(|region| region.leader.id == 1))
+                    {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+
+    // Read the moved routes' revisions straight from etcd: routes written in one transaction
+    // share theirs.
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .expect("etcd client");
+    let mut revisions = std::collections::BTreeSet::new();
+    for (_, table_id) in &on_node_1 {
+        let key = format!(
+            "{prefix}/{CLUSTER}/{}",
+            String::from_utf8_lossy(&keys::table_route(*table_id))
+        );
+        let read = client.get(key.as_str(), None).await.expect("read a route");
+        let kv = read.kvs().first().expect("the route is stored");
+        revisions.insert(kv.mod_revision());
+    }
+    // The failover moves its tables in up to 32 batches, each written as its targets
+    // confirm; one transaction per table (the old way) would give one revision per route.
+    assert!(
+        revisions.len() * 2 <= on_node_1.len(),
+        "{} moved routes were written in {} transactions: not grouped",
+        on_node_1.len(),
+        revisions.len()
+    );
+    cluster.server.stop().await;
+}

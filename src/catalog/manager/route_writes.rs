@@ -38,6 +38,32 @@ impl StoredRoute {
     }
 }
 
+/// The most table routes one transaction writes: etcd allows 128 compares in a transaction, and
+/// the leader's fence takes one.
+const ROUTES_PER_TXN: usize = 100;
+/// The most route bytes one transaction carries (etcd refuses requests over 1.5 MiB).
+const ROUTE_TXN_BYTES: usize = 1024 * 1024;
+
+/// A table's route with queued moves applied, to be written; the replies of those moves.
+struct PreparedRoute {
+    entry: Arc<TableEntry>,
+    route: TableRoute,
+    replies: Vec<tokio::sync::oneshot::Sender<Result<Arc<TableEntry>, DdlError>>>,
+}
+
+impl PreparedRoute {
+    /// Answers every move of this route with the write's outcome.
+    fn answer(self, written: Result<Arc<TableEntry>, String>) {
+        for reply in self.replies {
+            let _ = reply.send(
+                written
+                    .clone()
+                    .map_err(|reason| DdlError::NotConfirmed(reason.clone())),
+            );
+        }
+    }
+}
+
 /// One region's leadership move, queued for its table's next route write.
 pub(super) struct RouteMove {
     table_id: u64,
@@ -120,28 +146,53 @@ impl TableManager {
                 stripes.push(stripe);
             }
         }
-        futures::future::join_all(stripes.into_iter().map(|stripe| async move {
-            let mut last_write = self.route_locks[stripe].lock().await;
-            // In a burst of moves (a drain, a failover: the stripe wrote moments ago), a lone
-            // move waits a little for others: each write carries a whole route (about 110 KB
-            // at 1,000 regions), and moves confirmed a few milliseconds apart would each
-            // write it. A move outside a burst goes at once.
-            let queued = self.route_queues[stripe].lock().len();
-            if queued > 0
-                && queued < BURST_BATCH
-                && last_write.is_some_and(|at| at.elapsed() < BURST_LINGER * 4)
-            {
-                tokio::time::sleep(BURST_LINGER).await;
+        // Every caller locks its stripes in ascending order, so no two wait on each other; the
+        // holder writes every move queued in them by then (its own, unless an earlier holder
+        // took them along), the tables of all its stripes together: a failover's collection of
+        // moves in 300 tables goes out in a few transactions, not 300.
+        stripes.sort_unstable();
+        let mut held = Vec::with_capacity(stripes.len());
+        for &stripe in &stripes {
+            held.push(self.route_locks[stripe].lock().await);
+        }
+        // In a burst of moves (a drain, a failover: a stripe wrote moments ago), a lone move
+        // waits a little for others: each write carries a whole route (about 110 KB at 1,000
+        // regions), and moves confirmed a few milliseconds apart would each write it. A move
+        // outside a burst goes at once.
+        let queued: usize = stripes
+            .iter()
+            .map(|&stripe| self.route_queues[stripe].lock().len())
+            .sum();
+        let in_burst = held
+            .iter()
+            .any(|last_write| last_write.is_some_and(|at| at.elapsed() < BURST_LINGER * 4));
+        if queued > 0 && queued < BURST_BATCH && in_burst {
+            tokio::time::sleep(BURST_LINGER).await;
+        }
+        // Moves queued in other stripes whose locks are free go along too (try_lock: never a
+        // wait, so the order above still holds): a failover's 32 batches each write their
+        // tables, and whichever writes first takes what the others queued meanwhile.
+        let own = stripes.clone();
+        for stripe in 0..ROUTE_LOCK_STRIPES {
+            if own.binary_search(&stripe).is_err() && !self.route_queues[stripe].lock().is_empty() {
+                if let Ok(guard) = self.route_locks[stripe].try_lock() {
+                    held.push(guard);
+                    stripes.push(stripe);
+                }
             }
-            // Whoever holds the lock writes every move queued by then (ours, unless an earlier
-            // holder took them along).
-            let batch = std::mem::take(&mut *self.route_queues[stripe].lock());
-            if !batch.is_empty() {
-                self.write_route_moves(batch).await;
-                *last_write = Some(std::time::Instant::now());
+        }
+        let batch: Vec<RouteMove> = stripes
+            .iter()
+            .flat_map(|&stripe| std::mem::take(&mut *self.route_queues[stripe].lock()))
+            .collect();
+        if !batch.is_empty() {
+            self.write_route_moves(batch).await;
+            let now = std::time::Instant::now();
+            for last_write in &mut held {
+                **last_write = Some(now);
             }
-        }))
-        .await;
+        }
+        drop(held);
         let mut results = Vec::with_capacity(answers.len());
         for (region_id, answer) in answers {
             results.push(answer.await.unwrap_or_else(|_| {
@@ -154,11 +205,11 @@ impl TableManager {
         results
     }
 
-    /// Applies `batch` to the current routes, one write per table, and answers each move.
-    /// The tables' writes go out at once: they are of different keys, and the stripe's lock,
-    /// held by the caller, keeps every other writer of these tables waiting (a failover of a
-    /// node leading regions in 200 tables put about three tables in each stripe, written one
-    /// after the other).
+    /// Applies `batch` to the current routes and answers each move: one route write per
+    /// table, several tables to a transaction (up to [`ROUTES_PER_TXN`] and
+    /// [`ROUTE_TXN_BYTES`]; each table's compare holds on its own). The transactions go out at
+    /// once: they are of different keys, and the stripes' locks, held by the caller, keep
+    /// every other writer of these tables waiting.
     async fn write_route_moves(&self, batch: Vec<RouteMove>) {
         let mut by_table: BTreeMap<u64, Vec<RouteMove>> = BTreeMap::new();
         // A move whose caller is gone (its operation was cancelled: the term ended, say) is
@@ -166,16 +217,132 @@ impl TableManager {
         for queued in batch.into_iter().filter(|m| !m.reply.is_closed()) {
             by_table.entry(queued.table_id).or_default().push(queued);
         }
-        futures::future::join_all(
-            by_table
-                .into_iter()
-                .map(|(table_id, moves)| self.write_table_route_moves(table_id, moves)),
-        )
-        .await;
+        let prepared = by_table
+            .into_iter()
+            .filter_map(|(table_id, moves)| self.prepare_route_moves(table_id, moves));
+        let mut alone = Vec::new();
+        let mut chunks: Vec<Vec<(PreparedRoute, Vec<u8>)>> = Vec::new();
+        let mut chunk_bytes = 0;
+        for prepared in prepared {
+            // A route whose stored revision is unknown (the embedded store) is compared by
+            // value, the whole route once more: it goes alone, as does one that fails to
+            // encode or fit (compare_and_put_route reports why).
+            let encoded = (prepared.entry.route_revision > 0)
+                .then(|| serde_json::to_vec(&prepared.route).ok())
+                .flatten()
+                .filter(|bytes| bytes.len() <= ROUTE_TXN_BYTES);
+            let Some(bytes) = encoded else {
+                alone.push(prepared);
+                continue;
+            };
+            let full = chunks.last().is_none_or(|chunk| {
+                chunk.len() >= ROUTES_PER_TXN || chunk_bytes + bytes.len() > ROUTE_TXN_BYTES
+            });
+            if full {
+                chunks.push(Vec::new());
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes.len();
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push((prepared, bytes));
+            }
+        }
+        let alone = alone
+            .into_iter()
+            .map(|prepared| futures::future::Either::Left(self.write_prepared_route(prepared)));
+        let chunks = chunks
+            .into_iter()
+            .map(|chunk| futures::future::Either::Right(self.write_route_chunk(chunk)));
+        futures::future::join_all(alone.chain(chunks)).await;
     }
 
-    /// Applies `moves` (all of table `table_id`) to its current route in one write.
-    async fn write_table_route_moves(&self, table_id: u64, moves: Vec<RouteMove>) {
+    /// Writes `chunk`'s routes in one transaction, each under its own compare. If one
+    /// compare fails (something outside this leader changed that route) or the store finds
+    /// the transaction too large, each route is written on its own; if the outcome is
+    /// unknown, each is settled on its own (the transaction landed whole or not at all).
+    async fn write_route_chunk(&self, chunk: Vec<(PreparedRoute, Vec<u8>)>) {
+        let mut writable = Vec::with_capacity(chunk.len());
+        for (prepared, bytes) in chunk {
+            match crate::catalog::model::check_route(&prepared.entry.info, &prepared.route) {
+                Ok(()) => writable.push((prepared, bytes)),
+                Err(reason) => {
+                    let reason = format!(
+                        "not moving regions of {}: {reason}",
+                        prepared.entry.info.name
+                    );
+                    prepared.answer(Err(reason));
+                }
+            }
+        }
+        if writable.len() <= 1 {
+            for (prepared, _) in writable {
+                self.write_prepared_route(prepared).await;
+            }
+            return;
+        }
+        let mut compare = Vec::with_capacity(writable.len());
+        let mut success = Vec::with_capacity(writable.len());
+        for (prepared, bytes) in &mut writable {
+            let key = keys::table_route(prepared.entry.info.id);
+            compare.push(Compare::UnchangedSince {
+                key: key.clone(),
+                revision: prepared.entry.route_revision,
+            });
+            success.push(TxnOp::Put {
+                key,
+                value: std::mem::take(bytes),
+            });
+        }
+        let written = self
+            .store
+            .txn(Txn {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await;
+        let routes = writable.into_iter().map(|(prepared, _)| prepared);
+        match written {
+            Ok(response) if response.succeeded => {
+                for prepared in routes {
+                    let updated = self.install_route(
+                        &prepared.entry,
+                        prepared.route.clone(),
+                        response.revision,
+                    );
+                    prepared.answer(Ok(updated));
+                }
+            }
+            Ok(_) | Err(StoreError::TooLarge(_)) => {
+                futures::future::join_all(
+                    routes.map(|prepared| self.write_prepared_route(prepared)),
+                )
+                .await;
+            }
+            Err(error) => {
+                let error = &error;
+                futures::future::join_all(routes.map(|prepared| async move {
+                    let settled = self
+                        .settle_unknown_write(&prepared.entry, prepared.route.clone(), error)
+                        .await;
+                    prepared.answer(settled);
+                }))
+                .await;
+            }
+        }
+    }
+
+    /// Writes one prepared route on its own and answers its moves.
+    async fn write_prepared_route(&self, prepared: PreparedRoute) {
+        let written = self
+            .compare_and_put_route(&prepared.entry, prepared.route.clone())
+            .await;
+        prepared.answer(written);
+    }
+
+    /// Applies `moves` (all of table `table_id`) to its current route; `None` if none applies
+    /// (each refused move is answered here).
+    fn prepare_route_moves(&self, table_id: u64, moves: Vec<RouteMove>) -> Option<PreparedRoute> {
         let Some(entry) = self.entry_by_id(table_id) else {
             for queued in moves {
                 let _ = queued.reply.send(Err(DdlError::NotFound(format!(
@@ -183,7 +350,7 @@ impl TableManager {
                     queued.region_id
                 ))));
             }
-            return;
+            return None;
         };
         let mut route = entry.route.clone();
         let mut applied = Vec::with_capacity(moves.len());
@@ -224,21 +391,14 @@ impl TableManager {
             applied.push(queued.reply);
         }
         if applied.is_empty() {
-            return;
+            return None;
         }
         route.version += 1;
-        match self.compare_and_put_route(&entry, route).await {
-            Ok(updated) => {
-                for reply in applied {
-                    let _ = reply.send(Ok(updated.clone()));
-                }
-            }
-            Err(reason) => {
-                for reply in applied {
-                    let _ = reply.send(Err(DdlError::NotConfirmed(reason.clone())));
-                }
-            }
-        }
+        Some(PreparedRoute {
+            entry,
+            route,
+            replies: applied,
+        })
     }
 
     /// Writes `route` over `entry`'s if the stored one is still `entry`'s, and updates the
@@ -286,7 +446,7 @@ impl TableManager {
                         ));
                     }
                 },
-                Err(e) => return self.settle_unknown_write(entry, route, e).await,
+                Err(e) => return self.settle_unknown_write(entry, route, &e).await,
             }
         }
     }
@@ -322,7 +482,7 @@ impl TableManager {
         &self,
         entry: &TableEntry,
         route: TableRoute,
-        error: StoreError,
+        error: &StoreError,
     ) -> Result<Arc<TableEntry>, String> {
         let key = keys::table_route(entry.info.id);
         let mut wait = std::time::Duration::from_millis(100);
