@@ -80,6 +80,9 @@ pub struct EtcdStore {
 
 /// The largest etcd response the KV client decodes.
 pub const ETCD_DECODE_LIMIT: usize = 64 * 1024 * 1024;
+/// etcd's default `--max-txn-ops`: the most compares, or operations in either branch, of one
+/// transaction (an `UnchangedSince` compare is two of etcd's).
+pub const MAX_TXN_OPS: usize = 128;
 
 fn map_etcd_error(error: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
@@ -540,6 +543,15 @@ impl KvBackend for EtcdStore {
             .iter()
             .flat_map(|c| self.etcd_compares(c))
             .collect();
+        // etcd counts each branch and the compares against --max-txn-ops: refused here, with
+        // the count, rather than after sending the whole request.
+        let ops = compares.len().max(txn.success.len()).max(txn.failure.len());
+        if ops > MAX_TXN_OPS {
+            return Err(StoreError::TooLarge(format!(
+                "a transaction of {ops} operations (compares as etcd counts them) is over etcd's \
+                 {MAX_TXN_OPS}"
+            )));
+        }
         let success: Vec<_> = txn.success.iter().map(|op| self.etcd_op(op)).collect();
         let failure: Vec<_> = txn.failure.iter().map(|op| self.etcd_op(op)).collect();
         let response = self

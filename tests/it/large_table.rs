@@ -260,3 +260,38 @@ async fn a_failover_across_many_tables_writes_their_routes_together_on_etcd() {
     );
     cluster.server.stop().await;
 }
+
+/// etcd counts an "unchanged since" compare as two of its compares, and refuses a transaction
+/// of more than 128: the store takes 64 such compares to etcd and refuses 65 itself, as too
+/// large (callers that group writes split on that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_etcds_operation_limit_is_refused_as_too_large() {
+    use metasrv::store::{Compare, StoreError, Txn, TxnOp};
+    let etcd = EtcdProcess::start();
+    let store: Arc<dyn KvBackend> = etcd.store("/txn_limit", CLUSTER).await;
+    let txn = |compares: usize| Txn {
+        compare: (0..compares)
+            .map(|i| Compare::UnchangedSince {
+                key: format!("k{i}").into_bytes(),
+                revision: 1,
+            })
+            .collect(),
+        success: vec![TxnOp::Put {
+            key: b"done".to_vec(),
+            value: b"1".to_vec(),
+        }],
+        failure: vec![],
+    };
+    let at_limit = store
+        .txn(txn(64))
+        .await
+        .expect("128 of etcd's compares are accepted");
+    assert!(
+        !at_limit.succeeded,
+        "the keys do not exist: the compares fail"
+    );
+    match store.txn(txn(65)).await {
+        Err(StoreError::TooLarge(reason)) => assert!(reason.contains("130"), "{reason}"),
+        other => panic!("65 compares (130 for etcd) were not refused as too large: {other:?}"),
+    }
+}

@@ -38,9 +38,12 @@ impl StoredRoute {
     }
 }
 
-/// The most table routes one transaction writes: etcd allows 128 compares in a transaction, and
-/// the leader's fence takes one.
-const ROUTES_PER_TXN: usize = 100;
+/// The most table routes one transaction writes. etcd allows 128 compares in a transaction; a
+/// route's "unchanged since" is two of them on etcd (the key exists, its mod revision is not
+/// newer) and the leader's fence one more.
+const ROUTES_PER_TXN: usize = 60;
+// Its compares and the fence: 2 x 60 + 1.
+const _: () = assert!(2 * ROUTES_PER_TXN < crate::store::etcd::MAX_TXN_OPS);
 /// The most route bytes one transaction carries (etcd refuses requests over 1.5 MiB).
 const ROUTE_TXN_BYTES: usize = 1024 * 1024;
 
@@ -314,6 +317,12 @@ impl TableManager {
                 }
             }
             Ok(_) | Err(StoreError::TooLarge(_)) => {
+                if let Err(StoreError::TooLarge(reason)) = &written {
+                    tracing::warn!(
+                        tables = routes.len(),
+                        "a transaction of routes was too large for the store, writing each on its own: {reason}"
+                    );
+                }
                 futures::future::join_all(
                     routes.map(|prepared| self.write_prepared_route(prepared)),
                 )
