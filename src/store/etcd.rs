@@ -3,7 +3,8 @@
 //!
 //! Every multi-key write is one etcd transaction, so it is atomic. etcd caps a transaction at 128
 //! operations and a request at 1.5 MiB by default; the gRPC layer refuses larger batches before
-//! they reach here, and etcd's own refusal is mapped to `InvalidArgument` as a second line.
+//! they reach here, a transaction over 128 operations as etcd counts them is refused here, and
+//! etcd's own refusal of a request too large is mapped to `TooLarge` as a further line.
 
 use std::path::PathBuf;
 use std::time::Duration;

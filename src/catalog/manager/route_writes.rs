@@ -54,6 +54,13 @@ struct PreparedRoute {
     replies: Vec<tokio::sync::oneshot::Sender<Result<Arc<TableEntry>, DdlError>>>,
 }
 
+/// Never store a route the load would refuse to serve: the reason, if `route` (the moved route
+/// of `entry`'s table) is one.
+fn check_moved_route(entry: &TableEntry, route: &TableRoute) -> Result<(), String> {
+    crate::catalog::model::check_route(&entry.info, route)
+        .map_err(|reason| format!("not moving regions of {}: {reason}", entry.info.name))
+}
+
 impl PreparedRoute {
     /// Answers every move of this route with the write's outcome.
     fn answer(self, written: Result<Arc<TableEntry>, String>) {
@@ -264,17 +271,18 @@ impl TableManager {
     /// the transaction too large, each route is written on its own; if the outcome is
     /// unknown, each is settled on its own (the transaction landed whole or not at all).
     async fn write_route_chunk(&self, chunk: Vec<(PreparedRoute, Vec<u8>)>) {
+        if chunk.len() == 1 {
+            // A lone route takes the single-table path (which checks it too).
+            for (prepared, _) in chunk {
+                self.write_prepared_route(prepared).await;
+            }
+            return;
+        }
         let mut writable = Vec::with_capacity(chunk.len());
         for (prepared, bytes) in chunk {
-            match crate::catalog::model::check_route(&prepared.entry.info, &prepared.route) {
+            match check_moved_route(&prepared.entry, &prepared.route) {
                 Ok(()) => writable.push((prepared, bytes)),
-                Err(reason) => {
-                    let reason = format!(
-                        "not moving regions of {}: {reason}",
-                        prepared.entry.info.name
-                    );
-                    prepared.answer(Err(reason));
-                }
+                Err(reason) => prepared.answer(Err(reason)),
             }
         }
         if writable.len() <= 1 {
@@ -417,8 +425,7 @@ impl TableManager {
         entry: &TableEntry,
         route: TableRoute,
     ) -> Result<Arc<TableEntry>, String> {
-        crate::catalog::model::check_route(&entry.info, &route)
-            .map_err(|reason| format!("not moving regions of {}: {reason}", entry.info.name))?;
+        check_moved_route(entry, &route)?;
         let key = keys::table_route(entry.info.id);
         let new = serde_json::to_vec(&route).map_err(|e| e.to_string())?;
         // Under the table's lock, the cached route is the stored one unless something outside
